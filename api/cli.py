@@ -1,0 +1,59 @@
+"""``zmq-api``: serve the REST API with gunicorn, configured by flags and environment.
+
+Runs gunicorn in-process with the same options as ``deploy/gunicorn.conf.py``
+(``api.serve``). The app is built in each worker after the fork, from the settings
+given here, so flags reach the workers. This module must never build the app or open a
+broker connection in the master process: ZeroMQ sockets do not survive a fork.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from api.app import create_app
+from api.serve import gunicorn_options
+from common.settings import Settings, add_arguments, load
+
+#: Settings ``zmq-api`` takes as flags.
+FLAGS = ["listen", "broker", "processes", "threads", "request_timeout", "max_body", "log_level"]
+
+
+class APIServer(BaseApplication):  # type: ignore[misc]
+    """Gunicorn with its options and app taken from ``Settings`` instead of its own argv."""
+
+    def __init__(self, settings: Settings) -> None:
+        # Set first: BaseApplication.__init__ calls load_config, which needs them.
+        self.settings = settings
+        self.options = gunicorn_options(settings)
+        super().__init__()
+
+    def load_config(self) -> None:
+        for name, value in self.options.items():
+            # An older gunicorn lacks some options; a config file would ignore them too.
+            if name in self.cfg.settings:
+                self.cfg.set(name, value)
+
+    def load(self) -> Any:
+        # Called in each worker after the fork: the app's clients are made there.
+        return create_app(settings=self.settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="zmq-api", description="Serve the REST API.")
+    add_arguments(parser, FLAGS)
+    settings = load(parser.parse_args(argv))
+    try:
+        server = APIServer(settings)
+    except ValueError as exc:  # a bad listen address, count or log level
+        parser.error(str(exc))
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+    )
+    server.run()  # returns only through SystemExit, with gunicorn's exit status
+    return 0

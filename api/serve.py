@@ -1,0 +1,56 @@
+"""Gunicorn options for the REST API, shared by ``zmq-api`` and ``deploy/gunicorn.conf.py``.
+
+One function turns ``Settings`` into gunicorn's settings, so the command and the
+deployment config serve the API the same way. This module must never import gunicorn
+or build the app: it only computes options, and is imported by gunicorn's master
+before any worker forks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from api.app import MAX_WAIT
+from common.settings import Settings
+
+#: Seconds an idle keep-alive connection stays open (gunicorn's default is 2), so an HTTP
+#: worker that polls or reports in a loop keeps its connection between calls.
+KEEPALIVE = 5
+
+
+def bind_address(listen: str) -> str:
+    """``HOST:PORT`` for gunicorn's ``bind``; an empty host (``:8080``) means all interfaces."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port:
+        raise ValueError(f"listen address {listen!r} is not HOST:PORT")
+    return f"{host or '0.0.0.0'}:{port}"
+
+
+def gunicorn_options(settings: Settings) -> dict[str, Any]:
+    """Gunicorn settings (names as in a gunicorn config file) for these API settings."""
+    if settings.processes < 1 or settings.threads < 1:
+        raise ValueError("processes and threads must be at least 1")
+    if settings.log_level.upper() not in logging.getLevelNamesMapping():
+        # Gunicorn would silently log at info instead.
+        raise ValueError(f"unknown log level {settings.log_level!r}")
+    return {
+        "bind": [bind_address(settings.listen)],
+        "workers": settings.processes,
+        # Threads, not sync workers: every long-poll of an HTTP worker holds one for up
+        # to MAX_WAIT seconds, and a sync worker would serve nothing else meanwhile.
+        "worker_class": "gthread",
+        "threads": settings.threads,
+        # A shutdown lets the longest request finish: a long-poll and its broker reply
+        # (the client waits MAX_WAIT + request_timeout), plus a second to answer.
+        "graceful_timeout": math.ceil(MAX_WAIT + settings.request_timeout) + 1,
+        "keepalive": KEEPALIVE,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": settings.log_level.lower(),
+        "proc_name": "zmq-api",
+        # Gunicorn >= 24 opens a control socket at one fixed path per user, which a second
+        # API server on the host would fight over; nothing here uses it.
+        "control_socket_disable": True,
+    }

@@ -1,0 +1,55 @@
+"""``zmq-broker``: run the broker until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from types import FrameType
+
+from broker.server import BrokerServer
+from broker.store import SqliteStore
+from common import settings as config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="zmq-broker", description="Run the scheduler's broker.")
+    config.add_arguments(
+        parser,
+        [
+            "broker",
+            "data",
+            "ping_interval",
+            "liveness",
+            "http_liveness",
+            "retry_backoff",
+            "retry_backoff_max",
+            "timeout_grace",
+            "log_level",
+        ],
+        flags={"broker": "--bind"},
+    )
+    settings = config.load(parser.parse_args(argv))
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s broker %(levelname)s %(name)s: %(message)s",
+    )
+    server = BrokerServer(settings, SqliteStore(settings.data))
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        server.stop()  # only sets a flag; the loop notices within one poll
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        server.bind()
+    except Exception as exc:
+        print(f"zmq-broker: cannot start: {exc}", file=sys.stderr)
+        return 1
+    server.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

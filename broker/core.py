@@ -1,0 +1,779 @@
+"""The scheduling core: all of the broker's decisions, with no sockets and no clock.
+
+Every method takes ``now`` (seconds since the epoch) from its caller, so tests
+drive time by hand. Inputs are the protocol's requests and worker reports;
+outputs are collected in an ``Outbox`` (what to send to whom) and in the set of
+tasks whose stored state changed. The socket loop in ``broker.server`` commits
+those changes and only then sends the outbox, so nothing is acknowledged
+before it is durable. Nothing here may block or do I/O.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import logging
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker.queue import ReadyQueues, Shape
+from broker.state import Task, Worker
+from common.errors import Conflict, InvalidInput, NotFound
+from common.models import FINAL_STATUSES, TaskStatus, WorkerKind, WorkerStatus
+from common.spec import TaskSpec, parse_capabilities, parse_resources
+
+log = logging.getLogger(__name__)
+
+#: Times a task may go back to the queue because its worker was lost before it fails.
+MAX_LOST = 3
+#: Most tasks in one submit request.
+MAX_BATCH = 10_000
+#: Longest ``wait`` a client may ask for, in seconds.
+MAX_WAIT = 300.0
+#: Longest long-poll of an HTTP worker, in seconds.
+MAX_POLL = 30.0
+#: Largest page of ``list``.
+MAX_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The core's time constants (from ``common.settings.Settings``)."""
+
+    ping_interval: float = 1.0
+    liveness: int = 3
+    http_liveness: float = 15.0
+    retry_backoff: float = 1.0
+    retry_backoff_max: float = 60.0
+    timeout_grace: float = 5.0
+
+    @property
+    def worker_window(self) -> float:
+        return self.ping_interval * self.liveness
+
+
+@dataclass
+class Outbox:
+    """What the core wants sent once the turn's changes are committed."""
+
+    #: Worker address -> dispatch entries.
+    dispatch: dict[bytes, list[dict[str, Any]]] = field(default_factory=dict)
+    #: Worker address -> task ids whose runs should stop.
+    cancel: dict[bytes, list[str]] = field(default_factory=dict)
+    #: Answers to deferred requests (wait, long-poll): (token, value).
+    replies: list[tuple[object, Any]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.dispatch or self.cancel or self.replies)
+
+
+@dataclass(slots=True, eq=False)
+class _Waiter:
+    token: object
+    deadline: float
+    task_id: str
+    done: bool = False
+
+
+class Scheduler:
+    """Tasks, workers and leases; priority, matching, dependencies, retries and liveness."""
+
+    def __init__(self, timing: Timing | None = None) -> None:
+        self.timing = timing or Timing()
+        self.tasks: dict[str, Task] = {}
+        self.workers: dict[str, Worker] = {}
+        self.counts: Counter[TaskStatus] = Counter()
+        #: Outcomes refused because their lease was no longer current.
+        self.stale_outcomes = 0
+        self.outbox = Outbox()
+        self._dirty: dict[str, Task] = {}
+        self._order: list[Task] = []  # by seq, for listing
+        self._next_seq = 1
+        self._ready = ReadyQueues()
+        self._ready_changed = False
+        self._delayed: list[tuple[float, int, Task]] = []  # (not_before, seq, task)
+        self._dependents: dict[str, list[Task]] = {}
+        self._by_address: dict[bytes, Worker] = {}
+        #: (deadline, seq, task, attempt) for leases with a timeout.
+        self._lease_deadlines: list[tuple[float, int, Task, int]] = []
+        #: Leases recovered from the store after a restart, waiting for their worker to claim them.
+        self._orphans: set[str] = set()
+        self._orphan_deadline = 0.0
+        self._waiters: dict[str, list[_Waiter]] = {}
+        self._waiter_deadlines: list[tuple[float, int, _Waiter]] = []
+        self._poll_deadlines: list[tuple[float, int, Worker, object]] = []
+        self._timer_seq = 0
+
+    # -- persistence -------------------------------------------------------------
+
+    def take_dirty(self) -> list[Task]:
+        """Tasks changed since the last call: the store writes these in one transaction."""
+        dirty = list(self._dirty.values())
+        self._dirty.clear()
+        return dirty
+
+    def take_outbox(self) -> Outbox:
+        outbox, self.outbox = self.outbox, Outbox()
+        return outbox
+
+    def load(self, tasks: list[Task], now: float) -> None:
+        """Rebuild state from stored tasks (after a restart), before any request."""
+        tasks.sort(key=lambda t: t.seq)
+        for task in tasks:
+            self.tasks[task.id] = task
+            self._order.append(task)
+            self.counts[task.status] += 1
+        self._next_seq = (tasks[-1].seq + 1) if tasks else 1
+        self._orphan_deadline = now + self.timing.worker_window + self.timing.ping_interval
+        for task in tasks:
+            if task.status is TaskStatus.PENDING:
+                self._attach_dependencies(task)
+                if task.waiting_on == 0:
+                    self._make_ready(task, now)
+            elif task.status is TaskStatus.RUNNING:
+                # Its worker may still be running it: give it one liveness window to claim it.
+                self._orphans.add(task.id)
+                if task.timeout is not None:
+                    expiry = now + task.timeout + self.timing.timeout_grace
+                    heapq.heappush(self._lease_deadlines, (expiry, task.seq, task, task.attempts))
+        self._ready_changed = True
+
+    # -- submitting and inspecting ---------------------------------------------------
+
+    def submit(self, raw_tasks: Any, now: float) -> list[dict[str, Any]]:
+        """Validate and add a batch of tasks, all or none."""
+        if not isinstance(raw_tasks, list) or not raw_tasks:
+            raise InvalidInput("tasks must be a non-empty list")
+        if len(raw_tasks) > MAX_BATCH:
+            raise InvalidInput(f"tasks has more than {MAX_BATCH} entries")
+        prefix = len(raw_tasks) > 1
+        specs = [
+            TaskSpec.parse(raw, f"tasks[{i}]." if prefix else "") for i, raw in enumerate(raw_tasks)
+        ]
+        for i, spec in enumerate(specs):
+            for dep in spec.dependencies:
+                if dep not in self.tasks:
+                    where = f"tasks[{i}].dependencies" if prefix else "dependencies"
+                    raise InvalidInput(f"{where}: unknown task {dep!r}")
+        out = []
+        for spec in specs:
+            task = Task(
+                id=uuid.uuid4().hex,
+                seq=self._next_seq,
+                name=spec.name,
+                handler=spec.handler,
+                args=spec.args,
+                dependencies=spec.dependencies,
+                priority=spec.priority,
+                max_retries=spec.max_retries,
+                timeout=spec.timeout,
+                requires=tuple(sorted(spec.requires)),
+                resources=tuple(sorted(spec.resources.items())),
+                created_at=now,
+            )
+            self._next_seq += 1
+            self.tasks[task.id] = task
+            self._order.append(task)
+            self.counts[task.status] += 1
+            self._touch(task)
+            self._attach_dependencies(task)
+            if task.status is TaskStatus.PENDING and task.waiting_on == 0:
+                self._make_ready(task, now)
+            out.append({"id": task.id, "status": task.status.value})
+        return out
+
+    def get(self, task_id: Any) -> Task:
+        task = self.tasks.get(task_id) if isinstance(task_id, str) else None
+        if task is None:
+            raise NotFound(f"no task with id {task_id!r}")
+        return task
+
+    def list_tasks(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A page of tasks in submission order, optionally filtered by status and handler."""
+        status = args.get("status")
+        if status is not None:
+            try:
+                status = TaskStatus(status)
+            except ValueError:
+                known = ", ".join(s.value for s in TaskStatus)
+                raise InvalidInput(f"status must be one of {known}") from None
+        handler = args.get("handler")
+        if handler is not None and not isinstance(handler, str):
+            raise InvalidInput("handler must be a string")
+        limit = args.get("limit", 100)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE}")
+        after = args.get("after", 0)
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise InvalidInput("after must be a cursor from a previous page")
+        start = bisect.bisect_right(self._order, after, key=lambda t: t.seq)
+        page: list[Task] = []
+        more = False
+        for task in self._order[start:]:
+            if status is not None and task.status is not status:
+                continue
+            if handler is not None and task.handler != handler:
+                continue
+            if len(page) == limit:
+                more = True
+                break
+            page.append(task)
+        return {
+            "tasks": [t.record() for t in page],
+            "next": page[-1].seq if more and page else None,
+        }
+
+    def cancel(self, task_id: Any, now: float) -> Task:
+        """Cancel a task: pending ones at once; running ones are told to stop."""
+        task = self.get(task_id)
+        if task.status in FINAL_STATUSES:
+            raise Conflict(f"task {task.id} is already {task.status.value}")
+        if task.status is TaskStatus.RUNNING:
+            worker = self.workers.get(task.worker_id or "")
+            if worker is not None and worker.address is not None:
+                self.outbox.cancel.setdefault(worker.address, []).append(task.id)
+            elif worker is not None:
+                self._end_lease(worker, task)  # an HTTP worker cannot be told: free it now
+            self._orphans.discard(task.id)
+        self._finish(task, TaskStatus.CANCELLED, now, error="cancelled")
+        return task
+
+    def wait(self, task_id: Any, timeout: Any, token: object, now: float) -> Task | None:
+        """The task if final, else None after registering ``token`` to be answered later."""
+        task = self.get(task_id)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+            raise InvalidInput("timeout must be a number of seconds >= 0")
+        if task.status in FINAL_STATUSES or timeout == 0:
+            return task
+        waiter = _Waiter(token, now + min(float(timeout), MAX_WAIT), task.id)
+        self._waiters.setdefault(task.id, []).append(waiter)
+        heapq.heappush(self._waiter_deadlines, (waiter.deadline, self._next_timer(), waiter))
+        return None
+
+    def health(self, now: float, started: float) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "tasks": {s.value: self.counts.get(s, 0) for s in TaskStatus},
+            "workers": sum(1 for w in self.workers.values() if w.status is WorkerStatus.ONLINE),
+            "stale_outcomes": self.stale_outcomes,
+            "uptime": now - started,
+        }
+
+    # -- ZeroMQ workers ------------------------------------------------------------
+
+    def register(self, address: bytes, body: dict[str, Any], now: float) -> Worker:
+        """A worker said READY: (re)register it and take back the leases it still holds."""
+        worker_id = body.get("id")
+        if not isinstance(worker_id, str) or not worker_id:
+            raise InvalidInput("id must be a non-empty string")
+        slots = body.get("slots")
+        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+            raise InvalidInput("slots must be an integer >= 1")
+        capabilities = frozenset(parse_capabilities(body.get("capabilities")))
+        resources = parse_resources(body.get("resources"), "resources")
+        claims = body.get("running") or []
+        if not isinstance(claims, list):
+            raise InvalidInput("running must be a list")
+        old = self.workers.get(worker_id)
+        if old is not None and old.kind is WorkerKind.HTTP:
+            raise Conflict(f"worker id {worker_id!r} is taken by an HTTP worker")
+        held: dict[str, int] = {}
+        if old is not None:
+            if old.address is not None:
+                self._by_address.pop(old.address, None)
+            if old.status is WorkerStatus.ONLINE:
+                held = old.running
+        host, pid = body.get("host"), body.get("pid")
+        worker = Worker(
+            id=worker_id,
+            kind=WorkerKind.ZMQ,
+            capabilities=capabilities,
+            resources=resources,
+            slots=slots,
+            last_seen=now,
+            address=address,
+            host=host if isinstance(host, str) else "",
+            pid=pid if isinstance(pid, int) else 0,
+            free=dict(resources),
+            last_ping=now,
+        )
+        self.workers[worker_id] = worker
+        self._by_address[address] = worker
+        refused: list[str] = []
+        for claim in claims:
+            task_id = claim.get("task_id") if isinstance(claim, dict) else None
+            attempt = claim.get("attempt") if isinstance(claim, dict) else None
+            if not isinstance(task_id, str) or not isinstance(attempt, int):
+                continue
+            task = self.tasks.get(task_id)
+            current = (
+                task is not None
+                and task.attempts == attempt
+                and task.worker_id == worker_id
+                and (task.status is TaskStatus.RUNNING or held.get(task_id) == attempt)
+            )
+            if task is not None and current:
+                held.pop(task_id, None)
+                self._orphans.discard(task_id)
+                worker.running[task_id] = attempt
+                worker.take(task.resources)
+            else:
+                refused.append(task_id)
+        # Leases the old registration held that the worker no longer claims are lost.
+        for task_id, attempt in held.items():
+            task = self.tasks.get(task_id)
+            if task is not None and task.attempts == attempt and task.status is TaskStatus.RUNNING:
+                self._lose(task, now)
+        if refused:
+            self.outbox.cancel.setdefault(address, []).extend(refused)
+        self._ready_changed = True
+        log.info(
+            "worker %s registered: %d slots, serves %s", worker_id, slots, sorted(capabilities)
+        )
+        return worker
+
+    def worker_at(self, address: bytes) -> Worker | None:
+        """The online worker registered from this socket, if any."""
+        worker = self._by_address.get(address)
+        if worker is None or worker.status is not WorkerStatus.ONLINE:
+            return None
+        return worker
+
+    def seen(self, worker: Worker, now: float) -> None:
+        """Any message from a worker is a sign of life."""
+        worker.last_seen = now
+
+    def report(self, worker: Worker, results: Any, now: float) -> list[list[Any]]:
+        """Outcomes from a ZeroMQ worker; returns the (task_id, attempt) pairs to acknowledge."""
+        if not isinstance(results, list):
+            raise InvalidInput("results must be a list")
+        acks: list[list[Any]] = []
+        for entry in results:
+            if not isinstance(entry, dict):
+                continue
+            task_id, attempt = entry.get("task_id"), entry.get("attempt")
+            if not isinstance(task_id, str) or not isinstance(attempt, int):
+                continue
+            result = entry.get("result")
+            error = entry.get("error")
+            self._outcome(
+                worker,
+                task_id,
+                attempt,
+                str(entry.get("status")),
+                result if isinstance(result, bytes) else None,
+                error if isinstance(error, str) else None,
+                now,
+            )
+            acks.append([task_id, attempt])
+        return acks
+
+    def goodbye(self, worker: Worker, now: float) -> None:
+        """A worker shut down cleanly: its tasks go back to the queue without counting as lost."""
+        self._offline(worker, now, count_lost=False)
+
+    # -- HTTP workers ------------------------------------------------------------------
+
+    def http_register(self, args: dict[str, Any], now: float) -> tuple[Worker, bool]:
+        worker_id = args.get("id")
+        if not isinstance(worker_id, str) or not worker_id or len(worker_id) > 256:
+            raise InvalidInput("id must be a non-empty string of at most 256 characters")
+        capabilities = frozenset(parse_capabilities(args.get("capabilities")))
+        resources = parse_resources(args.get("resources"), "resources")
+        old = self.workers.get(worker_id)
+        if old is not None and old.kind is WorkerKind.ZMQ:
+            raise Conflict(f"worker id {worker_id!r} is taken by a ZeroMQ worker")
+        if old is not None:
+            old.capabilities = capabilities
+            old.resources = resources
+            old.free = dict(resources)
+            for task_id in old.running:
+                task = self.tasks.get(task_id)
+                if task is not None:
+                    old.take(task.resources)
+            old.status = WorkerStatus.ONLINE
+            old.last_seen = now
+            self._ready_changed = True
+            return old, False
+        worker = Worker(
+            id=worker_id,
+            kind=WorkerKind.HTTP,
+            capabilities=capabilities,
+            resources=resources,
+            slots=0,
+            last_seen=now,
+            free=dict(resources),
+        )
+        self.workers[worker_id] = worker
+        self._ready_changed = True
+        return worker, True
+
+    def http_worker(self, worker_id: Any, now: float) -> Worker:
+        """An HTTP worker by id; a request from it is a sign of life and brings it back online."""
+        worker = self.worker(worker_id)
+        if worker.kind is not WorkerKind.HTTP:
+            raise Conflict(f"worker {worker.id} is a ZeroMQ worker")
+        worker.last_seen = now
+        if worker.status is not WorkerStatus.ONLINE:
+            worker.status = WorkerStatus.ONLINE
+            self._ready_changed = True
+        return worker
+
+    def http_next(self, args: dict[str, Any], token: object, now: float) -> bool:
+        """Queue a long-poll; True when it was answered (in the outbox) or will be later."""
+        wait = args.get("wait", 0)
+        if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= MAX_POLL:
+            raise InvalidInput(f"wait must be a number of seconds from 0 to {MAX_POLL:g}")
+        worker = self.http_worker(args.get("id"), now)
+        deadline = now + float(wait)
+        worker.polls.append((token, deadline))
+        heapq.heappush(self._poll_deadlines, (deadline, self._next_timer(), worker, token))
+        self._ready_changed = True
+        return True
+
+    def http_complete(self, args: dict[str, Any], now: float) -> Task:
+        worker = self.http_worker(args.get("worker_id"), now)
+        task = self.get(args.get("task_id"))
+        status = args.get("status")
+        if status not in (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value):
+            raise InvalidInput("status must be 'completed' or 'failed'")
+        result, error = args.get("result"), args.get("error")
+        if result is not None and not isinstance(result, bytes):
+            raise InvalidInput("result must be bytes")
+        if error is not None and not isinstance(error, str):
+            raise InvalidInput("error must be a string")
+        if task.status is not TaskStatus.RUNNING or task.worker_id != worker.id:
+            raise Conflict(f"task {task.id} is not running on worker {worker.id}")
+        self._outcome(worker, task.id, task.attempts, status, result, error, now)
+        return task
+
+    def worker(self, worker_id: Any) -> Worker:
+        worker = self.workers.get(worker_id) if isinstance(worker_id, str) else None
+        if worker is None:
+            raise NotFound(f"no worker with id {worker_id!r}")
+        return worker
+
+    # -- time ------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[bytes]:
+        """Advance timers: back-offs, lease expiry, liveness, deferred replies.
+
+        Returns the addresses of the workers to ping now.
+        """
+        while self._delayed and self._delayed[0][0] <= now:
+            task = heapq.heappop(self._delayed)[2]
+            if task.status is TaskStatus.PENDING and not task.queued and task.not_before <= now:
+                self._push_ready(task)
+        while self._lease_deadlines and self._lease_deadlines[0][0] <= now:
+            _, _, task, attempt = heapq.heappop(self._lease_deadlines)
+            if task.status is TaskStatus.RUNNING and task.attempts == attempt:
+                self._expire(task, now)
+        if self._orphans and self._orphan_deadline <= now:
+            orphans, self._orphans = self._orphans, set()
+            for task_id in sorted(orphans, key=lambda i: self.tasks[i].seq):
+                task = self.tasks[task_id]
+                if task.status is TaskStatus.RUNNING:
+                    log.warning("task %s: no worker claimed its lease after restart", task_id)
+                    self._lose(task, now)
+        pings: list[bytes] = []
+        for worker in self.workers.values():
+            if worker.status is not WorkerStatus.ONLINE:
+                continue
+            window = (
+                self.timing.worker_window
+                if worker.kind is WorkerKind.ZMQ
+                else self.timing.http_liveness
+            )
+            if now - worker.last_seen > window:
+                log.warning(
+                    "worker %s offline: silent for %.1f s", worker.id, now - worker.last_seen
+                )
+                self._offline(worker, now, count_lost=True)
+            elif worker.address is not None and now - worker.last_ping >= self.timing.ping_interval:
+                worker.last_ping = now
+                pings.append(worker.address)
+        while self._waiter_deadlines and self._waiter_deadlines[0][0] <= now:
+            waiter = heapq.heappop(self._waiter_deadlines)[2]
+            if not waiter.done:
+                waiter.done = True
+                self.outbox.replies.append((waiter.token, self.tasks[waiter.task_id].record()))
+                waiters = self._waiters.get(waiter.task_id, [])
+                if waiter in waiters:
+                    waiters.remove(waiter)
+        while self._poll_deadlines and self._poll_deadlines[0][0] <= now:
+            _, _, worker, token = heapq.heappop(self._poll_deadlines)
+            for i, (poll_token, _) in enumerate(worker.polls):
+                if poll_token is token:
+                    del worker.polls[i]
+                    self.outbox.replies.append((token, None))
+                    break
+        return pings
+
+    def next_timer(self) -> float | None:
+        """The earliest time at which ``tick`` has work besides pings and liveness."""
+        candidates = [
+            heap[0][0]
+            for heap in (
+                self._delayed,
+                self._lease_deadlines,
+                self._waiter_deadlines,
+                self._poll_deadlines,
+            )
+            if heap
+        ]
+        return min(candidates) if candidates else None
+
+    # -- dispatching -------------------------------------------------------------------------
+
+    def schedule(self, now: float) -> int:
+        """Lease ready tasks to workers with free slots, best priority first; returns leases made.
+
+        Only runs when something changed (a task became ready, a slot freed, a worker came).
+        """
+        if not self._ready_changed:
+            return 0
+        self._ready_changed = False
+        workers = [w for w in self.workers.values() if w.capacity() > 0]
+        if not workers:
+            return 0
+        heads: list[tuple[int, int, Shape]] = []
+        eligible: dict[Shape, list[Worker]] = {}
+        for shape in self._ready.shapes():
+            task = self._ready.head(shape)
+            if task is None:
+                continue
+            serving = [w for w in workers if w.serves(shape)]
+            if serving:
+                eligible[shape] = serving
+                heads.append((-task.priority, task.seq, shape))
+        heapq.heapify(heads)
+        leased = 0
+        while heads:
+            _, _, shape = heapq.heappop(heads)
+            task = self._ready.head(shape)
+            if task is None:
+                continue
+            worker = self._pick(eligible[shape], task)
+            if worker is None:
+                continue  # no worker of this shape has room now; lower tasks may still fit others
+            self._ready.pop(shape)
+            self._lease(task, worker, now)
+            leased += 1
+            following = self._ready.head(shape)
+            if following is not None:
+                heapq.heappush(heads, (-following.priority, following.seq, shape))
+        return leased
+
+    @staticmethod
+    def _pick(candidates: list[Worker], task: Task) -> Worker | None:
+        best: Worker | None = None
+        best_room = 0
+        for worker in candidates:
+            room = worker.capacity()
+            if room > best_room and worker.fits(task.resources):
+                best, best_room = worker, room
+        return best
+
+    def _lease(self, task: Task, worker: Worker, now: float) -> None:
+        task.attempts += 1
+        task.worker_id = worker.id
+        task.started_at = now
+        task.completed_at = None
+        self._set_status(task, TaskStatus.RUNNING)
+        worker.running[task.id] = task.attempts
+        worker.take(task.resources)
+        if task.timeout is not None:
+            deadline = now + task.timeout + self.timing.timeout_grace
+            heapq.heappush(self._lease_deadlines, (deadline, task.seq, task, task.attempts))
+        if worker.kind is WorkerKind.HTTP:
+            token, _ = worker.polls.pop(0)
+            self.outbox.replies.append((token, task.record()))
+        else:
+            assert worker.address is not None
+            entry = {
+                "task_id": task.id,
+                "attempt": task.attempts,
+                "handler": task.handler,
+                "args": task.args,
+                "timeout": task.timeout,
+            }
+            self.outbox.dispatch.setdefault(worker.address, []).append(entry)
+
+    # -- outcomes ---------------------------------------------------------------------------
+
+    def _outcome(
+        self,
+        worker: Worker,
+        task_id: str,
+        attempt: int,
+        status: str,
+        result: bytes | None,
+        error: str | None,
+        now: float,
+    ) -> None:
+        if worker.running.get(task_id) == attempt:
+            del worker.running[task_id]
+            task = self.tasks.get(task_id)
+            if task is not None:
+                worker.give_back(task.resources)
+            self._ready_changed = True
+        task = self.tasks.get(task_id)
+        if (
+            task is None
+            or task.status is not TaskStatus.RUNNING
+            or task.worker_id != worker.id
+            or task.attempts != attempt
+        ):
+            if task is None or task.status is not TaskStatus.CANCELLED:
+                self.stale_outcomes += 1
+                log.info(
+                    "refused stale outcome of %s attempt %s from %s", task_id, attempt, worker.id
+                )
+            return
+        if status == TaskStatus.COMPLETED.value:
+            self._finish(task, TaskStatus.COMPLETED, now, result=result)
+        elif status == TaskStatus.FAILED.value:
+            self._fail_attempt(task, error or "failed", now)
+        else:
+            # The worker gave the run up without being asked (shutting down): run it again.
+            self._requeue(task, now)
+
+    def _fail_attempt(self, task: Task, error: str, now: float) -> None:
+        task.failures += 1
+        if task.failures <= task.max_retries:
+            task.error = error
+            backoff = min(
+                self.timing.retry_backoff * 2 ** (task.failures - 1), self.timing.retry_backoff_max
+            )
+            self._set_status(task, TaskStatus.PENDING)
+            task.not_before = now + backoff
+            self._make_ready(task, now)
+        else:
+            self._finish(task, TaskStatus.FAILED, now, error=error)
+
+    def _expire(self, task: Task, now: float) -> None:
+        """The broker's own time limit: the worker did not report within timeout + grace."""
+        worker = self.workers.get(task.worker_id or "")
+        if worker is not None and worker.address is not None:
+            self.outbox.cancel.setdefault(worker.address, []).append(task.id)
+        elif worker is not None:
+            self._end_lease(worker, task)
+        self._fail_attempt(task, f"timed out after {task.timeout:g} s (lease expired)", now)
+
+    def _lose(self, task: Task, now: float) -> None:
+        """The task's worker is gone: run it again, at most ``MAX_LOST`` times."""
+        task.lost += 1
+        if task.lost > MAX_LOST:
+            self._finish(task, TaskStatus.FAILED, now, error="worker lost")
+        else:
+            self._requeue(task, now)
+
+    def _requeue(self, task: Task, now: float) -> None:
+        self._set_status(task, TaskStatus.PENDING)
+        task.worker_id = None
+        self._make_ready(task, now)
+
+    def _offline(self, worker: Worker, now: float, *, count_lost: bool) -> None:
+        worker.status = WorkerStatus.OFFLINE
+        if worker.address is not None:
+            self._by_address.pop(worker.address, None)
+        for token, _ in worker.polls:
+            self.outbox.replies.append((token, None))
+        worker.polls.clear()
+        running, worker.running = worker.running, {}
+        worker.free = dict(worker.resources)
+        for task_id, attempt in running.items():
+            task = self.tasks.get(task_id)
+            if task is None or task.status is not TaskStatus.RUNNING or task.attempts != attempt:
+                continue
+            if count_lost:
+                self._lose(task, now)
+            else:
+                self._requeue(task, now)
+
+    def _end_lease(self, worker: Worker, task: Task) -> None:
+        if worker.running.pop(task.id, None) is not None:
+            worker.give_back(task.resources)
+            self._ready_changed = True
+
+    def _finish(
+        self,
+        task: Task,
+        status: TaskStatus,
+        now: float,
+        *,
+        result: bytes | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Record a final outcome, then release or fail the dependents (iteratively)."""
+        stack: list[tuple[Task, TaskStatus, bytes | None, str | None]] = [
+            (task, status, result, error)
+        ]
+        while stack:
+            current, final, res, err = stack.pop()
+            if current.status in FINAL_STATUSES:
+                continue
+            current.result = res
+            current.error = err
+            current.completed_at = now
+            self._set_status(current, final)
+            for waiter in self._waiters.pop(current.id, []):
+                if not waiter.done:
+                    waiter.done = True
+                    self.outbox.replies.append((waiter.token, current.record()))
+            for child in self._dependents.pop(current.id, []):
+                if child.status is not TaskStatus.PENDING:
+                    continue
+                if final is TaskStatus.COMPLETED:
+                    child.waiting_on -= 1
+                    if child.waiting_on == 0:
+                        self._make_ready(child, now)
+                else:
+                    reason = f"dependency {current.id} {final.value}"
+                    stack.append((child, TaskStatus.FAILED, None, reason))
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _attach_dependencies(self, task: Task) -> None:
+        task.waiting_on = 0
+        for dep_id in task.dependencies:
+            dep = self.tasks.get(dep_id)
+            if dep is None or dep.status is TaskStatus.COMPLETED:
+                continue  # a missing one can only be a dependency pruned after completing
+            if dep.status in FINAL_STATUSES:
+                self._finish(
+                    task,
+                    TaskStatus.FAILED,
+                    task.created_at,
+                    error=f"dependency {dep_id} {dep.status.value}",
+                )
+                return
+            task.waiting_on += 1
+            self._dependents.setdefault(dep_id, []).append(task)
+
+    def _make_ready(self, task: Task, now: float) -> None:
+        self._touch(task)
+        if task.not_before > now:
+            heapq.heappush(self._delayed, (task.not_before, task.seq, task))
+        else:
+            self._push_ready(task)
+
+    def _push_ready(self, task: Task) -> None:
+        if not task.queued:
+            self._ready.push(task)
+            self._ready_changed = True
+
+    def _set_status(self, task: Task, status: TaskStatus) -> None:
+        self.counts[task.status] -= 1
+        self.counts[status] += 1
+        task.status = status
+        self._touch(task)
+
+    def _touch(self, task: Task) -> None:
+        self._dirty[task.id] = task
+
+    def _next_timer(self) -> int:
+        self._timer_seq += 1
+        return self._timer_seq

@@ -1,0 +1,60 @@
+"""Ready queues: tasks that could run now, highest priority first, FIFO among equals.
+
+Tasks are grouped by *shape* (handler, required tags, resources), one heap per
+shape. Every task of a shape can run on exactly the same workers, so choosing
+the next task for the cluster means comparing the heads of a few heaps, never
+scanning all tasks. Removal is lazy: a cancelled task stays in its heap until
+it reaches the top, where ``head`` discards it.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+
+from broker.state import Task
+from common.models import TaskStatus
+
+Shape = tuple[str, tuple[str, ...], tuple[tuple[str, float], ...]]
+#: Heap entry: (-priority, seq, task); seq is unique so tasks are never compared.
+Entry = tuple[int, int, Task]
+
+
+class ReadyQueues:
+    """One priority heap per task shape, with lazy deletion."""
+
+    def __init__(self) -> None:
+        self._heaps: dict[Shape, list[Entry]] = {}
+
+    def push(self, task: Task) -> None:
+        task.queued = True
+        heap = self._heaps.get(task.shape)
+        if heap is None:
+            heap = self._heaps[task.shape] = []
+        heapq.heappush(heap, (-task.priority, task.seq, task))
+
+    def head(self, shape: Shape) -> Task | None:
+        """The next task of this shape, discarding entries that are no longer ready."""
+        heap = self._heaps.get(shape)
+        while heap:
+            task = heap[0][2]
+            if task.queued and task.status is TaskStatus.PENDING:
+                return task
+            heapq.heappop(heap)
+            task.queued = False
+        if heap is not None:
+            del self._heaps[shape]
+        return None
+
+    def pop(self, shape: Shape) -> Task:
+        """Remove and return the head of this shape (call ``head`` first)."""
+        task = heapq.heappop(self._heaps[shape])[2]
+        task.queued = False
+        return task
+
+    def shapes(self) -> Iterator[Shape]:
+        return iter(list(self._heaps))
+
+    def __len__(self) -> int:
+        """Entries held, including ones waiting for lazy deletion."""
+        return sum(len(heap) for heap in self._heaps.values())

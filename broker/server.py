@@ -1,0 +1,263 @@
+"""The broker's socket loop: decode frames, call the core, commit, then send.
+
+One ROUTER socket serves workers and clients alike. Each loop turn drains the
+messages waiting on the socket, lets the core decide, commits every changed
+task in one transaction, and only then sends replies, acknowledgements and
+dispatches: nothing is acknowledged before it is durable. This module holds
+no scheduling logic, and nothing a peer sends can make it raise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any, cast
+
+import zmq
+
+from broker.core import Scheduler, Timing
+from broker.store import Store
+from common import protocol
+from common.errors import InvalidInput, SchedulerError
+from common.protocol import Command
+from common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Most messages handled in one loop turn before committing and sending.
+MAX_MESSAGES_PER_TURN = 2000
+#: Longest sleep of the loop in seconds: the resolution of liveness checks and pings.
+MAX_POLL_SECONDS = 0.1
+#: Messages a peer's socket may queue on the broker before ZeroMQ drops more.
+HIGH_WATER_MARK = 100_000
+
+Frames = list[bytes]
+
+
+def timing_from(settings: Settings) -> Timing:
+    return Timing(
+        ping_interval=settings.ping_interval,
+        liveness=settings.liveness,
+        http_liveness=settings.http_liveness,
+        retry_backoff=settings.retry_backoff,
+        retry_backoff_max=settings.retry_backoff_max,
+        timeout_grace=settings.timeout_grace,
+    )
+
+
+class BrokerServer:
+    """The ROUTER loop around a ``Scheduler`` and a ``Store``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.core = Scheduler(timing_from(settings))
+        self.started = time.time()
+        self._context = context or zmq.Context.instance()
+        self._socket: zmq.Socket[bytes] | None = None
+        self._stopping = threading.Event()
+        self._outgoing: list[Frames] = []
+        self.endpoint = ""
+
+    def bind(self) -> str:
+        """Load the store and bind the socket; returns the bound endpoint."""
+        began = time.monotonic()
+        tasks = self.store.load()
+        self.core.load(tasks, time.time())
+        log.info("loaded %d tasks in %.2f s", len(tasks), time.monotonic() - began)
+        socket: zmq.Socket[bytes] = self._context.socket(zmq.ROUTER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
+        socket.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+        socket.bind(self.settings.broker)
+        self._socket = socket
+        self.endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        log.info("broker listening on %s", self.endpoint)
+        return self.endpoint
+
+    def stop(self) -> None:
+        """Ask the loop to finish its turn and return (safe from signal handlers and threads)."""
+        self._stopping.set()
+
+    def run(self) -> None:
+        if self._socket is None:
+            self.bind()
+        socket = self._socket
+        assert socket is not None
+        poller = zmq.Poller()
+        poller.register(socket, zmq.POLLIN)
+        try:
+            while not self._stopping.is_set():
+                poller.poll(self._poll_timeout_ms())
+                self._turn(socket)
+        finally:
+            socket.close(linger=0)
+            self.store.close()
+            log.info("broker stopped")
+
+    def _poll_timeout_ms(self) -> int:
+        wait = MAX_POLL_SECONDS
+        timer = self.core.next_timer()
+        if timer is not None:
+            wait = min(wait, max(0.0, timer - time.time()))
+        return int(wait * 1000)
+
+    def _turn(self, socket: zmq.Socket[bytes]) -> None:
+        for _ in range(MAX_MESSAGES_PER_TURN):
+            try:
+                frames = socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            now = time.time()
+            try:
+                self._handle(frames, now)
+            except Exception:  # never let one message take the broker down
+                log.exception("error handling a message; dropped")
+        now = time.time()
+        core = self.core
+        core.schedule(now)
+        pings = core.tick(now)
+        core.schedule(now)
+        self.store.save(core.take_dirty())
+        outgoing, self._outgoing = self._outgoing, []
+        outbox = core.take_outbox()
+        for frames in outgoing:
+            self._send(socket, frames)
+        for address in pings:
+            self._send(socket, [address, *protocol.pack(Command.PING)])
+        for token, value in outbox.replies:
+            address, req_id = cast(tuple[bytes, int], token)
+            self._send(socket, [address, *protocol.reply_ok(req_id, value)])
+        for address, task_ids in outbox.cancel.items():
+            self._send(socket, [address, *protocol.pack(Command.CANCEL, {"task_ids": task_ids})])
+        for address, entries in outbox.dispatch.items():
+            self._send(socket, [address, *protocol.pack(Command.DISPATCH, {"tasks": entries})])
+
+    @staticmethod
+    def _send(socket: zmq.Socket[bytes], frames: Frames) -> None:
+        try:
+            socket.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # peer gone or its queue full: it will resync
+            log.debug("send failed: %s", exc)
+
+    def _queue(self, address: bytes, frames: Frames) -> None:
+        """Send after this turn's commit."""
+        self._outgoing.append([address, *frames])
+
+    # -- decoding -------------------------------------------------------------------
+
+    def _handle(self, frames: Frames, now: float) -> None:
+        if len(frames) < 2:
+            return
+        address, payload = frames[0], frames[1:]
+        try:
+            message = protocol.unpack(payload)
+        except protocol.ProtocolError as exc:
+            log.warning("dropped malformed message: %s", exc)
+            return
+        command, body = message.command, message.body
+        if command is Command.REQUEST:
+            self._request(address, body, now)
+        elif command is Command.READY:
+            self._ready(address, body, now)
+        elif command in (Command.PONG, Command.DONE, Command.BYE):
+            self._from_worker(address, command, body, now)
+        else:
+            log.warning("dropped %s: not a message a peer sends", command.name)
+
+    def _ready(self, address: bytes, body: dict[str, Any], now: float) -> None:
+        try:
+            worker = self.core.register(address, body, now)
+        except SchedulerError as exc:
+            log.warning("refused registration: %s", exc.description)
+            return
+        timing = self.core.timing
+        welcome = {
+            "worker_id": worker.id,
+            "ping_interval": timing.ping_interval,
+            "liveness": timing.liveness,
+        }
+        self._queue(address, protocol.pack(Command.WELCOME, welcome))
+
+    def _from_worker(
+        self, address: bytes, command: Command, body: dict[str, Any], now: float
+    ) -> None:
+        worker = self.core.worker_at(address)
+        if worker is None:
+            if command is not Command.BYE:
+                self._queue(address, protocol.pack(Command.RESYNC))
+            return
+        self.core.seen(worker, now)
+        if command is Command.DONE:
+            try:
+                acks = self.core.report(worker, body.get("results"), now)
+            except SchedulerError as exc:
+                log.warning("bad DONE from %s: %s", worker.id, exc.description)
+                return
+            self._queue(address, protocol.pack(Command.ACK, {"results": acks}))
+        elif command is Command.BYE:
+            log.info("worker %s said goodbye", worker.id)
+            self.core.goodbye(worker, now)
+
+    def _request(self, address: bytes, body: dict[str, Any], now: float) -> None:
+        req = body.get("req")
+        if isinstance(req, bool) or not isinstance(req, int):
+            log.warning("dropped a request without a numeric req")
+            return
+        try:
+            value = self._operate(body.get("op"), body.get("args"), (address, req), now)
+        except SchedulerError as exc:
+            self._queue(address, protocol.reply_error(req, exc.status, exc.title, exc.description))
+            return
+        except Exception:
+            log.exception("request %r failed", body.get("op"))
+            frames = protocol.reply_error(req, 500, "Internal error", "the broker hit a bug")
+            self._queue(address, frames)
+            return
+        if value is not _DEFERRED:
+            self._queue(address, protocol.reply_ok(req, value))
+
+    def _operate(self, op: Any, args: Any, token: object, now: float) -> Any:
+        """Run one client operation; returns its value, or ``_DEFERRED`` to answer later."""
+        if not isinstance(args, dict):
+            raise InvalidInput("args must be a map")
+        core = self.core
+        if op == "submit":
+            return {"tasks": core.submit(args.get("tasks"), now)}
+        if op == "get":
+            return core.get(args.get("id")).record()
+        if op == "list":
+            return core.list_tasks(args)
+        if op == "cancel":
+            return core.cancel(args.get("id"), now).record()
+        if op == "wait":
+            task = core.wait(args.get("id"), args.get("timeout"), token, now)
+            return _DEFERRED if task is None else task.record()
+        if op == "workers":
+            return [worker.record() for worker in core.workers.values()]
+        if op == "worker":
+            return core.worker(args.get("id")).record()
+        if op == "health":
+            return {**core.health(now, self.started), "pid": os.getpid()}
+        if op == "http_register":
+            worker, created = core.http_register(args, now)
+            return {**worker.record(), "created": created}
+        if op == "http_next":
+            core.http_next(args, token, now)
+            return _DEFERRED
+        if op == "http_heartbeat":
+            return core.http_worker(args.get("id"), now).record()
+        if op == "http_complete":
+            return core.http_complete(args, now).record()
+        raise InvalidInput(f"unknown op {op!r}")
+
+
+#: Marker: the reply will come later, from the core's outbox.
+_DEFERRED = object()

@@ -1,0 +1,149 @@
+"""The broker's plain data: tasks and workers, and their wire records.
+
+Nothing here decides anything; ``broker.core`` does. Objects use ``__slots__``
+because the broker holds one ``Task`` per task it knows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.models import TaskStatus, WorkerKind, WorkerStatus
+
+#: Resources of a task, as a hashable, sorted tuple of (kind, amount).
+ResourceKey = tuple[tuple[str, float], ...]
+
+
+@dataclass(slots=True, eq=False)
+class Task:
+    """One task and everything the broker knows about it."""
+
+    id: str
+    #: Submission order, unique and increasing: the FIFO tie-break and the list cursor.
+    seq: int
+    name: str
+    handler: str
+    args: bytes
+    dependencies: list[str]
+    priority: int
+    max_retries: int
+    timeout: float | None
+    requires: tuple[str, ...]
+    resources: ResourceKey
+    created_at: float
+    status: TaskStatus = TaskStatus.PENDING
+    worker_id: str | None = None
+    #: Runs started so far; the current lease's fencing token.
+    attempts: int = 0
+    #: Failed runs (handler error or timeout), counted against ``max_retries``.
+    failures: int = 0
+    #: Runs lost with their worker, counted against ``MAX_LOST``.
+    lost: int = 0
+    result: bytes | None = None
+    error: str | None = None
+    started_at: float | None = None
+    completed_at: float | None = None
+    #: Earliest time of the next run (retry back-off).
+    not_before: float = 0.0
+    #: Dependencies not completed yet (derived at load; not stored).
+    waiting_on: int = 0
+    #: Whether the task sits in a ready queue (derived; not stored).
+    queued: bool = False
+
+    @property
+    def shape(self) -> tuple[str, tuple[str, ...], ResourceKey]:
+        """What a worker must offer to run this task: the ready queue it waits in."""
+        return (self.handler, self.requires, self.resources)
+
+    def record(self) -> dict[str, Any]:
+        """The task as the protocol shows it."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "handler": self.handler,
+            "args": self.args,
+            "dependencies": self.dependencies,
+            "priority": self.priority,
+            "status": self.status.value,
+            "worker_id": self.worker_id,
+            "attempts": self.attempts,
+            "result": self.result,
+            "error": self.error,
+            "max_retries": self.max_retries,
+            "timeout": self.timeout,
+            "requires": list(self.requires),
+            "resources": dict(self.resources),
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "completed_at": self.completed_at,
+        }
+
+
+@dataclass(slots=True, eq=False)
+class Worker:
+    """A registered worker: a ``zmq-worker`` process or an HTTP worker."""
+
+    id: str
+    kind: WorkerKind
+    capabilities: frozenset[str]
+    resources: dict[str, float]
+    #: Task slots (ZeroMQ workers); HTTP workers take one task per poll.
+    slots: int
+    last_seen: float
+    #: ROUTER identity of the worker's socket (ZeroMQ workers only).
+    address: bytes | None = None
+    host: str = ""
+    pid: int = 0
+    status: WorkerStatus = WorkerStatus.ONLINE
+    #: Leases held: task id -> attempt. Includes cancelled runs not yet reported.
+    running: dict[str, int] = field(default_factory=dict)
+    #: Resources not taken by running tasks.
+    free: dict[str, float] = field(default_factory=dict)
+    last_ping: float = 0.0
+    #: Pending long-polls of an HTTP worker, oldest first: (token, deadline).
+    polls: list[tuple[object, float]] = field(default_factory=list)
+
+    def capacity(self) -> int:
+        """How many more tasks it can take now."""
+        if self.status is not WorkerStatus.ONLINE:
+            return 0
+        if self.kind is WorkerKind.HTTP:
+            return len(self.polls)
+        return self.slots - len(self.running)
+
+    def serves(self, shape: tuple[str, tuple[str, ...], ResourceKey]) -> bool:
+        """Whether it has the handler, every required tag and the declared resources."""
+        handler, requires, resources = shape
+        if handler not in self.capabilities:
+            return False
+        if any(tag not in self.capabilities for tag in requires):
+            return False
+        return all(self.resources.get(kind, 0.0) >= amount for kind, amount in resources)
+
+    def fits(self, resources: ResourceKey) -> bool:
+        """Whether its free resources cover these now."""
+        return all(self.free.get(kind, 0.0) >= amount for kind, amount in resources)
+
+    def take(self, resources: ResourceKey) -> None:
+        for kind, amount in resources:
+            self.free[kind] = self.free.get(kind, 0.0) - amount
+
+    def give_back(self, resources: ResourceKey) -> None:
+        for kind, amount in resources:
+            self.free[kind] = min(self.resources.get(kind, 0.0), self.free.get(kind, 0.0) + amount)
+
+    def record(self) -> dict[str, Any]:
+        """The worker as the protocol shows it."""
+        return {
+            "id": self.id,
+            "kind": self.kind.value,
+            "status": self.status.value,
+            "capabilities": sorted(self.capabilities),
+            "resources": dict(self.resources),
+            "slots": self.slots if self.kind is WorkerKind.ZMQ else None,
+            "running": sorted(self.running),
+            "last_seen": self.last_seen,
+            "host": self.host,
+            "pid": self.pid,
+        }

@@ -1,0 +1,180 @@
+"""Durable task state: an SQLite file (WAL, ``synchronous=FULL``) written through per loop turn.
+
+The broker calls ``save`` once per loop turn with every task that changed in
+that turn, in one transaction: a burst of submits shares one fsync (group
+commit). Only after ``save`` returns does the broker acknowledge anything.
+``MemoryStore`` has the same interface for tests of the core.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from broker.state import Task
+from common.models import TaskStatus
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id           TEXT PRIMARY KEY,
+    seq          INTEGER NOT NULL UNIQUE,
+    name         TEXT NOT NULL,
+    handler      TEXT NOT NULL,
+    args         BLOB NOT NULL,
+    dependencies TEXT NOT NULL,
+    priority     INTEGER NOT NULL,
+    max_retries  INTEGER NOT NULL,
+    timeout      REAL,
+    requires     TEXT NOT NULL,
+    resources    TEXT NOT NULL,
+    created_at   REAL NOT NULL,
+    status       TEXT NOT NULL,
+    worker_id    TEXT,
+    attempts     INTEGER NOT NULL,
+    failures     INTEGER NOT NULL,
+    lost         INTEGER NOT NULL,
+    result       BLOB,
+    error        TEXT,
+    started_at   REAL,
+    completed_at REAL,
+    not_before   REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+#: Version of the table layout above, kept in ``meta``.
+SCHEMA_VERSION = "1"
+
+_COLUMNS = (
+    "id, seq, name, handler, args, dependencies, priority, max_retries, timeout, requires, "
+    "resources, created_at, status, worker_id, attempts, failures, lost, result, error, "
+    "started_at, completed_at, not_before"
+)
+_UPSERT = f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 22)})"
+
+
+class Store(Protocol):
+    def load(self) -> list[Task]: ...
+
+    def save(self, tasks: Iterable[Task]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _row(task: Task) -> tuple[object, ...]:
+    return (
+        task.id,
+        task.seq,
+        task.name,
+        task.handler,
+        task.args,
+        json.dumps(task.dependencies),
+        task.priority,
+        task.max_retries,
+        task.timeout,
+        json.dumps(task.requires),
+        json.dumps(task.resources),
+        task.created_at,
+        task.status.value,
+        task.worker_id,
+        task.attempts,
+        task.failures,
+        task.lost,
+        task.result,
+        task.error,
+        task.started_at,
+        task.completed_at,
+        task.not_before,
+    )
+
+
+def _task(row: Any) -> Task:
+    (
+        id_, seq, name, handler, args, deps, priority, max_retries, timeout, requires,
+        resources, created_at, status, worker_id, attempts, failures, lost, result, error,
+        started_at, completed_at, not_before,
+    ) = row  # fmt: skip
+    return Task(
+        id=str(id_),
+        seq=int(seq),
+        name=str(name),
+        handler=str(handler),
+        args=bytes(args),
+        dependencies=json.loads(str(deps)),
+        priority=int(priority),
+        max_retries=int(max_retries),
+        timeout=None if timeout is None else float(timeout),
+        requires=tuple(json.loads(str(requires))),
+        resources=tuple((str(k), float(v)) for k, v in json.loads(str(resources))),
+        created_at=float(created_at),
+        status=TaskStatus(status),
+        worker_id=None if worker_id is None else str(worker_id),
+        attempts=int(attempts),
+        failures=int(failures),
+        lost=int(lost),
+        result=None if result is None else bytes(result),
+        error=None if error is None else str(error),
+        started_at=None if started_at is None else float(started_at),
+        completed_at=None if completed_at is None else float(completed_at),
+        not_before=float(not_before),
+    )
+
+
+class SqliteStore:
+    """Tasks in one SQLite file. Not thread-safe: the broker loop owns it."""
+
+    def __init__(self, path: str) -> None:
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        elif row[0] != SCHEMA_VERSION:
+            raise RuntimeError(f"{path}: store schema {row[0]}, this broker needs {SCHEMA_VERSION}")
+
+    def load(self) -> list[Task]:
+        return [
+            _task(row) for row in self._db.execute(f"SELECT {_COLUMNS} FROM tasks ORDER BY seq")
+        ]
+
+    def save(self, tasks: Iterable[Task]) -> None:
+        rows = [_row(task) for task in tasks]
+        if not rows:
+            return
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany(_UPSERT, rows)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class MemoryStore:
+    """The same interface in memory, for tests of the core and the loop."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, tuple[object, ...]] = {}
+        self.commits = 0
+
+    def load(self) -> list[Task]:
+        return sorted((_task(row) for row in self.rows.values()), key=lambda t: t.seq)
+
+    def save(self, tasks: Iterable[Task]) -> None:
+        for task in tasks:
+            self.rows[task.id] = _row(task)
+        self.commits += 1
+
+    def close(self) -> None:
+        pass

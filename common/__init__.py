@@ -1,0 +1,1 @@
+"""Shared pieces: wire protocol, settings, models, errors and the client library."""

@@ -1,0 +1,231 @@
+"""The Python client library: talk to the broker over ZeroMQ, without HTTP.
+
+A ``Client`` owns one DEALER socket and is not thread-safe: use one per thread
+(the REST API keeps one per thread). Every call takes a timeout and raises
+``Unavailable`` when the broker does not answer in time; errors the broker
+reports come back as the matching ``SchedulerError`` (``InvalidInput``,
+``NotFound``, ``Conflict``).
+
+    with Client("tcp://127.0.0.1:5555") as client:
+        task_id = client.submit("fibonacci", b'{"n": 10}')
+        task = client.wait(task_id, timeout=10)
+        print(task["status"], task["result"])
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import zmq
+
+from common import protocol
+from common.errors import SchedulerError, Unavailable
+from common.models import TaskStatus
+
+#: Seconds a call waits for the broker when no timeout is given.
+DEFAULT_TIMEOUT = 5.0
+
+
+class TaskFailed(Exception):
+    """``Client.result`` was asked for the result of a task that did not complete."""
+
+    def __init__(self, task: dict[str, Any]) -> None:
+        super().__init__(f"task {task['id']} {task['status']}: {task.get('error') or ''}".strip())
+        self.task = task
+
+
+class Client:
+    """A connection to the broker for submitting and inspecting tasks."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self._context = context or zmq.Context.instance()
+        self._counter = itertools.count(1)
+        self._socket = self._connect()
+
+    def _connect(self) -> zmq.Socket[bytes]:
+        socket: zmq.Socket[bytes] = self._context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        # Queue nothing for a broker that is not connected: a send then waits
+        # (bounded by the call's timeout) instead of piling up requests.
+        socket.setsockopt(zmq.IMMEDIATE, 1)
+        socket.connect(self.endpoint)
+        return socket
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the one round trip ----------------------------------------------------
+
+    def call(
+        self, op: str, args: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> Any:
+        """Send one request and return the reply's value, or raise the reply's error."""
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        req = next(self._counter)
+        if not self._socket.poll(int(limit * 1000), zmq.POLLOUT):
+            self._reset()
+            raise Unavailable(f"broker at {self.endpoint} is not reachable")
+        try:
+            self._socket.send_multipart(protocol.request(req, op, args), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self._reset()
+            raise Unavailable(f"broker at {self.endpoint} is not reachable") from None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._socket.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+                raise Unavailable(f"broker at {self.endpoint} did not answer within {limit:g} s")
+            frames = self._socket.recv_multipart()
+            try:
+                message = protocol.unpack(frames)
+            except protocol.ProtocolError:
+                continue
+            body = message.body
+            if message.command is not protocol.Command.REPLY or body.get("req") != req:
+                continue  # a late reply to an earlier call that timed out
+            if body.get("ok"):
+                return body.get("value")
+            error = body.get("error")
+            raise SchedulerError.from_dict(error if isinstance(error, dict) else {})
+
+    def _reset(self) -> None:
+        # A request queued on a half-open connection must not be sent later.
+        self._socket.close(linger=0)
+        self._socket = self._connect()
+
+    # -- tasks -------------------------------------------------------------------
+
+    def submit(self, handler: str, args: bytes = b"", **fields: Any) -> str:
+        """Submit one task and return its id.
+
+        ``fields``: name, dependencies, priority, max_retries, timeout, requires, resources.
+        """
+        return self.submit_many([{"handler": handler, "args": args, **fields}])[0]
+
+    def submit_many(self, specs: list[dict[str, Any]], timeout: float | None = None) -> list[str]:
+        """Submit many tasks in one message, all or none; returns their ids in order."""
+        value = self.call("submit", {"tasks": specs}, timeout)
+        return [entry["id"] for entry in value["tasks"]]
+
+    def get(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """The task's current record."""
+        result: dict[str, Any] = self.call("get", {"id": task_id}, timeout)
+        return result
+
+    def list_tasks(
+        self,
+        status: str | None = None,
+        handler: str | None = None,
+        limit: int = 100,
+        after: int | None = None,
+        timeout: float | None = None,
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """A page of tasks in submission order and the cursor of the next page (or None)."""
+        args: dict[str, Any] = {"limit": limit}
+        if status is not None:
+            args["status"] = status
+        if handler is not None:
+            args["handler"] = handler
+        if after is not None:
+            args["after"] = after
+        value = self.call("list", args, timeout)
+        return value["tasks"], value["next"]
+
+    def cancel(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Cancel a task: at once when pending; a running one is told to stop."""
+        result: dict[str, Any] = self.call("cancel", {"id": task_id}, timeout)
+        return result
+
+    def wait(self, task_id: str, timeout: float) -> dict[str, Any]:
+        """Wait up to ``timeout`` seconds for the task to finish; returns its record.
+
+        The record's status may still be pending or running if time ran out.
+        """
+        result: dict[str, Any] = self.call(
+            "wait", {"id": task_id, "timeout": timeout}, timeout + self.timeout
+        )
+        return result
+
+    def result(self, task_id: str, timeout: float) -> bytes:
+        """Wait for the task and return its result; raise ``TaskFailed`` if it did not complete
+        and ``TimeoutError`` if it is still unfinished after ``timeout`` seconds."""
+        task = self.wait(task_id, timeout)
+        if task["status"] == TaskStatus.COMPLETED:
+            return bytes(task["result"] or b"")
+        if task["status"] in (TaskStatus.PENDING, TaskStatus.RUNNING):
+            raise TimeoutError(f"task {task_id} still {task['status']} after {timeout:g} s")
+        raise TaskFailed(task)
+
+    # -- workers and health --------------------------------------------------------
+
+    def workers(self, timeout: float | None = None) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.call("workers", {}, timeout)
+        return result
+
+    def worker(self, worker_id: str, timeout: float | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("worker", {"id": worker_id}, timeout)
+        return result
+
+    def health(self, timeout: float | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("health", {}, timeout)
+        return result
+
+    # -- HTTP workers (used by the REST API) -----------------------------------------
+
+    def register_http_worker(
+        self,
+        worker_id: str,
+        capabilities: list[str],
+        resources: dict[str, float],
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Register (or re-register) a worker that pulls tasks over HTTP."""
+        args = {"id": worker_id, "capabilities": capabilities, "resources": resources}
+        result: dict[str, Any] = self.call("http_register", args, timeout)
+        return result
+
+    def next_task(self, worker_id: str, wait: float = 0.0) -> dict[str, Any] | None:
+        """Lease the next task to an HTTP worker, waiting up to ``wait`` seconds for one."""
+        result: dict[str, Any] | None = self.call(
+            "http_next", {"id": worker_id, "wait": wait}, wait + self.timeout
+        )
+        return result
+
+    def heartbeat(self, worker_id: str, timeout: float | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("http_heartbeat", {"id": worker_id}, timeout)
+        return result
+
+    def complete(
+        self,
+        worker_id: str,
+        task_id: str,
+        status: str,
+        result: bytes | None = None,
+        error: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Report the outcome of a task an HTTP worker ran."""
+        args = {
+            "worker_id": worker_id,
+            "task_id": task_id,
+            "status": status,
+            "result": result,
+            "error": error,
+        }
+        value: dict[str, Any] = self.call("http_complete", args, timeout)
+        return value

@@ -1,0 +1,66 @@
+"""Errors that travel: the broker raises them, the wire carries them, the API shows them.
+
+Each error has an HTTP status code, a short title and a description that says
+what was wrong, so that every layer reports bad input the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SchedulerError(Exception):
+    """Base of every error the broker reports to a client."""
+
+    #: HTTP status code that describes this error.
+    status = 500
+    #: Short, fixed title (as Falcon's HTTP errors have).
+    title = "Internal error"
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description)
+        self.description = description
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "title": self.title, "description": self.description}
+
+    @staticmethod
+    def from_dict(error: dict[str, Any]) -> SchedulerError:
+        """Rebuild the error a broker reply carries, keeping its status code."""
+        status = error.get("status")
+        description = str(error.get("description", ""))
+        for cls in (InvalidInput, NotFound, Conflict, Unavailable):
+            if cls.status == status:
+                return cls(description)
+        exc = SchedulerError(description)
+        exc.status = status if isinstance(status, int) else 500
+        exc.title = str(error.get("title", SchedulerError.title))
+        return exc
+
+
+class InvalidInput(SchedulerError):
+    """The request is malformed: wrong type, missing field, unknown dependency..."""
+
+    status = 400
+    title = "Invalid input"
+
+
+class NotFound(SchedulerError):
+    """An id that names no task or worker."""
+
+    status = 404
+    title = "Not found"
+
+
+class Conflict(SchedulerError):
+    """The request is valid but does not fit the current state."""
+
+    status = 409
+    title = "Conflict"
+
+
+class Unavailable(SchedulerError):
+    """The broker did not answer in time (or could not be reached)."""
+
+    status = 503
+    title = "Broker unavailable"

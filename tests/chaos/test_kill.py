@@ -1,0 +1,86 @@
+"""Doing the bad thing: SIGKILL a worker mid-task, SIGKILL the broker with work in flight."""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+
+import pytest
+
+from tests.conftest import Stack, wait_for
+
+pytestmark = pytest.mark.chaos
+
+
+def test_worker_killed_mid_task_task_completes_elsewhere(stack: Stack) -> None:
+    # A longer ping interval than the other tests, so that "offline within twice the
+    # liveness window" leaves room for a busy machine: window 1.5 s, bound 3 s.
+    stack.start_broker("--ping-interval", "0.5", "--liveness", "3")
+    victim = stack.start_worker(worker_id="victim", slots=1)
+    stack.wait_workers("victim")
+    client = stack.client()
+    task_id = client.submit("sleep", b'{"seconds": 1.5}')
+    wait_for(lambda: client.get(task_id)["worker_id"] == "victim", what="task on victim")
+    stack.start_worker(worker_id="survivor", slots=1)
+    stack.wait_workers("survivor")
+
+    victim.kill9()
+    killed_at = time.monotonic()
+    wait_for(lambda: client.worker("victim")["status"] == "offline", what="victim offline")
+    assert time.monotonic() - killed_at <= 2 * 1.5
+
+    task = client.wait(task_id, timeout=30)
+    assert task["status"] == "completed"
+    assert task["worker_id"] == "survivor"
+    assert task["attempts"] == 2
+    assert client.worker("victim")["running"] == []
+
+
+def test_broker_killed_keeps_results_and_pending_tasks_in_priority_order(stack: Stack) -> None:
+    stack.start_broker()
+    stack.start_worker(worker_id="first", slots=2)
+    client = stack.client()
+    done = {client.submit("echo", f"done {i}".encode()): f"done {i}".encode() for i in range(20)}
+    for task_id, payload in done.items():
+        assert client.result(task_id, timeout=30) == payload
+    stack.procs[-1].stop()
+    wait_for(lambda: client.worker("first")["status"] == "offline", what="worker gone")
+
+    rng = random.Random(7)
+    priorities = [rng.randint(-5, 5) for _ in range(30)]
+    pending = [client.submit("echo", b"p", priority=p) for p in priorities]
+    assert stack.broker is not None
+    stack.broker.kill9()
+
+    stack.start_broker()
+    client = stack.client()
+    for task_id, payload in done.items():
+        task = client.get(task_id)
+        assert (task["status"], task["result"]) == ("completed", payload)
+    assert all(client.get(task_id)["status"] == "pending" for task_id in pending)
+
+    # One slot: tasks start one after another, so start times give the lease order.
+    stack.start_worker(worker_id="second", slots=1)
+    for task_id in pending:
+        assert client.result(task_id, timeout=30) == b"p"
+    started = sorted(pending, key=lambda i: client.get(i)["started_at"])
+    expected = sorted(pending, key=lambda i: (-priorities[pending.index(i)], pending.index(i)))
+    assert started == expected
+
+
+def test_broker_killed_while_workers_run_tasks_loses_nothing(stack: Stack) -> None:
+    stack.start_broker()
+    stack.start_worker(worker_id="a", slots=2)
+    stack.start_worker(worker_id="b", slots=2)
+    stack.wait_workers("a", "b")
+    client = stack.client()
+    ids = [client.submit("sleep", b'{"seconds": 0.4}') for _ in range(12)]
+    wait_for(lambda: client.list_tasks(status="running")[0], what="some running")
+    assert stack.broker is not None
+    stack.broker.signal(signal.SIGKILL)
+    stack.broker.popen.wait(timeout=10)
+    stack.start_broker()
+    client = stack.client()
+    for task_id in ids:
+        assert client.wait(task_id, timeout=60)["status"] == "completed"

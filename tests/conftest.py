@@ -1,0 +1,210 @@
+"""Fixtures that start real stacks (broker, workers, API) on free loopback ports.
+
+Every process is started in its own session and killed by process group at
+teardown. Tests synchronise by polling for a state, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from common.client import Client
+
+ROOT = Path(__file__).resolve().parent.parent
+SUPPORT = Path(__file__).resolve().parent / "support"
+#: Fast liveness for tests: a silent worker is offline after 0.2 s × 3.
+PING_INTERVAL = 0.2
+LIVENESS = 3
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(
+    check: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.05, what: str = ""
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except Exception as exc:  # the thing polled for may not be up yet
+            last_error = exc
+            value = None
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what or check}: last error {last_error!r}")
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(SUPPORT), str(ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Proc:
+    """A child process in its own process group, logging to a file."""
+
+    def __init__(self, name: str, argv: list[str], log_dir: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=child_env(),
+            cwd=ROOT,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signum)
+
+    def kill9(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.popen.wait(timeout=10)
+
+    def stop(self, grace: float = 5.0) -> int | None:
+        if self.popen.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.popen.wait(timeout=10)
+        else:
+            self.signal(signal.SIGKILL)  # leftovers in its group
+        self._log.close()
+        return self.popen.returncode
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+
+class Stack:
+    """A broker, its workers and optionally the HTTP API, on free ports under ``tmp_path``."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.data = str(tmp_path / "scheduler.db")
+        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self.procs: list[Proc] = []
+        self.broker: Proc | None = None
+        self.api_url = ""
+        self._clients: list[Client] = []
+        self._names: dict[str, int] = {}
+
+    def _name(self, base: str) -> str:
+        self._names[base] = self._names.get(base, 0) + 1
+        return f"{base}-{self._names[base]}"
+
+    def start_broker(self, *extra: str) -> Proc:
+        argv = [sys.executable, "-m", "broker", "--bind", self.endpoint, "--data", self.data,
+                "--ping-interval", str(PING_INTERVAL), "--liveness", str(LIVENESS),
+                "--retry-backoff", "0.1", "--timeout-grace", "1", *extra]  # fmt: skip
+        self.broker = self._start("broker", argv)
+        client = self.client()
+        wait_for(lambda: client.health(timeout=0.5), what="broker health")
+        return self.broker
+
+    def start_worker(self, *extra: str, worker_id: str | None = None, slots: int = 2) -> Proc:
+        name = self._name("worker")
+        argv = [sys.executable, "-m", "worker", "--broker", self.endpoint,
+                "--id", worker_id or name, "--concurrency", str(slots), *extra]  # fmt: skip
+        return self._start(name, argv)
+
+    def start_api(self, *extra: str) -> Proc:
+        port = free_port()
+        argv = [sys.executable, "-m", "api", "--listen", f"127.0.0.1:{port}",
+                "--broker", self.endpoint, "--processes", "1", *extra]  # fmt: skip
+        proc = self._start("api", argv)
+        self.api_url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: self.http("GET", "/health")[0] == 200, what="API health")
+        return proc
+
+    def _start(self, name: str, argv: list[str]) -> Proc:
+        proc = Proc(name, argv, self.tmp_path)
+        self.procs.append(proc)
+        return proc
+
+    def client(self, timeout: float = 5.0) -> Client:
+        client = Client(self.endpoint, timeout=timeout)
+        self._clients.append(client)
+        return client
+
+    def online_workers(self) -> set[str]:
+        workers = self.client().workers(timeout=2)
+        return {w["id"] for w in workers if w["status"] == "online"}
+
+    def wait_workers(self, *ids: str) -> None:
+        wait_for(lambda: set(ids) <= self.online_workers(), what=f"workers {ids} online")
+
+    def http(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any, dict[str, str]]:
+        """One HTTP request to the API: (status, parsed JSON body or None, headers)."""
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        request = urllib.request.Request(self.api_url + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        for key, value in (headers or {}).items():
+            request.add_header(key, value)
+        try:
+            with urllib.request.urlopen(request, timeout=40) as response:
+                payload = response.read()
+                status, got = response.status, {k.lower(): v for k, v in response.headers.items()}
+        except urllib.error.HTTPError as exc:
+            payload = exc.read()
+            status, got = exc.code, {k.lower(): v for k, v in exc.headers.items()}
+            exc.close()
+        return status, (json.loads(payload) if payload else None), got
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    s = Stack(tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()

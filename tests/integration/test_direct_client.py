@@ -1,0 +1,175 @@
+"""The direct ZeroMQ client against a real broker and real zmq-worker processes."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from common import protocol
+from common.client import Client, TaskFailed
+from common.errors import InvalidInput, NotFound, Unavailable
+from tests.conftest import Stack, free_port, wait_for
+
+
+def test_submit_many_and_wait_for_results(stack: Stack) -> None:
+    stack.start_broker()
+    stack.start_worker(worker_id="w1")
+    stack.start_worker(worker_id="w2")
+    client = stack.client()
+    payloads = [f"payload {i}".encode() for i in range(200)]
+    ids = client.submit_many([{"handler": "echo", "args": p} for p in payloads])
+    assert len(set(ids)) == 200
+    for task_id, payload in zip(ids, payloads, strict=True):
+        assert client.result(task_id, timeout=30) == payload
+    workers_used = {client.get(i)["worker_id"] for i in ids}
+    assert workers_used == {"w1", "w2"}
+
+
+def test_builtin_handlers_through_the_broker(stack: Stack) -> None:
+    stack.start_broker()
+    stack.start_worker()
+    client = stack.client()
+    fib = client.submit("fibonacci", b'{"n": 10}')
+    primes = client.submit("prime_factorization", b'{"n": 360}')
+    bad = client.submit("fibonacci", b'{"n": "ten"}')
+    assert json.loads(client.result(fib, timeout=30)) == {"n": 10, "result": 55}
+    assert json.loads(client.result(primes, timeout=30)) == {
+        "n": 360,
+        "factors": [2, 2, 2, 3, 3, 5],
+    }
+    with pytest.raises(TaskFailed) as failed:
+        client.result(bad, timeout=30)
+    assert failed.value.task["status"] == "failed"
+    assert "n" in failed.value.task["error"]
+
+
+def test_retries_then_success_and_exhausted_retries(stack: Stack, tmp_path: Path) -> None:
+    stack.start_broker()
+    stack.start_worker("--handlers", "flaky_handlers")
+    client = stack.client()
+    counter = tmp_path / "runs"
+    flaky = client.submit(
+        "fail_times", json.dumps({"path": str(counter), "fail": 2}).encode(), max_retries=2
+    )
+    doomed = client.submit("always_fail", max_retries=1)
+    assert json.loads(client.result(flaky, timeout=30)) == {"runs": 3}
+    assert client.get(flaky)["attempts"] == 3
+    task = client.wait(doomed, timeout=30)
+    assert task["status"] == "failed"
+    assert task["attempts"] == 2
+    assert "boom" in task["error"]
+
+
+def test_timeout_stops_the_run_and_fails_the_task(stack: Stack) -> None:
+    stack.start_broker()
+    stack.start_worker(slots=1)
+    client = stack.client()
+    slow = client.submit("sleep", b'{"seconds": 30}', timeout=0.5)
+    task = client.wait(slow, timeout=30)
+    assert task["status"] == "failed"
+    assert "timed out" in task["error"]
+    # The slot is free again: another task runs on the one-slot worker.
+    quick = client.submit("echo", b"after")
+    assert client.result(quick, timeout=30) == b"after"
+
+
+def test_cancel_pending_and_running(stack: Stack) -> None:
+    stack.start_broker()
+    stack.start_worker(slots=1)
+    client = stack.client()
+    running = client.submit("sleep", b'{"seconds": 60}')
+    pending = client.submit("echo", b"never")
+    wait_for(lambda: client.get(running)["status"] == "running", what="sleep running")
+    assert client.cancel(pending)["status"] == "cancelled"
+    assert client.cancel(running)["status"] == "cancelled"
+    # The sleep stops early and frees the only slot.
+    after = client.submit("echo", b"next")
+    assert client.result(after, timeout=30) == b"next"
+    assert client.get(pending)["status"] == "cancelled"
+    assert client.get(pending)["started_at"] is None
+
+
+def test_dependencies_run_in_order_and_failures_propagate(stack: Stack) -> None:
+    stack.start_broker()
+    stack.start_worker("--handlers", "flaky_handlers", slots=4)
+    client = stack.client()
+    first = client.submit("sleep", b'{"seconds": 0.3}')
+    second = client.submit("echo", b"2", dependencies=[first])
+    broken = client.submit("always_fail")
+    orphan = client.submit("echo", b"x", dependencies=[second, broken])
+    grandchild = client.submit("echo", b"y", dependencies=[orphan])
+    assert client.result(second, timeout=30) == b"2"
+    assert client.get(second)["started_at"] >= client.get(first)["completed_at"]
+    assert client.wait(grandchild, timeout=30)["status"] == "failed"
+    assert client.get(orphan)["error"] == f"dependency {broken} failed"
+    assert client.get(orphan)["started_at"] is None
+    with pytest.raises(InvalidInput, match="unknown task"):
+        client.submit("echo", dependencies=["no-such-task"])
+
+
+def test_requires_tags_route_tasks_to_matching_workers(stack: Stack) -> None:
+    stack.start_broker()
+    stack.start_worker(worker_id="plain")
+    stack.start_worker("--capabilities", "gpu", worker_id="gpu-box")
+    stack.wait_workers("plain", "gpu-box")
+    client = stack.client()
+    ids = [client.submit("echo", b"g", requires=["gpu"]) for _ in range(10)]
+    for task_id in ids:
+        client.result(task_id, timeout=30)
+        assert client.get(task_id)["worker_id"] == "gpu-box"
+    unmatched = client.submit("echo", requires=["tpu"])
+    assert client.wait(unmatched, timeout=0.5)["status"] == "pending"
+
+
+def test_errors_unknown_ids_and_unreachable_broker(stack: Stack) -> None:
+    stack.start_broker()
+    client = stack.client()
+    with pytest.raises(NotFound):
+        client.get("missing")
+    with pytest.raises(InvalidInput, match="handler is required"):
+        client.submit_many([{"args": b""}])
+    nowhere = Client(f"tcp://127.0.0.1:{free_port()}", timeout=0.5)
+    try:
+        began = time.monotonic()
+        with pytest.raises(Unavailable):
+            nowhere.health()
+        assert time.monotonic() - began < 10
+    finally:
+        nowhere.close()
+
+
+def test_broker_survives_malformed_frames(stack: Stack) -> None:
+    stack.start_broker()
+    raw: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(stack.endpoint)
+    try:
+        garbage = [
+            [b"hello"],
+            [b"ZS1", b"REQUEST"],
+            [b"ZS9", b"REQUEST", b"\x80"],
+            [b"ZS1", b"NOPE", b"\x80"],
+            [b"ZS1", b"REQUEST", b"\xc1\xc1"],
+            [b"ZS1", b"REQUEST", b"\x93\x01\x02\x03"],
+            [b"ZS1", b"DONE", b"\x80"],
+            [b"ZS1", b"READY", b"\x81\xa2id\x05"],
+        ]
+        for frames in garbage:
+            raw.send_multipart(frames)
+        raw.send_multipart(protocol.request(7, "submit", {"tasks": "not a list"}))
+        raw.send_multipart(protocol.request(8, "explode", {}))
+        replies: list[dict[str, Any]] = []
+        while len(replies) < 2:
+            assert raw.poll(10_000)
+            message = protocol.unpack(raw.recv_multipart())
+            if message.command is protocol.Command.REPLY:  # the DONE above earns a RESYNC
+                replies.append(message.body)
+        assert [(r["req"], r["error"]["status"]) for r in replies] == [(7, 400), (8, 400)]
+        assert stack.client().health()["status"] == "ok"
+    finally:
+        raw.close(linger=0)

@@ -1,0 +1,32 @@
+"""Handlers used by the integration tests, loaded with ``zmq-worker --handlers flaky_handlers``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from worker import handler, register
+
+
+@handler("fail_times")
+def fail_times(args: bytes) -> dict[str, int]:
+    """Fail the first ``fail`` runs (counted in the file ``path``), then succeed."""
+    spec = json.loads(args)
+    counter = Path(spec["path"])
+    runs = int(counter.read_text()) + 1 if counter.exists() else 1
+    counter.write_text(str(runs))
+    if runs <= spec["fail"]:
+        raise RuntimeError(f"planned failure {runs}")
+    return {"runs": runs}
+
+
+def always_fail(args: bytes) -> bytes:
+    raise RuntimeError("boom")
+
+
+register("always_fail", always_fail)
+
+
+@handler("async_echo")
+async def async_echo(args: bytes) -> bytes:
+    return args

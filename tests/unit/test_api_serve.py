@@ -1,0 +1,175 @@
+"""The API under real gunicorn with no broker running: it must answer, and answer fast.
+
+Starts the server both ways it is deployed (``python -m api`` and ``gunicorn -c
+deploy/gunicorn.conf.py``) on a free port, in its own process group so a failure
+never leaves it behind, and checks that ``/health`` is a 503 within seconds, that a
+chunked body over the limit is a 413, and that SIGTERM stops it cleanly.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from api.app import MAX_WAIT
+from api.cli import APIServer, main
+from api.serve import bind_address, gunicorn_options
+from common.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Seconds the server may take to start answering (a loaded CI machine is slow to fork).
+START_DEADLINE = 30.0
+#: Seconds a health probe may take with the broker down (the API waits 1.5 s for it).
+HEALTH_DEADLINE = 3.0
+MAX_BODY = 1024
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def request(
+    port: int,
+    method: str,
+    path: str,
+    body: Iterator[bytes] | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, encode_chunked=body is not None)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def wait_until_serving(server: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    deadline = time.monotonic() + START_DEADLINE
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"server exited with {server.returncode}:\n{log.read_text()}")
+        try:
+            request(port, "GET", "/health")
+            return
+        except OSError:  # not listening yet
+            time.sleep(0.1)
+    pytest.fail(f"server did not answer within {START_DEADLINE} s:\n{log.read_text()}")
+
+
+def command(how: str, port: int, broker: str) -> tuple[list[str], dict[str, str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZMQS_")}
+    if how == "cli":
+        argv = [sys.executable, "-m", "api", "--listen", f"127.0.0.1:{port}", "--broker", broker]
+        argv += ["--processes", "1", "--threads", "4", "--max-body", str(MAX_BODY)]
+        return argv, env
+    env.update(
+        ZMQS_LISTEN=f"127.0.0.1:{port}",
+        ZMQS_BROKER=broker,
+        ZMQS_PROCESSES="1",
+        ZMQS_THREADS="4",
+        ZMQS_MAX_BODY=str(MAX_BODY),
+    )
+    argv = [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py"]
+    return [*argv, "api.app:create_app()"], env
+
+
+@pytest.mark.parametrize("how", ["cli", "gunicorn.conf"])
+def test_served_api_answers_503_fast_without_a_broker(how: str, tmp_path: Path) -> None:
+    port = free_port()
+    argv, env = command(how, port, f"tcp://127.0.0.1:{free_port()}")
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        wait_until_serving(server, port, log)
+
+        started = time.monotonic()
+        status, body = request(port, "GET", "/health")
+        elapsed = time.monotonic() - started
+        assert status == 503, body
+        assert json.loads(body)["status"] == "unavailable"
+        assert elapsed < HEALTH_DEADLINE
+
+        # A chunked body has no Content-Length: the limit must hold while reading.
+        status, body = request(port, "POST", "/tasks", iter([b"[" * 600, b"]" * 600]))
+        assert status == 413, body
+        assert str(MAX_BODY) in json.loads(body)["description"]
+
+        os.killpg(server.pid, signal.SIGTERM)
+        assert server.wait(timeout=15) == 0, log.read_text()
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+# -- options shared by zmq-api and deploy/gunicorn.conf.py --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("listen", "bind"),
+    [
+        (":8080", "0.0.0.0:8080"),
+        ("127.0.0.1:9000", "127.0.0.1:9000"),
+        ("[::1]:8080", "[::1]:8080"),
+        ("api.example:80", "api.example:80"),
+    ],
+)
+def test_bind_address(listen: str, bind: str) -> None:
+    assert bind_address(listen) == bind
+
+
+@pytest.mark.parametrize("listen", ["8080", "localhost:", ""])
+def test_bind_address_rejects_what_is_not_host_port(listen: str) -> None:
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        bind_address(listen)
+
+
+def test_gunicorn_options_follow_the_settings() -> None:
+    settings = Settings(listen=":9090", processes=3, threads=7, log_level="DEBUG")
+
+    options = gunicorn_options(settings)
+
+    assert options["bind"] == ["0.0.0.0:9090"]
+    assert options["workers"] == 3
+    assert options["worker_class"] == "gthread"
+    assert options["threads"] == 7
+    assert options["loglevel"] == "debug"
+    assert options["accesslog"] is None
+    # A long-poll and the broker's reply to it fit in a graceful shutdown.
+    assert options["graceful_timeout"] >= MAX_WAIT + settings.request_timeout
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--processes", "0"], ["--threads", "0"], ["--listen", "8080"], ["--log-level", "LOUD"]],
+)
+def test_cli_rejects_bad_settings_before_serving(
+    argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def serve(self: APIServer) -> None:
+        pytest.fail("zmq-api started serving with bad settings")
+
+    monkeypatch.setattr(APIServer, "run", serve)
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+
+    assert exit_info.value.code == 2
+    assert "zmq-api" in capsys.readouterr().err

@@ -1,0 +1,425 @@
+"""The scheduling core alone: no sockets, time passed in by hand."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from broker.core import MAX_LOST, Scheduler, Timing
+from broker.store import MemoryStore
+from common.errors import Conflict, InvalidInput, NotFound
+from common.models import TaskStatus, WorkerStatus
+
+T0 = 1_000_000.0
+
+
+@pytest.fixture
+def core() -> Scheduler:
+    return Scheduler(Timing(ping_interval=1.0, liveness=3, retry_backoff=1.0, timeout_grace=5.0))
+
+
+def add_worker(
+    core: Scheduler,
+    worker_id: str,
+    capabilities: list[str] | None = None,
+    slots: int = 1,
+    now: float = T0,
+    resources: dict[str, float] | None = None,
+    running: list[dict[str, Any]] | None = None,
+) -> bytes:
+    address = worker_id.encode()
+    body = {
+        "id": worker_id,
+        "slots": slots,
+        "capabilities": capabilities or ["echo"],
+        "resources": resources or {},
+        "running": running or [],
+    }
+    core.register(address, body, now)
+    return address
+
+
+def submit(core: Scheduler, now: float = T0, **spec: Any) -> str:
+    spec.setdefault("handler", "echo")
+    return str(core.submit([spec], now)[0]["id"])
+
+
+def dispatched(core: Scheduler, now: float = T0) -> dict[bytes, list[str]]:
+    """Run a scheduling round and return task ids dispatched per worker address."""
+    core.schedule(now)
+    outbox = core.take_outbox()
+    return {addr: [e["task_id"] for e in entries] for addr, entries in outbox.dispatch.items()}
+
+
+def finish(core: Scheduler, address: bytes, task_id: str, status: str = "completed",
+           now: float = T0, result: bytes = b"ok", error: str | None = None) -> None:  # fmt: skip
+    worker = core.worker_at(address)
+    assert worker is not None
+    attempt = core.tasks[task_id].attempts
+    entry = {"task_id": task_id, "attempt": attempt, "status": status, "result": result,
+             "error": error}  # fmt: skip
+    core.report(worker, [entry], now)
+
+
+# -- priority and order -------------------------------------------------------------
+
+
+def test_higher_priority_first_and_fifo_among_equals(core: Scheduler) -> None:
+    low = submit(core, priority=1)
+    high_a = submit(core, priority=5)
+    high_b = submit(core, priority=5)
+    mid = submit(core, priority=3)
+    address = add_worker(core, "w1", slots=1)
+    order = []
+    for _ in range(4):
+        (task_id,) = dispatched(core)[address]
+        order.append(task_id)
+        finish(core, address, task_id)
+    assert order == [high_a, high_b, mid, low]
+
+
+def test_never_more_tasks_than_slots(core: Scheduler) -> None:
+    ids = [submit(core) for _ in range(10)]
+    address = add_worker(core, "w1", slots=3)
+    assert len(dispatched(core)[address]) == 3
+    assert dispatched(core) == {}
+    finish(core, address, ids[0])
+    assert dispatched(core) == {address: [ids[3]]}
+
+
+def test_priority_holds_across_handlers_cluster_wide(core: Scheduler) -> None:
+    submit(core, handler="a", priority=1)
+    urgent = submit(core, handler="b", priority=9)
+    address = add_worker(core, "w1", capabilities=["a", "b"], slots=1)
+    assert dispatched(core) == {address: [urgent]}
+
+
+# -- matching ---------------------------------------------------------------------------
+
+
+def test_task_waits_for_a_worker_with_its_handler(core: Scheduler) -> None:
+    task_id = submit(core, handler="fibonacci")
+    add_worker(core, "w1", capabilities=["echo"])
+    assert dispatched(core) == {}
+    assert core.tasks[task_id].status is TaskStatus.PENDING
+    address = add_worker(core, "w2", capabilities=["fibonacci"])
+    assert dispatched(core) == {address: [task_id]}
+
+
+def test_requires_tags_must_all_be_present(core: Scheduler) -> None:
+    task_id = submit(core, requires=["gpu", "linux"])
+    add_worker(core, "w1", capabilities=["echo", "gpu"])
+    assert dispatched(core) == {}
+    address = add_worker(core, "w2", capabilities=["echo", "gpu", "linux"])
+    assert dispatched(core) == {address: [task_id]}
+
+
+def test_resources_limit_concurrent_tasks(core: Scheduler) -> None:
+    first = submit(core, resources={"memory": 600})
+    second = submit(core, resources={"memory": 600})
+    small = add_worker(core, "small", slots=4, resources={"memory": 500})
+    big = add_worker(core, "big", slots=4, resources={"memory": 1000, "cpu": 4})
+    assert dispatched(core) == {big: [first]}
+    finish(core, big, first)
+    assert dispatched(core) == {big: [second]}
+    assert small not in dispatched(core)
+
+
+def test_blocked_shape_does_not_stop_lower_priority_tasks(core: Scheduler) -> None:
+    submit(core, handler="rare", priority=10)
+    common_task = submit(core, handler="echo", priority=1)
+    address = add_worker(core, "w1", capabilities=["echo"])
+    assert dispatched(core) == {address: [common_task]}
+
+
+# -- dependencies ----------------------------------------------------------------------
+
+
+def test_dependent_starts_only_after_dependencies_complete(core: Scheduler) -> None:
+    a = submit(core)
+    b = submit(core)
+    child = submit(core, dependencies=[a, b], priority=100)
+    address = add_worker(core, "w1", slots=3)
+    assert sorted(dispatched(core)[address]) == sorted([a, b])
+    finish(core, address, a)
+    assert dispatched(core) == {}
+    finish(core, address, b)
+    assert dispatched(core) == {address: [child]}
+
+
+def test_failed_dependency_fails_dependents_transitively(core: Scheduler) -> None:
+    root = submit(core)
+    child = submit(core, dependencies=[root])
+    grandchild = submit(core, dependencies=[child])
+    address = add_worker(core, "w1")
+    dispatched(core)
+    finish(core, address, root, status="failed", error="boom")
+    assert core.tasks[child].status is TaskStatus.FAILED
+    assert core.tasks[child].error == f"dependency {root} failed"
+    assert core.tasks[grandchild].status is TaskStatus.FAILED
+    assert core.tasks[grandchild].error == f"dependency {child} failed"
+
+
+def test_cancelled_dependency_fails_dependents(core: Scheduler) -> None:
+    root = submit(core, handler="nobody")
+    child = submit(core, dependencies=[root])
+    core.cancel(root, T0)
+    assert core.tasks[child].status is TaskStatus.FAILED
+    assert core.tasks[child].error == f"dependency {root} cancelled"
+
+
+def test_unknown_dependency_is_rejected_and_nothing_is_added(core: Scheduler) -> None:
+    ok = {"handler": "echo"}
+    bad = {"handler": "echo", "dependencies": ["nope"]}
+    with pytest.raises(InvalidInput, match=r"tasks\[1\].dependencies: unknown task 'nope'"):
+        core.submit([ok, bad], T0)
+    assert core.tasks == {}
+
+
+def test_dependency_on_already_failed_task_fails_at_once(core: Scheduler) -> None:
+    root = submit(core, handler="nobody")
+    core.cancel(root, T0)
+    child = submit(core, dependencies=[root])
+    assert core.tasks[child].status is TaskStatus.FAILED
+
+
+# -- retries, timeouts ---------------------------------------------------------------------
+
+
+def test_retry_with_exponential_backoff_then_fail(core: Scheduler) -> None:
+    task_id = submit(core, max_retries=2)
+    address = add_worker(core, "w1")
+    assert dispatched(core) == {address: [task_id]}
+    finish(core, address, task_id, status="failed", error="first")
+    task = core.tasks[task_id]
+    assert task.status is TaskStatus.PENDING
+    core.tick(T0 + 0.5)
+    assert dispatched(core, T0 + 0.5) == {}  # back-off of 1 s
+    core.tick(T0 + 1.0)
+    assert dispatched(core, T0 + 1.0) == {address: [task_id]}
+    finish(core, address, task_id, status="failed", error="second", now=T0 + 1.0)
+    core.tick(T0 + 2.5)
+    assert dispatched(core, T0 + 2.5) == {}  # back-off of 2 s
+    core.tick(T0 + 3.0)
+    assert dispatched(core, T0 + 3.0) == {address: [task_id]}
+    finish(core, address, task_id, status="failed", error="third", now=T0 + 3.0)
+    assert task.status is TaskStatus.FAILED
+    assert task.error == "third"
+    assert task.attempts == 3
+
+
+def test_broker_expires_a_lease_past_timeout_plus_grace(core: Scheduler) -> None:
+    task_id = submit(core, timeout=2)
+    address = add_worker(core, "w1")
+    dispatched(core)
+    core.seen(core.workers["w1"], T0 + 6.9)
+    core.tick(T0 + 6.9)
+    assert core.tasks[task_id].status is TaskStatus.RUNNING
+    core.seen(core.workers["w1"], T0 + 7.0)
+    core.tick(T0 + 7.0)
+    assert core.tasks[task_id].status is TaskStatus.FAILED
+    assert "timed out" in (core.tasks[task_id].error or "")
+    assert core.take_outbox().cancel == {address: [task_id]}
+
+
+# -- liveness ------------------------------------------------------------------------------------
+
+
+def test_silent_worker_goes_offline_and_its_tasks_are_requeued(core: Scheduler) -> None:
+    task_id = submit(core)
+    lost = add_worker(core, "lost")
+    assert dispatched(core) == {lost: [task_id]}
+    assert core.tick(T0 + 1.0) == [lost]  # a ping is due
+    core.tick(T0 + 3.0)
+    assert core.workers["lost"].status is WorkerStatus.ONLINE
+    core.tick(T0 + 3.01)
+    assert core.workers["lost"].status is WorkerStatus.OFFLINE
+    assert core.tasks[task_id].status is TaskStatus.PENDING
+    other = add_worker(core, "other", now=T0 + 3.5)
+    assert dispatched(core, T0 + 3.5) == {other: [task_id]}
+
+
+def test_any_message_keeps_a_worker_alive(core: Scheduler) -> None:
+    add_worker(core, "w1")
+    for step in range(1, 20):
+        core.seen(core.workers["w1"], T0 + step)
+        core.tick(T0 + step)
+    assert core.workers["w1"].status is WorkerStatus.ONLINE
+
+
+def test_task_lost_more_than_three_times_fails(core: Scheduler) -> None:
+    task_id = submit(core)
+    now = T0
+    for i in range(MAX_LOST + 1):
+        address = add_worker(core, f"w{i}", now=now)
+        assert dispatched(core, now) == {address: [task_id]}
+        now += 10
+        core.tick(now)
+    task = core.tasks[task_id]
+    assert task.status is TaskStatus.FAILED
+    assert task.error == "worker lost"
+    assert task.failures == 0
+
+
+def test_late_outcome_from_offline_worker_is_refused(core: Scheduler) -> None:
+    task_id = submit(core)
+    frozen = add_worker(core, "frozen")
+    dispatched(core)
+    attempt = core.tasks[task_id].attempts
+    core.tick(T0 + 10)
+    other = add_worker(core, "other", now=T0 + 10)
+    assert dispatched(core, T0 + 10) == {other: [task_id]}
+    assert core.worker_at(frozen) is None  # the server answers RESYNC
+    add_worker(core, "frozen", now=T0 + 11, running=[{"task_id": task_id, "attempt": attempt}])
+    assert core.take_outbox().cancel == {frozen: [task_id]}
+    worker = core.worker_at(frozen)
+    assert worker is not None
+    stale = {"task_id": task_id, "attempt": attempt, "status": "completed", "result": b"old"}
+    core.report(worker, [stale], T0 + 11)
+    assert core.stale_outcomes == 1
+    finish(core, other, task_id, result=b"new", now=T0 + 12)
+    assert core.tasks[task_id].result == b"new"
+
+
+# -- cancel -------------------------------------------------------------------------------------
+
+
+def test_cancel_pending_and_running(core: Scheduler) -> None:
+    running = submit(core)
+    pending = submit(core)
+    address = add_worker(core, "w1")
+    dispatched(core)
+    assert core.cancel(pending, T0).status is TaskStatus.CANCELLED
+    assert core.cancel(running, T0).status is TaskStatus.CANCELLED
+    assert core.take_outbox().cancel == {address: [running]}
+    assert core.workers["w1"].capacity() == 0  # until the worker reports the run stopped
+    finish(core, address, running, status="cancelled")
+    assert core.workers["w1"].capacity() == 1
+    assert core.tasks[running].status is TaskStatus.CANCELLED
+    assert core.stale_outcomes == 0
+    with pytest.raises(Conflict):
+        core.cancel(running, T0)
+    with pytest.raises(NotFound):
+        core.cancel("nope", T0)
+
+
+# -- HTTP workers ----------------------------------------------------------------------------
+
+
+def test_http_worker_long_poll_gets_a_task_when_one_arrives(core: Scheduler) -> None:
+    core.http_register({"id": "h1", "capabilities": ["echo"]}, T0)
+    core.http_next({"id": "h1", "wait": 10}, "poll-1", T0)
+    core.schedule(T0)
+    core.tick(T0)
+    assert core.take_outbox().replies == []
+    task_id = submit(core, now=T0 + 1)
+    core.schedule(T0 + 1)
+    (reply,) = core.take_outbox().replies
+    assert reply[0] == "poll-1"
+    assert reply[1]["id"] == task_id
+    assert reply[1]["status"] == "running"
+    task = core.http_complete(
+        {"worker_id": "h1", "task_id": task_id, "status": "completed", "result": b"x"}, T0 + 2
+    )
+    assert task.status is TaskStatus.COMPLETED
+    with pytest.raises(Conflict):
+        core.http_complete({"worker_id": "h1", "task_id": task_id, "status": "completed"}, T0)
+
+
+def test_http_poll_times_out_empty(core: Scheduler) -> None:
+    core.http_register({"id": "h1", "capabilities": ["echo"]}, T0)
+    core.http_next({"id": "h1", "wait": 2}, "poll", T0)
+    core.tick(T0 + 1.9)
+    assert core.take_outbox().replies == []
+    core.tick(T0 + 2.0)
+    assert core.take_outbox().replies == [("poll", None)]
+
+
+def test_http_worker_without_heartbeat_goes_offline(core: Scheduler) -> None:
+    core.http_register({"id": "h1", "capabilities": ["echo"]}, T0)
+    task_id = submit(core)
+    core.http_next({"id": "h1", "wait": 0}, "poll", T0)
+    core.schedule(T0)
+    core.tick(T0 + 14)
+    assert core.workers["h1"].status is WorkerStatus.ONLINE
+    core.tick(T0 + 15.5)
+    assert core.workers["h1"].status is WorkerStatus.OFFLINE
+    assert core.tasks[task_id].status is TaskStatus.PENDING
+
+
+# -- restart ---------------------------------------------------------------------------------
+
+
+def test_restart_keeps_priority_order_and_reattaches_claimed_leases(core: Scheduler) -> None:
+    store = MemoryStore()
+    low = submit(core, priority=1)
+    high = submit(core, priority=7)
+    running = submit(core, priority=9)
+    address = add_worker(core, "w1")
+    assert dispatched(core) == {address: [running]}
+    attempt = core.tasks[running].attempts
+    store.save(core.take_dirty())
+
+    restarted = Scheduler(core.timing)
+    restarted.load(store.load(), T0 + 100)
+    assert restarted.tasks[running].status is TaskStatus.RUNNING
+    add_worker(
+        restarted, "w1", slots=2, now=T0 + 101,
+        running=[{"task_id": running, "attempt": attempt}],
+    )  # fmt: skip
+    assert dispatched(restarted, T0 + 101) == {address: [high]}
+    assert restarted.tasks[running].attempts == attempt  # not run again
+    finish(restarted, address, running, now=T0 + 102)
+    assert restarted.tasks[running].status is TaskStatus.COMPLETED
+    assert dispatched(restarted, T0 + 102) == {address: [low]}
+
+
+def test_restart_requeues_unclaimed_leases_after_the_window(core: Scheduler) -> None:
+    store = MemoryStore()
+    task_id = submit(core)
+    add_worker(core, "gone")
+    dispatched(core)
+    store.save(core.take_dirty())
+    restarted = Scheduler(core.timing)
+    restarted.load(store.load(), T0 + 100)
+    restarted.tick(T0 + 102)
+    assert restarted.tasks[task_id].status is TaskStatus.RUNNING
+    restarted.tick(T0 + 104.5)
+    assert restarted.tasks[task_id].status is TaskStatus.PENDING
+
+
+# -- validation ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({}, "handler is required"),
+        ({"handler": 3}, "handler must be a string"),
+        ({"handler": "echo", "priority": "high"}, "priority must be an integer"),
+        ({"handler": "echo", "priority": True}, "priority must be an integer"),
+        ({"handler": "echo", "max_retries": -1}, "max_retries must be between"),
+        ({"handler": "echo", "timeout": 0}, "timeout must be a finite number"),
+        ({"handler": "echo", "args": "text"}, "args must be bytes"),
+        ({"handler": "echo", "requires": "gpu"}, "requires must be a list"),
+        ({"handler": "echo", "resources": {"gpu": 1}}, "unknown resource 'gpu'"),
+        ({"handler": "echo", "colour": "red"}, "unknown field 'colour'"),
+    ],
+)
+def test_bad_specs_are_rejected_naming_the_field(
+    core: Scheduler, spec: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        core.submit([spec], T0)
+
+
+def test_list_pages_in_submission_order_with_filters(core: Scheduler) -> None:
+    ids = [submit(core, handler="echo" if i % 2 else "other") for i in range(7)]
+    page = core.list_tasks({"limit": 2, "handler": "echo"})
+    assert [t["id"] for t in page["tasks"]] == [ids[1], ids[3]]
+    page = core.list_tasks({"limit": 2, "handler": "echo", "after": page["next"]})
+    assert [t["id"] for t in page["tasks"]] == [ids[5]]
+    assert page["next"] is None
+    with pytest.raises(InvalidInput):
+        core.list_tasks({"status": "bogus"})

@@ -1,0 +1,430 @@
+"""The worker's side of ZS1: one DEALER socket to the broker, driven by one thread.
+
+``Agent.run`` registers (READY → WELCOME), starts the runs the broker dispatches,
+cancels the ones it cancels, answers pings, and sends outcomes in batches (DONE)
+until the broker acknowledges them (ACK); unacknowledged outcomes are sent again
+after every registration. When the broker falls silent for ``ping_interval ×
+liveness`` seconds the agent drops the socket and reconnects with back-off, the
+Paranoid Pirate way, registering again with the leases it holds (runs in progress,
+and finished runs whose outcome is not acknowledged yet).
+
+Runner threads hand outcomes over through a queue and wake the loop by writing a
+byte to a pipe whose read end sits in the same ``zmq.Poller`` as the socket.
+
+This module must never let another thread touch the socket (ZeroMQ sockets are
+not thread-safe), must never open a context at import time, and must never die
+on a malformed message from the broker: such a message is logged and dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import platform
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeGuard
+
+import zmq
+
+from common import protocol
+from common.models import TaskStatus
+from common.protocol import Command
+from worker.runner import OnDone, Outcome, Runner
+
+logger = logging.getLogger(__name__)
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"{name}: {raw!r} is not a number") from None
+
+
+#: Seconds before the first reconnect once the broker is lost; doubles with each attempt
+#: that gets no WELCOME, and starts over after a WELCOME.
+BACKOFF_INITIAL = _env_float("ZMQS_WORKER_BACKOFF_INITIAL", 1.0)
+#: Longest wait between reconnects, in seconds.
+BACKOFF_MAX = _env_float("ZMQS_WORKER_BACKOFF_MAX", 32.0)
+#: Ping interval assumed until the first WELCOME says otherwise (seconds).
+DEFAULT_PING_INTERVAL = 1.0
+#: Silent ping intervals after which the broker is presumed gone, until WELCOME says otherwise.
+DEFAULT_LIVENESS = 3
+#: Milliseconds the final close may spend delivering BYE: long enough for a live broker,
+#: short enough that a dead one cannot hold up the exit.
+SHUTDOWN_LINGER_MS = 500
+#: Longest single poll, in seconds: a safety net for noticing a stop request.
+MAX_POLL = 1.0
+#: Most messages handled per loop turn, so outcomes are flushed under a flood of messages.
+RECEIVE_BATCH = 1000
+
+RunnerFactory = Callable[[OnDone], Runner]
+
+
+class Agent:
+    """Connects a ``Runner`` to the broker. Create it, then call ``run`` in one thread."""
+
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        worker_id: str,
+        slots: int,
+        make_runner: RunnerFactory,
+        capabilities: Sequence[str] = (),
+        resources: Mapping[str, float] | None = None,
+        host: str | None = None,
+        pid: int | None = None,
+        backoff_initial: float = BACKOFF_INITIAL,
+        backoff_max: float = BACKOFF_MAX,
+        ping_interval: float = DEFAULT_PING_INTERVAL,
+        liveness: int = DEFAULT_LIVENESS,
+    ) -> None:
+        self.endpoint = endpoint
+        self.worker_id = worker_id
+        self.slots = slots
+        self.capabilities = list(capabilities)
+        self.resources = {k: float(v) for k, v in (resources or {}).items() if v > 0}
+        self.host = host if host is not None else platform.node()
+        self.pid = pid if pid is not None else os.getpid()
+        self._make_runner = make_runner
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._ping_interval = ping_interval
+        self._liveness = liveness
+
+        self._stop_requested = False
+        self._outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        # Reentrant: a signal handler may call request_stop while the main thread holds it.
+        self._wake_lock = threading.RLock()
+        self._wake_read = -1
+        self._wake_write = -1
+
+        # Loop state, touched only by the thread in run().
+        self._runner: Runner | None = None
+        self._context: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._socket: zmq.Socket[bytes] | None = None
+        self._poller = zmq.Poller()
+        self._registered = False  # WELCOME received since the last READY
+        self._ever_registered = False
+        self._last_heard = 0.0
+        self._reconnect_at = 0.0
+        self._backoff = backoff_initial
+        self._unacked: dict[tuple[str, int], Outcome] = {}
+
+    # -- called from other threads -------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Ask ``run`` to shut down and return.
+
+        Safe from any thread and from a signal handler: it sets a flag and writes one
+        byte to a non-blocking pipe (the self-pipe trick), nothing else.
+        """
+        self._stop_requested = True
+        self._wake()
+
+    def _deliver(self, outcome: Outcome) -> None:
+        """The runner's ``on_done``: queue the outcome for the loop thread."""
+        self._outcomes.put(outcome)
+        self._wake()
+
+    def _wake(self) -> None:
+        with self._wake_lock:
+            if self._wake_write < 0:
+                return
+            # A full pipe means the loop is awake already.
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._wake_write, b"\0")
+
+    # -- the loop --------------------------------------------------------------------
+
+    @property
+    def _window(self) -> float:
+        return self._ping_interval * self._liveness
+
+    def run(self) -> None:
+        """Serve until ``request_stop``; then stop the runs, say BYE and close."""
+        read_end, write_end = os.pipe()
+        os.set_blocking(read_end, False)
+        os.set_blocking(write_end, False)
+        with self._wake_lock:
+            self._wake_read, self._wake_write = read_end, write_end
+        try:
+            self._runner = self._make_runner(self._deliver)
+            self._context = zmq.Context()
+            self._poller.register(read_end, zmq.POLLIN)
+            self._connect()
+            while not self._stop_requested:
+                self._turn()
+        finally:
+            self._shutdown()
+
+    def _turn(self) -> None:
+        now = time.monotonic()
+        due = self._reconnect_at if self._socket is None else self._last_heard + self._window
+        timeout = min(max(due - now, 0.0), MAX_POLL)
+        events = dict(self._poller.poll(math.ceil(timeout * 1000)))
+        if self._wake_read in events:
+            self._drain_wake_pipe()
+        if self._socket is not None and self._socket in events:
+            self._receive()
+        self._flush_outcomes()
+        now = time.monotonic()
+        if self._stop_requested:
+            return
+        if self._socket is None:
+            if now >= self._reconnect_at:
+                self._connect()
+        elif now >= self._last_heard + self._window:
+            self._lose_broker(now)
+
+    def _drain_wake_pipe(self) -> None:
+        try:
+            while os.read(self._wake_read, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    # -- connection ------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        assert self._context is not None
+        socket: zmq.Socket[bytes] = self._context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(self.endpoint)
+        self._socket = socket
+        self._poller.register(socket, zmq.POLLIN)
+        self._last_heard = time.monotonic()
+        logger.info("connecting to broker at %s as %s", self.endpoint, self.worker_id)
+        self._send_ready()
+
+    def _lose_broker(self, now: float) -> None:
+        logger.warning(
+            "no message from the broker for %g s; reconnecting in %g s",
+            self._window,
+            self._backoff,
+        )
+        self._close_socket(linger=0)
+        self._reconnect_at = now + self._backoff
+        self._backoff = min(self._backoff * 2, self._backoff_max)
+
+    def _close_socket(self, linger: int) -> None:
+        if self._socket is None:
+            return
+        self._poller.unregister(self._socket)
+        self._socket.close(linger=linger)
+        self._socket = None
+        self._registered = False
+
+    def _send(self, command: Command, body: dict[str, Any] | None = None) -> None:
+        if self._socket is None:
+            return
+        try:
+            self._socket.send_multipart(protocol.pack(command, body), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            # Nothing is lost for good: outcomes stay until ACKed, READY is sent on reconnect.
+            logger.debug("dropped %s: broker not reachable", command.name)
+
+    def _send_ready(self) -> None:
+        assert self._runner is not None
+        self._registered = False
+        # Finished runs whose outcome is not yet acknowledged are claimed too: a lease the
+        # READY leaves out is lost (requeued), and the DONE sent after WELCOME would then
+        # arrive too late to count.
+        held = dict.fromkeys([*self._runner.running(), *self._unacked])
+        running = [{"task_id": t, "attempt": a} for t, a in held]
+        self._send(
+            Command.READY,
+            {
+                "id": self.worker_id,
+                "slots": self.slots,
+                "capabilities": self.capabilities,
+                "resources": self.resources,
+                "running": running,
+                "host": self.host,
+                "pid": self.pid,
+            },
+        )
+
+    # -- messages from the broker ----------------------------------------------------
+
+    def _receive(self) -> None:
+        for _ in range(RECEIVE_BATCH):
+            if self._socket is None:
+                return
+            try:
+                frames = self._socket.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            # Any message is a sign of life, even one we cannot decode.
+            self._last_heard = time.monotonic()
+            try:
+                self._handle(protocol.unpack(frames))
+            except protocol.ProtocolError as exc:
+                logger.warning("dropped malformed message from broker: %s", exc)
+            except Exception:
+                # A bug handling one message must not take the worker off the cluster.
+                logger.exception("failed to handle a message from the broker")
+
+    def _handle(self, message: protocol.Message) -> None:
+        command, body = message.command, message.body
+        if command is Command.PING:
+            self._send(Command.PONG)
+        elif command is Command.DISPATCH:
+            self._on_dispatch(body)
+        elif command is Command.CANCEL:
+            self._on_cancel(body)
+        elif command is Command.ACK:
+            self._on_ack(body)
+        elif command is Command.WELCOME:
+            self._on_welcome(body)
+        elif command is Command.RESYNC:
+            logger.info("broker asked to register again")
+            self._send_ready()
+        else:
+            logger.warning("ignored unexpected %s from broker", command.name)
+
+    def _on_welcome(self, body: dict[str, Any]) -> None:
+        ping_interval = body.get("ping_interval")
+        liveness = body.get("liveness")
+        if _is_number(ping_interval) and ping_interval > 0:
+            self._ping_interval = float(ping_interval)
+        if isinstance(liveness, int) and not isinstance(liveness, bool) and liveness > 0:
+            self._liveness = liveness
+        self._registered = True
+        self._backoff = self._backoff_initial
+        logger.info(
+            "%s with broker at %s as %s (ping every %g s, liveness %d)",
+            "registered again" if self._ever_registered else "registered",
+            self.endpoint,
+            self.worker_id,
+            self._ping_interval,
+            self._liveness,
+        )
+        self._ever_registered = True
+        if self._unacked:
+            self._send_done(list(self._unacked.values()))
+
+    def _on_dispatch(self, body: dict[str, Any]) -> None:
+        assert self._runner is not None
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list):
+            raise protocol.ProtocolError("DISPATCH without a tasks list")
+        for task in tasks:
+            if not isinstance(task, dict):
+                logger.warning("dropped malformed task in DISPATCH: %r", task)
+                continue
+            task_id, attempt = task.get("task_id"), task.get("attempt")
+            if not isinstance(task_id, str) or not _is_int(attempt):
+                logger.warning("dropped task without task_id/attempt in DISPATCH: %r", task)
+                continue
+            if (task_id, attempt) in self._unacked:
+                logger.debug("task %s attempt %d already finished", task_id, attempt)
+                continue
+            handler, args, timeout = task.get("handler"), task.get("args", b""), task.get("timeout")
+            problem = _dispatch_problem(handler, args, timeout)
+            if problem is not None:
+                # Report it, or the lease would sit until the broker expires it.
+                self._deliver(Outcome(task_id, attempt, TaskStatus.FAILED, error=problem))
+                continue
+            assert isinstance(handler, str)
+            payload = args if isinstance(args, bytes) else b""
+            self._runner.start(task_id, attempt, handler, payload, timeout)
+
+    def _on_cancel(self, body: dict[str, Any]) -> None:
+        assert self._runner is not None
+        task_ids = body.get("task_ids")
+        if not isinstance(task_ids, list):
+            raise protocol.ProtocolError("CANCEL without a task_ids list")
+        for task_id in task_ids:
+            if isinstance(task_id, str):
+                self._runner.cancel(task_id)
+
+    def _on_ack(self, body: dict[str, Any]) -> None:
+        results = body.get("results")
+        if not isinstance(results, list):
+            raise protocol.ProtocolError("ACK without a results list")
+        for item in results:
+            if isinstance(item, list | tuple) and len(item) == 2:
+                task_id, attempt = item
+                if isinstance(task_id, str) and _is_int(attempt):
+                    self._unacked.pop((task_id, attempt), None)
+
+    # -- outcomes -----------------------------------------------------------------------
+
+    def _flush_outcomes(self) -> None:
+        fresh: list[Outcome] = []
+        while True:
+            try:
+                outcome = self._outcomes.get_nowait()
+            except queue.Empty:
+                break
+            self._unacked[outcome.key] = outcome
+            fresh.append(outcome)
+        # Before WELCOME they wait: the WELCOME handler sends every unacked outcome.
+        if fresh and self._registered:
+            self._send_done(fresh)
+
+    def _send_done(self, outcomes: list[Outcome]) -> None:
+        results = [
+            {
+                "task_id": o.task_id,
+                "attempt": o.attempt,
+                "status": o.status.value,
+                "result": o.result,
+                "error": o.error,
+            }
+            for o in outcomes
+        ]
+        self._send(Command.DONE, {"results": results})
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        logger.info("worker %s shutting down", self.worker_id)
+        try:
+            if self._runner is not None:
+                # Runs in progress are dropped, not reported: BYE makes the broker requeue them.
+                self._runner.shutdown()
+            self._flush_outcomes()
+            if self._socket is not None:
+                if self._registered and self._unacked:
+                    self._send_done(list(self._unacked.values()))
+                self._send(Command.BYE)
+                self._close_socket(linger=SHUTDOWN_LINGER_MS)
+            if self._context is not None:
+                self._context.term()
+                self._context = None
+        finally:
+            with self._wake_lock:
+                for fd in (self._wake_read, self._wake_write):
+                    if fd >= 0:
+                        os.close(fd)
+                self._wake_read = self._wake_write = -1
+
+
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _dispatch_problem(handler: Any, args: Any, timeout: Any) -> str | None:
+    """What is wrong with a dispatched task's fields, or None."""
+    if not isinstance(handler, str) or not handler:
+        return f"malformed DISPATCH: handler must be a non-empty string, got {handler!r}"
+    if not isinstance(args, bytes) and args is not None:
+        return f"malformed DISPATCH: args must be binary, got {type(args).__name__}"
+    if timeout is not None and not _is_number(timeout):
+        return f"malformed DISPATCH: timeout must be a number or nil, got {timeout!r}"
+    return None

@@ -1,0 +1,121 @@
+"""The ``zmq-worker`` command: serve handlers to a broker until SIGINT or SIGTERM.
+
+    zmq-worker --broker tcp://10.0.0.5:5555 --concurrency 4 --handlers myapp.tasks
+
+It loads the built-in handlers and each ``--handlers`` module, registers with the
+broker under its id (generated from host name and pid when not given) and runs
+tasks until signalled; it then stops its runs, says BYE and exits 0. Settings come
+from ``common.settings`` (flag, then ``ZMQS_*`` environment variable, then default).
+
+This module must never do the agent's work: it reads settings, sets up logging
+and signals, and hands over to ``Agent``. Signal handlers only set a flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import secrets
+import signal
+from collections.abc import Sequence
+from types import FrameType
+
+from common import settings as config
+from common.models import RESOURCE_KINDS
+from worker import handlers
+from worker.agent import Agent
+from worker.runner import POOLS, OnDone, Runner
+
+logger = logging.getLogger("worker")
+
+#: Settings the worker reads (flags it accepts).
+SETTINGS = [
+    "broker",
+    "worker_id",
+    "concurrency",
+    "capabilities",
+    "cpu",
+    "memory",
+    "disk",
+    "handlers",
+    "pool",
+    "log_level",
+]
+
+
+def default_worker_id(host: str | None = None, pid: int | None = None) -> str:
+    """``<host>-<pid>-<4 hex digits>``: readable, and unique even when pids repeat (containers)."""
+    host = host if host is not None else (platform.node() or "worker")
+    pid = pid if pid is not None else os.getpid()
+    return f"{host}-{pid}-{secrets.token_hex(2)}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a worker; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="zmq-worker", description="Run tasks dispatched by a zmq-scheduler broker."
+    )
+    config.add_arguments(parser, SETTINGS)
+    settings = config.load(parser.parse_args(argv))
+
+    level = logging.getLevelName(settings.log_level.upper())
+    if not isinstance(level, int):
+        parser.error(f"unknown log level {settings.log_level!r}")
+    if settings.pool not in POOLS:
+        parser.error(f"--pool must be one of {', '.join(POOLS)}, got {settings.pool!r}")
+    if settings.concurrency < 0:
+        parser.error(f"--concurrency must be >= 0, got {settings.concurrency}")
+    resources = {kind: float(getattr(settings, kind)) for kind in RESOURCE_KINDS}
+    for kind, amount in resources.items():
+        if amount < 0:
+            parser.error(f"--{kind} must be >= 0, got {amount:g}")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    import worker.builtin  # noqa: F401  (registers the built-in handlers)
+
+    modules = config.split_list(settings.handlers)
+    for module in modules:
+        try:
+            handlers.load_module(module)
+        except Exception:
+            logger.exception("cannot load handler module %r", module)
+            return 1
+
+    worker_id = settings.worker_id or default_worker_id()
+    names = handlers.names()
+    # Handler names first, then extra tags; a tag naming a handler is not repeated.
+    capabilities = list(dict.fromkeys([*names, *config.split_list(settings.capabilities)]))
+    slots = settings.slots
+    logger.info(
+        "worker %s: %d slots (%s pool), handlers: %s",
+        worker_id,
+        slots,
+        settings.pool,
+        ", ".join(names),
+    )
+
+    def make_runner(on_done: OnDone) -> Runner:
+        return Runner(settings.pool, slots, on_done, modules)
+
+    agent = Agent(
+        endpoint=settings.broker,
+        worker_id=worker_id,
+        slots=slots,
+        make_runner=make_runner,
+        capabilities=capabilities,
+        resources=resources,
+    )
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        agent.request_stop()  # a flag and a wake-up byte; no logging here
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        agent.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    logger.info("worker %s stopped", worker_id)
+    return 0
