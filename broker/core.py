@@ -93,10 +93,10 @@ class Scheduler:
         self._next_seq = 1
         self._ready = ReadyQueues()
         self._ready_changed = False
-        self._delayed: list[tuple[float, int, Task]] = []  # (not_before, seq, task)
+        self._delayed: list[tuple[float, int, Task]] = []  # (not_before, timer seq, task)
         self._dependents: dict[str, list[Task]] = {}
         self._by_address: dict[bytes, Worker] = {}
-        #: (deadline, seq, task, attempt) for leases with a timeout.
+        #: (deadline, timer seq, task, attempt) for leases with a timeout.
         self._lease_deadlines: list[tuple[float, int, Task, int]] = []
         #: Leases recovered from the store after a restart, waiting for their worker to claim them.
         self._orphans: set[str] = set()
@@ -137,7 +137,9 @@ class Scheduler:
                 self._orphans.add(task.id)
                 if task.timeout is not None:
                     expiry = now + task.timeout + self.timing.timeout_grace
-                    heapq.heappush(self._lease_deadlines, (expiry, task.seq, task, task.attempts))
+                    heapq.heappush(
+                        self._lease_deadlines, (expiry, self._next_timer(), task, task.attempts)
+                    )
         self._ready_changed = True
 
     # -- submitting and inspecting ---------------------------------------------------
@@ -586,7 +588,9 @@ class Scheduler:
         worker.take(task.resources)
         if task.timeout is not None:
             deadline = now + task.timeout + self.timing.timeout_grace
-            heapq.heappush(self._lease_deadlines, (deadline, task.seq, task, task.attempts))
+            heapq.heappush(
+                self._lease_deadlines, (deadline, self._next_timer(), task, task.attempts)
+            )
         if worker.kind is WorkerKind.HTTP:
             token, _ = worker.polls.pop(0)
             self.outbox.replies.append((token, task.record()))
@@ -756,7 +760,7 @@ class Scheduler:
     def _make_ready(self, task: Task, now: float) -> None:
         self._touch(task)
         if task.not_before > now:
-            heapq.heappush(self._delayed, (task.not_before, task.seq, task))
+            heapq.heappush(self._delayed, (task.not_before, self._next_timer(), task))
         else:
             self._push_ready(task)
 

@@ -99,7 +99,7 @@ def unpack(frames: Sequence[bytes]) -> Message:
     try:
         decoded = msgpack.unpackb(body, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types
-        raise ProtocolError(f"body is not valid msgpack: {exc}") from None
+        raise ProtocolError(f"body is not valid msgpack ({type(exc).__name__}: {exc})") from None
     if not isinstance(decoded, dict):
         raise ProtocolError("body is not a map")
     return Message(cmd, decoded)

@@ -173,3 +173,19 @@ def test_broker_survives_malformed_frames(stack: Stack) -> None:
         assert stack.client().health()["status"] == "ok"
     finally:
         raw.close(linger=0)
+
+
+def test_process_pool_kills_a_run_past_its_timeout(stack: Stack) -> None:
+    stack.start_broker()
+    stack.start_worker("--pool", "process", "--handlers", "flaky_handlers", slots=1)
+    client = stack.client()
+    stuck = client.submit("spin", timeout=0.5)
+    task = client.wait(stuck, timeout=30)
+    assert task["status"] == "failed"
+    assert "timed out" in task["error"]
+    big = client.submit("fibonacci", b'{"n": 10000}')
+    a, b = 0, 1
+    for _ in range(10000):
+        a, b = b, a + b
+    assert json.loads(client.result(big, timeout=30)) == {"n": 10000, "result": a}
+    assert client.result(client.submit("async_echo", b"hi"), timeout=30) == b"hi"

@@ -30,3 +30,10 @@ register("always_fail", always_fail)
 @handler("async_echo")
 async def async_echo(args: bytes) -> bytes:
     return args
+
+
+@handler("spin")
+def spin(args: bytes) -> None:
+    """Burn CPU and never look at cancellation: only a process pool can stop it."""
+    while True:
+        pass
