@@ -98,8 +98,10 @@ def supervise(procs: list[Child]) -> int:
     for child in procs:
         child.start()
     try:
-        while not stopping:
+        while True:
             time.sleep(0.2)
+            if stopping:  # Ctrl-C reaches the children too: their exits are no crash
+                break
             now = time.monotonic()
             for child in procs:
                 if child.process is None or child.process.poll() is None:
@@ -112,7 +114,7 @@ def supervise(procs: list[Child]) -> int:
                         child.process.pid,
                         child.process.returncode,
                     )
-                elif now - child.died_at >= RESTART_DELAY and not stopping:
+                elif now - child.died_at >= RESTART_DELAY:
                     child.restarts += 1
                     child.start()
     finally:
