@@ -59,9 +59,9 @@ OUTCOMES = (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value)
 class ClientLike(Protocol):
     """The part of ``common.client.Client`` the API calls; tests pass an in-memory fake."""
 
-    def submit_many(
+    def submit_entries(
         self, specs: list[dict[str, Any]], timeout: float | None = None
-    ) -> list[str]: ...
+    ) -> list[dict[str, Any]]: ...
 
     def get(self, task_id: str, timeout: float | None = None) -> dict[str, Any]: ...
 
@@ -162,10 +162,11 @@ class Tasks:
         if "args" in spec:
             spec["args"] = parse.decode_b64(spec["args"], "args")
         # Everything else is the broker's to validate (TaskSpec.parse), unknown fields too.
-        [task_id] = self.client().submit_many([spec])
-        resp.status = falcon.HTTP_201
-        resp.location = f"/tasks/{task_id}"
-        resp.media = {"id": task_id, "status": TaskStatus.PENDING.value}
+        [entry] = self.client().submit_entries([spec])
+        # A repeated idempotency key returns the task it made the first time, with 200.
+        resp.status = falcon.HTTP_201 if entry.get("created", True) else falcon.HTTP_200
+        resp.location = f"/tasks/{entry['id']}"
+        resp.media = {"id": entry["id"], "status": entry["status"]}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         status = parse.query_choice(req, "status", [s.value for s in TaskStatus])

@@ -20,12 +20,14 @@ def main(argv: list[str] | None = None) -> int:
         [
             "broker",
             "data",
+            "sync",
             "ping_interval",
             "liveness",
             "http_liveness",
             "retry_backoff",
             "retry_backoff_max",
             "timeout_grace",
+            "retention",
             "log_level",
         ],
         flags={"broker": "--bind"},
@@ -35,7 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s broker %(levelname)s %(name)s: %(message)s",
     )
-    server = BrokerServer(settings, SqliteStore(settings.data))
+    try:
+        store = SqliteStore(settings.data, settings.sync)
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"zmq-broker: cannot open the store: {exc}", file=sys.stderr)
+        return 1
+    server = BrokerServer(settings, store)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         server.stop()  # only sets a flag; the loop notices within one poll

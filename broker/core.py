@@ -14,12 +14,12 @@ import bisect
 import heapq
 import logging
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from broker.queue import ReadyQueues, Shape
-from broker.state import Task, Worker
+from broker.state import Lease, Task, Worker
 from common.errors import Conflict, InvalidInput, NotFound
 from common.models import FINAL_STATUSES, TaskStatus, WorkerKind, WorkerStatus
 from common.spec import TaskSpec, parse_capabilities, parse_resources
@@ -36,6 +36,8 @@ MAX_WAIT = 300.0
 MAX_POLL = 30.0
 #: Largest page of ``list``.
 MAX_PAGE = 1000
+#: Most finished tasks pruned in one call of ``prune``, so pruning never stalls the loop.
+PRUNE_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class Timing:
     retry_backoff: float = 1.0
     retry_backoff_max: float = 60.0
     timeout_grace: float = 5.0
+    retention: float = 7 * 24 * 3600.0
 
     @property
     def worker_window(self) -> float:
@@ -105,6 +108,11 @@ class Scheduler:
         self._waiter_deadlines: list[tuple[float, int, _Waiter]] = []
         self._poll_deadlines: list[tuple[float, int, Worker, object]] = []
         self._timer_seq = 0
+        self._by_key: dict[str, Task] = {}
+        #: Finished tasks in order of completion, for pruning.
+        self._finished: deque[Task] = deque()
+        self._pruned: list[str] = []
+        self._dead_in_order = 0
 
     # -- persistence -------------------------------------------------------------
 
@@ -113,6 +121,11 @@ class Scheduler:
         dirty = list(self._dirty.values())
         self._dirty.clear()
         return dirty
+
+    def take_pruned(self) -> list[str]:
+        """Ids of tasks pruned since the last call: the store deletes these."""
+        pruned, self._pruned = self._pruned, []
+        return pruned
 
     def take_outbox(self) -> Outbox:
         outbox, self.outbox = self.outbox, Outbox()
@@ -125,6 +138,11 @@ class Scheduler:
             self.tasks[task.id] = task
             self._order.append(task)
             self.counts[task.status] += 1
+            if task.idempotency_key is not None:
+                self._by_key[task.idempotency_key] = task
+        finished = [t for t in tasks if t.status in FINAL_STATUSES]
+        finished.sort(key=lambda t: t.completed_at or 0.0)
+        self._finished.extend(finished)
         self._next_seq = (tasks[-1].seq + 1) if tasks else 1
         self._orphan_deadline = now + self.timing.worker_window + self.timing.ping_interval
         for task in tasks:
@@ -161,6 +179,10 @@ class Scheduler:
                     raise InvalidInput(f"{where}: unknown task {dep!r}")
         out = []
         for spec in specs:
+            known = self._by_key.get(spec.idempotency_key) if spec.idempotency_key else None
+            if known is not None:
+                out.append({"id": known.id, "status": known.status.value, "created": False})
+                continue
             task = Task(
                 id=uuid.uuid4().hex,
                 seq=self._next_seq,
@@ -174,7 +196,10 @@ class Scheduler:
                 requires=tuple(sorted(spec.requires)),
                 resources=tuple(sorted(spec.resources.items())),
                 created_at=now,
+                idempotency_key=spec.idempotency_key,
             )
+            if task.idempotency_key is not None:
+                self._by_key[task.idempotency_key] = task
             self._next_seq += 1
             self.tasks[task.id] = task
             self._order.append(task)
@@ -183,7 +208,7 @@ class Scheduler:
             self._attach_dependencies(task)
             if task.status is TaskStatus.PENDING and task.waiting_on == 0:
                 self._make_ready(task, now)
-            out.append({"id": task.id, "status": task.status.value})
+            out.append({"id": task.id, "status": task.status.value, "created": True})
         return out
 
     def get(self, task_id: Any) -> Task:
@@ -214,6 +239,8 @@ class Scheduler:
         page: list[Task] = []
         more = False
         for task in self._order[start:]:
+            if self.tasks.get(task.id) is not task:
+                continue  # pruned
             if status is not None and task.status is not status:
                 continue
             if handler is not None and task.handler != handler:
@@ -239,6 +266,7 @@ class Scheduler:
             elif worker is not None:
                 self._end_lease(worker, task)  # an HTTP worker cannot be told: free it now
             self._orphans.discard(task.id)
+            self._close_lease(task, "cancelled", now)
         self._finish(task, TaskStatus.CANCELLED, now, error="cancelled")
         return task
 
@@ -513,6 +541,30 @@ class Scheduler:
                     break
         return pings
 
+    def prune(self, now: float, limit: int = PRUNE_BATCH) -> int:
+        """Forget up to ``limit`` tasks that finished more than ``retention`` seconds ago."""
+        cutoff = now - self.timing.retention
+        pruned = 0
+        while self._finished and pruned < limit:
+            task = self._finished[0]
+            if (task.completed_at or 0.0) > cutoff:
+                break
+            self._finished.popleft()
+            if self.tasks.get(task.id) is not task or task.status not in FINAL_STATUSES:
+                continue
+            del self.tasks[task.id]
+            self.counts[task.status] -= 1
+            if task.idempotency_key is not None and self._by_key.get(task.idempotency_key) is task:
+                del self._by_key[task.idempotency_key]
+            self._dirty.pop(task.id, None)
+            self._pruned.append(task.id)
+            self._dead_in_order += 1
+            pruned += 1
+        if self._dead_in_order > len(self._order) // 2:
+            self._order = [t for t in self._order if self.tasks.get(t.id) is t]
+            self._dead_in_order = 0
+        return pruned
+
     def next_timer(self) -> float | None:
         """The earliest time at which ``tick`` has work besides pings and liveness."""
         candidates = [
@@ -584,6 +636,7 @@ class Scheduler:
         task.started_at = now
         task.completed_at = None
         self._set_status(task, TaskStatus.RUNNING)
+        task.leases.append(Lease(task.attempts, worker.id, now))
         worker.running[task.id] = task.attempts
         worker.take(task.resources)
         if task.timeout is not None:
@@ -617,6 +670,7 @@ class Scheduler:
         error: str | None,
         now: float,
     ) -> None:
+        """A worker reports how a run ended; only the current lease's report counts."""
         if worker.running.get(task_id) == attempt:
             del worker.running[task_id]
             task = self.tasks.get(task_id)
@@ -624,25 +678,57 @@ class Scheduler:
                 worker.give_back(task.resources)
             self._ready_changed = True
         task = self.tasks.get(task_id)
+        lease = task.current_lease() if task is not None else None
         if (
             task is None
-            or task.status is not TaskStatus.RUNNING
-            or task.worker_id != worker.id
-            or task.attempts != attempt
+            or lease is None
+            or lease.worker_id != worker.id
+            or attempt != task.attempts
         ):
-            if task is None or task.status is not TaskStatus.CANCELLED:
-                self.stale_outcomes += 1
-                log.info(
-                    "refused stale outcome of %s attempt %s from %s", task_id, attempt, worker.id
-                )
+            self._refuse(worker, task, attempt, status, now)
             return
         if status == TaskStatus.COMPLETED.value:
+            self._close_lease(task, "completed", now)
             self._finish(task, TaskStatus.COMPLETED, now, result=result)
         elif status == TaskStatus.FAILED.value:
+            self._close_lease(task, "failed", now, error)
             self._fail_attempt(task, error or "failed", now)
         else:
             # The worker gave the run up without being asked (shutting down): run it again.
+            self._close_lease(task, "released", now)
             self._requeue(task, now)
+
+    def _refuse(
+        self, worker: Worker, task: Task | None, attempt: int, status: str, now: float
+    ) -> None:
+        """An outcome for a lease that is no longer current: never recorded."""
+        if task is None:
+            return  # pruned long ago
+        lease = next((le for le in reversed(task.leases) if le.attempt == attempt), None)
+        if lease is None or lease.worker_id != worker.id:
+            self.stale_outcomes += 1
+            log.warning(
+                "refused outcome of %s #%s from %s: no such lease", task.id, attempt, worker.id
+            )
+            return
+        if lease.outcome in (status, "cancelled"):
+            # The same report again (its ACK was lost), or how a cancelled run ended:
+            # neither is news, and the cancel stands.
+            return
+        self.stale_outcomes += 1
+        lease.refused = status
+        self._touch(task)
+        log.warning(
+            "refused stale outcome %r of %s #%s from %s: the lease ended %s",
+            status, task.id, attempt, worker.id, lease.outcome,
+        )  # fmt: skip
+
+    def _close_lease(self, task: Task, outcome: str, now: float, error: str | None = None) -> None:
+        lease = task.current_lease()
+        if lease is not None:
+            lease.ended_at = now
+            lease.outcome = outcome
+            lease.error = error
 
     def _fail_attempt(self, task: Task, error: str, now: float) -> None:
         task.failures += 1
@@ -664,11 +750,14 @@ class Scheduler:
             self.outbox.cancel.setdefault(worker.address, []).append(task.id)
         elif worker is not None:
             self._end_lease(worker, task)
-        self._fail_attempt(task, f"timed out after {task.timeout:g} s (lease expired)", now)
+        error = f"timed out after {task.timeout:g} s (lease expired)"
+        self._close_lease(task, "expired", now, error)
+        self._fail_attempt(task, error, now)
 
     def _lose(self, task: Task, now: float) -> None:
         """The task's worker is gone: run it again, at most ``MAX_LOST`` times."""
         task.lost += 1
+        self._close_lease(task, "lost", now)
         if task.lost > MAX_LOST:
             self._finish(task, TaskStatus.FAILED, now, error="worker lost")
         else:
@@ -695,6 +784,7 @@ class Scheduler:
             if count_lost:
                 self._lose(task, now)
             else:
+                self._close_lease(task, "released", now)
                 self._requeue(task, now)
 
     def _end_lease(self, worker: Worker, task: Task) -> None:
@@ -723,6 +813,7 @@ class Scheduler:
             current.error = err
             current.completed_at = now
             self._set_status(current, final)
+            self._finished.append(current)
             for waiter in self._waiters.pop(current.id, []):
                 if not waiter.done:
                     waiter.done = True

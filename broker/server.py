@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 MAX_MESSAGES_PER_TURN = 2000
 #: Longest sleep of the loop in seconds: the resolution of liveness checks and pings.
 MAX_POLL_SECONDS = 0.1
+#: Seconds between two rounds of pruning finished tasks past their retention.
+PRUNE_INTERVAL = 1.0
 #: Messages a peer's socket may queue on the broker before ZeroMQ drops more.
 HIGH_WATER_MARK = 100_000
 
@@ -44,6 +46,7 @@ def timing_from(settings: Settings) -> Timing:
         retry_backoff=settings.retry_backoff,
         retry_backoff_max=settings.retry_backoff_max,
         timeout_grace=settings.timeout_grace,
+        retention=settings.retention,
     )
 
 
@@ -64,6 +67,7 @@ class BrokerServer:
         self._socket: zmq.Socket[bytes] | None = None
         self._stopping = threading.Event()
         self._outgoing: list[Frames] = []
+        self._next_prune = 0.0
         self.endpoint = ""
 
     def bind(self) -> str:
@@ -125,7 +129,10 @@ class BrokerServer:
         core.schedule(now)
         pings = core.tick(now)
         core.schedule(now)
-        self.store.save(core.take_dirty())
+        if now >= self._next_prune:
+            self._next_prune = now + PRUNE_INTERVAL
+            core.prune(now)  # a bounded batch: pruning never stalls scheduling
+        self.store.save(core.take_dirty(), core.take_pruned())
         outgoing, self._outgoing = self._outgoing, []
         outbox = core.take_outbox()
         for frames in outgoing:

@@ -16,6 +16,42 @@ ResourceKey = tuple[tuple[str, float], ...]
 
 
 @dataclass(slots=True, eq=False)
+class Lease:
+    """One run of a task: who ran it, when, and how it ended."""
+
+    #: The task's attempt number when it was leased: the fencing token.
+    attempt: int
+    worker_id: str
+    started_at: float
+    ended_at: float | None = None
+    #: ``completed``, ``failed``, ``cancelled``, ``expired`` (the broker's time limit),
+    #: ``lost`` (the worker went silent) or ``released`` (the worker shut down); None while running.
+    outcome: str | None = None
+    error: str | None = None
+    #: An outcome the worker reported after the lease had ended: refused, shown for the record.
+    refused: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "attempt": self.attempt,
+            "worker_id": self.worker_id,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "outcome": self.outcome,
+            "error": self.error,
+            "refused": self.refused,
+        }
+
+    def to_row(self) -> list[Any]:
+        return [self.attempt, self.worker_id, self.started_at, self.ended_at, self.outcome,
+                self.error, self.refused]  # fmt: skip
+
+    @classmethod
+    def from_row(cls, row: list[Any]) -> Lease:
+        return cls(*row)
+
+
+@dataclass(slots=True, eq=False)
 class Task:
     """One task and everything the broker knows about it."""
 
@@ -46,6 +82,10 @@ class Task:
     completed_at: float | None = None
     #: Earliest time of the next run (retry back-off).
     not_before: float = 0.0
+    #: Client-chosen key: a second submit with the same key returns this task.
+    idempotency_key: str | None = None
+    #: Every run so far, oldest first.
+    leases: list[Lease] = field(default_factory=list)
     #: Dependencies not completed yet (derived at load; not stored).
     waiting_on: int = 0
     #: Whether the task sits in a ready queue (derived; not stored).
@@ -77,7 +117,16 @@ class Task:
             "created_at": self.created_at,
             "started_at": self.started_at,
             "completed_at": self.completed_at,
+            "idempotency_key": self.idempotency_key,
+            "leases": [lease.record() for lease in self.leases],
         }
+
+    def current_lease(self) -> Lease | None:
+        """The lease of the current attempt, if it is still open."""
+        if self.leases and self.leases[-1].attempt == self.attempts:
+            lease = self.leases[-1]
+            return lease if lease.outcome is None else None
+        return None
 
 
 @dataclass(slots=True, eq=False)

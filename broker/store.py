@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from broker.state import Task
+from broker.state import Lease, Task
 from common.models import TaskStatus
 
 _SCHEMA = """
@@ -40,26 +40,30 @@ CREATE TABLE IF NOT EXISTS tasks (
     error        TEXT,
     started_at   REAL,
     completed_at REAL,
-    not_before   REAL NOT NULL
+    not_before   REAL NOT NULL,
+    idempotency_key TEXT,
+    leases       TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+#: SQLite ``synchronous`` modes the store accepts; only ``full`` makes an acknowledgement durable.
+SYNC_MODES = ("full", "normal", "off")
 #: Version of the table layout above, kept in ``meta``.
 SCHEMA_VERSION = "1"
 
 _COLUMNS = (
     "id, seq, name, handler, args, dependencies, priority, max_retries, timeout, requires, "
     "resources, created_at, status, worker_id, attempts, failures, lost, result, error, "
-    "started_at, completed_at, not_before"
+    "started_at, completed_at, not_before, idempotency_key, leases"
 )
-_UPSERT = f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 22)})"
+_UPSERT = f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 24)})"
 
 
 class Store(Protocol):
     def load(self) -> list[Task]: ...
 
-    def save(self, tasks: Iterable[Task]) -> None: ...
+    def save(self, tasks: Iterable[Task], deleted: Sequence[str] = ()) -> None: ...
 
     def close(self) -> None: ...
 
@@ -88,6 +92,8 @@ def _row(task: Task) -> tuple[object, ...]:
         task.started_at,
         task.completed_at,
         task.not_before,
+        task.idempotency_key,
+        json.dumps([lease.to_row() for lease in task.leases]),
     )
 
 
@@ -95,7 +101,7 @@ def _task(row: Any) -> Task:
     (
         id_, seq, name, handler, args, deps, priority, max_retries, timeout, requires,
         resources, created_at, status, worker_id, attempts, failures, lost, result, error,
-        started_at, completed_at, not_before,
+        started_at, completed_at, not_before, idempotency_key, leases,
     ) = row  # fmt: skip
     return Task(
         id=str(id_),
@@ -120,19 +126,23 @@ def _task(row: Any) -> Task:
         started_at=None if started_at is None else float(started_at),
         completed_at=None if completed_at is None else float(completed_at),
         not_before=float(not_before),
+        idempotency_key=None if idempotency_key is None else str(idempotency_key),
+        leases=[Lease.from_row(lease) for lease in json.loads(str(leases))],
     )
 
 
 class SqliteStore:
     """Tasks in one SQLite file. Not thread-safe: the broker loop owns it."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, sync: str = "full") -> None:
+        if sync.lower() not in SYNC_MODES:
+            raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
         self.path = path
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(f"PRAGMA synchronous={sync.upper()}")
         self._db.executescript(_SCHEMA)
         row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if row is None:
@@ -145,13 +155,15 @@ class SqliteStore:
             _task(row) for row in self._db.execute(f"SELECT {_COLUMNS} FROM tasks ORDER BY seq")
         ]
 
-    def save(self, tasks: Iterable[Task]) -> None:
+    def save(self, tasks: Iterable[Task], deleted: Sequence[str] = ()) -> None:
+        """Write changed tasks and delete pruned ones in one transaction (one fsync)."""
         rows = [_row(task) for task in tasks]
-        if not rows:
+        if not rows and not deleted:
             return
         self._db.execute("BEGIN")
         try:
             self._db.executemany(_UPSERT, rows)
+            self._db.executemany("DELETE FROM tasks WHERE id = ?", [(i,) for i in deleted])
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
@@ -171,9 +183,11 @@ class MemoryStore:
     def load(self) -> list[Task]:
         return sorted((_task(row) for row in self.rows.values()), key=lambda t: t.seq)
 
-    def save(self, tasks: Iterable[Task]) -> None:
+    def save(self, tasks: Iterable[Task], deleted: Sequence[str] = ()) -> None:
         for task in tasks:
             self.rows[task.id] = _row(task)
+        for task_id in deleted:
+            self.rows.pop(task_id, None)
         self.commits += 1
 
     def close(self) -> None:

@@ -113,14 +113,24 @@ class Client:
     def submit(self, handler: str, args: bytes = b"", **fields: Any) -> str:
         """Submit one task and return its id.
 
-        ``fields``: name, dependencies, priority, max_retries, timeout, requires, resources.
+        ``fields``: name, dependencies, priority, max_retries, timeout, requires, resources,
+        idempotency_key. With an ``idempotency_key``, submitting again after a timeout is
+        safe: the broker returns the task it already has for that key.
         """
         return self.submit_many([{"handler": handler, "args": args, **fields}])[0]
 
     def submit_many(self, specs: list[dict[str, Any]], timeout: float | None = None) -> list[str]:
         """Submit many tasks in one message, all or none; returns their ids in order."""
+        return [entry["id"] for entry in self.submit_entries(specs, timeout)]
+
+    def submit_entries(
+        self, specs: list[dict[str, Any]], timeout: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Like ``submit_many``, returning ``{id, status, created}`` for each task;
+        ``created`` is false when an idempotency key named a task that already existed."""
         value = self.call("submit", {"tasks": specs}, timeout)
-        return [entry["id"] for entry in value["tasks"]]
+        entries: list[dict[str, Any]] = value["tasks"]
+        return entries
 
     def get(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
         """The task's current record."""

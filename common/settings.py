@@ -36,6 +36,10 @@ class Settings:
     broker: str = _opt("tcp://127.0.0.1:5555", "broker ZeroMQ endpoint", "--broker")
     #: SQLite file holding the broker's state.
     data: str = _opt("./var/scheduler.db", "path of the SQLite store", "--data")
+    #: SQLite ``synchronous`` mode of the store: ``full`` (every commit fsynced, so
+    #: acknowledged means durable), ``normal`` or ``off`` (benchmarks only: a crash may lose
+    #: acknowledged work).
+    sync: str = _opt("full", "store fsync mode: full, normal or off", "--sync")
     #: HOST:PORT the HTTP API listens on (``:8080`` means all interfaces).
     listen: str = _opt(":8080", "HTTP listen address HOST:PORT", "--listen")
 
@@ -84,6 +88,9 @@ class Settings:
     timeout_grace: float = _opt(
         5.0, "seconds past a timeout before the broker expires a lease", "--timeout-grace"
     )
+
+    #: Seconds finished tasks and their results are kept before they are pruned.
+    retention: float = _opt(7 * 24 * 3600.0, "seconds finished tasks are kept", "--retention")
 
     # API.
     #: Largest accepted request body in bytes.

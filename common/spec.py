@@ -34,6 +34,7 @@ _FIELDS = frozenset(
         "timeout",
         "requires",
         "resources",
+        "idempotency_key",
     }
 )
 
@@ -51,6 +52,7 @@ class TaskSpec:
     timeout: float | None = None
     requires: list[str] = field(default_factory=list)
     resources: dict[str, float] = field(default_factory=dict)
+    idempotency_key: str | None = None
 
     @classmethod
     def parse(cls, raw: Any, where: str = "") -> TaskSpec:
@@ -82,6 +84,10 @@ class TaskSpec:
             timeout=_timeout(raw.get("timeout"), f"{where}timeout"),
             requires=_str_list(raw.get("requires"), f"{where}requires", 256),
             resources=parse_resources(raw.get("resources"), f"{where}resources"),
+            idempotency_key=_name(
+                raw.get("idempotency_key"), f"{where}idempotency_key", required=False
+            )
+            or None,
         )
 
 

@@ -44,19 +44,26 @@ class FakeBroker:
         self.submitted: list[dict[str, Any]] = []
         self.waits: list[float] = []
         self.task_waits: list[tuple[str, float]] = []
+        self.keys: dict[str, str] = {}
         self.pages: list[tuple[str | None, str | None, int, int | None]] = []
         self.health_timeouts: list[float | None] = []
         self.down = False
 
-    def submit_many(self, specs: list[dict[str, Any]], timeout: float | None = None) -> list[str]:
+    def submit_entries(
+        self, specs: list[dict[str, Any]], timeout: float | None = None
+    ) -> list[dict[str, Any]]:
         parsed = [TaskSpec.parse(spec, f"tasks[{i}].") for i, spec in enumerate(specs)]
         for spec in parsed:
             for dep in spec.dependencies:
                 if dep not in self.tasks:
                     raise InvalidInput(f"unknown dependency {dep!r}")
         self.submitted.extend(specs)
-        ids = []
+        entries = []
         for spec in parsed:
+            if spec.idempotency_key in self.keys:
+                known = self.keys[spec.idempotency_key]
+                entries.append({"id": known, "status": "pending", "created": False})
+                continue
             seq = next(self.ids)
             task_id = f"t{seq}"
             self.seqs[task_id] = seq
@@ -80,8 +87,10 @@ class FakeBroker:
                 "started_at": None,
                 "completed_at": None,
             }
-            ids.append(task_id)
-        return ids
+            if spec.idempotency_key:
+                self.keys[spec.idempotency_key] = task_id
+            entries.append({"id": task_id, "status": "pending", "created": True})
+        return entries
 
     def get(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
         if task_id not in self.tasks:
@@ -805,3 +814,14 @@ def test_get_task_with_wait_long_polls_through_the_client(
     assert broker.task_waits == [(task_id, 2.5)]
     assert_error(http.simulate_get(f"/tasks/{task_id}", params={"wait": "31"}), 400, "wait")
     assert_error(http.simulate_get(f"/tasks/{task_id}", params={"wait": "soon"}), 400, "wait")
+
+
+def test_a_repeated_idempotency_key_returns_the_first_task_with_200(
+    http: falcon.testing.TestClient,
+) -> None:
+    spec = {"handler": "echo", "idempotency_key": "order-17"}
+    first = http.simulate_post("/tasks", json=spec)
+    again = http.simulate_post("/tasks", json=spec)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json["id"] == again.json["id"]
+    assert again.headers["location"] == f"/tasks/{first.json['id']}"

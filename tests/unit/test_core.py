@@ -423,3 +423,92 @@ def test_list_pages_in_submission_order_with_filters(core: Scheduler) -> None:
     assert page["next"] is None
     with pytest.raises(InvalidInput):
         core.list_tasks({"status": "bogus"})
+
+
+# -- delivery guarantees --------------------------------------------------------------------
+
+
+def test_idempotency_key_returns_the_first_task(core: Scheduler) -> None:
+    first = core.submit([{"handler": "echo", "idempotency_key": "k1"}], T0)
+    again = core.submit(
+        [
+            {"handler": "echo", "idempotency_key": "k1"},
+            {"handler": "echo", "idempotency_key": "k1"},
+        ],
+        T0 + 1,
+    )
+    assert first[0]["created"] is True
+    assert [e["id"] for e in again] == [first[0]["id"]] * 2
+    assert [e["created"] for e in again] == [False, False]
+    assert len(core.tasks) == 1
+
+
+def test_lease_history_records_every_run(core: Scheduler) -> None:
+    task_id = submit(core, max_retries=1)
+    first = add_worker(core, "first")
+    dispatched(core)
+    core.tick(T0 + 10)  # "first" goes silent: lost
+    second = add_worker(core, "second", now=T0 + 10)
+    dispatched(core, T0 + 10)
+    finish(core, second, task_id, status="failed", error="bad", now=T0 + 11)
+    core.tick(T0 + 12)
+    dispatched(core, T0 + 12)
+    finish(core, second, task_id, now=T0 + 13)
+    leases = core.tasks[task_id].record()["leases"]
+    assert [(le["attempt"], le["worker_id"], le["outcome"]) for le in leases] == [
+        (1, "first", "lost"),
+        (2, "second", "failed"),
+        (3, "second", "completed"),
+    ]
+    assert leases[1]["error"] == "bad"
+    assert [le["ended_at"] for le in leases] == [T0 + 10, T0 + 11, T0 + 13]
+    assert first not in dispatched(core, T0 + 13)
+
+
+def test_a_resent_outcome_is_acknowledged_without_counting_as_stale(core: Scheduler) -> None:
+    task_id = submit(core)
+    address = add_worker(core, "w1")
+    dispatched(core)
+    finish(core, address, task_id, result=b"once")
+    finish(core, address, task_id, result=b"twice")  # its ACK was lost: sent again
+    assert core.tasks[task_id].result == b"once"
+    assert core.stale_outcomes == 0
+
+
+def test_refused_outcome_is_shown_on_its_lease(core: Scheduler) -> None:
+    task_id = submit(core)
+    frozen = add_worker(core, "frozen")
+    dispatched(core)
+    core.tick(T0 + 10)
+    other = add_worker(core, "other", now=T0 + 10)
+    dispatched(core, T0 + 10)
+    finish(core, other, task_id, result=b"theirs", now=T0 + 11)
+    add_worker(core, "frozen", now=T0 + 12, running=[{"task_id": task_id, "attempt": 1}])
+    worker = core.worker_at(frozen)
+    assert worker is not None
+    late = {"task_id": task_id, "attempt": 1, "status": "completed", "result": b"mine"}
+    core.report(worker, [late], T0 + 12)
+    task = core.tasks[task_id]
+    assert (task.status, task.result, task.worker_id) == (TaskStatus.COMPLETED, b"theirs", "other")
+    assert task.leases[0].refused == "completed"
+    assert core.stale_outcomes == 1
+
+
+def test_prune_forgets_finished_tasks_past_retention_in_batches(core: Scheduler) -> None:
+    core = Scheduler(Timing(retention=100.0))
+    old = [submit(core, handler="nobody") for _ in range(5)]
+    for task_id in old:
+        core.cancel(task_id, T0)
+    keep = submit(core, handler="nobody")
+    recent = submit(core, handler="nobody")
+    core.cancel(recent, T0 + 50)
+    core.take_dirty()
+    assert core.prune(T0 + 99) == 0
+    assert core.prune(T0 + 100, limit=3) == 3
+    assert core.prune(T0 + 100, limit=3) == 2
+    assert sorted(core.take_pruned()) == sorted(old)
+    assert set(core.tasks) == {keep, recent}
+    assert [t["id"] for t in core.list_tasks({})["tasks"]] == [keep, recent]
+    assert core.counts[TaskStatus.CANCELLED] == 1
+    with pytest.raises(InvalidInput, match="unknown task"):
+        core.submit([{"handler": "echo", "dependencies": [old[0]]}], T0 + 101)
