@@ -34,6 +34,8 @@ def test_worker_killed_mid_task_task_completes_elsewhere(stack: Stack) -> None:
     assert task["status"] == "completed"
     assert task["worker_id"] == "survivor"
     assert task["attempts"] == 2
+    history = [(le["attempt"], le["worker_id"], le["outcome"]) for le in task["leases"]]
+    assert history == [(1, "victim", "lost"), (2, "survivor", "completed")]
     assert client.worker("victim")["running"] == []
 
 

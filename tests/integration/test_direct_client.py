@@ -189,3 +189,30 @@ def test_process_pool_kills_a_run_past_its_timeout(stack: Stack) -> None:
         a, b = b, a + b
     assert json.loads(client.result(big, timeout=30)) == {"n": 10000, "result": a}
     assert client.result(client.submit("async_echo", b"hi"), timeout=30) == b"hi"
+
+
+def test_finished_tasks_are_pruned_after_retention_and_stay_gone(stack: Stack) -> None:
+    stack.start_broker("--retention", "1")
+    stack.start_worker()
+    client = stack.client()
+    done = client.submit("echo", b"short-lived", idempotency_key="k")
+    assert client.result(done, timeout=30) == b"short-lived"
+    waiting = client.submit("echo", requires=["nobody-has-this"])
+
+    def pruned() -> bool:
+        try:
+            client.get(done)
+        except NotFound:
+            return True
+        return False
+
+    wait_for(pruned, what="task pruned")
+    assert client.get(waiting)["status"] == "pending"  # only finished tasks are pruned
+    assert stack.broker is not None
+    stack.broker.kill9()
+    stack.start_broker("--retention", "1")
+    client = stack.client()
+    with pytest.raises(NotFound):
+        client.get(done)
+    assert client.get(waiting)["status"] == "pending"
+    assert client.submit_entries([{"handler": "echo", "idempotency_key": "k"}])[0]["created"]

@@ -197,3 +197,17 @@ def test_health_is_503_when_the_broker_is_down(api: Stack) -> None:
     status, body, _ = api.http("GET", "/health")
     assert status == 503
     assert "title" in body
+
+
+def test_idempotency_key_makes_one_task_however_often_it_is_sent(api: Stack) -> None:
+    spec = {"handler": "echo", "args": b64(b"once"), "idempotency_key": "invoice-42"}
+    first = api.http("POST", "/tasks", spec)
+    again = api.http("POST", "/tasks", spec)
+    assert (first[0], again[0]) == (201, 200)
+    assert first[1]["id"] == again[1]["id"]
+    entries = api.client().submit_entries([{"handler": "echo", "idempotency_key": "invoice-42"}])
+    assert entries == [{"id": first[1]["id"], "status": "pending", "created": False}]
+    _, tasks, _ = api.http("GET", "/tasks")
+    assert [t["id"] for t in tasks] == [first[1]["id"]]
+    assert tasks[0]["idempotency_key"] == "invoice-42"
+    assert tasks[0]["leases"] == []
