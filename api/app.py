@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds ``GET /health`` waits for the broker, so a probe never hangs on a dead one.
 HEALTH_TIMEOUT = 1.5
+#: Most tasks in one ``POST /tasks/batch``.
+MAX_BATCH = 1000
 #: Longest long-poll of ``POST /workers/{id}/tasks/next`` in seconds (the broker's limit).
 MAX_WAIT = 30.0
 #: Largest page of ``GET /tasks`` (the broker's limit) and the default one.
@@ -127,6 +129,7 @@ def create_app(
     tasks = Tasks(clients, settings.max_body)
     workers = Workers(clients, settings.max_body)
     app.add_route("/tasks", tasks)
+    app.add_route("/tasks/batch", tasks, suffix="batch")
     app.add_route("/tasks/{task_id}", tasks, suffix="task")
     app.add_route("/workers", workers)
     app.add_route("/workers/{worker_id}", workers, suffix="worker")
@@ -167,6 +170,22 @@ class Tasks:
         resp.status = falcon.HTTP_201 if entry.get("created", True) else falcon.HTTP_200
         resp.location = f"/tasks/{entry['id']}"
         resp.media = {"id": entry["id"], "status": entry["status"]}
+
+    def on_post_batch(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Many tasks in one request, all or none: ``{"tasks": [...]}`` -> ``{"ids": [...]}``."""
+        body = parse.read_object(req, self.max_body)
+        parse.reject_unknown(body, frozenset({"tasks"}))
+        specs = body.get("tasks")
+        if not isinstance(specs, list) or not 1 <= len(specs) <= MAX_BATCH:
+            raise InvalidInput(f"tasks must be a list of 1 to {MAX_BATCH} task objects")
+        for i, spec in enumerate(specs):
+            if not isinstance(spec, dict):
+                raise InvalidInput(f"tasks[{i}] must be an object")
+            if "args" in spec:
+                spec["args"] = parse.decode_b64(spec["args"], f"tasks[{i}].args")
+        entries = self.client().submit_entries(specs)
+        resp.status = falcon.HTTP_201
+        resp.media = {"ids": [entry["id"] for entry in entries]}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         status = parse.query_choice(req, "status", [s.value for s in TaskStatus])

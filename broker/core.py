@@ -74,9 +74,14 @@ class Outbox:
 
 @dataclass(slots=True, eq=False)
 class _Waiter:
+    """A deferred ``wait`` (one task, full record) or ``wait_many`` (brief records)."""
+
     token: object
     deadline: float
-    task_id: str
+    task_ids: list[str]
+    many: bool
+    #: Tasks still unfinished.
+    pending: int = 0
     done: bool = False
 
 
@@ -277,10 +282,50 @@ class Scheduler:
             raise InvalidInput("timeout must be a number of seconds >= 0")
         if task.status in FINAL_STATUSES or timeout == 0:
             return task
-        waiter = _Waiter(token, now + min(float(timeout), MAX_WAIT), task.id)
-        self._waiters.setdefault(task.id, []).append(waiter)
-        heapq.heappush(self._waiter_deadlines, (waiter.deadline, self._next_timer(), waiter))
+        self._add_waiter(_Waiter(token, now + min(float(timeout), MAX_WAIT), [task.id], False))
         return None
+
+    def wait_many(
+        self, task_ids: Any, timeout: Any, token: object, now: float
+    ) -> dict[str, Any] | None:
+        """Brief records (id, status, result, error) of the tasks that are final once all of
+        them are, or when ``timeout`` passes; None after registering ``token`` to answer later."""
+        if not isinstance(task_ids, list) or len(task_ids) > MAX_BATCH:
+            raise InvalidInput(f"ids must be a list of at most {MAX_BATCH} task ids")
+        tasks = [self.get(task_id) for task_id in task_ids]
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+            raise InvalidInput("timeout must be a number of seconds >= 0")
+        waiter = _Waiter(token, now + min(float(timeout), MAX_WAIT), [t.id for t in tasks], True)
+        if timeout == 0 or all(t.status in FINAL_STATUSES for t in tasks):
+            return self._brief(waiter)
+        self._add_waiter(waiter)
+        return None
+
+    def _add_waiter(self, waiter: _Waiter) -> None:
+        for task_id in waiter.task_ids:
+            if self.tasks[task_id].status not in FINAL_STATUSES:
+                self._waiters.setdefault(task_id, []).append(waiter)
+                waiter.pending += 1
+        heapq.heappush(self._waiter_deadlines, (waiter.deadline, self._next_timer(), waiter))
+
+    def _brief(self, waiter: _Waiter) -> dict[str, Any]:
+        briefs = []
+        for task_id in waiter.task_ids:
+            task = self.tasks.get(task_id)
+            if task is not None and task.status in FINAL_STATUSES:
+                briefs.append(
+                    {"id": task.id, "status": task.status.value, "result": task.result,
+                     "error": task.error}
+                )  # fmt: skip
+        return {"tasks": briefs}
+
+    def _answer(self, waiter: _Waiter) -> None:
+        waiter.done = True
+        if waiter.many:
+            value: Any = self._brief(waiter)
+        else:
+            value = self.tasks[waiter.task_ids[0]].record()
+        self.outbox.replies.append((waiter.token, value))
 
     def health(self, now: float, started: float) -> dict[str, Any]:
         return {
@@ -527,11 +572,13 @@ class Scheduler:
         while self._waiter_deadlines and self._waiter_deadlines[0][0] <= now:
             waiter = heapq.heappop(self._waiter_deadlines)[2]
             if not waiter.done:
-                waiter.done = True
-                self.outbox.replies.append((waiter.token, self.tasks[waiter.task_id].record()))
-                waiters = self._waiters.get(waiter.task_id, [])
-                if waiter in waiters:
-                    waiters.remove(waiter)
+                self._answer(waiter)
+                for task_id in waiter.task_ids:
+                    waiters = self._waiters.get(task_id)
+                    if waiters and waiter in waiters:
+                        waiters.remove(waiter)
+                        if not waiters:
+                            del self._waiters[task_id]
         while self._poll_deadlines and self._poll_deadlines[0][0] <= now:
             _, _, worker, token = heapq.heappop(self._poll_deadlines)
             for i, (poll_token, _) in enumerate(worker.polls):
@@ -815,9 +862,9 @@ class Scheduler:
             self._set_status(current, final)
             self._finished.append(current)
             for waiter in self._waiters.pop(current.id, []):
-                if not waiter.done:
-                    waiter.done = True
-                    self.outbox.replies.append((waiter.token, current.record()))
+                waiter.pending -= 1
+                if not waiter.done and waiter.pending == 0:
+                    self._answer(waiter)
             for child in self._dependents.pop(current.id, []):
                 if child.status is not TaskStatus.PENDING:
                     continue

@@ -247,6 +247,9 @@ class BrokerServer:
         if op == "wait":
             task = core.wait(args.get("id"), args.get("timeout"), token, now)
             return _DEFERRED if task is None else task.record()
+        if op == "wait_many":
+            brief = core.wait_many(args.get("ids"), args.get("timeout"), token, now)
+            return _DEFERRED if brief is None else brief
         if op == "workers":
             return [worker.record() for worker in core.workers.values()]
         if op == "worker":

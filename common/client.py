@@ -171,6 +171,18 @@ class Client:
         )
         return result
 
+    def wait_many(self, task_ids: list[str], timeout: float) -> list[dict[str, Any]]:
+        """Wait up to ``timeout`` seconds for all these tasks (at most 10,000) to finish.
+
+        Returns ``{id, status, result, error}`` for each task that is final by then, so a
+        shorter list than ``task_ids`` means time ran out.
+        """
+        value = self.call(
+            "wait_many", {"ids": task_ids, "timeout": timeout}, timeout + self.timeout
+        )
+        tasks: list[dict[str, Any]] = value["tasks"]
+        return tasks
+
     def result(self, task_id: str, timeout: float) -> bytes:
         """Wait for the task and return its result; raise ``TaskFailed`` if it did not complete
         and ``TimeoutError`` if it is still unfinished after ``timeout`` seconds."""

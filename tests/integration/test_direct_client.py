@@ -216,3 +216,14 @@ def test_finished_tasks_are_pruned_after_retention_and_stay_gone(stack: Stack) -
         client.get(done)
     assert client.get(waiting)["status"] == "pending"
     assert client.submit_entries([{"handler": "echo", "idempotency_key": "k"}])[0]["created"]
+
+
+def test_wait_many_collects_a_batch_of_results(stack: Stack) -> None:
+    stack.start_broker()
+    stack.start_worker(slots=4)
+    client = stack.client()
+    ids = client.submit_many([{"handler": "echo", "args": str(i).encode()} for i in range(500)])
+    briefs = client.wait_many(ids, timeout=60)
+    assert [(b["id"], b["status"], b["result"]) for b in briefs] == [
+        (task_id, "completed", str(i).encode()) for i, task_id in enumerate(ids)
+    ]

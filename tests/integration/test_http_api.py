@@ -211,3 +211,16 @@ def test_idempotency_key_makes_one_task_however_often_it_is_sent(api: Stack) -> 
     assert [t["id"] for t in tasks] == [first[1]["id"]]
     assert tasks[0]["idempotency_key"] == "invoice-42"
     assert tasks[0]["leases"] == []
+
+
+def test_batch_submit_over_http(api: Stack) -> None:
+    api.start_worker(slots=4)
+    tasks = [{"handler": "echo", "args": b64(f"item {i}".encode())} for i in range(200)]
+    status, body, _ = api.http("POST", "/tasks/batch", {"tasks": tasks})
+    assert status == 201
+    briefs = api.client().wait_many(body["ids"], timeout=60)
+    assert [b["result"] for b in briefs] == [f"item {i}".encode() for i in range(200)]
+    bad = [{"handler": "echo"}, {"handler": "echo", "priority": "urgent"}]
+    status, error, _ = api.http("POST", "/tasks/batch", {"tasks": bad})
+    assert status == 400
+    assert "tasks[1].priority" in error["description"]

@@ -825,3 +825,23 @@ def test_a_repeated_idempotency_key_returns_the_first_task_with_200(
     assert (first.status_code, again.status_code) == (201, 200)
     assert first.json["id"] == again.json["id"]
     assert again.headers["location"] == f"/tasks/{first.json['id']}"
+
+
+def test_batch_submit_is_all_or_none_and_names_the_bad_entry(
+    broker: FakeBroker, http: falcon.testing.TestClient
+) -> None:
+    tasks = [{"handler": "echo", "args": b64(str(i).encode())} for i in range(3)]
+    result = http.simulate_post("/tasks/batch", json={"tasks": tasks})
+    assert result.status_code == 201
+    assert len(result.json["ids"]) == 3
+    assert [broker.tasks[i]["args"] for i in result.json["ids"]] == [b"0", b"1", b"2"]
+    bad = [*tasks, {"handler": "echo", "args": "!!"}]
+    assert_error(http.simulate_post("/tasks/batch", json={"tasks": bad}), 400, "tasks[3].args")
+    assert_error(http.simulate_post("/tasks/batch", json={"tasks": []}), 400, "tasks")
+    roomy = falcon.testing.TestClient(
+        create_app(client=lambda: broker, settings=Settings(max_body=1 << 20))
+    )
+    too_many = [{"handler": "echo"}] * 1001
+    assert_error(roomy.simulate_post("/tasks/batch", json={"tasks": too_many}), 400, "tasks")
+    assert_error(http.simulate_post("/tasks/batch", json={"tasks": [5]}), 400, "tasks[0]")
+    assert len(broker.tasks) == 3

@@ -512,3 +512,32 @@ def test_prune_forgets_finished_tasks_past_retention_in_batches(core: Scheduler)
     assert core.counts[TaskStatus.CANCELLED] == 1
     with pytest.raises(InvalidInput, match="unknown task"):
         core.submit([{"handler": "echo", "dependencies": [old[0]]}], T0 + 101)
+
+
+def test_wait_many_answers_once_every_task_is_final(core: Scheduler) -> None:
+    a, b = submit(core), submit(core)
+    address = add_worker(core, "w1", slots=2)
+    dispatched(core)
+    assert core.wait_many([a, b], 10, "token", T0) is None
+    finish(core, address, a, result=b"A")
+    assert core.take_outbox().replies == []
+    finish(core, address, b, result=b"B")
+    ((token, value),) = core.take_outbox().replies
+    assert token == "token"
+    assert [(t["id"], t["result"]) for t in value["tasks"]] == [(a, b"A"), (b, b"B")]
+
+
+def test_wait_many_times_out_with_what_is_final(core: Scheduler) -> None:
+    a, b = submit(core), submit(core, handler="nobody")
+    address = add_worker(core, "w1")
+    dispatched(core)
+    finish(core, address, a)
+    assert core.wait_many([a, b], 0, "now", T0) == {
+        "tasks": [{"id": a, "status": "completed", "result": b"ok", "error": None}]
+    }
+    assert core.wait_many([a, b], 5, "later", T0) is None
+    core.tick(T0 + 5)
+    ((_, value),) = core.take_outbox().replies
+    assert [t["id"] for t in value["tasks"]] == [a]
+    with pytest.raises(NotFound):
+        core.wait_many([a, "nope"], 1, "x", T0)
