@@ -90,6 +90,8 @@ class Task:
     waiting_on: int = 0
     #: Whether the task sits in a ready queue (derived; not stored).
     queued: bool = False
+    #: Whether the store holds a row for it yet (its spec is written once, then only its state).
+    stored: bool = False
 
     @property
     def shape(self) -> tuple[str, tuple[str, ...], ResourceKey]:

@@ -19,8 +19,8 @@ from common.models import TaskStatus
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
-    id           TEXT PRIMARY KEY,
-    seq          INTEGER NOT NULL UNIQUE,
+    seq          INTEGER PRIMARY KEY,
+    id           TEXT NOT NULL,
     name         TEXT NOT NULL,
     handler      TEXT NOT NULL,
     args         BLOB NOT NULL,
@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     requires     TEXT NOT NULL,
     resources    TEXT NOT NULL,
     created_at   REAL NOT NULL,
+    idempotency_key TEXT,
     status       TEXT NOT NULL,
     worker_id    TEXT,
     attempts     INTEGER NOT NULL,
@@ -41,7 +42,6 @@ CREATE TABLE IF NOT EXISTS tasks (
     started_at   REAL,
     completed_at REAL,
     not_before   REAL NOT NULL,
-    idempotency_key TEXT,
     leases       TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -50,38 +50,57 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 #: SQLite ``synchronous`` modes the store accepts; only ``full`` makes an acknowledgement durable.
 SYNC_MODES = ("full", "normal", "off")
 #: Version of the table layout above, kept in ``meta``.
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
-_COLUMNS = (
-    "id, seq, name, handler, args, dependencies, priority, max_retries, timeout, requires, "
-    "resources, created_at, status, worker_id, attempts, failures, lost, result, error, "
-    "started_at, completed_at, not_before, idempotency_key, leases"
+# A task's spec never changes after it is submitted: it is written once, with an INSERT.
+# Later writes UPDATE only the state columns, by rowid (seq), which is the cheapest write
+# SQLite has; the table has no other index to maintain.
+_SPEC = (
+    "seq, id, name, handler, args, dependencies, priority, max_retries, timeout, requires, "
+    "resources, created_at, idempotency_key"
 )
-_UPSERT = f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 24)})"
+_STATE = (
+    "status", "worker_id", "attempts", "failures", "lost", "result", "error", "started_at",
+    "completed_at", "not_before", "leases",
+)  # fmt: skip
+_COLUMNS = f"{_SPEC}, {', '.join(_STATE)}"
+_INSERT = f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 24)})"
+_UPDATE = f"UPDATE tasks SET {', '.join(c + ' = ?' for c in _STATE)} WHERE seq = ?"
 
 
 class Store(Protocol):
     def load(self) -> list[Task]: ...
 
-    def save(self, tasks: Iterable[Task], deleted: Sequence[str] = ()) -> None: ...
+    def save(self, tasks: Iterable[Task], deleted: Sequence[Task] = ()) -> None: ...
 
     def close(self) -> None: ...
 
 
-def _row(task: Task) -> tuple[object, ...]:
+def _json(value: Any) -> str:
+    # Most tasks have no dependencies, tags, resources or leases: skip the encoder for those.
+    return json.dumps(value) if value else "[]"
+
+
+def _spec_row(task: Task) -> tuple[object, ...]:
     return (
-        task.id,
         task.seq,
+        task.id,
         task.name,
         task.handler,
         task.args,
-        json.dumps(task.dependencies),
+        _json(task.dependencies),
         task.priority,
         task.max_retries,
         task.timeout,
-        json.dumps(task.requires),
-        json.dumps(task.resources),
+        _json(task.requires),
+        _json(task.resources),
         task.created_at,
+        task.idempotency_key,
+    )
+
+
+def _state_row(task: Task) -> tuple[object, ...]:
+    return (
         task.status.value,
         task.worker_id,
         task.attempts,
@@ -92,16 +111,19 @@ def _row(task: Task) -> tuple[object, ...]:
         task.started_at,
         task.completed_at,
         task.not_before,
-        task.idempotency_key,
-        json.dumps([lease.to_row() for lease in task.leases]),
+        _json([lease.to_row() for lease in task.leases]),
     )
+
+
+def _row(task: Task) -> tuple[object, ...]:
+    return _spec_row(task) + _state_row(task)
 
 
 def _task(row: Any) -> Task:
     (
-        id_, seq, name, handler, args, deps, priority, max_retries, timeout, requires,
-        resources, created_at, status, worker_id, attempts, failures, lost, result, error,
-        started_at, completed_at, not_before, idempotency_key, leases,
+        seq, id_, name, handler, args, deps, priority, max_retries, timeout, requires,
+        resources, created_at, idempotency_key, status, worker_id, attempts, failures, lost,
+        result, error, started_at, completed_at, not_before, leases,
     ) = row  # fmt: skip
     return Task(
         id=str(id_),
@@ -128,6 +150,7 @@ def _task(row: Any) -> Task:
         not_before=float(not_before),
         idempotency_key=None if idempotency_key is None else str(idempotency_key),
         leases=[Lease.from_row(lease) for lease in json.loads(str(leases))],
+        stored=True,
     )
 
 
@@ -155,19 +178,28 @@ class SqliteStore:
             _task(row) for row in self._db.execute(f"SELECT {_COLUMNS} FROM tasks ORDER BY seq")
         ]
 
-    def save(self, tasks: Iterable[Task], deleted: Sequence[str] = ()) -> None:
+    def save(self, tasks: Iterable[Task], deleted: Sequence[Task] = ()) -> None:
         """Write changed tasks and delete pruned ones in one transaction (one fsync)."""
-        rows = [_row(task) for task in tasks]
-        if not rows and not deleted:
+        new: list[Task] = []
+        updates: list[tuple[object, ...]] = []
+        for task in tasks:
+            if task.stored:
+                updates.append((*_state_row(task), task.seq))
+            else:
+                new.append(task)
+        if not new and not updates and not deleted:
             return
         self._db.execute("BEGIN")
         try:
-            self._db.executemany(_UPSERT, rows)
-            self._db.executemany("DELETE FROM tasks WHERE id = ?", [(i,) for i in deleted])
+            self._db.executemany(_INSERT, [_row(task) for task in new])
+            self._db.executemany(_UPDATE, updates)
+            self._db.executemany("DELETE FROM tasks WHERE seq = ?", [(t.seq,) for t in deleted])
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+        for task in new:
+            task.stored = True
 
     def close(self) -> None:
         self._db.close()
@@ -183,11 +215,12 @@ class MemoryStore:
     def load(self) -> list[Task]:
         return sorted((_task(row) for row in self.rows.values()), key=lambda t: t.seq)
 
-    def save(self, tasks: Iterable[Task], deleted: Sequence[str] = ()) -> None:
+    def save(self, tasks: Iterable[Task], deleted: Sequence[Task] = ()) -> None:
         for task in tasks:
             self.rows[task.id] = _row(task)
-        for task_id in deleted:
-            self.rows.pop(task_id, None)
+            task.stored = True
+        for task in deleted:
+            self.rows.pop(task.id, None)
         self.commits += 1
 
     def close(self) -> None:

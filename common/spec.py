@@ -62,33 +62,37 @@ class TaskSpec:
         """
         if not isinstance(raw, dict):
             raise InvalidInput(f"{where or 'task'} must be an object")
-        unknown = sorted(str(k) for k in raw if k not in _FIELDS)
-        if unknown:
+        if not _FIELDS.issuperset(raw):
+            unknown = sorted(str(k) for k in raw if k not in _FIELDS)
             raise InvalidInput(f"unknown field {where}{unknown[0]!r}")
-        handler = _name(raw.get("handler"), f"{where}handler", required=True)
-        name = _name(raw.get("name"), f"{where}name", required=False) or handler
-        args = raw.get("args")
+        get = raw.get
+        handler = get("handler")
+        if type(handler) is not str or not 0 < len(handler) <= MAX_NAME_LENGTH:
+            handler = _name(handler, f"{where}handler", required=True)
+        args = get("args")
         if args is None:
             args = b""
         elif not isinstance(args, bytes):
             raise InvalidInput(f"{where}args must be bytes")
-        return cls(
-            handler=handler,
-            name=name,
-            args=args,
-            dependencies=_str_list(
-                raw.get("dependencies"), f"{where}dependencies", MAX_DEPENDENCIES
-            ),
-            priority=_int(raw.get("priority"), f"{where}priority", 0, -MAX_PRIORITY, MAX_PRIORITY),
-            max_retries=_int(raw.get("max_retries"), f"{where}max_retries", 0, 0, MAX_RETRIES),
-            timeout=_timeout(raw.get("timeout"), f"{where}timeout"),
-            requires=_str_list(raw.get("requires"), f"{where}requires", 256),
-            resources=parse_resources(raw.get("resources"), f"{where}resources"),
-            idempotency_key=_name(
-                raw.get("idempotency_key"), f"{where}idempotency_key", required=False
-            )
-            or None,
-        )
+        spec = cls(handler=handler, name=handler, args=args)
+        # Most submissions set few of the optional fields: validate only those present.
+        if (name := get("name")) is not None:
+            spec.name = _name(name, f"{where}name", required=False) or handler
+        if (dependencies := get("dependencies")) is not None:
+            spec.dependencies = _str_list(dependencies, f"{where}dependencies", MAX_DEPENDENCIES)
+        if (priority := get("priority")) is not None:
+            spec.priority = _int(priority, f"{where}priority", 0, -MAX_PRIORITY, MAX_PRIORITY)
+        if (max_retries := get("max_retries")) is not None:
+            spec.max_retries = _int(max_retries, f"{where}max_retries", 0, 0, MAX_RETRIES)
+        if (timeout := get("timeout")) is not None:
+            spec.timeout = _timeout(timeout, f"{where}timeout")
+        if (requires := get("requires")) is not None:
+            spec.requires = _str_list(requires, f"{where}requires", 256)
+        if (resources := get("resources")) is not None:
+            spec.resources = parse_resources(resources, f"{where}resources")
+        if (key := get("idempotency_key")) is not None:
+            spec.idempotency_key = _name(key, f"{where}idempotency_key", required=False) or None
+        return spec
 
 
 def parse_resources(raw: Any, where: str) -> dict[str, float]:
