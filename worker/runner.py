@@ -5,7 +5,7 @@
 
 Pools:
 
-- ``thread``: each run gets its own daemon thread; ``async def`` handlers run on
+- ``thread``: each run runs on a pooled daemon thread; ``async def`` handlers run on
   one shared asyncio loop in a background thread. A thread cannot be killed, so a
   cancel or timeout sets the run's ``cancelled`` event (cooperative handlers stop),
   reports at once and frees the slot; whatever the thread produces later is dropped.
@@ -32,6 +32,7 @@ import inspect
 import itertools
 import logging
 import multiprocessing
+import queue
 import threading
 import time
 from collections import deque
@@ -124,6 +125,7 @@ class Runner:
         self._active = 0  # thread pool: runs holding a slot
         self._closed = False
         self._watchdog = _Watchdog()
+        self._threads = _Threads(max_idle=slots)
         self._loop: _AsyncLoop | None = None
         self._processes = (
             _ProcessPool(self, slots, list(handler_modules)) if pool == "process" else None
@@ -292,20 +294,21 @@ class Runner:
                 else:
                     run.abort = future.cancel
         else:
-            name = f"task-{run.task_id}-{run.attempt}"
-            threading.Thread(
-                target=self._run_thread, args=(run, fn), name=name, daemon=True
-            ).start()
+            self._threads.submit(lambda: self._run_thread(run, fn))
 
     def _run_thread(self, run: _Run, fn: handlers.Handler) -> None:
-        # A new thread starts with an empty context, so there is nothing to restore.
-        context.activate(run.ctx)
+        token = context.activate(run.ctx)
+        thread = threading.current_thread()
+        thread.name = f"task-{run.task_id}-{run.attempt}"  # for stack dumps and profilers
         try:
             result = handlers.to_bytes(fn(run.args))
         except BaseException as exc:  # this thread is ours: SystemExit fails the run
             self._finish(run, TaskStatus.FAILED, error=handlers.describe_error(exc))
         else:
             self._finish(run, TaskStatus.COMPLETED, result=result)
+        finally:
+            context.deactivate(token)  # the thread serves other runs next
+            thread.name = "runner"
 
     async def _run_async(self, run: _Run, fn: handlers.Handler) -> None:
         # Each asyncio task has its own copy of the context: this stays in this run.
@@ -321,6 +324,39 @@ class Runner:
             self._finish(run, TaskStatus.FAILED, error=handlers.describe_error(exc))
         else:
             self._finish(run, TaskStatus.COMPLETED, result=result)
+
+
+class _Threads:
+    """Reusable daemon threads for sync handlers.
+
+    Starting a thread per run cost more than an ``echo`` run itself. A thread that
+    finishes a run waits for the next one; a new thread starts only when none is idle,
+    so a run abandoned at its timeout (its thread still busy) never delays the others.
+    At most ``max_idle`` threads wait idle; more exit.
+    """
+
+    def __init__(self, max_idle: int) -> None:
+        self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._max_idle = max_idle
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            start = self._idle == 0
+            if not start:
+                self._idle -= 1  # that idle thread takes this job (or an equal one)
+        self._queue.put(job)
+        if start:
+            threading.Thread(target=self._serve, name="runner", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            self._queue.get()()
+            with self._lock:
+                if self._idle >= self._max_idle:
+                    return
+                self._idle += 1
 
 
 class _Watchdog:
