@@ -1,10 +1,12 @@
 """The broker's socket loop: decode frames, call the core, commit, then send.
 
 One ROUTER socket serves workers and clients alike. Each loop turn drains the
-messages waiting on the socket, lets the core decide, commits every changed
-task in one transaction, and only then sends replies, acknowledgements and
-dispatches: nothing is acknowledged before it is durable. This module holds
-no scheduling logic, and nothing a peer sends can make it raise.
+messages waiting on the socket, lets the core decide, and hands every changed
+task to the committer thread as one batch. What the turn would send (replies,
+acknowledgements, dispatches) is held until that batch is committed, so nothing
+is acknowledged before it is durable, while the loop goes on with the next
+messages during the fsync. This module holds no scheduling logic, and nothing a
+peer sends can make it raise.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import Any, cast
 
 import zmq
 
+from broker.committer import Committer
 from broker.core import Scheduler, Timing
-from broker.store import Store
+from broker.store import Store, prepare
 from common import protocol
 from common.errors import InvalidInput, SchedulerError
 from common.protocol import Command
@@ -30,6 +33,9 @@ log = logging.getLogger(__name__)
 MAX_MESSAGES_PER_TURN = 2000
 #: Longest sleep of the loop in seconds: the resolution of liveness checks and pings.
 MAX_POLL_SECONDS = 0.1
+#: Batches waiting for a commit beyond which the loop stops reading and waits for the
+#: committer: bounds the memory held for unsent replies.
+MAX_UNCOMMITTED = 64
 #: Seconds between two rounds of pruning finished tasks past their retention.
 PRUNE_INTERVAL = 1.0
 #: Messages a peer's socket may queue on the broker before ZeroMQ drops more.
@@ -67,6 +73,9 @@ class BrokerServer:
         self._socket: zmq.Socket[bytes] | None = None
         self._stopping = threading.Event()
         self._outgoing: list[Frames] = []
+        #: Messages held until their batch is committed: (batch number, frames).
+        self._held: list[tuple[int, list[Frames]]] = []
+        self._committer: Committer | None = None
         self._next_prune = 0.0
         self.endpoint = ""
 
@@ -95,13 +104,24 @@ class BrokerServer:
             self.bind()
         socket = self._socket
         assert socket is not None
+        committer = self._committer = Committer(self.store)
         poller = zmq.Poller()
         poller.register(socket, zmq.POLLIN)
+        poller.register(committer.fileno(), zmq.POLLIN)
         try:
             while not self._stopping.is_set():
                 poller.poll(self._poll_timeout_ms())
-                self._turn(socket)
+                self._release(socket, committer.committed())
+                if committer.error is not None:
+                    raise RuntimeError("the store failed; stopping") from committer.error
+                if len(self._held) >= MAX_UNCOMMITTED:
+                    committer.wait(self._held[0][0], MAX_POLL_SECONDS)
+                    continue
+                self._turn(socket, committer)
         finally:
+            committer.close()  # commits what is queued: hold nothing back that is durable
+            if committer.error is None:
+                self._release(socket, committer.submitted)
             socket.close(linger=0)
             self.store.close()
             log.info("broker stopped")
@@ -113,7 +133,7 @@ class BrokerServer:
             wait = min(wait, max(0.0, timer - time.time()))
         return int(wait * 1000)
 
-    def _turn(self, socket: zmq.Socket[bytes]) -> None:
+    def _turn(self, socket: zmq.Socket[bytes], committer: Committer) -> None:
         for _ in range(MAX_MESSAGES_PER_TURN):
             try:
                 frames = socket.recv_multipart(zmq.NOBLOCK)
@@ -132,20 +152,40 @@ class BrokerServer:
         if now >= self._next_prune:
             self._next_prune = now + PRUNE_INTERVAL
             core.prune(now)  # a bounded batch: pruning never stalls scheduling
-        self.store.save(core.take_dirty(), core.take_pruned())
-        outgoing, self._outgoing = self._outgoing, []
-        outbox = core.take_outbox()
-        for frames in outgoing:
-            self._send(socket, frames)
-        for address in pings:
+        for address in pings:  # a ping promises nothing: it need not wait for a commit
             self._send(socket, [address, *protocol.pack(Command.PING)])
+        sends = self._outgoing
+        self._outgoing = []
+        outbox = core.take_outbox()
         for token, value in outbox.replies:
             address, req_id = cast(tuple[bytes, int], token)
-            self._send(socket, [address, *protocol.reply_ok(req_id, value)])
+            sends.append([address, *protocol.reply_ok(req_id, value)])
         for address, task_ids in outbox.cancel.items():
-            self._send(socket, [address, *protocol.pack(Command.CANCEL, {"task_ids": task_ids})])
+            sends.append([address, *protocol.pack(Command.CANCEL, {"task_ids": task_ids})])
         for address, entries in outbox.dispatch.items():
-            self._send(socket, [address, *protocol.pack(Command.DISPATCH, {"tasks": entries})])
+            sends.append([address, *protocol.pack(Command.DISPATCH, {"tasks": entries})])
+        batch = prepare(core.take_dirty(), core.take_pruned())
+        if batch:
+            self._held.append((committer.submit(batch), sends))
+        elif self._held:
+            # Nothing new to commit, but replies must not overtake earlier held ones
+            # (a read could show state that is not durable yet).
+            self._held[-1][1].extend(sends)
+        else:
+            for message in sends:
+                self._send(socket, message)
+
+    def _release(self, socket: zmq.Socket[bytes], committed: int) -> None:
+        """Send what was held for every batch up to ``committed``."""
+        released = 0
+        for number, frames in self._held:
+            if number > committed:
+                break
+            released += 1
+            for message in frames:
+                self._send(socket, message)
+        if released:
+            del self._held[:released]
 
     @staticmethod
     def _send(socket: zmq.Socket[bytes], frames: Frames) -> None:

@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from broker.state import Lease, Task
@@ -68,10 +69,46 @@ _INSERT = f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 2
 _UPDATE = f"UPDATE tasks SET {', '.join(c + ' = ?' for c in _STATE)} WHERE seq = ?"
 
 
+@dataclass(slots=True)
+class Batch:
+    """One loop turn's writes as plain rows, built in the loop thread.
+
+    Rows are copied out of the tasks at once because the tasks keep changing while
+    the batch waits for, or sits in, a commit on another thread.
+    """
+
+    inserts: list[tuple[object, ...]] = field(default_factory=list)
+    updates: list[tuple[object, ...]] = field(default_factory=list)
+    deletes: list[tuple[int]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.inserts or self.updates or self.deletes)
+
+
+def prepare(tasks: Iterable[Task], deleted: Sequence[Task] = ()) -> Batch:
+    """The rows that store these changes: new tasks whole, known ones by their state only.
+
+    Marks the tasks as stored: batches are written in order, and a failed write is
+    fatal to the broker, so a later batch may rely on this one's inserts.
+    """
+    batch = Batch(deletes=[(task.seq,) for task in deleted])
+    for task in tasks:
+        if task.stored:
+            batch.updates.append((*_state_row(task), task.seq))
+        else:
+            batch.inserts.append(_row(task))
+            task.stored = True
+    return batch
+
+
 class Store(Protocol):
     def load(self) -> list[Task]: ...
 
-    def save(self, tasks: Iterable[Task], deleted: Sequence[Task] = ()) -> None: ...
+    def write(self, batches: Sequence[Batch]) -> None:
+        """Commit these batches, in order, in one transaction (one fsync)."""
+
+    def save(self, tasks: Iterable[Task], deleted: Sequence[Task] = ()) -> None:
+        """``write([prepare(tasks, deleted)])``."""
 
     def close(self) -> None: ...
 
@@ -178,28 +215,29 @@ class SqliteStore:
             _task(row) for row in self._db.execute(f"SELECT {_COLUMNS} FROM tasks ORDER BY seq")
         ]
 
-    def save(self, tasks: Iterable[Task], deleted: Sequence[Task] = ()) -> None:
-        """Write changed tasks and delete pruned ones in one transaction (one fsync)."""
-        new: list[Task] = []
-        updates: list[tuple[object, ...]] = []
-        for task in tasks:
-            if task.stored:
-                updates.append((*_state_row(task), task.seq))
-            else:
-                new.append(task)
-        if not new and not updates and not deleted:
+    def write(self, batches: Sequence[Batch]) -> None:
+        """Commit these batches, in order, in one transaction (one fsync).
+
+        Safe to call from a thread other than the loop's: only one thread at a time uses
+        the connection (the loop before the committer starts and after it stops).
+        """
+        batches = [batch for batch in batches if batch]
+        if not batches:
             return
-        self._db.execute("BEGIN")
+        db = self._db
+        db.execute("BEGIN")
         try:
-            self._db.executemany(_INSERT, [_row(task) for task in new])
-            self._db.executemany(_UPDATE, updates)
-            self._db.executemany("DELETE FROM tasks WHERE seq = ?", [(t.seq,) for t in deleted])
+            for batch in batches:
+                db.executemany(_INSERT, batch.inserts)
+                db.executemany(_UPDATE, batch.updates)
+                db.executemany("DELETE FROM tasks WHERE seq = ?", batch.deletes)
         except BaseException:
-            self._db.execute("ROLLBACK")
+            db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
-        for task in new:
-            task.stored = True
+        db.execute("COMMIT")
+
+    def save(self, tasks: Iterable[Task], deleted: Sequence[Task] = ()) -> None:
+        self.write([prepare(tasks, deleted)])
 
     def close(self) -> None:
         self._db.close()
@@ -209,19 +247,26 @@ class MemoryStore:
     """The same interface in memory, for tests of the core and the loop."""
 
     def __init__(self) -> None:
-        self.rows: dict[str, tuple[object, ...]] = {}
+        self.rows: dict[int, tuple[object, ...]] = {}
         self.commits = 0
 
     def load(self) -> list[Task]:
-        return sorted((_task(row) for row in self.rows.values()), key=lambda t: t.seq)
+        return [_task(self.rows[seq]) for seq in sorted(self.rows)]
+
+    def write(self, batches: Sequence[Batch]) -> None:
+        spec_columns = len(_SPEC.split(","))
+        for batch in batches:
+            for row in batch.inserts:
+                self.rows[int(row[0])] = row  # type: ignore[call-overload]
+            for update in batch.updates:
+                seq = int(update[-1])  # type: ignore[call-overload]
+                self.rows[seq] = self.rows[seq][:spec_columns] + update[:-1]
+            for (seq,) in batch.deletes:
+                self.rows.pop(seq, None)
+        self.commits += 1
 
     def save(self, tasks: Iterable[Task], deleted: Sequence[Task] = ()) -> None:
-        for task in tasks:
-            self.rows[task.id] = _row(task)
-            task.stored = True
-        for task in deleted:
-            self.rows.pop(task.id, None)
-        self.commits += 1
+        self.write([prepare(tasks, deleted)])
 
     def close(self) -> None:
         pass
