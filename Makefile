@@ -33,7 +33,7 @@ test-fast: $(STAMP)
 	$(BIN)/pytest -x -q tests/unit
 
 chaos: $(STAMP)
-	$(BIN)/pytest -m chaos tests/chaos
+	ZMQS_CHAOS_TASKS=5000 $(BIN)/pytest -m chaos tests/chaos -s
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -760,9 +760,9 @@ class Scheduler:
                 "refused outcome of %s #%s from %s: no such lease", task.id, attempt, worker.id
             )
             return
-        if lease.outcome in (status, "cancelled"):
-            # The same report again (its ACK was lost), or how a cancelled run ended:
-            # neither is news, and the cancel stands.
+        if lease.outcome in (status, "cancelled") or lease.refused == status:
+            # The same report again (its ACK was lost, or it was refused already), or how
+            # a cancelled run ended: none of these is news, and the cancel stands.
             return
         self.stale_outcomes += 1
         lease.refused = status

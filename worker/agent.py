@@ -114,6 +114,7 @@ class Agent:
         self._socket: zmq.Socket[bytes] | None = None
         self._poller = zmq.Poller()
         self._registered = False  # WELCOME received since the last READY
+        self._ready_sent_at = 0.0
         self._ever_registered = False
         self._last_heard = 0.0
         self._reconnect_at = 0.0
@@ -207,14 +208,17 @@ class Agent:
         self._send_ready()
 
     def _lose_broker(self, now: float) -> None:
+        # The first try after losing a broker that had welcomed us is immediate: a restarted
+        # broker holds our leases for one liveness window only, and the new socket's READY
+        # waits in its queue until the broker binds again. Later tries back off.
+        delay = 0.0 if self._registered else self._backoff
         logger.warning(
-            "no message from the broker for %g s; reconnecting in %g s",
-            self._window,
-            self._backoff,
+            "no message from the broker for %g s; reconnecting in %g s", self._window, delay
         )
         self._close_socket(linger=0)
-        self._reconnect_at = now + self._backoff
-        self._backoff = min(self._backoff * 2, self._backoff_max)
+        self._reconnect_at = now + delay
+        if delay:
+            self._backoff = min(self._backoff * 2, self._backoff_max)
 
     def _close_socket(self, linger: int) -> None:
         if self._socket is None:
@@ -236,6 +240,7 @@ class Agent:
     def _send_ready(self) -> None:
         assert self._runner is not None
         self._registered = False
+        self._ready_sent_at = time.monotonic()
         # Finished runs whose outcome is not yet acknowledged are claimed too: a lease the
         # READY leaves out is lost (requeued), and the DONE sent after WELCOME would then
         # arrive too late to count.
@@ -287,8 +292,11 @@ class Agent:
         elif command is Command.WELCOME:
             self._on_welcome(body)
         elif command is Command.RESYNC:
-            logger.info("broker asked to register again")
-            self._send_ready()
+            if self._registered or time.monotonic() - self._ready_sent_at > self._window:
+                logger.info("broker asked to register again")
+                self._send_ready()
+            # else a READY is on its way already: a second one sent after the broker leased
+            # us new work would leave that work out of its claims.
         else:
             logger.warning("ignored unexpected %s from broker", command.name)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +88,22 @@ def test_broker_killed_while_workers_run_tasks_loses_nothing(stack: Stack) -> No
     client = stack.client()
     for task_id in ids:
         assert client.wait(task_id, timeout=60)["status"] == "completed"
+
+
+def test_broker_restart_leaves_a_running_task_with_its_worker(stack: Stack, tmp_path: Path) -> None:
+    stack.start_broker()
+    stack.start_worker("--handlers", "chaos_handlers", worker_id="w", slots=1)
+    stack.wait_workers("w")
+    note = tmp_path / "runs"
+    spec = json.dumps({"seconds": 3.0, "note": str(note)}).encode()
+    task_id = stack.client().submit("noted_sleep", spec)
+    wait_for(note.exists, what="the run began")
+    assert stack.broker is not None
+    stack.broker.kill9()
+    stack.start_broker()
+    task = stack.client().wait(task_id, timeout=60)
+    assert task["status"] == "completed"
+    assert [(le["attempt"], le["worker_id"], le["outcome"]) for le in task["leases"]] == [
+        (1, "w", "completed")
+    ]
+    assert len(note.read_text().split()) == 1  # it ran once: the lease stayed with "w"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from worker import handler, register
@@ -14,7 +15,10 @@ def fail_times(args: bytes) -> dict[str, int]:
     spec = json.loads(args)
     counter = Path(spec["path"])
     runs = int(counter.read_text()) + 1 if counter.exists() else 1
-    counter.write_text(str(runs))
+    # Atomic, so a run killed mid-write cannot leave the counter empty.
+    scratch = counter.with_suffix(".tmp")
+    scratch.write_text(str(runs))
+    os.replace(scratch, counter)
     if runs <= spec["fail"]:
         raise RuntimeError(f"planned failure {runs}")
     return {"runs": runs}

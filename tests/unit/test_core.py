@@ -492,6 +492,8 @@ def test_refused_outcome_is_shown_on_its_lease(core: Scheduler) -> None:
     assert (task.status, task.result, task.worker_id) == (TaskStatus.COMPLETED, b"theirs", "other")
     assert task.leases[0].refused == "completed"
     assert core.stale_outcomes == 1
+    core.report(worker, [late], T0 + 13)  # sent again after registering again: not news
+    assert core.stale_outcomes == 1
 
 
 def test_prune_forgets_finished_tasks_past_retention_in_batches(core: Scheduler) -> None:
