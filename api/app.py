@@ -42,17 +42,6 @@ DEFAULT_LIMIT = 100
 #: Largest ``after`` cursor: the broker's sequence numbers are signed 64-bit integers.
 MAX_CURSOR = 2**63 - 1
 
-TASK_FIELDS = (
-    "name",
-    "handler",
-    "args",
-    "dependencies",
-    "priority",
-    "max_retries",
-    "timeout",
-    "requires",
-    "resources",
-)
 WORKER_FIELDS = ("id", "capabilities", "resources")
 COMPLETE_FIELDS = ("status", "result", "error")
 OUTCOMES = (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value)
