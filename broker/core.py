@@ -898,7 +898,8 @@ class Scheduler:
             self._dependents.setdefault(dep_id, []).append(task)
 
     def _make_ready(self, task: Task, now: float) -> None:
-        self._touch(task)
+        # No _touch: what makes a task ready (a submit, a status change) is stored by its
+        # caller; waiting_on and the queues are derived, so a restart rewrites nothing.
         if task.not_before > now:
             heapq.heappush(self._delayed, (task.not_before, self._next_timer(), task))
         else:

@@ -11,6 +11,7 @@ peer sends can make it raise.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -82,8 +83,16 @@ class BrokerServer:
     def bind(self) -> str:
         """Load the store and bind the socket; returns the bound endpoint."""
         began = time.monotonic()
-        tasks = self.store.load()
-        self.core.load(tasks, time.time())
+        # A million loaded tasks would make the collector walk them all, more than once,
+        # while they load, and again at every full collection after: they live as long
+        # as the broker, so they are moved out of its sight (gc.freeze).
+        gc.disable()
+        try:
+            tasks = self.store.load()
+            self.core.load(tasks, time.time())
+        finally:
+            gc.freeze()
+            gc.enable()
         log.info("loaded %d tasks in %.2f s", len(tasks), time.monotonic() - began)
         socket: zmq.Socket[bytes] = self._context.socket(zmq.ROUTER)
         socket.setsockopt(zmq.LINGER, 0)

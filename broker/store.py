@@ -156,6 +156,10 @@ def _row(task: Task) -> tuple[object, ...]:
     return _spec_row(task) + _state_row(task)
 
 
+def _unjson(text: str) -> Any:
+    return json.loads(text) if text != "[]" else []
+
+
 def _task(row: Any) -> Task:
     (
         seq, id_, name, handler, args, deps, priority, max_retries, timeout, requires,
@@ -168,12 +172,12 @@ def _task(row: Any) -> Task:
         name=str(name),
         handler=str(handler),
         args=bytes(args),
-        dependencies=json.loads(str(deps)),
+        dependencies=_unjson(deps),
         priority=int(priority),
         max_retries=int(max_retries),
         timeout=None if timeout is None else float(timeout),
-        requires=tuple(json.loads(str(requires))),
-        resources=tuple((str(k), float(v)) for k, v in json.loads(str(resources))),
+        requires=tuple(_unjson(requires)),
+        resources=tuple((str(k), float(v)) for k, v in _unjson(resources)),
         created_at=float(created_at),
         status=TaskStatus(status),
         worker_id=None if worker_id is None else str(worker_id),
@@ -186,7 +190,7 @@ def _task(row: Any) -> Task:
         completed_at=None if completed_at is None else float(completed_at),
         not_before=float(not_before),
         idempotency_key=None if idempotency_key is None else str(idempotency_key),
-        leases=[Lease.from_row(lease) for lease in json.loads(str(leases))],
+        leases=[Lease.from_row(lease) for lease in _unjson(leases)],
         stored=True,
     )
 

@@ -363,6 +363,7 @@ def test_restart_keeps_priority_order_and_reattaches_claimed_leases(core: Schedu
 
     restarted = Scheduler(core.timing)
     restarted.load(store.load(), T0 + 100)
+    assert restarted.take_dirty() == []  # loading changes nothing that needs writing back
     assert restarted.tasks[running].status is TaskStatus.RUNNING
     add_worker(
         restarted, "w1", slots=2, now=T0 + 101,
