@@ -160,37 +160,42 @@ def _unjson(text: str) -> Any:
     return json.loads(text) if text != "[]" else []
 
 
+_STATUSES = {status.value: status for status in TaskStatus}
+
+
 def _task(row: Any) -> Task:
+    # SQLite gives back the types it was given (the columns' affinities match them), so
+    # values are used as they come: this runs once per task at every restart.
     (
         seq, id_, name, handler, args, deps, priority, max_retries, timeout, requires,
         resources, created_at, idempotency_key, status, worker_id, attempts, failures, lost,
         result, error, started_at, completed_at, not_before, leases,
     ) = row  # fmt: skip
     return Task(
-        id=str(id_),
-        seq=int(seq),
-        name=str(name),
-        handler=str(handler),
-        args=bytes(args),
+        id=id_,
+        seq=seq,
+        name=name,
+        handler=handler,
+        args=args,
         dependencies=_unjson(deps),
-        priority=int(priority),
-        max_retries=int(max_retries),
-        timeout=None if timeout is None else float(timeout),
+        priority=priority,
+        max_retries=max_retries,
+        timeout=timeout,
         requires=tuple(_unjson(requires)),
-        resources=tuple((str(k), float(v)) for k, v in _unjson(resources)),
-        created_at=float(created_at),
-        status=TaskStatus(status),
-        worker_id=None if worker_id is None else str(worker_id),
-        attempts=int(attempts),
-        failures=int(failures),
-        lost=int(lost),
-        result=None if result is None else bytes(result),
-        error=None if error is None else str(error),
-        started_at=None if started_at is None else float(started_at),
-        completed_at=None if completed_at is None else float(completed_at),
-        not_before=float(not_before),
-        idempotency_key=None if idempotency_key is None else str(idempotency_key),
-        leases=[Lease.from_row(lease) for lease in _unjson(leases)],
+        resources=tuple((k, v) for k, v in _unjson(resources)),
+        created_at=created_at,
+        status=_STATUSES[status],
+        worker_id=worker_id,
+        attempts=attempts,
+        failures=failures,
+        lost=lost,
+        result=result,
+        error=error,
+        started_at=started_at,
+        completed_at=completed_at,
+        not_before=not_before,
+        idempotency_key=idempotency_key,
+        leases=[Lease.from_row(lease) for lease in _unjson(leases)] if leases != "[]" else [],
         stored=True,
     )
 
