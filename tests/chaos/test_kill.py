@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import Unavailable
 from tests.conftest import Stack, wait_for
 
 pytestmark = pytest.mark.chaos
@@ -107,3 +108,21 @@ def test_broker_restart_leaves_a_running_task_with_its_worker(stack: Stack, tmp_
         (1, "w", "completed")
     ]
     assert len(note.read_text().split()) == 1  # it ran once: the lease stayed with "w"
+
+
+def test_a_submit_that_timed_out_and_was_retried_makes_one_task(stack: Stack) -> None:
+    stack.start_broker()
+    client = stack.client(timeout=0.5)
+    client.health()  # connected: the submit below leaves the client, then gets no answer
+    spec = {"handler": "echo", "args": b"once", "idempotency_key": "order-7"}
+    assert stack.broker is not None
+    stack.broker.signal(signal.SIGSTOP)  # the request goes out, no answer comes back
+    try:
+        with pytest.raises(Unavailable):
+            client.submit_entries([spec])
+    finally:
+        stack.broker.signal(signal.SIGCONT)
+    entries = wait_for(lambda: client.submit_entries([spec]), what="the retry answered")
+    assert entries[0]["created"] is False  # the first submit did arrive, and made the task
+    tasks, _ = client.list_tasks()
+    assert [t["id"] for t in tasks] == [entries[0]["id"]]
