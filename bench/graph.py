@@ -23,7 +23,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from bench.harness import Procs, Report, Target, arg_parser, start_broker, start_workers
+from bench.harness import Procs, Report, Target, standalone, start_broker, start_workers
 from common.client import Client
 
 #: Tasks per run.
@@ -87,9 +87,7 @@ def run(quick: bool = False, floor: object = None) -> Report:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = arg_parser(__doc__)
-    parser.add_argument("--quick", action="store_true")
-    print(run(parser.parse_args(argv).quick).table())
+    standalone(__doc__, run, argv)
 
 
 if __name__ == "__main__":

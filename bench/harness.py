@@ -52,6 +52,13 @@ def arg_parser(doc: str | None) -> argparse.ArgumentParser:
     )
 
 
+def standalone(doc: str | None, run: Callable[[bool], Report], argv: list[str] | None) -> None:
+    """``python -m bench.NAME [--quick]`` for a benchmark without subcommands."""
+    parser = arg_parser(doc)
+    parser.add_argument("--quick", action="store_true")
+    print(run(parser.parse_args(argv).quick).table())
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

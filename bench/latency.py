@@ -28,7 +28,7 @@ from bench.harness import (
     Procs,
     Report,
     Target,
-    arg_parser,
+    standalone,
     start_api,
     start_broker,
     start_workers,
@@ -125,9 +125,7 @@ def run(quick: bool = False, floor: floor_mod.Floor | None = None) -> Report:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = arg_parser(__doc__)
-    parser.add_argument("--quick", action="store_true")
-    print(run(parser.parse_args(argv).quick).table())
+    standalone(__doc__, run, argv)
 
 
 if __name__ == "__main__":
