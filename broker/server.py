@@ -1,12 +1,14 @@
 """The broker's socket loop: decode frames, call the core, commit, then send.
 
 One ROUTER socket serves workers and clients alike. Each loop turn drains the
-messages waiting on the socket, lets the core decide, and hands every changed
-task to the committer thread as one batch. What the turn would send (replies,
-acknowledgements, dispatches) is held until that batch is committed, so nothing
-is acknowledged before it is durable, while the loop goes on with the next
-messages during the fsync. This module holds no scheduling logic, and nothing a
-peer sends can make it raise.
+messages waiting on the socket, lets the core decide, and commits every changed
+task as one batch before it sends what the turn produced (replies,
+acknowledgements, dispatches): nothing is acknowledged before it is durable.
+When no message is waiting the loop commits itself, which answers soonest;
+under load it hands the batch to the committer thread and holds the turn's
+messages until that batch is committed, reading the next messages during the
+fsync. This module holds no scheduling logic, and nothing a peer sends can make
+it raise.
 """
 
 from __future__ import annotations
@@ -174,7 +176,14 @@ class BrokerServer:
         for address, entries in outbox.dispatch.items():
             sends.append([address, *protocol.pack(Command.DISPATCH, {"tasks": entries})])
         batch = prepare(core.take_dirty(), core.take_pruned())
-        if batch:
+        waiting = cast(int, socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN
+        if batch and not self._held and not waiting:
+            # Nothing else is waiting: commit here, which answers soonest. When messages
+            # are waiting, the committer thread takes the fsync while this loop reads them.
+            self.store.write([batch])
+            for message in sends:
+                self._send(socket, message)
+        elif batch:
             self._held.append((committer.submit(batch), sends))
         elif self._held:
             # Nothing new to commit, but replies must not overtake earlier held ones

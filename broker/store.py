@@ -227,8 +227,8 @@ class SqliteStore:
     def write(self, batches: Sequence[Batch]) -> None:
         """Commit these batches, in order, in one transaction (one fsync).
 
-        Safe to call from a thread other than the loop's: only one thread at a time uses
-        the connection (the loop before the committer starts and after it stops).
+        Safe to call from a thread other than the loop's: one thread at a time uses the
+        connection (the loop writes itself only while the committer has nothing queued).
         """
         batches = [batch for batch in batches if batch]
         if not batches:
