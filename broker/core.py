@@ -68,9 +68,6 @@ class Outbox:
     #: Answers to deferred requests (wait, long-poll): (token, value).
     replies: list[tuple[object, Any]] = field(default_factory=list)
 
-    def __bool__(self) -> bool:
-        return bool(self.dispatch or self.cancel or self.replies)
-
 
 @dataclass(slots=True, eq=False)
 class _Waiter:
@@ -498,8 +495,8 @@ class Scheduler:
             self._ready_changed = True
         return worker
 
-    def http_next(self, args: dict[str, Any], token: object, now: float) -> bool:
-        """Queue a long-poll; True when it was answered (in the outbox) or will be later."""
+    def http_next(self, args: dict[str, Any], token: object, now: float) -> None:
+        """Queue a long-poll; it is answered through the outbox, with a task or at its deadline."""
         wait = args.get("wait", 0)
         if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= MAX_POLL:
             raise InvalidInput(f"wait must be a number of seconds from 0 to {MAX_POLL:g}")
@@ -508,7 +505,6 @@ class Scheduler:
         worker.polls.append((token, deadline))
         heapq.heappush(self._poll_deadlines, (deadline, self._next_timer(), worker, token))
         self._ready_changed = True
-        return True
 
     def http_complete(self, args: dict[str, Any], now: float) -> Task:
         worker = self.http_worker(args.get("worker_id"), now)

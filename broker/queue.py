@@ -54,7 +54,3 @@ class ReadyQueues:
 
     def shapes(self) -> Iterator[Shape]:
         return iter(list(self._heaps))
-
-    def __len__(self) -> int:
-        """Entries held, including ones waiting for lazy deletion."""
-        return sum(len(heap) for heap in self._heaps.values())

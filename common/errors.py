@@ -21,9 +21,6 @@ class SchedulerError(Exception):
         super().__init__(description)
         self.description = description
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "title": self.title, "description": self.description}
-
     @staticmethod
     def from_dict(error: dict[str, Any]) -> SchedulerError:
         """Rebuild the error a broker reply carries, keeping its status code."""

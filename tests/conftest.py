@@ -102,8 +102,8 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.signal(signal.SIGKILL)
                 self.popen.wait(timeout=10)
-        else:
-            self.signal(signal.SIGKILL)  # leftovers in its group
+        # Anything left in its group (a gunicorn worker, a pool child) goes too.
+        self.signal(signal.SIGKILL)
         self._log.close()
         return self.popen.returncode
 
