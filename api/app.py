@@ -54,6 +54,8 @@ class ClientLike(Protocol):
         self, specs: list[dict[str, Any]], timeout: float | None = None
     ) -> list[dict[str, Any]]: ...
 
+    def submit_and_wait(self, specs: list[dict[str, Any]], wait: float) -> list[dict[str, Any]]: ...
+
     def get(self, task_id: str, timeout: float | None = None) -> dict[str, Any]: ...
 
     def cancel(self, task_id: str, timeout: float | None = None) -> dict[str, Any]: ...
@@ -153,12 +155,20 @@ class Tasks:
         spec = parse.read_object(req, self.max_body)
         if "args" in spec:
             spec["args"] = parse.decode_b64(spec["args"], "args")
+        # ?wait=SECONDS answers once the task is final (or the time is up), with its record.
+        wait = parse.query_float(req, "wait", 0.0, 0.0, MAX_WAIT)
         # Everything else is the broker's to validate (TaskSpec.parse), unknown fields too.
-        [entry] = self.client().submit_entries([spec])
+        if wait > 0:
+            [entry] = self.client().submit_and_wait([spec], wait)
+            created = entry.pop("created", True)
+            resp.media = render(entry)
+        else:
+            [entry] = self.client().submit_entries([spec])
+            created = entry.get("created", True)
+            resp.media = {"id": entry["id"], "status": entry["status"]}
         # A repeated idempotency key returns the task it made the first time, with 200.
-        resp.status = falcon.HTTP_201 if entry.get("created", True) else falcon.HTTP_200
+        resp.status = falcon.HTTP_201 if created else falcon.HTTP_200
         resp.location = f"/tasks/{entry['id']}"
-        resp.media = {"id": entry["id"], "status": entry["status"]}
 
     def on_post_batch(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Many tasks in one request, all or none: ``{"tasks": [...]}`` -> ``{"ids": [...]}``."""

@@ -4,8 +4,8 @@ Every method takes ``now`` (seconds since the epoch) from its caller, so tests
 drive time by hand. Inputs are the protocol's requests and worker reports;
 outputs are collected in an ``Outbox`` (what to send to whom) and in the set of
 tasks whose stored state changed. The socket loop in ``broker.server`` commits
-those changes and only then sends the outbox, so nothing is acknowledged
-before it is durable. Nothing here may block or do I/O.
+those changes before it sends any reply, so nothing is acknowledged before it
+is durable. Nothing here may block or do I/O.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class Timing:
 
 @dataclass
 class Outbox:
-    """What the core wants sent once the turn's changes are committed."""
+    """What the core wants sent: commands to workers at once, replies after the commit."""
 
     #: Worker address -> dispatch entries.
     dispatch: dict[bytes, list[dict[str, Any]]] = field(default_factory=dict)
@@ -71,15 +71,24 @@ class Outbox:
 
 @dataclass(slots=True, eq=False)
 class _Waiter:
-    """A deferred ``wait`` (one task, full record) or ``wait_many`` (brief records)."""
+    """A deferred ``wait`` (one task, full record), ``wait_many`` (brief records) or
+    ``submit`` with ``wait`` (a full record for each task, with ``created``)."""
 
     token: object
     deadline: float
     task_ids: list[str]
     many: bool
+    #: For a submit: whether each task was created by it (false: its idempotency key's).
+    created: list[bool] | None = None
     #: Tasks still unfinished.
     pending: int = 0
     done: bool = False
+
+
+def _wait_seconds(timeout: Any, name: str = "timeout") -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
+        raise InvalidInput(f"{name} must be a number of seconds >= 0")
+    return min(float(timeout), MAX_WAIT)
 
 
 class Scheduler:
@@ -117,6 +126,10 @@ class Scheduler:
         self._dead_in_order = 0
 
     # -- persistence -------------------------------------------------------------
+
+    def has_changes(self) -> bool:
+        """Whether anything changed (or was pruned) since the last ``take_dirty``."""
+        return bool(self._dirty or self._pruned)
 
     def take_dirty(self) -> list[Task]:
         """Tasks changed since the last call: the store writes these in one transaction."""
@@ -215,6 +228,21 @@ class Scheduler:
             out.append({"id": task.id, "status": task.status.value, "created": True})
         return out
 
+    def submit_and_wait(
+        self, raw_tasks: Any, wait: Any, token: object, now: float
+    ) -> dict[str, Any] | None:
+        """``submit``, then the full records of the tasks once all are final or ``wait``
+        passes (each with ``created``); None after registering ``token`` to answer later."""
+        limit = _wait_seconds(wait, "wait")
+        entries = self.submit(raw_tasks, now)
+        waiter = _Waiter(
+            token, now + limit, [e["id"] for e in entries], True, [e["created"] for e in entries]
+        )
+        if limit == 0 or all(self.tasks[i].status in FINAL_STATUSES for i in waiter.task_ids):
+            return self._value(waiter)
+        self._add_waiter(waiter)
+        return None
+
     def get(self, task_id: Any) -> Task:
         task = self.tasks.get(task_id) if isinstance(task_id, str) else None
         if task is None:
@@ -277,11 +305,10 @@ class Scheduler:
     def wait(self, task_id: Any, timeout: Any, token: object, now: float) -> Task | None:
         """The task if final, else None after registering ``token`` to be answered later."""
         task = self.get(task_id)
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
-            raise InvalidInput("timeout must be a number of seconds >= 0")
-        if task.status in FINAL_STATUSES or timeout == 0:
+        limit = _wait_seconds(timeout)
+        if task.status in FINAL_STATUSES or limit == 0:
             return task
-        self._add_waiter(_Waiter(token, now + min(float(timeout), MAX_WAIT), [task.id], False))
+        self._add_waiter(_Waiter(token, now + limit, [task.id], False))
         return None
 
     def wait_many(
@@ -292,11 +319,10 @@ class Scheduler:
         if not isinstance(task_ids, list) or len(task_ids) > MAX_BATCH:
             raise InvalidInput(f"ids must be a list of at most {MAX_BATCH} task ids")
         tasks = [self.get(task_id) for task_id in task_ids]
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
-            raise InvalidInput("timeout must be a number of seconds >= 0")
-        waiter = _Waiter(token, now + min(float(timeout), MAX_WAIT), [t.id for t in tasks], True)
-        if timeout == 0 or all(t.status in FINAL_STATUSES for t in tasks):
-            return self._brief(waiter)
+        limit = _wait_seconds(timeout)
+        waiter = _Waiter(token, now + limit, [t.id for t in tasks], True)
+        if limit == 0 or all(t.status in FINAL_STATUSES for t in tasks):
+            return self._value(waiter)
         self._add_waiter(waiter)
         return None
 
@@ -307,7 +333,15 @@ class Scheduler:
                 waiter.pending += 1
         heapq.heappush(self._waiter_deadlines, (waiter.deadline, self._next_timer(), waiter))
 
-    def _brief(self, waiter: _Waiter) -> dict[str, Any]:
+    def _value(self, waiter: _Waiter) -> dict[str, Any]:
+        """The answer of a ``wait_many`` or of a ``submit`` with ``wait``."""
+        if waiter.created is not None:
+            records = []
+            for task_id, created in zip(waiter.task_ids, waiter.created, strict=True):
+                task = self.tasks.get(task_id)
+                if task is not None:
+                    records.append({**task.record(), "created": created})
+            return {"tasks": records}
         briefs = []
         for task_id in waiter.task_ids:
             task = self.tasks.get(task_id)
@@ -321,7 +355,7 @@ class Scheduler:
     def _answer(self, waiter: _Waiter) -> None:
         waiter.done = True
         if waiter.many:
-            value: Any = self._brief(waiter)
+            value: Any = self._value(waiter)
         else:
             value = self.tasks[waiter.task_ids[0]].record()
         self.outbox.replies.append((waiter.token, value))

@@ -1,20 +1,30 @@
-"""The broker's socket loop: decode frames, call the core, commit, then send.
+"""The broker's socket loop: decode frames, call the core, commit, then answer.
 
 One ROUTER socket serves workers and clients alike. Each loop turn drains the
-messages waiting on the socket, lets the core decide, and commits every changed
-task as one batch before it sends what the turn produced (replies,
-acknowledgements, dispatches): nothing is acknowledged before it is durable.
-When no message is waiting the loop commits itself, which answers soonest;
-under load it hands the batch to the committer thread and holds the turn's
-messages until that batch is committed, reading the next messages during the
-fsync. This module holds no scheduling logic, and nothing a peer sends can make
-it raise.
+messages waiting on the socket and lets the core decide. What the turn produced
+falls in two kinds:
+
+- promises (replies to clients, ACKs of worker outcomes) go out only after every
+  change made so far is committed: nothing is acknowledged before it is durable;
+- commands (DISPATCH, CANCEL, PING, WELCOME, RESYNC) go out at once, before the
+  commit: a worker starts a task while its lease is being written. A command
+  promises nothing: if the broker dies before the commit, the restarted broker
+  does not know the lease, refuses the worker's claim and runs the task again.
+
+A turn that made changes but owes no promise does not commit at once: its changes
+join the next turn's commit (a submit whose reply waits for the task to finish is
+written once, finished), at most ``COMMIT_DELAY`` later. When no message is
+waiting the loop commits itself, which answers soonest; under load it hands the
+batch to the committer thread and holds the turn's promises until that batch is
+committed, reading the next messages during the fsync. This module holds no
+scheduling logic, and nothing a peer sends can make it raise.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 import threading
 import time
@@ -39,6 +49,8 @@ MAX_POLL_SECONDS = 0.1
 #: Batches waiting for a commit beyond which the loop stops reading and waits for the
 #: committer: bounds the memory held for unsent replies.
 MAX_UNCOMMITTED = 64
+#: Longest time in seconds a change that nothing waits for stays uncommitted.
+COMMIT_DELAY = 0.01
 #: Seconds between two rounds of pruning finished tasks past their retention.
 PRUNE_INTERVAL = 1.0
 #: Messages a peer's socket may queue on the broker before ZeroMQ drops more.
@@ -75,8 +87,13 @@ class BrokerServer:
         self._context = context or zmq.Context.instance()
         self._socket: zmq.Socket[bytes] | None = None
         self._stopping = threading.Event()
-        self._outgoing: list[Frames] = []
-        #: Messages held until their batch is committed: (batch number, frames).
+        #: Replies and ACKs of this turn: sent once its changes are committed.
+        self._promises: list[Frames] = []
+        #: WELCOME and RESYNC of this turn: sent at its end, before the commit.
+        self._commands: list[Frames] = []
+        #: When the oldest change that is not committed yet was made (None: there is none).
+        self._dirty_since: float | None = None
+        #: Promises held until their batch is committed: (batch number, frames).
         self._held: list[tuple[int, list[Frames]]] = []
         self._committer: Committer | None = None
         self._next_prune = 0.0
@@ -130,6 +147,8 @@ class BrokerServer:
                     continue
                 self._turn(socket, committer)
         finally:
+            if committer.error is None and self.core.has_changes():
+                committer.submit(prepare(self.core.take_dirty(), self.core.take_pruned()))
             committer.close()  # commits what is queued: hold nothing back that is durable
             if committer.error is None:
                 self._release(socket, committer.submitted)
@@ -142,7 +161,9 @@ class BrokerServer:
         timer = self.core.next_timer()
         if timer is not None:
             wait = min(wait, max(0.0, timer - time.time()))
-        return int(wait * 1000)
+        if self._dirty_since is not None:
+            wait = min(wait, max(0.0, self._dirty_since + COMMIT_DELAY - time.time()))
+        return math.ceil(wait * 1000)
 
     def _turn(self, socket: zmq.Socket[bytes], committer: Committer) -> None:
         for _ in range(MAX_MESSAGES_PER_TURN):
@@ -163,34 +184,44 @@ class BrokerServer:
         if now >= self._next_prune:
             self._next_prune = now + PRUNE_INTERVAL
             core.prune(now)  # a bounded batch: pruning never stalls scheduling
-        for address in pings:  # a ping promises nothing: it need not wait for a commit
+        # Commands first, before the commit: they promise nothing (see the module's doc).
+        for address in pings:
             self._send(socket, [address, *protocol.pack(Command.PING)])
-        sends = self._outgoing
-        self._outgoing = []
+        for message in self._commands:
+            self._send(socket, message)
+        self._commands = []
         outbox = core.take_outbox()
+        for address, task_ids in outbox.cancel.items():
+            self._send(socket, [address, *protocol.pack(Command.CANCEL, {"task_ids": task_ids})])
+        for address, entries in outbox.dispatch.items():
+            self._send(socket, [address, *protocol.pack(Command.DISPATCH, {"tasks": entries})])
+        promises = self._promises
+        self._promises = []
         for token, value in outbox.replies:
             address, req_id = cast(tuple[bytes, int], token)
-            sends.append([address, *protocol.reply_ok(req_id, value)])
-        for address, task_ids in outbox.cancel.items():
-            sends.append([address, *protocol.pack(Command.CANCEL, {"task_ids": task_ids})])
-        for address, entries in outbox.dispatch.items():
-            sends.append([address, *protocol.pack(Command.DISPATCH, {"tasks": entries})])
-        batch = prepare(core.take_dirty(), core.take_pruned())
+            promises.append([address, *protocol.reply_ok(req_id, value)])
+        batch = None
+        if core.has_changes():
+            if self._dirty_since is None:
+                self._dirty_since = now
+            if promises or now >= self._dirty_since + COMMIT_DELAY:
+                batch = prepare(core.take_dirty(), core.take_pruned())
+                self._dirty_since = None
         waiting = cast(int, socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN
         if batch and not self._held and not waiting:
             # Nothing else is waiting: commit here, which answers soonest. When messages
             # are waiting, the committer thread takes the fsync while this loop reads them.
             self.store.write([batch])
-            for message in sends:
+            for message in promises:
                 self._send(socket, message)
         elif batch:
-            self._held.append((committer.submit(batch), sends))
+            self._held.append((committer.submit(batch), promises))
         elif self._held:
             # Nothing new to commit, but replies must not overtake earlier held ones
             # (a read could show state that is not durable yet).
-            self._held[-1][1].extend(sends)
+            self._held[-1][1].extend(promises)
         else:
-            for message in sends:
+            for message in promises:
                 self._send(socket, message)
 
     def _release(self, socket: zmq.Socket[bytes], committed: int) -> None:
@@ -212,9 +243,13 @@ class BrokerServer:
         except zmq.ZMQError as exc:  # peer gone or its queue full: it will resync
             log.debug("send failed: %s", exc)
 
-    def _queue(self, address: bytes, frames: Frames) -> None:
-        """Send after this turn's commit."""
-        self._outgoing.append([address, *frames])
+    def _promise(self, address: bytes, frames: Frames) -> None:
+        """Send once this turn's changes are committed."""
+        self._promises.append([address, *frames])
+
+    def _command(self, address: bytes, frames: Frames) -> None:
+        """Send at the end of this turn, before its commit."""
+        self._commands.append([address, *frames])
 
     # -- decoding -------------------------------------------------------------------
 
@@ -249,7 +284,7 @@ class BrokerServer:
             "ping_interval": timing.ping_interval,
             "liveness": timing.liveness,
         }
-        self._queue(address, protocol.pack(Command.WELCOME, welcome))
+        self._command(address, protocol.pack(Command.WELCOME, welcome))
 
     def _from_worker(
         self, address: bytes, command: Command, body: dict[str, Any], now: float
@@ -257,7 +292,7 @@ class BrokerServer:
         worker = self.core.worker_at(address)
         if worker is None:
             if command is not Command.BYE:
-                self._queue(address, protocol.pack(Command.RESYNC))
+                self._command(address, protocol.pack(Command.RESYNC))
             return
         self.core.seen(worker, now)
         if command is Command.DONE:
@@ -266,7 +301,7 @@ class BrokerServer:
             except SchedulerError as exc:
                 log.warning("bad DONE from %s: %s", worker.id, exc.description)
                 return
-            self._queue(address, protocol.pack(Command.ACK, {"results": acks}))
+            self._promise(address, protocol.pack(Command.ACK, {"results": acks}))
         elif command is Command.BYE:
             log.info("worker %s said goodbye", worker.id)
             self.core.goodbye(worker, now)
@@ -279,15 +314,16 @@ class BrokerServer:
         try:
             value = self._operate(body.get("op"), body.get("args"), (address, req), now)
         except SchedulerError as exc:
-            self._queue(address, protocol.reply_error(req, exc.status, exc.title, exc.description))
+            frames = protocol.reply_error(req, exc.status, exc.title, exc.description)
+            self._promise(address, frames)
             return
         except Exception:
             log.exception("request %r failed", body.get("op"))
             frames = protocol.reply_error(req, 500, "Internal error", "the broker hit a bug")
-            self._queue(address, frames)
+            self._promise(address, frames)
             return
         if value is not _DEFERRED:
-            self._queue(address, protocol.reply_ok(req, value))
+            self._promise(address, protocol.reply_ok(req, value))
 
     def _operate(self, op: Any, args: Any, token: object, now: float) -> Any:
         """Run one client operation; returns its value, or ``_DEFERRED`` to answer later."""
@@ -295,6 +331,9 @@ class BrokerServer:
             raise InvalidInput("args must be a map")
         core = self.core
         if op == "submit":
+            if "wait" in args:
+                done = core.submit_and_wait(args.get("tasks"), args.get("wait"), token, now)
+                return _DEFERRED if done is None else done
             return {"tasks": core.submit(args.get("tasks"), now)}
         if op == "get":
             return core.get(args.get("id")).record()

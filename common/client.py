@@ -10,6 +10,7 @@ reports come back as the matching ``SchedulerError`` (``InvalidInput``,
         task_id = client.submit("fibonacci", b'{"n": 10}')
         task = client.wait(task_id, timeout=10)
         print(task["status"], task["result"])
+        print(client.run("fibonacci", b'{"n": 10}', wait=10))  # submit + result, one round trip
 """
 
 from __future__ import annotations
@@ -132,6 +133,26 @@ class Client:
         entries: list[dict[str, Any]] = value["tasks"]
         return entries
 
+    def run(self, handler: str, args: bytes = b"", wait: float = 60.0, **fields: Any) -> bytes:
+        """Submit one task, wait for it and return its result, in one round trip.
+
+        Raises ``TaskFailed`` if it did not complete and ``TimeoutError`` if it is still
+        unfinished after ``wait`` seconds (it keeps running: its id is in the error).
+        """
+        [task] = self.submit_and_wait([{"handler": handler, "args": args, **fields}], wait)
+        return _result_of(task, wait)
+
+    def submit_and_wait(self, specs: list[dict[str, Any]], wait: float) -> list[dict[str, Any]]:
+        """Submit tasks (all or none) and wait up to ``wait`` seconds for all of them to
+        finish, in one round trip; returns each task's full record, with ``created``.
+
+        The broker answers once every task is final or the time is up, so a record may
+        still be pending or running. The submit is durable when the answer arrives.
+        """
+        value = self.call("submit", {"tasks": specs, "wait": wait}, wait + self.timeout)
+        records: list[dict[str, Any]] = value["tasks"]
+        return records
+
     def get(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
         """The task's current record."""
         result: dict[str, Any] = self.call("get", {"id": task_id}, timeout)
@@ -186,12 +207,7 @@ class Client:
     def result(self, task_id: str, timeout: float) -> bytes:
         """Wait for the task and return its result; raise ``TaskFailed`` if it did not complete
         and ``TimeoutError`` if it is still unfinished after ``timeout`` seconds."""
-        task = self.wait(task_id, timeout)
-        if task["status"] == TaskStatus.COMPLETED:
-            return bytes(task["result"] or b"")
-        if task["status"] in (TaskStatus.PENDING, TaskStatus.RUNNING):
-            raise TimeoutError(f"task {task_id} still {task['status']} after {timeout:g} s")
-        raise TaskFailed(task)
+        return _result_of(self.wait(task_id, timeout), timeout)
 
     # -- workers and health --------------------------------------------------------
 
@@ -251,3 +267,11 @@ class Client:
         }
         value: dict[str, Any] = self.call("http_complete", args, timeout)
         return value
+
+
+def _result_of(task: dict[str, Any], waited: float) -> bytes:
+    if task["status"] == TaskStatus.COMPLETED:
+        return bytes(task["result"] or b"")
+    if task["status"] in (TaskStatus.PENDING, TaskStatus.RUNNING):
+        raise TimeoutError(f"task {task['id']} still {task['status']} after {waited:g} s")
+    raise TaskFailed(task)

@@ -126,3 +126,22 @@ def test_a_submit_that_timed_out_and_was_retried_makes_one_task(stack: Stack) ->
     assert entries[0]["created"] is False  # the first submit did arrive, and made the task
     tasks, _ = client.list_tasks()
     assert [t["id"] for t in tasks] == [entries[0]["id"]]
+
+
+def test_results_answered_in_one_round_trip_survive_kill9(stack: Stack) -> None:
+    # A submit that waits is written once, finished: its answer must still mean durable.
+    stack.start_broker()
+    stack.start_worker(slots=4)
+    client = stack.client()
+    answered = {}
+    for i in range(40):
+        [task] = client.submit_and_wait([{"handler": "echo", "args": b"r%d" % i}], wait=30)
+        assert task["status"] == "completed"
+        answered[task["id"]] = task["result"]
+    assert stack.broker is not None
+    stack.broker.kill9()
+    stack.start_broker()
+    client = stack.client()
+    for task_id, result in answered.items():
+        task = client.get(task_id)
+        assert (task["status"], task["result"], task["attempts"]) == ("completed", result, 1)

@@ -227,3 +227,33 @@ def test_wait_many_collects_a_batch_of_results(stack: Stack) -> None:
     assert [(b["id"], b["status"], b["result"]) for b in briefs] == [
         (task_id, "completed", str(i).encode()) for i, task_id in enumerate(ids)
     ]
+
+
+def test_run_and_submit_and_wait_answer_in_one_round_trip(stack: Stack) -> None:
+    stack.start_broker()
+    stack.start_worker(slots=2)
+    client = stack.client()
+    assert client.run("echo", b"at once", wait=30) == b"at once"
+    specs: list[dict[str, Any]] = [
+        {"handler": "fibonacci", "args": b'{"n": 20}', "idempotency_key": "fib-20"},
+        {"handler": "echo", "args": b"second", "priority": 3},
+    ]
+    records = client.submit_and_wait(specs, wait=30)
+    assert [(r["status"], r["created"], r["attempts"]) for r in records] == [
+        ("completed", True, 1),
+        ("completed", True, 1),
+    ]
+    assert json.loads(records[0]["result"]) == {"n": 20, "result": 6765}
+    assert records[1]["result"] == b"second" and records[1]["priority"] == 3
+    again = client.submit_and_wait(specs[:1], wait=30)
+    assert (again[0]["id"], again[0]["created"]) == (records[0]["id"], False)
+    # Time runs out: the answer is the record as it stands, and the task goes on.
+    [slow] = client.submit_and_wait([{"handler": "sleep", "args": b'{"seconds": 1}'}], wait=0.1)
+    assert slow["status"] in ("pending", "running")
+    assert client.wait(slow["id"], timeout=30)["status"] == "completed"
+    with pytest.raises(TimeoutError, match="still"):
+        client.run("sleep", b'{"seconds": 1}', wait=0.1)
+    with pytest.raises(TaskFailed):
+        client.run("fibonacci", b'{"n": "ten"}', wait=30)
+    with pytest.raises(InvalidInput, match="wait"):
+        client.submit_and_wait([{"handler": "echo"}], wait=-1)

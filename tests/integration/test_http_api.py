@@ -55,6 +55,20 @@ def test_submit_run_and_inspect_a_task(api: Stack) -> None:
     assert expected <= set(task)
 
 
+def test_post_with_wait_answers_with_the_finished_task(api: Stack) -> None:
+    api.start_worker()
+    spec = {"handler": "fibonacci", "args": b64(b'{"n": 12}'), "idempotency_key": "fib-12"}
+    status, task, headers = api.http("POST", "/tasks?wait=30", spec)
+    assert status == 201
+    assert headers["location"].endswith(f"/tasks/{task['id']}")
+    assert task["status"] == "completed" and task["attempts"] == 1
+    assert json.loads(base64.b64decode(task["result"])) == {"n": 12, "result": 144}
+    status, again, _ = api.http("POST", "/tasks?wait=30", spec)
+    assert (status, again["id"], again["status"]) == (200, task["id"], "completed")
+    status, error, _ = api.http("POST", "/tasks?wait=-2", spec)
+    assert status == 400 and "wait" in error["description"]
+
+
 def test_list_filters_and_paginates_with_link_header(api: Stack) -> None:
     ids = []
     for i in range(5):

@@ -92,6 +92,12 @@ class FakeBroker:
             entries.append({"id": task_id, "status": "pending", "created": True})
         return entries
 
+    def submit_and_wait(self, specs: list[dict[str, Any]], wait: float) -> list[dict[str, Any]]:
+        entries = self.submit_entries(specs)
+        for entry in entries:
+            self.task_waits.append((entry["id"], wait))
+        return [{**self.get(e["id"]), "created": e["created"]} for e in entries]
+
     def get(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
         if task_id not in self.tasks:
             raise NotFound(f"no task {task_id!r}")
@@ -814,6 +820,24 @@ def test_get_task_with_wait_long_polls_through_the_client(
     assert broker.task_waits == [(task_id, 2.5)]
     assert_error(http.simulate_get(f"/tasks/{task_id}", params={"wait": "31"}), 400, "wait")
     assert_error(http.simulate_get(f"/tasks/{task_id}", params={"wait": "soon"}), 400, "wait")
+
+
+def test_post_task_with_wait_answers_with_the_whole_record(
+    broker: FakeBroker, http: falcon.testing.TestClient
+) -> None:
+    spec = {"handler": "echo", "args": b64(b"hi"), "idempotency_key": "k-1"}
+    first = http.simulate_post("/tasks", json=spec, params={"wait": "2.5"})
+    assert first.status_code == 201
+    task_id = first.json["id"]
+    assert first.headers["location"] == f"/tasks/{task_id}"
+    assert first.json["args"] == b64(b"hi") and first.json["status"] == "pending"
+    assert "created" not in first.json
+    assert broker.task_waits == [(task_id, 2.5)]
+    again = http.simulate_post("/tasks", json=spec, params={"wait": "1"})
+    assert (again.status_code, again.json["id"]) == (200, task_id)
+    for bad in ("31", "-1", "soon", "nan"):
+        assert_error(http.simulate_post("/tasks", json=spec, params={"wait": bad}), 400, "wait")
+    assert len(broker.tasks) == 1
 
 
 def test_a_repeated_idempotency_key_returns_the_first_task_with_200(

@@ -544,3 +544,40 @@ def test_wait_many_times_out_with_what_is_final(core: Scheduler) -> None:
     assert [t["id"] for t in value["tasks"]] == [a]
     with pytest.raises(NotFound):
         core.wait_many([a, "nope"], 1, "x", T0)
+
+
+def test_submit_and_wait_answers_with_whole_records_once_all_are_final(core: Scheduler) -> None:
+    address = add_worker(core, "w1", slots=2)
+    specs = [{"handler": "echo", "args": b"a", "idempotency_key": "k"}, {"handler": "echo"}]
+    assert core.submit_and_wait(specs, 10, "token", T0) is None
+    a, b = dispatched(core)[address]
+    finish(core, address, a, result=b"A")
+    assert core.take_outbox().replies == []
+    finish(core, address, b, result=b"B")
+    ((token, value),) = core.take_outbox().replies
+    assert token == "token"
+    records = value["tasks"]
+    assert [(t["id"], t["status"], t["result"], t["created"]) for t in records] == [
+        (a, "completed", b"A", True),
+        (b, "completed", b"B", True),
+    ]
+    assert records[0]["args"] == b"a" and records[0]["attempts"] == 1
+    # The same key again: the first task, final already, answered at once.
+    again = core.submit_and_wait([specs[0]], 10, "again", T0)
+    assert again is not None
+    assert [(t["id"], t["created"]) for t in again["tasks"]] == [(a, False)]
+
+
+def test_submit_and_wait_times_out_with_unfinished_records(core: Scheduler) -> None:
+    assert core.submit_and_wait([{"handler": "nobody"}], 0, "now", T0) is not None
+    assert core.submit_and_wait([{"handler": "nobody"}], 2, "later", T0) is None
+    core.tick(T0 + 2)
+    ((token, value),) = core.take_outbox().replies
+    assert token == "later" and value["tasks"][0]["status"] == "pending"
+
+
+@pytest.mark.parametrize("wait", [-1, "soon", True, None, float("nan")])
+def test_submit_and_wait_refuses_a_bad_wait_and_creates_nothing(core: Scheduler, wait: Any) -> None:
+    with pytest.raises(InvalidInput, match="wait"):
+        core.submit_and_wait([{"handler": "echo"}], wait, "token", T0)
+    assert core.tasks == {}
