@@ -10,7 +10,7 @@ it reaches the top, where ``head`` discards it.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from broker.state import Task
 from common.models import TaskStatus
@@ -32,6 +32,21 @@ class ReadyQueues:
         if heap is None:
             heap = self._heaps[task.shape] = []
         heapq.heappush(heap, (-task.priority, task.seq, task))
+
+    def extend(self, tasks: Iterable[Task]) -> None:
+        """Push many tasks at once (a restart): one heapify per shape, not a push per task."""
+        heaps = self._heaps
+        for task in tasks:
+            task.queued = True
+            entry = (-task.priority, task.seq, task)
+            shape = (task.handler, task.requires, task.resources)
+            heap = heaps.get(shape)
+            if heap is None:
+                heaps[shape] = [entry]
+            else:
+                heap.append(entry)
+        for heap in heaps.values():
+            heapq.heapify(heap)
 
     def head(self, shape: Shape) -> Task | None:
         """The next task of this shape, discarding entries that are no longer ready."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from broker.core import Scheduler
-from broker.store import SqliteStore
+from broker.state import Task
+from broker.store import _LOAD, MemoryStore, SqliteStore, prepare
 from common.models import TaskStatus
 
 
@@ -45,3 +47,50 @@ def test_store_uses_wal_and_full_sync(tmp_path: Path) -> None:
         assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     finally:
         store.close()
+
+
+def test_load_columns_follow_the_task_fields() -> None:
+    # _task builds a Task positionally from _LOAD's columns: the two orders must agree.
+    names = [f.name for f in dataclasses.fields(Task)]
+    assert names[: len(_LOAD.split(", "))] == _LOAD.split(", ")
+    assert names[len(_LOAD.split(", ")) :] == ["waiting_on", "queued", "stored"]
+
+
+def test_every_stored_field_round_trips(tmp_path: Path) -> None:
+    core = Scheduler()
+    core.register(b"w", {"id": "w", "slots": 2, "capabilities": ["echo", "x"]}, 10.0)
+    specs = [
+        {"handler": "echo", "args": b"a", "idempotency_key": "k", "max_retries": 2,
+         "timeout": 9.5, "priority": 7},
+        {"handler": "echo", "name": "second", "resources": {"memory": 0.0}, "requires": ["x"]},
+        {"handler": "nobody", "args": b"never leased", "idempotency_key": "n", "priority": -1},
+    ]  # fmt: skip
+    first, second, _ = (e["id"] for e in core.submit(specs, 11.0))
+    core.schedule(12.0)
+    worker = core.worker_at(b"w")
+    assert worker is not None
+    core.report(worker, [{"task_id": first, "attempt": 1, "status": "failed", "error": "x"}], 13.0)
+    core.report(worker, [{"task_id": second, "attempt": 1, "status": "completed",
+                          "result": b"r"}], 14.0)  # fmt: skip
+    store = MemoryStore()
+    sqlite = SqliteStore(str(tmp_path / "s.db"))
+    batch = prepare(core.tasks.values())  # one set of rows for both stores
+    for target in (store, sqlite):
+        target.write([batch])
+    stored = [f.name for f in dataclasses.fields(Task) if f.name not in ("waiting_on", "queued")]
+    for loaded in (store.load(), sqlite.load()):
+        assert len(loaded) == 3
+        for task in loaded:
+            original = core.tasks[task.id]
+            for name in stored:
+                value, expected = getattr(task, name), getattr(original, name)
+                if name == "leases":  # Lease compares by identity
+                    value = [lease.to_row() for lease in value]
+                    expected = [lease.to_row() for lease in expected]
+                assert value == expected, name
+    first_loaded = next(t for t in sqlite.load() if t.id == first)
+    assert first_loaded.failures == 1 and first_loaded.not_before > 13.0
+    assert [(le.attempt, le.outcome, le.error) for le in first_loaded.leases] == [
+        (1, "failed", "x")
+    ]
+    sqlite.close()
