@@ -11,13 +11,14 @@ falls in two kinds:
   promises nothing: if the broker dies before the commit, the restarted broker
   does not know the lease, refuses the worker's claim and runs the task again.
 
-A turn that made changes but owes no promise does not commit at once: its changes
-join the next turn's commit (a submit whose reply waits for the task to finish is
-written once, finished), at most ``COMMIT_DELAY`` later. When no message is
-waiting the loop commits itself, which answers soonest; under load it hands the
-batch to the committer thread and holds the turn's promises until that batch is
-committed, reading the next messages during the fsync. This module holds no
-scheduling logic, and nothing a peer sends can make it raise.
+The loop commits itself, between sending the commands and the promises: messages
+that arrive during the fsync wait on the socket and make the next turn, so a
+burst shares one commit (group commit). A turn that made changes but owes no
+promise does not commit at once: its changes join the next turn's commit (a
+submit whose reply waits for the task to finish is written once, finished), at
+most ``COMMIT_DELAY`` later. A failed commit stops the broker before anything it
+held is acknowledged. This module holds no scheduling logic, and nothing a peer
+sends can make it raise.
 """
 
 from __future__ import annotations
@@ -32,9 +33,8 @@ from typing import Any, cast
 
 import zmq
 
-from broker.committer import Committer
 from broker.core import Scheduler, Timing
-from broker.store import Store, prepare
+from broker.store import Store
 from common import protocol
 from common.errors import InvalidInput, SchedulerError
 from common.protocol import Command
@@ -46,9 +46,6 @@ log = logging.getLogger(__name__)
 MAX_MESSAGES_PER_TURN = 2000
 #: Longest sleep of the loop in seconds: the resolution of liveness checks and pings.
 MAX_POLL_SECONDS = 0.1
-#: Batches waiting for a commit beyond which the loop stops reading and waits for the
-#: committer: bounds the memory held for unsent replies.
-MAX_UNCOMMITTED = 64
 #: Longest time in seconds a change that nothing waits for stays uncommitted.
 COMMIT_DELAY = 0.01
 #: Seconds between two rounds of pruning finished tasks past their retention.
@@ -93,9 +90,6 @@ class BrokerServer:
         self._commands: list[Frames] = []
         #: When the oldest change that is not committed yet was made (None: there is none).
         self._dirty_since: float | None = None
-        #: Promises held until their batch is committed: (batch number, frames).
-        self._held: list[tuple[int, list[Frames]]] = []
-        self._committer: Committer | None = None
         self._next_prune = 0.0
         self.endpoint = ""
 
@@ -132,26 +126,16 @@ class BrokerServer:
             self.bind()
         socket = self._socket
         assert socket is not None
-        committer = self._committer = Committer(self.store)
-        poller = zmq.Poller()
-        poller.register(socket, zmq.POLLIN)
-        poller.register(committer.fileno(), zmq.POLLIN)
+        clean = False
         try:
             while not self._stopping.is_set():
-                poller.poll(self._poll_timeout_ms())
-                self._release(socket, committer.committed())
-                if committer.error is not None:
-                    raise RuntimeError("the store failed; stopping") from committer.error
-                if len(self._held) >= MAX_UNCOMMITTED:
-                    committer.wait(self._held[0][0], MAX_POLL_SECONDS)
-                    continue
-                self._turn(socket, committer)
+                socket.poll(self._poll_timeout_ms())
+                self._turn(socket)
+            clean = True
         finally:
-            if committer.error is None and self.core.has_changes():
-                committer.submit(prepare(self.core.take_dirty(), self.core.take_pruned()))
-            committer.close()  # commits what is queued: hold nothing back that is durable
-            if committer.error is None:
-                self._release(socket, committer.submitted)
+            # Changes that no answer waited for yet: keep them, unless the store is failing.
+            if clean and self.core.has_changes():
+                self.store.save(self.core.take_dirty(), self.core.take_pruned())
             socket.close(linger=0)
             self.store.close()
             log.info("broker stopped")
@@ -165,7 +149,7 @@ class BrokerServer:
             wait = min(wait, max(0.0, self._dirty_since + COMMIT_DELAY - time.time()))
         return math.ceil(wait * 1000)
 
-    def _turn(self, socket: zmq.Socket[bytes], committer: Committer) -> None:
+    def _turn(self, socket: zmq.Socket[bytes]) -> None:
         for _ in range(MAX_MESSAGES_PER_TURN):
             try:
                 frames = socket.recv_multipart(zmq.NOBLOCK)
@@ -200,41 +184,15 @@ class BrokerServer:
         for token, value in outbox.replies:
             address, req_id = cast(tuple[bytes, int], token)
             promises.append([address, *protocol.reply_ok(req_id, value)])
-        batch = None
         if core.has_changes():
             if self._dirty_since is None:
                 self._dirty_since = now
             if promises or now >= self._dirty_since + COMMIT_DELAY:
-                batch = prepare(core.take_dirty(), core.take_pruned())
                 self._dirty_since = None
-        waiting = cast(int, socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN
-        if batch and not self._held and not waiting:
-            # Nothing else is waiting: commit here, which answers soonest. When messages
-            # are waiting, the committer thread takes the fsync while this loop reads them.
-            self.store.write([batch])
-            for message in promises:
-                self._send(socket, message)
-        elif batch:
-            self._held.append((committer.submit(batch), promises))
-        elif self._held:
-            # Nothing new to commit, but replies must not overtake earlier held ones
-            # (a read could show state that is not durable yet).
-            self._held[-1][1].extend(promises)
-        else:
-            for message in promises:
-                self._send(socket, message)
-
-    def _release(self, socket: zmq.Socket[bytes], committed: int) -> None:
-        """Send what was held for every batch up to ``committed``."""
-        released = 0
-        for number, frames in self._held:
-            if number > committed:
-                break
-            released += 1
-            for message in frames:
-                self._send(socket, message)
-        if released:
-            del self._held[:released]
+                # Raises if the store fails: the loop stops and nothing here is sent.
+                self.store.save(core.take_dirty(), core.take_pruned())
+        for message in promises:
+            self._send(socket, message)
 
     @staticmethod
     def _send(socket: zmq.Socket[bytes], frames: Frames) -> None:

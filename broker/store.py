@@ -1,9 +1,9 @@
 """Durable task state: an SQLite file (WAL, ``synchronous=FULL``) written through per loop turn.
 
-The broker calls ``save`` once per loop turn with every task that changed in
-that turn, in one transaction: a burst of submits shares one fsync (group
-commit). Only after ``save`` returns does the broker acknowledge anything.
-``MemoryStore`` has the same interface for tests of the core.
+The broker calls ``save`` with every task that changed since its last commit, in
+one transaction: a burst of submits shares one fsync (group commit). Only after
+``save`` returns does the broker acknowledge anything. ``MemoryStore`` has the
+same interface for tests of the core.
 """
 
 from __future__ import annotations
@@ -71,11 +71,7 @@ _UPDATE = f"UPDATE tasks SET {', '.join(c + ' = ?' for c in _STATE)} WHERE seq =
 
 @dataclass(slots=True)
 class Batch:
-    """One loop turn's writes as plain rows, built in the loop thread.
-
-    Rows are copied out of the tasks at once because the tasks keep changing while
-    the batch waits for, or sits in, a commit on another thread.
-    """
+    """One commit's writes as plain rows."""
 
     inserts: list[tuple[object, ...]] = field(default_factory=list)
     updates: list[tuple[object, ...]] = field(default_factory=list)
@@ -104,11 +100,11 @@ def prepare(tasks: Iterable[Task], deleted: Sequence[Task] = ()) -> Batch:
 class Store(Protocol):
     def load(self) -> list[Task]: ...
 
-    def write(self, batches: Sequence[Batch]) -> None:
-        """Commit these batches, in order, in one transaction (one fsync)."""
+    def write(self, batch: Batch) -> None:
+        """Commit these rows in one transaction (one fsync)."""
 
     def save(self, tasks: Iterable[Task], deleted: Sequence[Task] = ()) -> None:
-        """``write([prepare(tasks, deleted)])``."""
+        """``write(prepare(tasks, deleted))``."""
 
     def close(self) -> None: ...
 
@@ -229,7 +225,7 @@ class SqliteStore:
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={sync.upper()}")
         self._db.executescript(_SCHEMA)
@@ -251,29 +247,23 @@ class SqliteStore:
         ]
         return tasks
 
-    def write(self, batches: Sequence[Batch]) -> None:
-        """Commit these batches, in order, in one transaction (one fsync).
-
-        Safe to call from a thread other than the loop's: one thread at a time uses the
-        connection (the loop writes itself only while the committer has nothing queued).
-        """
-        batches = [batch for batch in batches if batch]
-        if not batches:
+    def write(self, batch: Batch) -> None:
+        """Commit these rows in one transaction (one fsync)."""
+        if not batch:
             return
         db = self._db
         db.execute("BEGIN")
         try:
-            for batch in batches:
-                db.executemany(_INSERT, batch.inserts)
-                db.executemany(_UPDATE, batch.updates)
-                db.executemany("DELETE FROM tasks WHERE seq = ?", batch.deletes)
+            db.executemany(_INSERT, batch.inserts)
+            db.executemany(_UPDATE, batch.updates)
+            db.executemany("DELETE FROM tasks WHERE seq = ?", batch.deletes)
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
 
     def save(self, tasks: Iterable[Task], deleted: Sequence[Task] = ()) -> None:
-        self.write([prepare(tasks, deleted)])
+        self.write(prepare(tasks, deleted))
 
     def close(self) -> None:
         self._db.close()
@@ -290,20 +280,19 @@ class MemoryStore:
         order = [_COLUMNS.split(", ").index(name) for name in _LOAD.split(", ")]
         return [_task([self.rows[seq][i] for i in order]) for seq in sorted(self.rows)]
 
-    def write(self, batches: Sequence[Batch]) -> None:
+    def write(self, batch: Batch) -> None:
         spec_columns = len(_SPEC.split(","))
-        for batch in batches:
-            for row in batch.inserts:
-                self.rows[int(row[0])] = row  # type: ignore[call-overload]
-            for update in batch.updates:
-                seq = int(update[-1])  # type: ignore[call-overload]
-                self.rows[seq] = self.rows[seq][:spec_columns] + update[:-1]
-            for (seq,) in batch.deletes:
-                self.rows.pop(seq, None)
+        for row in batch.inserts:
+            self.rows[int(row[0])] = row  # type: ignore[call-overload]
+        for update in batch.updates:
+            seq = int(update[-1])  # type: ignore[call-overload]
+            self.rows[seq] = self.rows[seq][:spec_columns] + update[:-1]
+        for (seq,) in batch.deletes:
+            self.rows.pop(seq, None)
         self.commits += 1
 
     def save(self, tasks: Iterable[Task], deleted: Sequence[Task] = ()) -> None:
-        self.write([prepare(tasks, deleted)])
+        self.write(prepare(tasks, deleted))
 
     def close(self) -> None:
         pass

@@ -76,7 +76,7 @@ def test_every_stored_field_round_trips(tmp_path: Path) -> None:
     sqlite = SqliteStore(str(tmp_path / "s.db"))
     batch = prepare(core.tasks.values())  # one set of rows for both stores
     for target in (store, sqlite):
-        target.write([batch])
+        target.write(batch)
     stored = [f.name for f in dataclasses.fields(Task) if f.name not in ("waiting_on", "queued")]
     for loaded in (store.load(), sqlite.load()):
         assert len(loaded) == 3
