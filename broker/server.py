@@ -14,11 +14,12 @@ falls in two kinds:
 The loop commits itself, between sending the commands and the promises: messages
 that arrive during the fsync wait on the socket and make the next turn, so a
 burst shares one commit (group commit). A turn that made changes but owes no
-promise does not commit at once: its changes join the next turn's commit (a
-submit whose reply waits for the task to finish is written once, finished), at
-most ``COMMIT_DELAY`` later. A failed commit stops the broker before anything it
-held is acknowledged. This module holds no scheduling logic, and nothing a peer
-sends can make it raise.
+reply does not commit at once: its changes join the next turn's commit (a submit
+whose reply waits for the task to finish is written once, finished), at most
+``COMMIT_DELAY`` later; ACKs, which only let a worker forget outcomes, wait for
+that commit too, merged into one per worker. A failed commit stops the broker
+before anything it held is acknowledged. This module holds no scheduling logic,
+and nothing a peer sends can make it raise.
 """
 
 from __future__ import annotations
@@ -84,8 +85,11 @@ class BrokerServer:
         self._context = context or zmq.Context.instance()
         self._socket: zmq.Socket[bytes] | None = None
         self._stopping = threading.Event()
-        #: Replies and ACKs of this turn: sent once its changes are committed.
+        #: Replies of this turn: sent once its changes are committed.
         self._promises: list[Frames] = []
+        #: Outcomes to acknowledge, by worker address: one ACK each with the next commit,
+        #: which they do not hurry.
+        self._acks: dict[bytes, list[list[Any]]] = {}
         #: WELCOME and RESYNC of this turn: sent at its end, before the commit.
         self._commands: list[Frames] = []
         #: When the oldest change that is not committed yet was made (None: there is none).
@@ -191,6 +195,11 @@ class BrokerServer:
                 self._dirty_since = None
                 # Raises if the store fails: the loop stops and nothing here is sent.
                 self.store.save(core.take_dirty(), core.take_pruned())
+            else:
+                return  # nothing is owed to a client yet: the ACKs wait for the commit
+        for address, results in self._acks.items():
+            self._send(socket, [address, *protocol.pack(Command.ACK, {"results": results})])
+        self._acks = {}
         for message in promises:
             self._send(socket, message)
 
@@ -259,7 +268,9 @@ class BrokerServer:
             except SchedulerError as exc:
                 log.warning("bad DONE from %s: %s", worker.id, exc.description)
                 return
-            self._promise(address, protocol.pack(Command.ACK, {"results": acks}))
+            # A worker keeps its outcomes until ACKed and needs nothing else from the ACK,
+            # so ACKs ride on the next commit a reply needs, or at most COMMIT_DELAY later.
+            self._acks.setdefault(address, []).extend(acks)
         elif command is Command.BYE:
             log.info("worker %s said goodbye", worker.id)
             self.core.goodbye(worker, now)
