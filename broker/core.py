@@ -128,6 +128,11 @@ class Scheduler:
 
     # -- persistence -------------------------------------------------------------
 
+    @property
+    def next_seq(self) -> int:
+        """The sequence number the next submitted task gets: counts every task ever made."""
+        return self._next_seq
+
     def has_changes(self) -> bool:
         """Whether anything changed (or was pruned) since the last ``take_dirty``."""
         return bool(self._dirty or self._pruned)

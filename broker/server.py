@@ -51,6 +51,11 @@ MAX_POLL_SECONDS = 0.1
 COMMIT_DELAY = 0.01
 #: Seconds between two rounds of pruning finished tasks past their retention.
 PRUNE_INTERVAL = 1.0
+#: Tasks submitted since the collector last had long-lived objects moved out of its sight
+#: (gc.freeze) beyond which they are moved again. A full collection walks every object it
+#: tracks, about 1.5 s with a million tasks held, stalling the loop; this bounds what it
+#: walks to about this many tasks' objects.
+FREEZE_AFTER = 100_000
 #: Messages a peer's socket may queue on the broker before ZeroMQ drops more.
 HIGH_WATER_MARK = 100_000
 
@@ -95,6 +100,7 @@ class BrokerServer:
         #: When the oldest change that is not committed yet was made (None: there is none).
         self._dirty_since: float | None = None
         self._next_prune = 0.0
+        self._frozen_at = 0
         self.endpoint = ""
 
     def bind(self) -> str:
@@ -110,6 +116,7 @@ class BrokerServer:
         finally:
             gc.freeze()
             gc.enable()
+        self._frozen_at = self.core.next_seq
         log.info("loaded %d tasks in %.2f s", len(tasks), time.monotonic() - began)
         socket: zmq.Socket[bytes] = self._context.socket(zmq.ROUTER)
         socket.setsockopt(zmq.LINGER, 0)
@@ -172,6 +179,8 @@ class BrokerServer:
         if now >= self._next_prune:
             self._next_prune = now + PRUNE_INTERVAL
             core.prune(now)  # a bounded batch: pruning never stalls scheduling
+        if core.next_seq - self._frozen_at >= FREEZE_AFTER:
+            self._freeze()
         # Commands first, before the commit: they promise nothing (see the module's doc).
         for address in pings:
             self._send(socket, [address, *protocol.pack(Command.PING)])
@@ -202,6 +211,17 @@ class BrokerServer:
         self._acks = {}
         for message in promises:
             self._send(socket, message)
+
+    def _freeze(self) -> None:
+        """Move the objects that survived so far out of the collector's sight.
+
+        Tasks live until retention prunes them, and hold no reference cycles, so a frozen
+        task is still freed by reference counting when it is pruned; only garbage cycles
+        older than the freeze would be kept, and the young collection first clears those.
+        """
+        self._frozen_at = self.core.next_seq
+        gc.collect(1)
+        gc.freeze()
 
     @staticmethod
     def _send(socket: zmq.Socket[bytes], frames: Frames) -> None:
