@@ -215,9 +215,10 @@ class BrokerServer:
     def _freeze(self) -> None:
         """Move the objects that survived so far out of the collector's sight.
 
-        Tasks live until retention prunes them, and hold no reference cycles, so a frozen
-        task is still freed by reference counting when it is pruned; only garbage cycles
-        older than the freeze would be kept, and the young collection first clears those.
+        Tasks live until retention prunes them and hold no reference cycles, so a frozen
+        task is still freed by reference counting when it is pruned. A garbage cycle that
+        is frozen is kept for good: the young collection first clears those not yet in
+        the oldest generation, and the broker makes none on purpose.
         """
         self._frozen_at = self.core.next_seq
         gc.collect(1)

@@ -79,14 +79,18 @@ class Client:
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         req = next(self._counter)
-        if not self._socket.poll(int(limit * 1000), zmq.POLLOUT):
-            self._reset()
-            raise Unavailable(f"broker at {self.endpoint} is not reachable")
+        frames = protocol.request(req, op, args)
         try:
-            self._socket.send_multipart(protocol.request(req, op, args), flags=zmq.NOBLOCK)
-        except zmq.Again:
-            self._reset()
-            raise Unavailable(f"broker at {self.endpoint} is not reachable") from None
+            self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
+        except zmq.Again:  # not connected (yet): wait for the connection, within the limit
+            if not self._socket.poll(int(limit * 1000), zmq.POLLOUT):
+                self._reset()
+                raise Unavailable(f"broker at {self.endpoint} is not reachable") from None
+            try:
+                self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                self._reset()
+                raise Unavailable(f"broker at {self.endpoint} is not reachable") from None
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._socket.poll(int(remaining * 1000) + 1, zmq.POLLIN):
