@@ -174,24 +174,14 @@ _LOAD_FRESH = (
     "id, seq, name, handler, args, dependencies, priority, max_retries, timeout, requires, "
     "resources, created_at, idempotency_key"
 )
-_PENDING = TaskStatus.PENDING
+#: The state columns of a task not leased since it was submitted, in ``_LOAD``'s order.
+_FRESH_STATE = ("pending", None, 0, 0, 0, None, None, None, None, 0.0)
 
 
 def _fresh_task(row: Any) -> Task:
-    """``_task`` for a row of ``_LOAD_FRESH``: the state is the defaults."""
-    (
-        id_, seq, name, handler, args, deps, priority, max_retries, timeout, requires,
-        resources, created_at, idempotency_key,
-    ) = row  # fmt: skip
-    return Task(
-        id_, seq, name, handler, args,
-        [] if deps == "[]" else json.loads(deps),
-        priority, max_retries, timeout,
-        () if requires == "[]" else tuple(json.loads(requires)),
-        () if resources == "[]" else tuple((k, v) for k, v in json.loads(resources)),
-        created_at, _PENDING, None, 0, 0, 0, None, None, None, None, 0.0, idempotency_key,
-        [], 0, False, True,
-    )  # fmt: skip
+    """``_task`` for a row of ``_LOAD_FRESH``: the state columns hold their defaults."""
+    *spec, idempotency_key = row
+    return _task((*spec, *_FRESH_STATE, idempotency_key, "[]"))
 
 
 def _task(row: Any) -> Task:
@@ -236,15 +226,19 @@ class SqliteStore:
             raise RuntimeError(f"{path}: store schema {row[0]}, this broker needs {SCHEMA_VERSION}")
 
     def load(self) -> list[Task]:
-        """Every stored task, in no particular order."""
+        """Every stored task, in no particular order (both reads see one snapshot)."""
         db = self._db
-        tasks = [
-            _fresh_task(row)
-            for row in db.execute(f"SELECT {_LOAD_FRESH} FROM tasks WHERE {_FRESH}")
-        ]
-        tasks += [
-            _task(row) for row in db.execute(f"SELECT {_LOAD} FROM tasks WHERE NOT ({_FRESH})")
-        ]
+        db.execute("BEGIN")
+        try:
+            tasks = [
+                _fresh_task(row)
+                for row in db.execute(f"SELECT {_LOAD_FRESH} FROM tasks WHERE {_FRESH}")
+            ]
+            tasks += [
+                _task(row) for row in db.execute(f"SELECT {_LOAD} FROM tasks WHERE NOT ({_FRESH})")
+            ]
+        finally:
+            db.execute("COMMIT")
         return tasks
 
     def write(self, batch: Batch) -> None:
