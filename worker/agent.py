@@ -107,6 +107,9 @@ class Agent:
         self._wake_lock = threading.RLock()
         self._wake_read = -1
         self._wake_write = -1
+        #: A wake byte was written since the loop last drained the pipe: another one would
+        #: only cost a system call (many runs finish while the loop is busy).
+        self._wake_pending = False
 
         # Loop state, touched only by the thread in run().
         self._runner: Runner | None = None
@@ -139,8 +142,9 @@ class Agent:
 
     def _wake(self) -> None:
         with self._wake_lock:
-            if self._wake_write < 0:
+            if self._wake_write < 0 or self._wake_pending:
                 return
+            self._wake_pending = True
             # A full pipe means the loop is awake already.
             with contextlib.suppress(BlockingIOError):
                 os.write(self._wake_write, b"\0")
@@ -175,6 +179,10 @@ class Agent:
         events = dict(self._poller.poll(math.ceil(timeout * 1000)))
         if self._wake_read in events:
             self._drain_wake_pipe()
+        # After the drain and before the outcomes are read: whatever is queued from here on
+        # writes a new byte, and whatever was queued before is read below.
+        with self._wake_lock:
+            self._wake_pending = False
         if self._socket is not None and self._socket in events:
             self._receive()
         self._flush_outcomes()
