@@ -9,10 +9,12 @@ same interface for tests of the core.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii
 from typing import Any, Protocol
 
 from broker.state import Lease, Task
@@ -114,6 +116,35 @@ def _json(value: Any) -> str:
     return json.dumps(value) if value else "[]"
 
 
+def _leases_json(leases: list[Lease]) -> str:
+    """``json.dumps([lease.to_row() for lease in leases])``, written out by hand.
+
+    Every state write of a task that ran stores its leases, and the generic encoder was
+    a tenth of the broker's time under load; this one takes about half as long.
+    """
+    if not leases:
+        return "[]"
+    return "[" + ",".join([_lease_json(lease) for lease in leases]) + "]"
+
+
+def _lease_json(lease: Lease) -> str:
+    return (
+        f"[{lease.attempt:d},{_text(lease.worker_id)},{_number(lease.started_at)},"
+        f"{_number(lease.ended_at)},{_text(lease.outcome)},{_text(lease.error)},"
+        f"{_text(lease.refused)}]"
+    )
+
+
+def _text(value: str | None) -> str:
+    return "null" if value is None else encode_basestring_ascii(value)
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "null"
+    return repr(value) if math.isfinite(value) else json.dumps(value)
+
+
 def _spec_row(task: Task) -> tuple[object, ...]:
     return (
         task.seq,
@@ -144,7 +175,7 @@ def _state_row(task: Task) -> tuple[object, ...]:
         task.started_at,
         task.completed_at,
         task.not_before,
-        _json([lease.to_row() for lease in task.leases]),
+        _leases_json(task.leases),
     )
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
+import pytest
+
 from broker.core import Scheduler
-from broker.state import Task
-from broker.store import _LOAD, MemoryStore, SqliteStore, prepare
+from broker.state import Lease, Task
+from broker.store import _LOAD, MemoryStore, SqliteStore, _leases_json, prepare
 from common.models import TaskStatus
 
 
@@ -94,3 +97,22 @@ def test_every_stored_field_round_trips(tmp_path: Path) -> None:
         (1, "failed", "x")
     ]
     sqlite.close()
+
+
+@pytest.mark.parametrize(
+    "leases",
+    [
+        [],
+        [Lease(1, "w-1", 1795754805.1748843)],
+        [
+            Lease(1, 'w "quoted" \\ back', 10.0, 11.5, "failed", "boom\nline two\t", None),
+            Lease(2, "wörker-☃-🚀", 12, 13, "completed", None, "failed"),
+            Lease(3, "", 1e-05, float("inf"), "lost", "\x00\x1f\x7f", ""),
+        ],
+    ],
+)
+def test_leases_are_stored_as_the_json_encoder_would(leases: list[Lease]) -> None:
+    text = _leases_json(leases)
+    expected = [lease.to_row() for lease in leases]
+    assert json.loads(text) == expected
+    assert text == json.dumps(expected, separators=(",", ":"))
