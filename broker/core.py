@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
 import logging
 import os
 from collections import Counter, deque
@@ -105,6 +106,12 @@ class Scheduler:
         self.outbox = Outbox()
         self._dirty: dict[str, Task] = {}
         self._order: list[Task] = []  # by seq, for listing
+        #: Unfinished tasks by status: a page of a status that is rare among many tasks is
+        #: taken from here instead of a scan of every task.
+        self._unfinished: dict[TaskStatus, set[Task]] = {
+            TaskStatus.PENDING: set(),
+            TaskStatus.RUNNING: set(),
+        }
         self._next_seq = 1
         self._ready = ReadyQueues()
         self._ready_changed = False
@@ -170,9 +177,12 @@ class Scheduler:
         self._orphan_deadline = now + self.timing.worker_window + self.timing.ping_interval
         ready: list[Task] = []
         pending, running = TaskStatus.PENDING, TaskStatus.RUNNING
+        add_pending = self._unfinished[pending].add
+        add_running = self._unfinished[running].add
         for task in tasks:
             status = task.status
             if status is pending:
+                add_pending(task)  # before its dependencies may fail it (_set_status moves it)
                 if task.dependencies:
                     self._attach_dependencies(task)
                     if task.waiting_on or task.status is not pending:
@@ -182,6 +192,7 @@ class Scheduler:
                 else:
                     ready.append(task)
             elif status is running:
+                add_running(task)
                 # Its worker may still be running it: give it one liveness window to claim it.
                 self._orphans.add(task.id)
                 if task.timeout is not None:
@@ -238,6 +249,7 @@ class Scheduler:
             self.tasks[task.id] = task
             self._order.append(task)
             self.counts[task.status] += 1
+            self._unfinished[TaskStatus.PENDING].add(task)
             self._touch(task)
             self._attach_dependencies(task)
             if task.status is TaskStatus.PENDING and task.waiting_on == 0:
@@ -284,10 +296,31 @@ class Scheduler:
         after = args.get("after", 0)
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
             raise InvalidInput("after must be a cursor from a previous page")
+        bucket = self._unfinished.get(status) if status is not None else None
+        if bucket is not None and len(bucket) ** 2 < limit * len(self.tasks):
+            # Few tasks have this status: picking the page from them costs about len(bucket);
+            # a scan would pass about limit * len(tasks) / len(bucket) tasks to fill it.
+            matching = (
+                t for t in bucket if t.seq > after and (handler is None or t.handler == handler)
+            )
+            page = heapq.nsmallest(limit + 1, matching, key=attrgetter("seq"))
+            more = len(page) > limit
+            del page[limit:]
+        else:
+            page, more = self._scan(status, handler, limit, after)
+        return {
+            "tasks": [t.record() for t in page],
+            "next": page[-1].seq if more and page else None,
+        }
+
+    def _scan(
+        self, status: TaskStatus | None, handler: str | None, limit: int, after: int
+    ) -> tuple[list[Task], bool]:
+        """Up to ``limit`` matching tasks in submission order after ``after``, and whether
+        there are more, found by walking every task from there."""
         start = bisect.bisect_right(self._order, after, key=lambda t: t.seq)
         page: list[Task] = []
-        more = False
-        for task in self._order[start:]:
+        for task in itertools.islice(self._order, start, None):
             if self.tasks.get(task.id) is not task:
                 continue  # pruned
             if status is not None and task.status is not status:
@@ -295,13 +328,9 @@ class Scheduler:
             if handler is not None and task.handler != handler:
                 continue
             if len(page) == limit:
-                more = True
-                break
+                return page, True
             page.append(task)
-        return {
-            "tasks": [t.record() for t in page],
-            "next": page[-1].seq if more and page else None,
-        }
+        return page, False
 
     def cancel(self, task_id: Any, now: float) -> Task:
         """Cancel a task: pending ones at once; running ones are told to stop."""
@@ -960,6 +989,11 @@ class Scheduler:
     def _set_status(self, task: Task, status: TaskStatus) -> None:
         self.counts[task.status] -= 1
         self.counts[status] += 1
+        unfinished = self._unfinished
+        if task.status in unfinished:
+            unfinished[task.status].discard(task)
+        if status in unfinished:
+            unfinished[status].add(task)
         task.status = status
         self._touch(task)
 

@@ -426,6 +426,57 @@ def test_list_pages_in_submission_order_with_filters(core: Scheduler) -> None:
         core.list_tasks({"status": "bogus"})
 
 
+def test_list_by_a_rare_status_pages_like_the_scan(core: Scheduler) -> None:
+    # 600 finished tasks around a few running and pending ones: the rare statuses are paged
+    # from their own set, and must come out exactly as a scan of every task gives them.
+    address = add_worker(core, "w1", capabilities=["echo", "slow"], slots=1000)
+    for round_ in range(3):
+        for _ in range(200):
+            submit(core)
+        for task_id in dispatched(core)[address]:
+            finish(core, address, task_id)
+        submit(core, handler="slow")
+        submit(core, handler="slow" if round_ % 2 else "echo")
+        dispatched(core)  # the two new ones run
+        submit(core, handler="nobody")
+        submit(core, handler="nobody", requires=["gpu"])
+
+    def pages(status: str, handler: str | None = None) -> list[list[str]]:
+        out, after = [], 0
+        while True:
+            args: dict[str, Any] = {"status": status, "limit": 2, "after": after}
+            if handler is not None:
+                args["handler"] = handler
+            page = core.list_tasks(args)
+            out.append([t["id"] for t in page["tasks"]])
+            if page["next"] is None:
+                return out
+            after = page["next"]
+
+    def expected(status: str, handler: str | None = None) -> list[list[str]]:
+        ids = [t.id for t in sorted(core.tasks.values(), key=lambda t: t.seq)
+               if t.status.value == status and handler in (None, t.handler)]  # fmt: skip
+        return [ids[i : i + 2] for i in range(0, len(ids), 2)] or [[]]
+
+    for status, handler in [("running", None), ("running", "slow"), ("pending", None),
+                            ("pending", "nobody"), ("completed", "slow")]:  # fmt: skip
+        assert pages(status, handler) == expected(status, handler), (status, handler)
+    assert sum(len(p) for p in pages("running")) == 6
+    assert sum(len(p) for p in pages("pending")) == 6
+    # The sets follow every change of status, and are rebuilt on load.
+    running = [i for page in pages("running") for i in page]
+    finish(core, address, running[0])
+    assert running[0] not in [i for page in pages("running") for i in page]
+    store = MemoryStore()
+    store.save(core.tasks.values())
+    reloaded = Scheduler(core.timing)
+    reloaded.load(store.load(), T0)
+    assert (
+        reloaded.list_tasks({"status": "running", "limit": 10})["tasks"]
+        == core.list_tasks({"status": "running", "limit": 10})["tasks"]
+    )
+
+
 # -- delivery guarantees --------------------------------------------------------------------
 
 
