@@ -65,7 +65,9 @@ class Loop:
 def loop() -> Iterator[Loop]:
     store = GatedStore()
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    server = BrokerServer(Settings(broker="tcp://127.0.0.1:0"), store, context)
+    # Pings a minute apart: no PING frame can slip in between the frames a test expects.
+    settings = Settings(broker="tcp://127.0.0.1:0", ping_interval=60.0)
+    server = BrokerServer(settings, store, context)
     server.bind()
     errors: list[BaseException] = []
 
