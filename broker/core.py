@@ -100,6 +100,9 @@ class Scheduler:
         self.timing = timing or Timing()
         self.tasks: dict[str, Task] = {}
         self.workers: dict[str, Worker] = {}
+        #: The online ones: every loop turn walks these, and offline workers stay listed
+        #: (for ``GET /workers``) however many come and go.
+        self._online: dict[str, Worker] = {}
         self.counts: Counter[TaskStatus] = Counter()
         #: Outcomes refused because their lease was no longer current.
         self.stale_outcomes = 0
@@ -410,7 +413,7 @@ class Scheduler:
         return {
             "status": "ok",
             "tasks": {s.value: self.counts.get(s, 0) for s in TaskStatus},
-            "workers": sum(1 for w in self.workers.values() if w.status is WorkerStatus.ONLINE),
+            "workers": len(self._online),
             "stale_outcomes": self.stale_outcomes,
             "uptime": now - started,
         }
@@ -454,6 +457,7 @@ class Scheduler:
             last_ping=now,
         )
         self.workers[worker_id] = worker
+        self._online[worker_id] = worker
         self._by_address[address] = worker
         refused: list[str] = []
         for claim in claims:
@@ -548,6 +552,7 @@ class Scheduler:
                 if task is not None:
                     old.take(task.resources)
             old.status = WorkerStatus.ONLINE
+            self._online[worker_id] = old
             old.last_seen = now
             self._ready_changed = True
             return old, False
@@ -561,6 +566,7 @@ class Scheduler:
             free=dict(resources),
         )
         self.workers[worker_id] = worker
+        self._online[worker_id] = worker
         self._ready_changed = True
         return worker, True
 
@@ -572,6 +578,7 @@ class Scheduler:
         worker.last_seen = now
         if worker.status is not WorkerStatus.ONLINE:
             worker.status = WorkerStatus.ONLINE
+            self._online[worker.id] = worker
             self._ready_changed = True
         return worker
 
@@ -631,9 +638,7 @@ class Scheduler:
                     log.warning("task %s: no worker claimed its lease after restart", task_id)
                     self._lose(task, now)
         pings: list[bytes] = []
-        for worker in self.workers.values():
-            if worker.status is not WorkerStatus.ONLINE:
-                continue
+        for worker in list(self._online.values()):
             window = (
                 self.timing.worker_window
                 if worker.kind is WorkerKind.ZMQ
@@ -714,7 +719,7 @@ class Scheduler:
         if not self._ready_changed:
             return 0
         self._ready_changed = False
-        workers = [w for w in self.workers.values() if w.capacity() > 0]
+        workers = [w for w in self._online.values() if w.capacity() > 0]
         if not workers:
             return 0
         heads: list[tuple[int, int, Shape]] = []
@@ -895,6 +900,8 @@ class Scheduler:
 
     def _offline(self, worker: Worker, now: float, *, count_lost: bool) -> None:
         worker.status = WorkerStatus.OFFLINE
+        if self._online.get(worker.id) is worker:
+            del self._online[worker.id]
         if worker.address is not None:
             self._by_address.pop(worker.address, None)
         for token, _ in worker.polls:

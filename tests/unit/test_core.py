@@ -348,6 +348,32 @@ def test_http_worker_without_heartbeat_goes_offline(core: Scheduler) -> None:
     assert core.tasks[task_id].status is TaskStatus.PENDING
 
 
+def test_workers_that_come_and_go_leave_only_the_online_ones_to_watch(core: Scheduler) -> None:
+    def watched() -> set[str]:
+        # Liveness and dispatch walk the online workers only, however many went offline.
+        return set(core._online)
+
+    def online() -> set[str]:
+        return {w.id for w in core.workers.values() if w.status is WorkerStatus.ONLINE}
+
+    now = T0
+    for i in range(50):  # workers that came, and went silent
+        add_worker(core, f"gone-{i}", now=now)
+    core.http_register({"id": "h1", "capabilities": ["echo"]}, now)
+    now += 20
+    add_worker(core, "w1", now=now)
+    core.tick(now)
+    assert watched() == online() == {"w1"}
+    assert len(core.workers) == 52  # still listed
+    assert core.health(now, T0)["workers"] == 1
+    core.http_worker("h1", now)  # a request from it brings it back
+    add_worker(core, "gone-3", now=now)  # so does registering again
+    assert watched() == online() == {"w1", "h1", "gone-3"}
+    core.goodbye(core.workers["w1"], now)
+    assert watched() == online() == {"h1", "gone-3"}
+    assert core.tick(now + 1) == [b"gone-3"]  # pings go to online ZeroMQ workers only
+
+
 # -- restart ---------------------------------------------------------------------------------
 
 
