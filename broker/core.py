@@ -226,36 +226,41 @@ class Scheduler:
         out = []
         # Random ids, 128 bits each as uuid4 has, drawn in one call for the whole batch.
         ids = os.urandom(16 * len(specs)).hex()
+        # Names bound once: this loop runs for every task submitted.
+        tasks, by_key, order, pending = self.tasks, self._by_key, self._order, TaskStatus.PENDING
+        unfinished, dirty, counts = self._unfinished[pending], self._dirty, self.counts
         for i, spec in enumerate(specs):
-            known = self._by_key.get(spec.idempotency_key) if spec.idempotency_key else None
+            key = spec.idempotency_key
+            known = by_key.get(key) if key else None
             if known is not None:
                 out.append({"id": known.id, "status": known.status.value, "created": False})
                 continue
             task = Task(
-                id=ids[32 * i : 32 * i + 32],
-                seq=self._next_seq,
-                name=spec.name,
-                handler=spec.handler,
-                args=spec.args,
-                dependencies=spec.dependencies,
-                priority=spec.priority,
-                max_retries=spec.max_retries,
-                timeout=spec.timeout,
-                requires=tuple(sorted(spec.requires)) if spec.requires else (),
-                resources=tuple(sorted(spec.resources.items())) if spec.resources else (),
-                created_at=now,
-                idempotency_key=spec.idempotency_key,
+                ids[32 * i : 32 * i + 32],
+                self._next_seq,
+                spec.name,
+                spec.handler,
+                spec.args,
+                spec.dependencies,
+                spec.priority,
+                spec.max_retries,
+                spec.timeout,
+                tuple(sorted(spec.requires)) if spec.requires else (),
+                tuple(sorted(spec.resources.items())) if spec.resources else (),
+                now,
+                idempotency_key=key,
             )
-            if task.idempotency_key is not None:
-                self._by_key[task.idempotency_key] = task
+            if key is not None:
+                by_key[key] = task
             self._next_seq += 1
-            self.tasks[task.id] = task
-            self._order.append(task)
-            self.counts[task.status] += 1
-            self._unfinished[TaskStatus.PENDING].add(task)
-            self._touch(task)
-            self._attach_dependencies(task)
-            if task.status is TaskStatus.PENDING and task.waiting_on == 0:
+            tasks[task.id] = task
+            order.append(task)
+            counts[pending] += 1
+            unfinished.add(task)
+            dirty[task.id] = task  # _touch
+            if task.dependencies:
+                self._attach_dependencies(task)
+            if task.status is pending and task.waiting_on == 0:
                 self._make_ready(task, now)
             out.append({"id": task.id, "status": task.status.value, "created": True})
         return out
