@@ -228,7 +228,7 @@ class Scheduler:
         ids = os.urandom(16 * len(specs)).hex()
         # Names bound once: this loop runs for every task submitted.
         tasks, by_key, order, pending = self.tasks, self._by_key, self._order, TaskStatus.PENDING
-        unfinished, dirty, counts = self._unfinished[pending], self._dirty, self.counts
+        unfinished, counts = self._unfinished[pending], self.counts
         for i, spec in enumerate(specs):
             key = spec.idempotency_key
             known = by_key.get(key) if key else None
@@ -257,7 +257,7 @@ class Scheduler:
             order.append(task)
             counts[pending] += 1
             unfinished.add(task)
-            dirty[task.id] = task  # _touch
+            self._touch(task)
             if task.dependencies:
                 self._attach_dependencies(task)
             if task.status is pending and task.waiting_on == 0:
@@ -275,10 +275,7 @@ class Scheduler:
         waiter = _Waiter(
             token, now + limit, [e["id"] for e in entries], True, [e["created"] for e in entries]
         )
-        if limit == 0 or all(self.tasks[i].status in FINAL_STATUSES for i in waiter.task_ids):
-            return self._value(waiter)
-        self._add_waiter(waiter)
-        return None
+        return self._value_or_wait(waiter, limit)
 
     def get(self, task_id: Any) -> Task:
         task = self.tasks.get(task_id) if isinstance(task_id, str) else None
@@ -375,7 +372,12 @@ class Scheduler:
         tasks = [self.get(task_id) for task_id in task_ids]
         limit = _wait_seconds(timeout)
         waiter = _Waiter(token, now + limit, [t.id for t in tasks], True)
-        if limit == 0 or all(t.status in FINAL_STATUSES for t in tasks):
+        return self._value_or_wait(waiter, limit)
+
+    def _value_or_wait(self, waiter: _Waiter, limit: float) -> dict[str, Any] | None:
+        """The waiter's value now if it may not wait or all its tasks are final; else None
+        after registering it, to be answered through the outbox."""
+        if limit == 0 or all(self.tasks[i].status in FINAL_STATUSES for i in waiter.task_ids):
             return self._value(waiter)
         self._add_waiter(waiter)
         return None
