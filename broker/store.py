@@ -197,17 +197,18 @@ _LOAD = (
 
 # A task not leased since it was submitted has every state column at its default, so only
 # its spec is read: the columns a restart converts are about halved for a backlog.
-_FRESH = (
-    "status = 'pending' AND worker_id IS NULL AND attempts = 0 AND failures = 0 AND lost = 0 "
-    "AND result IS NULL AND error IS NULL AND started_at IS NULL AND completed_at IS NULL "
-    "AND not_before = 0 AND leases = '[]'"
+#: The state columns of such a task and their values, in ``_LOAD``'s order (in which
+#: ``idempotency_key``, a spec column, then ``leases``, still '[]', follow them).
+_FRESH_STATE = {
+    "status": "pending", "worker_id": None, "attempts": 0, "failures": 0, "lost": 0,
+    "result": None, "error": None, "started_at": None, "completed_at": None, "not_before": 0.0,
+}  # fmt: skip
+_FRESH_VALUES = tuple(_FRESH_STATE.values())
+#: Whether a row is such a task; bound to ``_FRESH_VALUES`` (``IS`` also matches NULL).
+_FRESH = " AND ".join(f"{column} IS ?" for column in _FRESH_STATE) + " AND leases = '[]'"
+_LOAD_FRESH = ", ".join(
+    column for column in _LOAD.split(", ") if column not in _FRESH_STATE and column != "leases"
 )
-_LOAD_FRESH = (
-    "id, seq, name, handler, args, dependencies, priority, max_retries, timeout, requires, "
-    "resources, created_at, idempotency_key"
-)
-#: The state columns of a task not leased since it was submitted, in ``_LOAD``'s order.
-_FRESH_STATE = ("pending", None, 0, 0, 0, None, None, None, None, 0.0)
 #: Columns read back as NULL when they hold their usual value: SQLite compares for free,
 #: and every task is spared a string object per column (reading a million pending tasks
 #: took a fifth less time), and shares its name with its handler as it did when submitted.
@@ -227,7 +228,7 @@ def _select(columns: str) -> str:
 def _fresh_task(row: Any) -> Task:
     """``_task`` for a row of ``_LOAD_FRESH``: the state columns hold their defaults."""
     *spec, idempotency_key = row
-    return _task((*spec, *_FRESH_STATE, idempotency_key, None))
+    return _task((*spec, *_FRESH_VALUES, idempotency_key, None))
 
 
 def _task(row: Any) -> Task:
@@ -282,11 +283,15 @@ class SqliteStore:
         try:
             tasks = [
                 _fresh_task(row)
-                for row in db.execute(f"SELECT {_select(_LOAD_FRESH)} FROM tasks WHERE {_FRESH}")
+                for row in db.execute(
+                    f"SELECT {_select(_LOAD_FRESH)} FROM tasks WHERE {_FRESH}", _FRESH_VALUES
+                )
             ]
             tasks += [
                 _task(row)
-                for row in db.execute(f"SELECT {_select(_LOAD)} FROM tasks WHERE NOT ({_FRESH})")
+                for row in db.execute(
+                    f"SELECT {_select(_LOAD)} FROM tasks WHERE NOT ({_FRESH})", _FRESH_VALUES
+                )
             ]
         finally:
             db.execute("COMMIT")
