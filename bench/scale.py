@@ -169,7 +169,7 @@ def reload(path: str) -> dict[str, float]:
     tasks = store.load()
     loaded = time.perf_counter()
     core = Scheduler(Timing())
-    core.load(tasks, time.time())
+    core.load(tasks, time.time(), store.warm)
     rebuilt = time.perf_counter()
     gc.enable()
     dirty = len(core.take_dirty())

@@ -16,6 +16,7 @@ import itertools
 import logging
 import os
 from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
@@ -87,6 +88,10 @@ class _Waiter:
     done: bool = False
 
 
+def _no_cold_tasks(tasks: Sequence[Task]) -> None:
+    raise RuntimeError(f"{len(tasks)} cold tasks and no store to warm them from")
+
+
 def _wait_seconds(timeout: Any, name: str = "timeout") -> float:
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
         raise InvalidInput(f"{name} must be a number of seconds >= 0")
@@ -135,6 +140,8 @@ class Scheduler:
         self._finished: deque[Task] = deque()
         self._pruned: list[Task] = []
         self._dead_in_order = 0
+        #: Reads the rest of cold tasks (``Task.cold``) into them: the store's ``warm``.
+        self._warm: Callable[[Sequence[Task]], None] = _no_cold_tasks
 
     # -- persistence -------------------------------------------------------------
 
@@ -162,12 +169,19 @@ class Scheduler:
         outbox, self.outbox = self.outbox, Outbox()
         return outbox
 
-    def load(self, tasks: list[Task], now: float) -> None:
+    def load(
+        self,
+        tasks: list[Task],
+        now: float,
+        warm: Callable[[Sequence[Task]], None] = _no_cold_tasks,
+    ) -> None:
         """Rebuild state from stored tasks (after a restart), before any request.
 
-        Runs once per task a million times for a million tasks, so the loops are kept
-        plain and the ready queues are built in bulk.
+        Finished tasks may come cold (``Task.cold``): ``warm`` reads the rest of them, and
+        is called before one is shown or changed. Runs once per task a million times for a
+        million tasks, so the loops are kept plain and the ready queues are built in bulk.
         """
+        self._warm = warm
         tasks.sort(key=attrgetter("seq"))
         self.tasks.update((task.id, task) for task in tasks)
         self._order.extend(tasks)
@@ -278,10 +292,22 @@ class Scheduler:
         return self._value_or_wait(waiter, limit)
 
     def get(self, task_id: Any) -> Task:
+        """The task with this id, whole (warmed if it was cold), to be shown."""
+        task = self._known(task_id)
+        self._warm_up([task])
+        return task
+
+    def _known(self, task_id: Any) -> Task:
         task = self.tasks.get(task_id) if isinstance(task_id, str) else None
         if task is None:
             raise NotFound(f"no task with id {task_id!r}")
         return task
+
+    def _warm_up(self, tasks: list[Task]) -> None:
+        """Make the cold ones among these tasks whole, in one read of the store."""
+        cold = [task for task in tasks if task.cold]
+        if cold:
+            self._warm(cold)
 
     def list_tasks(self, args: dict[str, Any]) -> dict[str, Any]:
         """A page of tasks in submission order, optionally filtered by status and handler."""
@@ -313,6 +339,7 @@ class Scheduler:
             del page[limit:]
         else:
             page, more = self._scan(status, handler, limit, after)
+        self._warm_up(page)
         return {
             "tasks": [t.record() for t in page],
             "next": page[-1].seq if more and page else None,
@@ -339,7 +366,7 @@ class Scheduler:
 
     def cancel(self, task_id: Any, now: float) -> Task:
         """Cancel a task: pending ones at once; running ones are told to stop."""
-        task = self.get(task_id)
+        task = self._known(task_id)
         if task.status in FINAL_STATUSES:
             raise Conflict(f"task {task.id} is already {task.status.value}")
         if task.status is TaskStatus.RUNNING:
@@ -369,7 +396,7 @@ class Scheduler:
         them are, or when ``timeout`` passes; None after registering ``token`` to answer later."""
         if not isinstance(task_ids, list) or len(task_ids) > MAX_BATCH:
             raise InvalidInput(f"ids must be a list of at most {MAX_BATCH} task ids")
-        tasks = [self.get(task_id) for task_id in task_ids]
+        tasks = [self._known(task_id) for task_id in task_ids]
         limit = _wait_seconds(timeout)
         waiter = _Waiter(token, now + limit, [t.id for t in tasks], True)
         return self._value_or_wait(waiter, limit)
@@ -391,6 +418,7 @@ class Scheduler:
 
     def _value(self, waiter: _Waiter) -> dict[str, Any]:
         """The answer of a ``wait_many`` or of a ``submit`` with ``wait``."""
+        self._warm_up([self.tasks[i] for i in waiter.task_ids if i in self.tasks])
         if waiter.created is not None:
             records = []
             for task_id, created in zip(waiter.task_ids, waiter.created, strict=True):
@@ -602,7 +630,7 @@ class Scheduler:
 
     def http_complete(self, args: dict[str, Any], now: float) -> Task:
         worker = self.http_worker(args.get("worker_id"), now)
-        task = self.get(args.get("task_id"))
+        task = self._known(args.get("task_id"))
         status = args.get("status")
         if status not in (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value):
             raise InvalidInput("status must be 'completed' or 'failed'")
@@ -841,6 +869,7 @@ class Scheduler:
         """An outcome for a lease that is no longer current: never recorded."""
         if task is None:
             return  # pruned long ago
+        self._warm_up([task])
         lease = next((le for le in reversed(task.leases) if le.attempt == attempt), None)
         if lease is None or lease.worker_id != worker.id:
             self.stale_outcomes += 1

@@ -112,7 +112,7 @@ class BrokerServer:
         gc.disable()
         try:
             tasks = self.store.load()
-            self.core.load(tasks, time.time())
+            self.core.load(tasks, time.time(), self.store.warm)
         finally:
             gc.freeze()
             gc.enable()

@@ -92,6 +92,10 @@ class Task:
     queued: bool = False
     #: Whether the store holds a row for it yet (its spec is written once, then only its state).
     stored: bool = False
+    #: Whether only its index fields are in memory (id, seq, handler, status, completed_at,
+    #: idempotency_key): a finished task read at a restart, until the core warms it from the
+    #: store to show or change it. Everything else holds a placeholder meanwhile.
+    cold: bool = False
 
     @property
     def shape(self) -> tuple[str, tuple[str, ...], ResourceKey]:
@@ -100,6 +104,8 @@ class Task:
 
     def record(self) -> dict[str, Any]:
         """The task as the protocol shows it."""
+        if self.cold:
+            raise RuntimeError(f"task {self.id} is cold: warm it from the store to show it")
         return {
             "id": self.id,
             "name": self.name,

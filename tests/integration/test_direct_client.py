@@ -12,7 +12,7 @@ import zmq
 
 from common import protocol
 from common.client import Client, TaskFailed
-from common.errors import InvalidInput, NotFound, Unavailable
+from common.errors import Conflict, InvalidInput, NotFound, Unavailable
 from tests.conftest import Stack, free_port, wait_for
 
 
@@ -257,3 +257,31 @@ def test_run_and_submit_and_wait_answer_in_one_round_trip(stack: Stack) -> None:
         client.run("fibonacci", b'{"n": "ten"}', wait=30)
     with pytest.raises(InvalidInput, match="wait"):
         client.submit_and_wait([{"handler": "echo"}], wait=-1)
+
+
+def test_finished_tasks_read_back_whole_after_a_restart(stack: Stack) -> None:
+    # A restart reads finished tasks by their index columns only and the rest when shown.
+    stack.start_broker()
+    stack.start_worker(slots=2)
+    client = stack.client()
+    done = client.submit("echo", b"kept", idempotency_key="kept")
+    failed = client.submit("fibonacci", b'{"n": "ten"}')
+    cancelled = client.submit("echo", requires=["nobody-has-this"])
+    client.cancel(cancelled)
+    briefs = client.wait_many([done, failed, cancelled], timeout=30)
+    assert [b["status"] for b in briefs] == ["completed", "failed", "cancelled"]
+    before = {task_id: client.get(task_id) for task_id in (done, failed, cancelled)}
+    page, _ = client.list_tasks(limit=10)
+    assert stack.broker is not None
+    for _ in range(2):  # the second time on what the first restart wrote (nothing, here)
+        stack.broker.kill9()
+        stack.start_broker()
+        client = stack.client()
+        assert client.list_tasks(limit=10) == (page, None)
+        assert {task_id: client.get(task_id) for task_id in before} == before
+        assert client.wait_many([done, failed, cancelled], timeout=1) == briefs
+        [again] = client.submit_and_wait([{"handler": "echo", "idempotency_key": "kept"}], 1)
+        assert again == {**before[done], "created": False}
+        with pytest.raises(Conflict):
+            client.cancel(done)
+        assert client.health()["tasks"]["completed"] == 1

@@ -416,6 +416,75 @@ def test_restart_requeues_unclaimed_leases_after_the_window(core: Scheduler) -> 
     assert restarted.tasks[task_id].status is TaskStatus.PENDING
 
 
+def test_finished_tasks_come_back_cold_and_are_warmed_to_be_shown(core: Scheduler) -> None:
+    store = MemoryStore()
+    address = add_worker(core, "w1", slots=3)
+    done = submit(core, args=b"in", idempotency_key="k")
+    failed = submit(core)
+    cancelled = submit(core)
+    core.cancel(cancelled, T0)
+    assert set(dispatched(core)[address]) == {done, failed}
+    finish(core, address, done, result=b"out", now=T0 + 1)
+    finish(core, address, failed, status="failed", error="boom", now=T0 + 1)
+    waiting = submit(core, handler="other")
+    store.save(core.take_dirty())
+    before = {task_id: task.record() for task_id, task in core.tasks.items()}
+
+    restarted = Scheduler(core.timing)
+    restarted.load(store.load(), T0 + 100, store.warm)
+    cold = {task_id for task_id, task in restarted.tasks.items() if task.cold}
+    assert cold == {done, failed, cancelled}
+    # Listing, counting and depending on them needs no warming.
+    assert restarted.health(T0 + 100, T0)["tasks"]["completed"] == 1
+    child = submit(restarted, now=T0 + 100, dependencies=[failed])
+    assert restarted.tasks[child].status is TaskStatus.FAILED
+    assert restarted.tasks[failed].cold
+    with pytest.raises(Conflict):
+        restarted.cancel(cancelled, T0 + 100)
+    # Showing them warms them, whole.
+    assert restarted.get(done).record() == before[done]
+    page = restarted.list_tasks({"limit": 3})["tasks"]
+    assert page == [before[done], before[failed], before[cancelled]]
+    assert not any(restarted.tasks[i].cold for i in (done, failed, cancelled))
+
+    again = Scheduler(core.timing)
+    again.load(store.load(), T0 + 200, store.warm)
+    brief = again.wait_many([done, failed, waiting], 0, "token", T0 + 200)
+    assert brief == {"tasks": [
+        {"id": done, "status": "completed", "result": b"out", "error": None},
+        {"id": failed, "status": "failed", "result": None, "error": "boom"},
+    ]}  # fmt: skip
+    again = Scheduler(core.timing)
+    again.load(store.load(), T0 + 300, store.warm)
+    value = again.submit_and_wait([{"handler": "echo", "idempotency_key": "k"}], 5, "t", T0 + 300)
+    assert value == {"tasks": [{**before[done], "created": False}]}
+
+
+def test_a_late_report_of_a_cold_task_is_judged_on_its_stored_leases(core: Scheduler) -> None:
+    store = MemoryStore()
+    address = add_worker(core, "w1")
+    task_id = submit(core)
+    dispatched(core)
+    finish(core, address, task_id, result=b"first", now=T0 + 1)
+    store.save(core.take_dirty())
+
+    restarted = Scheduler(core.timing)
+    restarted.load(store.load(), T0 + 100, store.warm)
+    address = add_worker(restarted, "w1", now=T0 + 100)
+    worker = restarted.worker_at(address)
+    assert worker is not None and restarted.tasks[task_id].cold
+    # The same outcome again (its ACK was lost): acknowledged, and not news.
+    report = {"task_id": task_id, "attempt": 1, "status": "completed", "result": b"first"}
+    assert restarted.report(worker, [report], T0 + 101) == [[task_id, 1]]
+    assert restarted.stale_outcomes == 0 and restarted.take_dirty() == []
+    # A different outcome for that lease is refused and noted on it, which is written.
+    restarted.report(worker, [{**report, "status": "failed", "error": "x"}], T0 + 102)
+    assert restarted.stale_outcomes == 1
+    assert [t.id for t in restarted.take_dirty()] == [task_id]
+    assert restarted.get(task_id).record()["leases"][0]["refused"] == "failed"
+    assert restarted.tasks[task_id].result == b"first"
+
+
 # -- validation ------------------------------------------------------------------------------
 
 

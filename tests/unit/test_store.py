@@ -11,7 +11,7 @@ import pytest
 from broker.core import Scheduler
 from broker.state import Lease, Task
 from broker.store import _LOAD, MemoryStore, SqliteStore, _leases_json, prepare
-from common.models import TaskStatus
+from common.models import FINAL_STATUSES, TaskStatus
 
 
 def test_tasks_round_trip_through_sqlite(tmp_path: Path) -> None:
@@ -32,6 +32,10 @@ def test_tasks_round_trip_through_sqlite(tmp_path: Path) -> None:
 
     reopened = SqliteStore(str(tmp_path / "sub" / "s.db"))
     loaded = {t.id: t for t in reopened.load()}
+    assert {t.id for t in loaded.values() if t.cold} == {
+        t.id for t in core.tasks.values() if t.status in FINAL_STATUSES
+    }
+    reopened.warm(list(loaded.values()))
     reopened.close()
     assert set(loaded) == set(core.tasks)
     for task_id, task in core.tasks.items():
@@ -56,7 +60,7 @@ def test_load_columns_follow_the_task_fields() -> None:
     # _task builds a Task positionally from _LOAD's columns: the two orders must agree.
     names = [f.name for f in dataclasses.fields(Task)]
     assert names[: len(_LOAD.split(", "))] == _LOAD.split(", ")
-    assert names[len(_LOAD.split(", ")) :] == ["waiting_on", "queued", "stored"]
+    assert names[len(_LOAD.split(", ")) :] == ["waiting_on", "queued", "stored", "cold"]
 
 
 def test_every_stored_field_round_trips(tmp_path: Path) -> None:
@@ -81,8 +85,13 @@ def test_every_stored_field_round_trips(tmp_path: Path) -> None:
     for target in (store, sqlite):
         target.write(batch)
     stored = [f.name for f in dataclasses.fields(Task) if f.name not in ("waiting_on", "queued")]
-    for loaded in (store.load(), sqlite.load()):
+    for target, loaded in ((store, store.load()), (sqlite, sqlite.load())):
         assert len(loaded) == 3
+        assert [t.id for t in loaded if t.cold] == [second]  # finished: index fields only
+        cold = next(t for t in loaded if t.cold)
+        assert (cold.seq, cold.handler, cold.status, cold.completed_at) == (2, "echo",
+                TaskStatus.COMPLETED, 14.0)  # fmt: skip
+        target.warm(loaded)
         for task in loaded:
             original = core.tasks[task.id]
             for name in stored:
@@ -92,6 +101,7 @@ def test_every_stored_field_round_trips(tmp_path: Path) -> None:
                     expected = [lease.to_row() for lease in expected]
                 assert value == expected, name
     first_loaded = next(t for t in sqlite.load() if t.id == first)
+    assert not first_loaded.cold  # pending again (retry back-off): loaded whole
     assert first_loaded.failures == 1 and first_loaded.not_before > 13.0
     assert [(le.attempt, le.outcome, le.error) for le in first_loaded.leases] == [
         (1, "failed", "x")
@@ -116,3 +126,45 @@ def test_leases_are_stored_as_the_json_encoder_would(leases: list[Lease]) -> Non
     expected = [lease.to_row() for lease in leases]
     assert json.loads(text) == expected
     assert text == json.dumps(expected, separators=(",", ":"))
+
+
+def _finished_tasks(count: int) -> list[Task]:
+    tasks = []
+    for seq in range(1, count + 1):
+        task = Task(f"t{seq:05d}", seq, f"name-{seq}", "echo", b"a%d" % seq, [], seq % 3, 1,
+                    None, (), (), 1.0, TaskStatus.COMPLETED, "w", 1, 0, 0, b"r%d" % seq,
+                    None, 2.0, 3.0 + seq, 0.0, f"key-{seq}" if seq % 2 else None,
+                    [Lease(1, "w", 2.0, 3.0 + seq, "completed")])  # fmt: skip
+        tasks.append(task)
+    return tasks
+
+
+def test_finished_tasks_load_cold_and_warm_whole_in_chunks(tmp_path: Path) -> None:
+    # More tasks than one warming query takes, so that the chunks are exercised.
+    originals = _finished_tasks(1200)
+    store = SqliteStore(str(tmp_path / "s.db"))
+    store.save(originals)
+    loaded = sorted(store.load(), key=lambda t: t.seq)
+    assert all(t.cold and t.args == b"" and t.leases == [] for t in loaded)
+    index = [(t.id, t.seq, t.handler, t.status, t.completed_at, t.idempotency_key) for t in loaded]
+    assert index == [(t.id, t.seq, t.handler, t.status, t.completed_at, t.idempotency_key)
+                     for t in originals]  # fmt: skip
+    with pytest.raises(RuntimeError, match="cold"):
+        loaded[0].record()
+    store.warm(loaded[::-1])
+    assert [t.record() for t in loaded] == [t.record() for t in originals]
+    assert not any(t.cold for t in loaded)
+    store.close()
+
+
+def test_a_cold_task_is_never_written_and_a_missing_one_never_warmed(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "s.db"))
+    store.save(_finished_tasks(2))
+    first, second = sorted(store.load(), key=lambda t: t.seq)
+    with pytest.raises(RuntimeError, match="changed while cold"):
+        prepare([first])
+    store.save([], deleted=[second])
+    with pytest.raises(RuntimeError, match="missing from the store"):
+        store.warm([first, second])
+    assert not first.cold and second.cold
+    store.close()
