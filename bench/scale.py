@@ -1,4 +1,4 @@
-"""Scale (issue item 4): a million pending tasks.
+"""Scale (issue item 4): a million pending tasks, and a million finished ones.
 
 (a) Memory: a real broker (``--sync full``) with no workers; 1,000,000 ``echo`` tasks
     with 8 bytes of args each are submitted with ``submit_many`` in batches of 10,000,
@@ -30,11 +30,22 @@
     (``SqliteStore.load``), rebuilding the core (``Scheduler.load``), and how many tasks
     the rebuild marks as changed, which the broker's first loop turn writes back before
     it answers anything.
+(d) Restart on finished tasks: a store holding 1,000,000 ``echo`` tasks that completed
+    (8 bytes of args and of result, one completed lease each), as a broker keeps them
+    for ``retention`` (7 days by default), written by a child process with the broker's
+    own store code (``prepare`` + ``SqliteStore.write``, the rows a broker writes; the
+    store's tests pin that they load back field for field) since running a million tasks
+    through workers would take minutes. A broker is started on it: the time from
+    starting the process to the first ``health`` answer, its resident memory per task,
+    and the mean of 100 ``get`` requests for tasks picked at random (each one read whole
+    from the store at its first ``get``), whose records must carry their results.
 """
 
 from __future__ import annotations
 
 import gc
+import os
+import random
 import statistics
 import threading
 import time
@@ -52,8 +63,8 @@ from bench.harness import (
     write_json,
 )
 from broker.core import MAX_BATCH, Scheduler, Timing
-from broker.state import Worker
-from broker.store import SqliteStore
+from broker.state import Lease, Task, Worker
+from broker.store import SqliteStore, prepare
 from common.client import Client
 from common.models import TaskStatus
 
@@ -70,6 +81,9 @@ ARGS = b"12345678"
 T0 = 1_000_000.0
 #: Longest a restart may take before the benchmark gives up, in seconds.
 RESTART_TIMEOUT = 600.0
+#: Finished tasks in the store of (d), and the ones read back from it one by one.
+FINISHED = 1_000_000
+SAMPLED = 100
 
 
 # -- (a) memory and (c) restart ---------------------------------------------------------------
@@ -177,6 +191,69 @@ def reload(path: str) -> dict[str, float]:
     return {"store_load": loaded - began, "core_load": rebuilt - loaded, "dirty": dirty}
 
 
+# -- (d) restart on finished tasks -----------------------------------------------------------
+
+
+@dataclass
+class FinishedRestart:
+    restart_seconds: float
+    bytes_per_task: float
+    #: Mean time of a ``get`` of a task not read yet since the restart, in seconds.
+    first_get: float
+
+
+def write_finished(path: str, count: int, sampled: int) -> dict[str, Any]:
+    """Fill a new store with ``count`` completed echo tasks (in a child process); returns
+    the seconds it took and the ids of ``sampled`` of them picked at random."""
+    began = time.perf_counter()
+    picked = set(random.Random(7).sample(range(1, count + 1), min(sampled, count)))
+    sample = []
+    store = SqliteStore(path, "off")
+    now = time.time()
+    for first in range(1, count + 1, BATCH):
+        tasks = []
+        for seq in range(first, min(first + BATCH, count + 1)):
+            args = seq.to_bytes(8, "big")
+            task = Task(os.urandom(16).hex(), seq, "echo", "echo", args, [], 0, 0, None, (), (),
+                        now, TaskStatus.COMPLETED, "w-1", 1, 0, 0, args, None, now, now, 0.0,
+                        None, [Lease(1, "w-1", now, now, "completed")])  # fmt: skip
+            tasks.append(task)
+            if seq in picked:
+                sample.append(task.id)
+        store.write(prepare(tasks))
+    store.close()
+    return {"seconds": time.perf_counter() - began, "sample": sample}
+
+
+def finished_restart(count: int, sampled: int) -> FinishedRestart:
+    with Procs() as procs:
+        empty = start_broker(procs, "--sync", "full")
+        before = rss_bytes(empty.proc.pid)
+        empty.proc.stop()
+        path = str(procs.dir / "finished.db")
+        written = run_child(procs, "scale-finished", "bench.scale",
+                            ["write-finished", "--store", path, "--count", str(count),
+                             "--sampled", str(sampled)], RESTART_TIMEOUT)  # fmt: skip
+        broker = start_broker(procs, "--sync", "full", store=path, timeout=RESTART_TIMEOUT)
+        loaded = rss_bytes(broker.proc.pid)
+        with Client(broker.endpoint, timeout=60) as client:
+            counts = client.health()["tasks"]
+            if counts["completed"] != count:
+                raise RuntimeError(f"the restarted broker holds {counts}")
+            ids = written["sample"]
+            began = time.perf_counter()
+            for task_id in ids:
+                record = client.get(task_id)
+                if record["result"] != record["args"] or len(record["leases"]) != 1:
+                    raise RuntimeError(f"task {task_id} read back wrong: {record!r}")
+            first_get = (time.perf_counter() - began) / len(ids)
+    return FinishedRestart(
+        restart_seconds=broker.serving - broker.proc.started,
+        bytes_per_task=(loaded - before) / count,
+        first_get=first_get,
+    )
+
+
 # -- (b) dispatch in the core alone (``python -m bench.scale core``) ------------------------
 
 
@@ -271,7 +348,7 @@ def dispatch(procs: Procs, small: int, big: int, blocks: int, block: int) -> Dis
 def run(quick: bool = False, floor: object = None) -> Report:
     pending = PENDING // 100 if quick else PENDING
     blocks = BLOCKS // 4 if quick else BLOCKS
-    report = Report("scale: a million pending tasks")
+    report = Report("scale: a million tasks")
     mem = memory_and_restart(pending)
     report.add(f"broker RSS per pending task ({pending:,} tasks, 8-byte args)",
                mem.bytes_per_task, "bytes", target=Target("<=", 1024),
@@ -288,6 +365,13 @@ def run(quick: bool = False, floor: object = None) -> Report:
     report.add("restart: tasks the rebuild marks changed (rewritten by the first commit)",
                int(mem.reload["dirty"]), "tasks")  # fmt: skip
     report.add("RSS per pending task after the restart", mem.restart_bytes_per_task, "bytes")
+    finished = FINISHED // 100 if quick else FINISHED
+    fin = finished_restart(finished, SAMPLED)
+    report.add(f"restart on {finished:,} finished tasks: process start to first health answer",
+               fin.restart_seconds, "s", target=Target("<=", 10))  # fmt: skip
+    report.add("RSS per finished task after that restart", fin.bytes_per_task, "bytes")
+    report.add("get of a finished task, first since the restart (mean of 100)",
+               fin.first_get * 1e3, "ms")  # fmt: skip
     with Procs() as procs:
         disp = dispatch(procs, SMALL, pending, blocks, BLOCK)
     report.add(f"core: time per dispatch, {SMALL:,} waiting", disp.small * 1e6, "us",
@@ -310,6 +394,11 @@ def main(argv: list[str] | None = None) -> None:
     p_core.add_argument("--blocks", type=int, default=BLOCKS)
     p_core.add_argument("--block", type=int, default=BLOCK)
     p_core.add_argument("--out", required=True)
+    p_finished = sub.add_parser("write-finished")
+    p_finished.add_argument("--store", required=True)
+    p_finished.add_argument("--count", type=int, default=FINISHED)
+    p_finished.add_argument("--sampled", type=int, default=SAMPLED)
+    p_finished.add_argument("--out", required=True)
     p_reload = sub.add_parser("reload")
     p_reload.add_argument("--store", required=True)
     p_reload.add_argument("--out", required=True)
@@ -317,6 +406,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.role == "core":
         write_json(args.out, core_dispatch(args.small, args.big, args.blocks, args.block))
+    elif args.role == "write-finished":
+        write_json(args.out, write_finished(args.store, args.count, args.sampled))
     elif args.role == "reload":
         write_json(args.out, reload(args.store))
     else:
