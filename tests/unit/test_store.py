@@ -72,7 +72,12 @@ def test_every_stored_field_round_trips(tmp_path: Path) -> None:
         {"handler": "echo", "name": "second", "resources": {"memory": 0.0}, "requires": ["x"]},
         {"handler": "nobody", "args": b"never leased", "idempotency_key": "n", "priority": -1},
     ]  # fmt: skip
-    first, second, _ = (e["id"] for e in core.submit(specs, 11.0))
+    first, second, never = (e["id"] for e in core.submit(specs, 11.0))
+    # Never leased, with every optional spec field set: read back by its spec alone.
+    specs = [{"handler": "nobody", "name": "fresh", "dependencies": [never], "timeout": 1.5,
+              "requires": ["z", "y"], "resources": {"cpu": 2.0, "disk": 0.5},
+              "max_retries": 3}]  # fmt: skip
+    core.submit(specs, 11.5)
     core.schedule(12.0)
     worker = core.worker_at(b"w")
     assert worker is not None
@@ -86,7 +91,7 @@ def test_every_stored_field_round_trips(tmp_path: Path) -> None:
         target.write(batch)
     stored = [f.name for f in dataclasses.fields(Task) if f.name not in ("waiting_on", "queued")]
     for target, loaded in ((store, store.load()), (sqlite, sqlite.load())):
-        assert len(loaded) == 3
+        assert len(loaded) == 4
         assert [t.id for t in loaded if t.cold] == [second]  # finished: index fields only
         cold = next(t for t in loaded if t.cold)
         assert (cold.seq, cold.handler, cold.status, cold.completed_at) == (2, "echo",
