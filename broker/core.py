@@ -114,11 +114,11 @@ class Scheduler:
         self.outbox = Outbox()
         self._dirty: dict[str, Task] = {}
         self._order: list[Task] = []  # by seq, for listing
-        #: Unfinished tasks by status: a page of a status that is rare among many tasks is
+        #: Tasks by status, for every status but completed (what most tasks end as): a page
+        #: of a status that is rare among many tasks (the running ones, the failures) is
         #: taken from here instead of a scan of every task.
-        self._unfinished: dict[TaskStatus, set[Task]] = {
-            TaskStatus.PENDING: set(),
-            TaskStatus.RUNNING: set(),
+        self._by_status: dict[TaskStatus, set[Task]] = {
+            status: set() for status in TaskStatus if status is not TaskStatus.COMPLETED
         }
         self._next_seq = 1
         self._ready = ReadyQueues()
@@ -194,8 +194,11 @@ class Scheduler:
         self._orphan_deadline = now + self.timing.worker_window + self.timing.ping_interval
         ready: list[Task] = []
         pending, running = TaskStatus.PENDING, TaskStatus.RUNNING
-        add_pending = self._unfinished[pending].add
-        add_running = self._unfinished[running].add
+        add_pending = self._by_status[pending].add
+        add_running = self._by_status[running].add
+        for status, bucket in self._by_status.items():
+            if status in FINAL_STATUSES:
+                bucket.update(task for task in finished if task.status is status)
         for task in tasks:
             status = task.status
             if status is pending:
@@ -242,7 +245,7 @@ class Scheduler:
         ids = os.urandom(16 * len(specs)).hex()
         # Names bound once: this loop runs for every task submitted.
         tasks, by_key, order, pending = self.tasks, self._by_key, self._order, TaskStatus.PENDING
-        unfinished, counts = self._unfinished[pending], self.counts
+        pending_tasks, counts = self._by_status[pending], self.counts
         for i, spec in enumerate(specs):
             key = spec.idempotency_key
             known = by_key.get(key) if key else None
@@ -270,7 +273,7 @@ class Scheduler:
             tasks[task.id] = task
             order.append(task)
             counts[pending] += 1
-            unfinished.add(task)
+            pending_tasks.add(task)
             self._touch(task)
             if task.dependencies:
                 self._attach_dependencies(task)
@@ -327,7 +330,7 @@ class Scheduler:
         after = args.get("after", 0)
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
             raise InvalidInput("after must be a cursor from a previous page")
-        bucket = self._unfinished.get(status) if status is not None else None
+        bucket = self._by_status.get(status) if status is not None else None
         if bucket is not None and len(bucket) ** 2 < limit * len(self.tasks):
             # Few tasks have this status: picking the page from them costs about len(bucket);
             # a scan would pass about limit * len(tasks) / len(bucket) tasks to fill it.
@@ -719,6 +722,8 @@ class Scheduler:
                 continue
             del self.tasks[task.id]
             self.counts[task.status] -= 1
+            if task.status in self._by_status:
+                self._by_status[task.status].discard(task)
             if task.idempotency_key is not None and self._by_key.get(task.idempotency_key) is task:
                 del self._by_key[task.idempotency_key]
             self._dirty.pop(task.id, None)
@@ -1032,11 +1037,11 @@ class Scheduler:
     def _set_status(self, task: Task, status: TaskStatus) -> None:
         self.counts[task.status] -= 1
         self.counts[status] += 1
-        unfinished = self._unfinished
-        if task.status in unfinished:
-            unfinished[task.status].discard(task)
-        if status in unfinished:
-            unfinished[status].add(task)
+        by_status = self._by_status
+        if task.status in by_status:
+            by_status[task.status].discard(task)
+        if status in by_status:
+            by_status[status].add(task)
         task.status = status
         self._touch(task)
 

@@ -522,14 +522,15 @@ def test_list_pages_in_submission_order_with_filters(core: Scheduler) -> None:
 
 
 def test_list_by_a_rare_status_pages_like_the_scan(core: Scheduler) -> None:
-    # 600 finished tasks around a few running and pending ones: the rare statuses are paged
-    # from their own set, and must come out exactly as a scan of every task gives them.
+    # 600 completed tasks around a few running, pending, failed and cancelled ones: the rare
+    # statuses are paged from their own set, and must come out exactly as a scan gives them.
     address = add_worker(core, "w1", capabilities=["echo", "slow"], slots=1000)
     for round_ in range(3):
         for _ in range(200):
             submit(core)
-        for task_id in dispatched(core)[address]:
-            finish(core, address, task_id)
+        for n, task_id in enumerate(dispatched(core)[address]):
+            finish(core, address, task_id, status="failed" if n in (7, 8) else "completed")
+        core.cancel(submit(core, handler="nobody"), T0)
         submit(core, handler="slow")
         submit(core, handler="slow" if round_ % 2 else "echo")
         dispatched(core)  # the two new ones run
@@ -554,10 +555,13 @@ def test_list_by_a_rare_status_pages_like_the_scan(core: Scheduler) -> None:
         return [ids[i : i + 2] for i in range(0, len(ids), 2)] or [[]]
 
     for status, handler in [("running", None), ("running", "slow"), ("pending", None),
-                            ("pending", "nobody"), ("completed", "slow")]:  # fmt: skip
+                            ("pending", "nobody"), ("completed", "slow"), ("failed", None),
+                            ("cancelled", "nobody"), ("cancelled", "echo")]:  # fmt: skip
         assert pages(status, handler) == expected(status, handler), (status, handler)
     assert sum(len(p) for p in pages("running")) == 6
     assert sum(len(p) for p in pages("pending")) == 6
+    assert sum(len(p) for p in pages("failed")) == 6
+    assert sum(len(p) for p in pages("cancelled")) == 3
     # The sets follow every change of status, and are rebuilt on load.
     running = [i for page in pages("running") for i in page]
     finish(core, address, running[0])
@@ -565,11 +569,15 @@ def test_list_by_a_rare_status_pages_like_the_scan(core: Scheduler) -> None:
     store = MemoryStore()
     store.save(core.tasks.values())
     reloaded = Scheduler(core.timing)
-    reloaded.load(store.load(), T0)
-    assert (
-        reloaded.list_tasks({"status": "running", "limit": 10})["tasks"]
-        == core.list_tasks({"status": "running", "limit": 10})["tasks"]
-    )
+    reloaded.load(store.load(), T0, store.warm)
+    for status in ("running", "failed", "cancelled"):
+        args = {"status": status, "limit": 10}
+        assert reloaded.list_tasks(args)["tasks"] == core.list_tasks(args)["tasks"]
+    # Pruned tasks leave their status's set too.
+    reloaded.prune(T0 + reloaded.timing.retention + 1, limit=10_000)
+    assert reloaded.list_tasks({"status": "failed"})["tasks"] == []
+    assert reloaded.list_tasks({"status": "cancelled"})["tasks"] == []
+    assert len(reloaded.list_tasks({"status": "running"})["tasks"]) == 5
 
 
 # -- delivery guarantees --------------------------------------------------------------------
