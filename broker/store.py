@@ -71,17 +71,46 @@ _COLUMNS = f"{_SPEC}, {', '.join(_STATE)}"
 _INSERT = f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 24)})"
 _UPDATE = f"UPDATE tasks SET {', '.join(c + ' = ?' for c in _STATE)} WHERE seq = ?"
 
+#: The state of a task not leased since it was submitted (``leases`` aside, still '[]'),
+#: in ``_LOAD``'s order (in which ``idempotency_key``, a spec column, then ``leases``
+#: follow it). Most inserts are of such tasks: their state is written as literals, which
+#: spares binding eleven values a row (inserts took about a third less time).
+_FRESH_STATE = {
+    "status": "pending", "worker_id": None, "attempts": 0, "failures": 0, "lost": 0,
+    "result": None, "error": None, "started_at": None, "completed_at": None, "not_before": 0.0,
+}  # fmt: skip
+#: ``_state_row`` of such a task.
+_FRESH_ROW = tuple({**_FRESH_STATE, "leases": "[]"}[column] for column in _STATE)
+
+
+def _literal(value: object) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return repr(value)
+
+
+_SPEC_MARKS = ", ".join("?" * len(_SPEC.split(", ")))
+_INSERT_FRESH = (
+    f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) "
+    f"VALUES ({_SPEC_MARKS}, {', '.join(_literal(v) for v in _FRESH_ROW)})"
+)
+
 
 @dataclass(slots=True)
 class Batch:
     """One commit's writes as plain rows."""
 
+    #: Spec rows of new tasks whose state is ``_FRESH_ROW``.
+    fresh: list[tuple[object, ...]] = field(default_factory=list)
+    #: Whole rows of the other new tasks.
     inserts: list[tuple[object, ...]] = field(default_factory=list)
     updates: list[tuple[object, ...]] = field(default_factory=list)
     deletes: list[tuple[int]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.inserts or self.updates or self.deletes)
+        return bool(self.fresh or self.inserts or self.updates or self.deletes)
 
 
 def prepare(tasks: Iterable[Task], deleted: Sequence[Task] = ()) -> Batch:
@@ -94,10 +123,14 @@ def prepare(tasks: Iterable[Task], deleted: Sequence[Task] = ()) -> Batch:
     for task in tasks:
         if task.cold:  # its placeholders would overwrite what is stored: a bug in the core
             raise RuntimeError(f"task {task.id} changed while cold")
+        state = _state_row(task)
         if task.stored:
-            batch.updates.append((*_state_row(task), task.seq))
+            batch.updates.append((*state, task.seq))
         else:
-            batch.inserts.append(_row(task))
+            if state == _FRESH_ROW:
+                batch.fresh.append(_spec_row(task))
+            else:
+                batch.inserts.append(_spec_row(task) + state)
             task.stored = True
     return batch
 
@@ -186,10 +219,6 @@ def _state_row(task: Task) -> tuple[object, ...]:
     )
 
 
-def _row(task: Task) -> tuple[object, ...]:
-    return _spec_row(task) + _state_row(task)
-
-
 _STATUSES = {status.value: status for status in TaskStatus}
 
 
@@ -201,14 +230,9 @@ _LOAD = (
 )
 
 
-# A task not leased since it was submitted has every state column at its default, so only
-# its spec is read: the columns a restart converts are about halved for a backlog.
-#: The state columns of such a task and their values, in ``_LOAD``'s order (in which
-#: ``idempotency_key``, a spec column, then ``leases``, still '[]', follow them).
-_FRESH_STATE = {
-    "status": "pending", "worker_id": None, "attempts": 0, "failures": 0, "lost": 0,
-    "result": None, "error": None, "started_at": None, "completed_at": None, "not_before": 0.0,
-}  # fmt: skip
+# A task not leased since it was submitted has every state column at its default
+# (``_FRESH_STATE``), so only its spec is read: the columns a restart converts are about
+# halved for a backlog.
 _FRESH_VALUES = tuple(_FRESH_STATE.values())
 #: Whether a row is such a task; bound to ``_FRESH_VALUES`` (``IS`` also matches NULL).
 _FRESH = " AND ".join(f"{column} IS ?" for column in _FRESH_STATE) + " AND leases = '[]'"
@@ -362,6 +386,7 @@ class SqliteStore:
         db = self._db
         db.execute("BEGIN")
         try:
+            db.executemany(_INSERT_FRESH, batch.fresh)
             db.executemany(_INSERT, batch.inserts)
             db.executemany(_UPDATE, batch.updates)
             db.executemany("DELETE FROM tasks WHERE seq = ?", batch.deletes)
@@ -407,7 +432,7 @@ class MemoryStore:
 
     def write(self, batch: Batch) -> None:
         spec_columns = len(_SPEC.split(","))
-        for row in batch.inserts:
+        for row in batch.inserts + [spec + _FRESH_ROW for spec in batch.fresh]:
             self.rows[int(row[0])] = row  # type: ignore[call-overload]
         for update in batch.updates:
             seq = int(update[-1])  # type: ignore[call-overload]

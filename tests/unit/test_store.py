@@ -10,7 +10,17 @@ import pytest
 
 from broker.core import Scheduler
 from broker.state import Lease, Task
-from broker.store import _LOAD, MemoryStore, SqliteStore, _leases_json, prepare
+from broker.store import (
+    _COLUMNS,
+    _INSERT,
+    _LOAD,
+    MemoryStore,
+    SqliteStore,
+    _leases_json,
+    _spec_row,
+    _state_row,
+    prepare,
+)
 from common.models import FINAL_STATUSES, TaskStatus
 
 
@@ -173,3 +183,31 @@ def test_a_cold_task_is_never_written_and_a_missing_one_never_warmed(tmp_path: P
         store.warm([first, second])
     assert not first.cold and second.cold
     store.close()
+
+
+def test_a_fresh_task_is_stored_as_its_whole_row_would_be(tmp_path: Path) -> None:
+    # Most inserts write the fresh state as SQL literals: the stored row, value and type of
+    # every column, must be what binding the whole row gives.
+    core = Scheduler()
+    core.submit([{"handler": "echo", "args": b"a", "priority": 2, "timeout": 3.0,
+                  "requires": ["x"], "resources": {"cpu": 1.0}, "idempotency_key": "k"},
+                 {"handler": "echo"}], 10.0)  # fmt: skip
+    tasks = list(core.tasks.values())
+    batch = prepare(tasks)
+    assert len(batch.fresh) == 2 and not batch.inserts
+    literal = SqliteStore(str(tmp_path / "literal.db"))
+    literal.write(batch)
+    bound = SqliteStore(str(tmp_path / "bound.db"))
+    bound._db.executemany(_INSERT, [_spec_row(t) + _state_row(t) for t in tasks])
+
+    def stored(store: SqliteStore) -> list[tuple[object, ...]]:
+        columns = ", ".join(f"{c}, typeof({c})" for c in _COLUMNS.split(", "))
+        return store._db.execute(f"SELECT {columns} FROM tasks ORDER BY seq").fetchall()
+
+    assert stored(literal) == stored(bound)
+    # Anything else is written whole.
+    core.cancel(tasks[1].id, 11.0)
+    tasks[1].stored = False
+    assert len(prepare([tasks[1]]).inserts) == 1
+    literal.close()
+    bound.close()
