@@ -162,7 +162,9 @@ def echo_worker(back_endpoint: str) -> None:
 # -- the client (``python -m bench.floor client``) ------------------------------------------
 
 
-class _Client:
+class RelayClient:
+    """A client of the relay (one per thread)."""
+
     def __init__(self, endpoint: str) -> None:
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
@@ -197,6 +199,11 @@ class _Client:
             time.sleep(0.05)
         raise TimeoutError("the echo workers never registered with the relay")
 
+    def round_trip(self, i: int) -> None:
+        """One task through the relay and back, its result checked."""
+        req = self.submit(i)
+        _check(self.recv(10), {req: i})
+
     def close(self) -> None:
         self.ctx.destroy(linger=0)
 
@@ -211,7 +218,7 @@ def _check(body: dict[str, Any], expected: dict[int, int]) -> None:
         raise RuntimeError(f"wrong reply to request {body['req']}: {body!r}")
 
 
-def pipelined(client: _Client, count: int, window: int, limit: float) -> dict[str, float]:
+def pipelined(client: RelayClient, count: int, window: int, limit: float) -> dict[str, float]:
     expected: dict[int, int] = {}
     sent = done = 0
     start = time.perf_counter()
@@ -228,13 +235,12 @@ def pipelined(client: _Client, count: int, window: int, limit: float) -> dict[st
     return {"count": done, "seconds": elapsed, "rate": done / elapsed}
 
 
-def serial(client: _Client, count: int, warmup: int, limit: float) -> list[float]:
+def serial(client: RelayClient, count: int, warmup: int, limit: float) -> list[float]:
     samples: list[float] = []
     deadline = time.perf_counter() + limit
     for i in range(warmup + count):
         began = time.perf_counter()
-        req = client.submit(i)
-        _check(client.recv(10), {req: i})
+        client.round_trip(i)
         if i >= warmup:
             samples.append(time.perf_counter() - began)
         if began > deadline:
@@ -243,7 +249,7 @@ def serial(client: _Client, count: int, warmup: int, limit: float) -> list[float
 
 
 def client_main(args: argparse.Namespace) -> None:
-    client = _Client(args.front)
+    client = RelayClient(args.front)
     try:
         client.wait_workers(args.workers)
         serial(client, 0, args.warmup, TIME_LIMIT)  # connections up, code paths warm
@@ -258,14 +264,21 @@ def client_main(args: argparse.Namespace) -> None:
 # -- the benchmark -------------------------------------------------------------------------
 
 
+def start(procs: Procs) -> str:
+    """Start the relay and its echo workers in ``procs``; returns the relay's client endpoint
+    (the workers may not have said READY yet: ``RelayClient.wait_workers``)."""
+    front, back = free_endpoint(), free_endpoint()
+    procs.python("floor-relay", "bench.floor", "relay", "--front", front, "--back", back)
+    for _ in range(WORKERS):
+        procs.python("floor-worker", "bench.floor", "worker", "--back", back)
+    return front
+
+
 def measure(quick: bool = False) -> Floor:
     """Start the relay and its workers, run the client, and return the floor's figures."""
     count, serial_count = (PIPELINED // 10, SERIAL // 10) if quick else (PIPELINED, SERIAL)
-    front, back = free_endpoint(), free_endpoint()
     with Procs() as procs:
-        procs.python("floor-relay", "bench.floor", "relay", "--front", front, "--back", back)
-        for _ in range(WORKERS):
-            procs.python("floor-worker", "bench.floor", "worker", "--back", back)
+        front = start(procs)
         argv = ["client", "--front", front, "--workers", str(WORKERS), "--count", str(count),
                 "--window", str(WINDOW), "--serial", str(serial_count),
                 "--warmup", str(WARMUP)]  # fmt: skip

@@ -10,13 +10,16 @@ the defaults). One task at a time, each started when the previous result came ba
   submit's reply waits for its own commit);
 - HTTP, one request: ``POST /tasks?wait=10`` on one keep-alive ``http.client``
   connection (args and result in base64);
-- HTTP, two requests: ``POST /tasks`` then ``GET /tasks/{id}?wait=10``.
+- HTTP, two requests: ``POST /tasks`` then ``GET /tasks/{id}?wait=10``;
+- the floor: a single round trip through the floor's relay and an echo worker, with
+  no store (``bench.floor``, started beside the broker).
 
-2,000 of each after 100 unmeasured warm-up ones; p50, p99 and max in milliseconds,
-measured in this process with ``time.perf_counter``; every result must equal its
-args. The targets apply to the one-call paths, the ones to use when the result is
-wanted at once; the direct p50 is compared with the floor's one-at-a-time round
-trip, which is a single round trip through a relay and an echo worker with no store.
+2,000 of each after 100 unmeasured warm-up ones, taken in turns of 100 (floor, direct
+one call, direct two calls, HTTP one request, HTTP two requests, floor, ...), so that
+every path sees the same moments of a noisy machine and the ratios to the floor
+compare like with like. p50, p99 and max in milliseconds, measured in this process
+with ``time.perf_counter``; every result must equal its args. The targets apply to the
+one-call paths, the ones to use when the result is wanted at once.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import base64
 import http.client
 import json
 import time
+from collections.abc import Callable
 
 from bench import floor as floor_mod
 from bench.harness import (
@@ -41,8 +45,10 @@ from common.client import Client
 
 #: Round trips measured, each way.
 ROUND_TRIPS = 2000
-#: Unmeasured round trips first.
+#: Unmeasured round trips first, each way.
 WARMUP = 100
+#: Round trips of one path before the next path's turn.
+TURN = 100
 #: Slots of the one worker.
 CONCURRENCY = 4
 #: Gunicorn processes and threads of the API (the defaults of ``zmq-api``).
@@ -56,74 +62,97 @@ def task_args(i: int) -> bytes:
     return b"lat-%05d" % i
 
 
-def direct(endpoint: str, count: int, warmup: int, one_call: bool) -> Latency:
-    samples: list[float] = []
-    deadline = time.monotonic() + TIME_LIMIT
-    with Client(endpoint, timeout=10) as client:
-        for i in range(warmup + count):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"only {len(samples)} direct round trips in {TIME_LIMIT:g} s")
-            began = time.perf_counter()
-            if one_call:
-                [task] = client.submit_and_wait([{"handler": "echo", "args": task_args(i)}], 10)
-            else:
-                task = client.wait(client.submit("echo", task_args(i)), timeout=10)
-            elapsed = time.perf_counter() - began
-            if task["status"] != "completed" or task["result"] != task_args(i):
-                raise RuntimeError(f"task {i} ended wrong: {task!r}")
-            if i >= warmup:
-                samples.append(elapsed)
-    return Latency.of(samples)
+Step = Callable[[int], None]
 
 
-def over_http(port: int, count: int, warmup: int, one_call: bool) -> Latency:
-    samples: list[float] = []
-    deadline = time.monotonic() + TIME_LIMIT
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+def direct_step(client: Client, one_call: bool) -> Step:
+    def step(i: int) -> None:
+        if one_call:
+            [task] = client.submit_and_wait([{"handler": "echo", "args": task_args(i)}], 10)
+        else:
+            task = client.wait(client.submit("echo", task_args(i)), timeout=10)
+        if task["status"] != "completed" or task["result"] != task_args(i):
+            raise RuntimeError(f"task {i} ended wrong: {task!r}")
+
+    return step
+
+
+def http_step(conn: http.client.HTTPConnection, one_call: bool) -> Step:
     headers = {"Content-Type": "application/json"}
-    try:
-        for i in range(warmup + count):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"only {len(samples)} HTTP round trips in {TIME_LIMIT:g} s")
-            args = base64.b64encode(task_args(i)).decode()
-            body = json.dumps({"handler": "echo", "args": args})
-            began = time.perf_counter()
-            conn.request("POST", "/tasks?wait=10" if one_call else "/tasks", body, headers)
+
+    def step(i: int) -> None:
+        args = base64.b64encode(task_args(i)).decode()
+        body = json.dumps({"handler": "echo", "args": args})
+        conn.request("POST", "/tasks?wait=10" if one_call else "/tasks", body, headers)
+        response = conn.getresponse()
+        task = json.loads(response.read())
+        if response.status != 201:
+            raise RuntimeError(f"POST /tasks answered {response.status}: {task}")
+        if not one_call:
+            conn.request("GET", f"/tasks/{task['id']}?wait=10")
             response = conn.getresponse()
             task = json.loads(response.read())
-            if response.status != 201:
-                raise RuntimeError(f"POST /tasks answered {response.status}: {task}")
-            if not one_call:
-                conn.request("GET", f"/tasks/{task['id']}?wait=10")
-                response = conn.getresponse()
-                task = json.loads(response.read())
-            elapsed = time.perf_counter() - began
-            if (
-                response.status not in (200, 201)
-                or task["status"] != "completed"
-                or task["result"] != args
-            ):
-                raise RuntimeError(f"task {i} ended wrong: {response.status} {task!r}")
-            if i >= warmup:
-                samples.append(elapsed)
-    finally:
-        conn.close()
-    return Latency.of(samples)
+        if (
+            response.status not in (200, 201)
+            or task["status"] != "completed"
+            or (task["result"] != args)
+        ):
+            raise RuntimeError(f"task {i} ended wrong: {response.status} {task!r}")
+
+    return step
+
+
+def interleaved(steps: dict[str, Step], count: int, warmup: int, turn: int) -> dict[str, Latency]:
+    """``count`` timed round trips of each path after ``warmup`` untimed ones, ``turn`` at a
+    time from each path in order."""
+    deadline = time.monotonic() + TIME_LIMIT
+    i = 0
+    for step in steps.values():
+        for _ in range(warmup):
+            step(i)
+            i += 1
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    while any(len(timed) < count for timed in samples.values()):
+        if time.monotonic() > deadline:
+            done = {name: len(timed) for name, timed in samples.items()}
+            raise TimeoutError(f"round trips done in {TIME_LIMIT:g} s: {done}")
+        for name, step in steps.items():
+            timed = samples[name]
+            for _ in range(min(turn, count - len(timed))):
+                began = time.perf_counter()
+                step(i)
+                timed.append(time.perf_counter() - began)
+                i += 1
+    return {name: Latency.of(timed) for name, timed in samples.items()}
 
 
 def run(quick: bool = False, floor: floor_mod.Floor | None = None) -> Report:
     count = ROUND_TRIPS // 10 if quick else ROUND_TRIPS
-    floor = floor or floor_mod.measure(quick)
     report = Report("latency: sequential submit -> result")
     with Procs() as procs:
+        relay = floor_mod.RelayClient(floor_mod.start(procs))
         broker = start_broker(procs, "--sync", "full")
         start_workers(procs, broker.endpoint, 1, CONCURRENCY)
         port = start_api(procs, broker.endpoint, API_PROCESSES, API_THREADS).port
-        one = direct(broker.endpoint, count, WARMUP, one_call=True)
-        two = direct(broker.endpoint, count, WARMUP, one_call=False)
-        web_one = over_http(port, count, WARMUP, one_call=True)
-        web_two = over_http(port, count, WARMUP, one_call=False)
-    serial = floor.serial
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            relay.wait_workers(floor_mod.WORKERS)
+            with Client(broker.endpoint, timeout=10) as client:
+                steps = {
+                    "floor": relay.round_trip,
+                    "one": direct_step(client, one_call=True),
+                    "two": direct_step(client, one_call=False),
+                    "web_one": http_step(conn, one_call=True),
+                    "web_two": http_step(conn, one_call=False),
+                }
+                got = interleaved(steps, count, WARMUP, TURN)
+        finally:
+            conn.close()
+            relay.close()
+    serial, one, two, web_one, web_two = (got[k] for k in steps)
+    report.add("floor one-at-a-time round trip p50 (taken in turns with the paths below)",
+               serial.p50, "ms")  # fmt: skip
+    report.add("floor one-at-a-time round trip p99", serial.p99, "ms")
     what = f"{count:,} round trips, 1 worker, sync=full"
     report.add(f"direct p50, one call: run() ({what})", one.p50, "ms",
                target=Target("<=", 3, on_ratio=True), base=serial.p50,
