@@ -356,7 +356,7 @@ def run(quick: bool = False, floor: object = None) -> Report:
     report.add(f"submit_many rate filling it (batches of {BATCH:,})", mem.submit_rate, "tasks/s")
     report.add("longest health answer while filling it (probe every 10 ms)",
                mem.longest_probe * 1e3, "ms")  # fmt: skip
-    report.add(f"restart on {pending:,} tasks: process start to first health answer",
+    report.add(f"restart on {pending:,} pending tasks: process start to first health answer",
                mem.restart_seconds, "s", target=Target("<=", 10))  # fmt: skip
     report.add("restart: of which reading the store (SqliteStore.load, in-process)",
                mem.reload["store_load"], "s")  # fmt: skip
