@@ -16,9 +16,9 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from broker.state import Lease, Task
+from broker.state import Lease, ResourceKey, Task
 from common.models import FINAL_STATUSES, TaskStatus
 
 _SCHEMA = """
@@ -266,10 +266,28 @@ def _select(columns: str) -> str:
     return ", ".join(_READ_AS.get(column, column) for column in columns.split(", "))
 
 
+#: ``_FRESH_STATE`` as a task holds it, in ``Task``'s field order.
+_FRESH_FIELDS = cast(
+    tuple[TaskStatus, None, int, int, int, None, None, None, None, float],
+    tuple({**_FRESH_STATE, "status": _STATUSES[str(_FRESH_STATE["status"])]}.values()),
+)
+
+
 def _fresh_task(row: Any) -> Task:
-    """``_task`` for a row of ``_LOAD_FRESH``: the state columns hold their defaults."""
-    *spec, idempotency_key = row
-    return _task((*spec, *_FRESH_VALUES, idempotency_key, None))
+    """``_task`` for a row of ``_LOAD_FRESH``: its state columns hold ``_FRESH_STATE``, so
+    it is built from its spec alone, without going through ``_task``."""
+    (
+        id_, seq, name, handler, args, deps, priority, max_retries, timeout, requires,
+        resources, created_at, idempotency_key,
+    ) = row  # fmt: skip
+    handler = sys.intern(handler)
+    return Task(
+        id_, seq, handler if name is None else name, handler, args,
+        [] if deps is None else json.loads(deps), priority, max_retries, timeout,
+        () if requires is None else _tags(requires),
+        () if resources is None else _resource_key(resources),
+        created_at, *_FRESH_FIELDS, idempotency_key, [], 0, False, True,
+    )  # fmt: skip
 
 
 def _cold_task(row: Any) -> Task:
@@ -305,15 +323,22 @@ def _task(row: Any) -> Task:
         id_, seq, handler if name is None else name, handler, args,
         [] if deps is None or deps == "[]" else json.loads(deps),
         priority, max_retries, timeout,
-        () if requires is None or requires == "[]" else tuple(json.loads(requires)),
-        () if resources is None or resources == "[]"
-        else tuple((k, v) for k, v in json.loads(resources)),
+        () if requires is None or requires == "[]" else _tags(requires),
+        () if resources is None or resources == "[]" else _resource_key(resources),
         created_at, _STATUSES[status], worker_id, attempts, failures, lost, result, error,
         started_at, completed_at, not_before, idempotency_key,
         [] if leases is None or leases == "[]"
         else [Lease.from_row(lease) for lease in json.loads(leases)],
         0, False, True,
     )  # fmt: skip
+
+
+def _tags(text: str) -> tuple[str, ...]:
+    return tuple(json.loads(text))
+
+
+def _resource_key(text: str) -> ResourceKey:
+    return tuple((kind, amount) for kind, amount in json.loads(text))
 
 
 #: Cold tasks warmed by one query (SQLite allows 999 bound parameters in older builds).

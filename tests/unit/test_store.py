@@ -12,6 +12,7 @@ from broker.core import Scheduler
 from broker.state import Lease, Task
 from broker.store import (
     _COLUMNS,
+    _FRESH_STATE,
     _INSERT,
     _LOAD,
     MemoryStore,
@@ -71,6 +72,11 @@ def test_load_columns_follow_the_task_fields() -> None:
     names = [f.name for f in dataclasses.fields(Task)]
     assert names[: len(_LOAD.split(", "))] == _LOAD.split(", ")
     assert names[len(_LOAD.split(", ")) :] == ["waiting_on", "queued", "stored", "cold"]
+    # _fresh_task puts the fresh state where these fields are, and Task's defaults agree.
+    start = names.index("status")
+    assert list(_FRESH_STATE) == names[start : start + len(_FRESH_STATE)]
+    defaults = {f.name: f.default for f in dataclasses.fields(Task)}
+    assert {name: defaults[name] for name in _FRESH_STATE} == _FRESH_STATE
 
 
 def test_every_stored_field_round_trips(tmp_path: Path) -> None:
