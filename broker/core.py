@@ -307,7 +307,7 @@ class Scheduler:
         return task
 
     def _warm_up(self, tasks: list[Task]) -> None:
-        """Make the cold ones among these tasks whole, in one read of the store."""
+        """Make the cold ones among these tasks whole, in one call to the store."""
         cold = [task for task in tasks if task.cold]
         if cold:
             self._warm(cold)

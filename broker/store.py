@@ -84,11 +84,14 @@ _FRESH_ROW = tuple({**_FRESH_STATE, "leases": "[]"}[column] for column in _STATE
 
 
 def _literal(value: object) -> str:
+    """An SQL literal for a value the fresh state holds."""
     if value is None:
         return "NULL"
     if isinstance(value, str):
         return "'" + value.replace("'", "''") + "'"
-    return repr(value)
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return repr(value)
+    raise TypeError(f"no SQL literal for {value!r}")
 
 
 _SPEC_MARKS = ", ".join("?" * len(_SPEC.split(", ")))
@@ -257,7 +260,7 @@ _READ_AS = {
 # warms a task from the store (``warm``) before it shows or changes it.
 #: What the core needs of a finished task to index, list, count and prune it.
 _COLD = "id, seq, handler, status, completed_at, idempotency_key"
-_FINISHED = f"status IN ({', '.join(repr(s.value) for s in sorted(FINAL_STATUSES))})"
+_FINISHED = f"status IN ({', '.join(_literal(s.value) for s in sorted(FINAL_STATUSES))})"
 #: The stored fields of a task, which ``warm`` copies: the rest are derived at load.
 _STORED_FIELDS = tuple(column.strip() for column in _LOAD.split(","))
 
