@@ -671,7 +671,9 @@ def test_frozen_worker_late_outcome_is_refused(stack: Stack, tmp_path: Path) -> 
     finally:
         frozen.signal(signal.SIGCONT)
 
-    # Then A's late completion is refused as stale: the record keeps B's outcome.
+    # Then A's late outcome is refused as stale: the record keeps B's outcome. A reports its
+    # run completed; or cancelled, when the broker's refusal of A's claim (A registers again
+    # once it thaws) reaches A before the run's own end does, as a loaded machine allows.
     def refused() -> dict[str, Any] | None:
         task = client.get(task_id)
         return task if task["leases"][0]["refused"] is not None else None
@@ -680,7 +682,10 @@ def test_frozen_worker_late_outcome_is_refused(stack: Stack, tmp_path: Path) -> 
     history = [
         (le["attempt"], le["worker_id"], le["outcome"], le["refused"]) for le in task["leases"]
     ]
-    assert history == [(1, "frozen", "lost", "completed"), (2, "standby", "completed", None)]
+    assert history in [
+        [(1, "frozen", "lost", late), (2, "standby", "completed", None)]
+        for late in ("completed", "cancelled")
+    ]
     assert (task["status"], task["worker_id"], task["attempts"]) == ("completed", "standby", 2)
     assert json.loads(task["result"]) == {"slept": 2.0}
     stale_after = client.health()["stale_outcomes"]
