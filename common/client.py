@@ -79,18 +79,9 @@ class Client:
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         req = next(self._counter)
-        frames = protocol.request(req, op, args)
-        try:
-            self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
-        except zmq.Again:  # not connected (yet): wait for the connection, within the limit
-            if not self._socket.poll(int(limit * 1000), zmq.POLLOUT):
-                self._reset()
-                raise Unavailable(f"broker at {self.endpoint} is not reachable") from None
-            try:
-                self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
-            except zmq.Again:
-                self._reset()
-                raise Unavailable(f"broker at {self.endpoint} is not reachable") from None
+        if not self._send(protocol.request(req, op, args), limit):
+            self._reset()
+            raise Unavailable(f"broker at {self.endpoint} is not reachable")
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._socket.poll(int(remaining * 1000) + 1, zmq.POLLIN):
@@ -107,6 +98,21 @@ class Client:
                 return body.get("value")
             error = body.get("error")
             raise SchedulerError.from_dict(error if isinstance(error, dict) else {})
+
+    def _send(self, frames: list[bytes], limit: float) -> bool:
+        """Send at once, or once connected within ``limit`` seconds; False if it cannot."""
+        try:
+            self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
+            return True
+        except zmq.Again:  # not connected (yet): wait for the connection, within the limit
+            pass
+        if not self._socket.poll(int(limit * 1000), zmq.POLLOUT):
+            return False
+        try:
+            self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
 
     def _reset(self) -> None:
         # A request queued on a half-open connection must not be sent later.
