@@ -196,9 +196,10 @@ class Scheduler:
         pending, running = TaskStatus.PENDING, TaskStatus.RUNNING
         add_pending = self._by_status[pending].add
         add_running = self._by_status[running].add
-        for status, bucket in self._by_status.items():
-            if status in FINAL_STATUSES:
-                bucket.update(task for task in finished if task.status is status)
+        for task in finished:
+            bucket = self._by_status.get(task.status)
+            if bucket is not None:
+                bucket.add(task)
         for task in tasks:
             status = task.status
             if status is pending:
@@ -495,7 +496,7 @@ class Scheduler:
             last_ping=now,
         )
         self.workers[worker_id] = worker
-        self._online[worker_id] = worker
+        self._go_online(worker)
         self._by_address[address] = worker
         refused: list[str] = []
         for claim in claims:
@@ -524,7 +525,6 @@ class Scheduler:
                 self._lose(task, now)
         if refused:
             self.outbox.cancel.setdefault(address, []).extend(refused)
-        self._ready_changed = True
         log.info(
             "worker %s registered: %d slots, serves %s", worker_id, slots, sorted(capabilities)
         )
@@ -589,10 +589,8 @@ class Scheduler:
                 task = self.tasks.get(task_id)
                 if task is not None:
                     old.take(task.resources)
-            old.status = WorkerStatus.ONLINE
-            self._online[worker_id] = old
             old.last_seen = now
-            self._ready_changed = True
+            self._go_online(old)
             return old, False
         worker = Worker(
             id=worker_id,
@@ -604,8 +602,7 @@ class Scheduler:
             free=dict(resources),
         )
         self.workers[worker_id] = worker
-        self._online[worker_id] = worker
-        self._ready_changed = True
+        self._go_online(worker)
         return worker, True
 
     def http_worker(self, worker_id: Any, now: float) -> Worker:
@@ -615,9 +612,7 @@ class Scheduler:
             raise Conflict(f"worker {worker.id} is a ZeroMQ worker")
         worker.last_seen = now
         if worker.status is not WorkerStatus.ONLINE:
-            worker.status = WorkerStatus.ONLINE
-            self._online[worker.id] = worker
-            self._ready_changed = True
+            self._go_online(worker)
         return worker
 
     def http_next(self, args: dict[str, Any], token: object, now: float) -> None:
@@ -721,9 +716,7 @@ class Scheduler:
             if self.tasks.get(task.id) is not task or task.status not in FINAL_STATUSES:
                 continue
             del self.tasks[task.id]
-            self.counts[task.status] -= 1
-            if task.status in self._by_status:
-                self._by_status[task.status].discard(task)
+            self._uncount(task)
             if task.idempotency_key is not None and self._by_key.get(task.idempotency_key) is task:
                 del self._by_key[task.idempotency_key]
             self._dirty.pop(task.id, None)
@@ -939,6 +932,12 @@ class Scheduler:
         task.worker_id = None
         self._make_ready(task, now)
 
+    def _go_online(self, worker: Worker) -> None:
+        """Mark a worker online: every turn watches it, and dispatch may use its slots."""
+        worker.status = WorkerStatus.ONLINE
+        self._online[worker.id] = worker
+        self._ready_changed = True
+
     def _offline(self, worker: Worker, now: float, *, count_lost: bool) -> None:
         worker.status = WorkerStatus.OFFLINE
         if self._online.get(worker.id) is worker:
@@ -1035,15 +1034,20 @@ class Scheduler:
             self._ready_changed = True
 
     def _set_status(self, task: Task, status: TaskStatus) -> None:
-        self.counts[task.status] -= 1
+        self._uncount(task)
         self.counts[status] += 1
-        by_status = self._by_status
-        if task.status in by_status:
-            by_status[task.status].discard(task)
-        if status in by_status:
-            by_status[status].add(task)
+        bucket = self._by_status.get(status)
+        if bucket is not None:
+            bucket.add(task)
         task.status = status
         self._touch(task)
+
+    def _uncount(self, task: Task) -> None:
+        """Take the task out of its status's count and set (it changes status, or is gone)."""
+        self.counts[task.status] -= 1
+        bucket = self._by_status.get(task.status)
+        if bucket is not None:
+            bucket.discard(task)
 
     def _touch(self, task: Task) -> None:
         self._dirty[task.id] = task
