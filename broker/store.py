@@ -262,11 +262,15 @@ _READ_AS = {
 _COLD = "id, seq, handler, status, completed_at, idempotency_key"
 _FINISHED = f"status IN ({', '.join(_literal(s.value) for s in sorted(FINAL_STATUSES))})"
 #: The stored fields of a task, which ``warm`` copies: the rest are derived at load.
-_STORED_FIELDS = tuple(column.strip() for column in _LOAD.split(","))
+_STORED_FIELDS = tuple(_LOAD.split(", "))
 
 
 def _select(columns: str) -> str:
     return ", ".join(_READ_AS.get(column, column) for column in columns.split(", "))
+
+
+#: Every stored column of a task, as ``_task`` reads them.
+_SELECT_LOAD = _select(_LOAD)
 
 
 #: ``_FRESH_STATE`` as a task holds it, in ``Task``'s field order.
@@ -384,7 +388,7 @@ class SqliteStore:
             tasks += [
                 _task(row)
                 for row in db.execute(
-                    f"SELECT {_select(_LOAD)} FROM tasks WHERE NOT ({_FRESH}) AND NOT {_FINISHED}",
+                    f"SELECT {_SELECT_LOAD} FROM tasks WHERE NOT ({_FRESH}) AND NOT {_FINISHED}",
                     _FRESH_VALUES,
                 )
             ]
@@ -400,7 +404,7 @@ class SqliteStore:
         for start in range(0, len(seqs), _WARM_CHUNK):
             chunk = seqs[start : start + _WARM_CHUNK]
             marks = ", ".join("?" * len(chunk))
-            query = f"SELECT {_select(_LOAD)} FROM tasks WHERE seq IN ({marks})"
+            query = f"SELECT {_SELECT_LOAD} FROM tasks WHERE seq IN ({marks})"
             for row in self._db.execute(query, chunk):
                 full = _task(row)
                 _fill(cold.pop(full.seq), full)
@@ -430,6 +434,12 @@ class SqliteStore:
         self._db.close()
 
 
+def _pick(row: tuple[object, ...], columns: str) -> list[object]:
+    """These columns of a whole row (in ``_COLUMNS``' order), as a query for them gives."""
+    order = _COLUMNS.split(", ")
+    return [row[order.index(name)] for name in columns.split(", ")]
+
+
 class MemoryStore:
     """The same interface in memory, for tests of the core and the loop."""
 
@@ -439,24 +449,17 @@ class MemoryStore:
 
     def load(self) -> list[Task]:
         """As ``SqliteStore.load``: finished tasks come cold."""
-        columns = _COLUMNS.split(", ")
-        full = [columns.index(name) for name in _LOAD.split(", ")]
-        cold = [columns.index(name) for name in _COLD.split(", ")]
-        status = columns.index("status")
+        status = _COLUMNS.split(", ").index("status")
         finished = {s.value for s in FINAL_STATUSES}
         return [
-            _cold_task([row[i] for i in cold])
-            if row[status] in finished
-            else _task([row[i] for i in full])
+            _cold_task(_pick(row, _COLD)) if row[status] in finished else _task(_pick(row, _LOAD))
             for row in (self.rows[seq] for seq in sorted(self.rows))
         ]
 
     def warm(self, tasks: Sequence[Task]) -> None:
-        columns = _COLUMNS.split(", ")
-        full = [columns.index(name) for name in _LOAD.split(", ")]
         for task in tasks:
             if task.cold:
-                _fill(task, _task([self.rows[task.seq][i] for i in full]))
+                _fill(task, _task(_pick(self.rows[task.seq], _LOAD)))
 
     def write(self, batch: Batch) -> None:
         spec_columns = len(_SPEC.split(","))
