@@ -1,11 +1,12 @@
 """``make bench`` / ``python -m bench [--quick] [NAME ...]``: run the benchmarks.
 
 Every run measures the floor first (``bench.floor``: a minimal ZeroMQ relay with the
-same frames and no scheduling) and hands it to the benchmarks that compare themselves
-with it. Figures are printed as JSON lines as they come, then one summary table with
-every figure, its target, the floor or baseline beside it and the ratio. A benchmark
-that fails is reported as failed in the table and the others still run; the exit
-status is then 1.
+same frames and no scheduling) and the issue's reference relay (``bench.reference``: how
+fast this machine is against the one the absolute targets were set on), and hands both
+to the benchmarks that compare themselves with them. Figures are printed as JSON lines
+as they come, then one summary table with every figure, its target, the floor or
+baseline beside it and the ratio. A benchmark that fails is reported as failed in the
+table and the others still run; the exit status is then 1.
 
 ``--quick`` runs everything at reduced sizes (10x to 100x smaller) for a fast check;
 its figures are not comparable with a full run's.
@@ -22,7 +23,17 @@ import time
 import traceback
 from collections.abc import Callable
 
-from bench import durable_submit, floor, graph, harness, http, latency, scale, throughput
+from bench import (
+    durable_submit,
+    floor,
+    graph,
+    harness,
+    http,
+    latency,
+    reference,
+    scale,
+    throughput,
+)
 from bench.harness import Report
 
 Runner = Callable[[bool, floor.Floor], Report]
@@ -78,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     measured = floor.measure(args.quick)
     reports.append(floor.run(args.quick, measured))
     reports[-1].seconds = time.perf_counter() - started
+    reports.append(reference.run(args.quick, measured.reference))
     for name in names:
         started = time.perf_counter()
         try:

@@ -31,6 +31,7 @@ from typing import Any
 
 import zmq
 
+from bench import reference as reference_mod
 from bench.harness import Latency, Procs, Report, arg_parser, free_endpoint, run_child, write_json
 from common import protocol
 from common.protocol import Command
@@ -59,6 +60,8 @@ class Floor:
     rate: float
     #: One-at-a-time round trips.
     serial: Latency
+    #: The issue's reference relay on this machine: scales the targets set in absolute terms.
+    reference: reference_mod.Reference
 
 
 # -- the relay and the echo worker (run as ``python -m bench.floor relay|worker``) -------------
@@ -275,7 +278,8 @@ def start(procs: Procs) -> str:
 
 
 def measure(quick: bool = False) -> Floor:
-    """Start the relay and its workers, run the client, and return the floor's figures."""
+    """Start the relay and its workers, run the client, and return the floor's figures
+    (with the reference relay's, measured after them)."""
     count, serial_count = (PIPELINED // 10, SERIAL // 10) if quick else (PIPELINED, SERIAL)
     with Procs() as procs:
         front = start(procs)
@@ -283,7 +287,8 @@ def measure(quick: bool = False) -> Floor:
                 "--window", str(WINDOW), "--serial", str(serial_count),
                 "--warmup", str(WARMUP)]  # fmt: skip
         out = run_child(procs, "floor-client", "bench.floor", argv, timeout=3 * TIME_LIMIT + 30)
-    return Floor(rate=out["pipelined"]["rate"], serial=Latency.of(out["serial"]))
+    serial_latency = Latency.of(out["serial"])
+    return Floor(out["pipelined"]["rate"], serial_latency, reference_mod.measure(quick))
 
 
 def run(quick: bool = False, floor: Floor | None = None) -> Report:

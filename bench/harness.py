@@ -553,8 +553,9 @@ def summary_table(reports: Sequence[Report]) -> str:
             target = "" if f.target is None else str(f.target)
             metric = "  " + f.metric
             if f.note:
-                notes.append(f"[{len(notes) + 1}] {f.note}")
-                metric += f" [{len(notes)}]"
+                if f.note not in notes:  # a note shared by several figures is printed once
+                    notes.append(f.note)
+                metric += f" [{notes.index(f.note) + 1}]"
             rows.append((metric, fmt(f.value), f.unit, target, base, ratio, ok))
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     right = {1, 5}
@@ -565,4 +566,5 @@ def summary_table(reports: Sequence[Report]) -> str:
         return "  ".join(cells).rstrip()
 
     rule = "-" * len(line(header))
-    return "\n".join([line(header), rule, *(line(row) for row in rows), rule, *notes])
+    numbered = [f"[{i}] {note}" for i, note in enumerate(notes, 1)]
+    return "\n".join([line(header), rule, *(line(row) for row in rows), rule, *numbered])
