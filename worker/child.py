@@ -68,10 +68,10 @@ def execute(request: Request) -> Reply:
     fn = handlers.get(name)
     if fn is None:
         return ("error", f"unknown handler {name!r}")
-    # Cancellation is a kill, so this event is never set; handlers still see their
-    # task id and deadline through worker.context.
+    # Cancellation is a kill, so this context is never cancelled; handlers still see
+    # their task id and deadline through worker.context.
     deadline = time.monotonic() + timeout if timeout else None
-    ctx = context.TaskContext(task_id, attempt, threading.Event(), deadline)
+    ctx = context.TaskContext(task_id, attempt, deadline)
     token = context.activate(ctx)
     try:
         value = asyncio.run(fn(args)) if inspect.iscoroutinefunction(fn) else fn(args)

@@ -21,11 +21,53 @@ from __future__ import annotations
 import threading
 import time
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class Cancelled(Exception):
     """The current run was cancelled or timed out; raised by ``sleep`` and ``check``."""
+
+
+#: Guards the moment a run's event is made against a cancel at the same moment.
+_event_lock = threading.Lock()
+
+
+class Cancellation:
+    """Whether a run was cancelled; its ``threading.Event`` is made only when asked for.
+
+    Most runs are never cancelled and their handlers never look: making an Event (a
+    condition and its lock) for every run was about a fifth of a busy worker loop's time.
+    """
+
+    __slots__ = ("_cancelled", "_event")
+
+    def __init__(self) -> None:
+        self._cancelled = False
+        self._event: threading.Event | None = None
+
+    def set(self) -> None:
+        """Cancel the run: its event, made now or later, is set."""
+        with _event_lock:
+            self._cancelled = True
+            event = self._event
+        if event is not None:
+            event.set()
+
+    def is_set(self) -> bool:
+        event = self._event  # handler code may set the event itself
+        return self._cancelled or (event is not None and event.is_set())
+
+    def event(self) -> threading.Event:
+        """The run's event, set if the run is cancelled already."""
+        event = self._event
+        if event is None:
+            with _event_lock:
+                if self._event is None:
+                    self._event = threading.Event()
+                    if self._cancelled:
+                        self._event.set()
+                event = self._event
+        return event
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +78,16 @@ class TaskContext:
     task_id: str
     #: The lease's attempt number (its fencing token).
     attempt: int
-    #: Set when the run is cancelled or passes its timeout: the handler should stop.
-    cancelled: threading.Event
     #: ``time.monotonic()`` value at which the run times out, or None for no timeout.
     deadline: float | None = None
+    #: Whether the run is cancelled; shared by the copies the runner makes of a context
+    #: (it sets the deadline when the handler starts).
+    cancellation: Cancellation = field(default_factory=Cancellation, repr=False, compare=False)
+
+    @property
+    def cancelled(self) -> threading.Event:
+        """Set when the run is cancelled or passes its timeout: the handler should stop."""
+        return self.cancellation.event()
 
     def remaining(self) -> float | None:
         """Seconds left before the timeout (never negative), or None without a timeout."""
@@ -69,7 +117,7 @@ def deactivate(token: Token[TaskContext | None]) -> None:
 def check() -> None:
     """Raise ``Cancelled`` if the current run was cancelled; for CPU loops that cannot sleep."""
     ctx = _current.get()
-    if ctx is not None and ctx.cancelled.is_set():
+    if ctx is not None and ctx.cancellation.is_set():
         raise Cancelled(f"run of task {ctx.task_id} was cancelled")
 
 

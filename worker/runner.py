@@ -142,9 +142,7 @@ class Runner:
         waits for a slot (or for a child to be replaced) keeps its whole budget.
         """
         limit = timeout if timeout is not None and timeout > 0 else None
-        run = _Run(
-            task_id, attempt, handler, args, limit, TaskContext(task_id, attempt, threading.Event())
-        )
+        run = _Run(task_id, attempt, handler, args, limit, TaskContext(task_id, attempt))
         with self._lock:
             if self._closed:
                 raise RuntimeError("runner is shut down")
@@ -244,7 +242,7 @@ class Runner:
     @staticmethod
     def _stop(run: _Run) -> None:
         # Caller holds the lock. Both hooks return at once (a signal, a call_soon).
-        run.ctx.cancelled.set()
+        run.ctx.cancellation.set()
         if run.abort is not None:
             run.abort()
             run.abort = None
@@ -253,7 +251,7 @@ class Runner:
         """The handler starts now: set the run's deadline and watch for it."""
         if run.timeout is not None:
             deadline = time.monotonic() + run.timeout
-            run.ctx = replace(run.ctx, deadline=deadline)  # same cancelled event
+            run.ctx = replace(run.ctx, deadline=deadline)  # same cancellation
             self._watchdog.schedule(deadline, lambda: self._expire(run))
 
     def _expire(self, run: _Run) -> None:

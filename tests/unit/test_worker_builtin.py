@@ -42,7 +42,7 @@ def unlimited_int_digits() -> Iterator[None]:
 @pytest.fixture
 def in_run() -> Iterator[TaskContext]:
     """Make the test thread look like a run, so context.sleep can be cancelled."""
-    ctx = TaskContext("t-1", 1, threading.Event(), None)
+    ctx = TaskContext("t-1", 1)
     token = context.activate(ctx)
     yield ctx
     context.deactivate(token)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import threading
@@ -169,7 +170,7 @@ def test_there_is_no_context_outside_a_run() -> None:
 
 def test_activated_context_is_current_until_deactivated() -> None:
     # given an activated run context
-    ctx = TaskContext("t-7", 3, threading.Event(), time.monotonic() + 60)
+    ctx = TaskContext("t-7", 3, time.monotonic() + 60)
     token = context.activate(ctx)
     try:
         # then handlers see it
@@ -184,7 +185,7 @@ def test_activated_context_is_current_until_deactivated() -> None:
 
 def test_context_does_not_leak_into_other_threads() -> None:
     # given a run context in this thread
-    token = context.activate(TaskContext("t-8", 1, threading.Event()))
+    token = context.activate(TaskContext("t-8", 1))
     seen: list[TaskContext | None] = []
     try:
         # when another thread looks
@@ -198,8 +199,8 @@ def test_context_does_not_leak_into_other_threads() -> None:
 
 
 def test_sleep_and_check_raise_cancelled_once_the_run_is_cancelled() -> None:
-    # given a cancelled run
-    ctx = TaskContext("t-9", 1, threading.Event())
+    # given a run cancelled through its event, as handler code may do
+    ctx = TaskContext("t-9", 1)
     ctx.cancelled.set()
     token = context.activate(ctx)
     try:
@@ -210,6 +211,38 @@ def test_sleep_and_check_raise_cancelled_once_the_run_is_cancelled() -> None:
             context.check()
     finally:
         context.deactivate(token)
+
+
+def test_a_cancel_before_anyone_looked_sets_the_event_made_later() -> None:
+    # given a run cancelled (as the runner does) before its handler asked for the event
+    ctx = TaskContext("t-10", 1)
+    ctx.cancellation.set()
+    # then check() sees it, and the event made now is set
+    with pytest.raises(Cancelled):
+        token = context.activate(ctx)
+        try:
+            context.check()
+        finally:
+            context.deactivate(token)
+    assert ctx.cancelled.is_set()
+    assert ctx.cancelled is ctx.cancelled  # one event per run
+
+
+def test_a_cancel_sets_the_event_a_handler_waits_on_and_every_copy_sees_it() -> None:
+    # given a handler waiting on its run's event in another thread
+    ctx = TaskContext("t-11", 1)
+    woke: list[bool] = []
+    waiting = threading.Thread(target=lambda: woke.append(ctx.cancelled.wait(10)))
+    waiting.start()
+    # and a copy of the context with a deadline (the runner makes one when the handler starts)
+    timed = dataclasses.replace(ctx, deadline=time.monotonic() + 60)
+    # when the copy is cancelled
+    timed.cancellation.set()
+    waiting.join(10)
+    # then the waiting handler woke, and both contexts say cancelled
+    assert woke == [True]
+    assert ctx.cancelled.is_set() and timed.cancelled.is_set()
+    assert ctx.cancellation.is_set() and timed.cancellation.is_set()
 
 
 def test_sleep_outside_a_run_just_sleeps() -> None:
