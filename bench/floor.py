@@ -35,6 +35,7 @@ from bench import reference as reference_mod
 from bench.harness import Latency, Procs, Report, arg_parser, free_endpoint, run_child, write_json
 from common import protocol
 from common.protocol import Command
+from common.transport import send_frames
 
 #: Pipelined round trips measured (the same count as the throughput benchmark's tasks).
 PIPELINED = 100_000
@@ -105,12 +106,12 @@ def relay(front_endpoint: str, back_endpoint: str) -> None:
                 body = protocol.unpack(frames).body
                 req = body["req"]
                 if body["op"] == "health":
-                    front.send_multipart(
-                        [address, *protocol.reply_ok(req, {"workers": len(workers)})]
+                    send_frames(
+                        front, [address, *protocol.reply_ok(req, {"workers": len(workers)})]
                     )
                     continue
                 if not workers:
-                    front.send_multipart([address, *protocol.reply_error(req, 503, "no", "")])
+                    send_frames(front, [address, *protocol.reply_error(req, 503, "no", "")])
                     continue
                 spec = body["args"]["tasks"][0]
                 seq += 1
@@ -120,7 +121,7 @@ def relay(front_endpoint: str, back_endpoint: str) -> None:
                 turn += 1
                 entry = {"task_id": task_id, "attempt": 1, "handler": spec["handler"],
                          "args": spec["args"], "timeout": None}  # fmt: skip
-                back.send_multipart([worker, *protocol.pack(Command.DISPATCH, {"tasks": [entry]})])
+                send_frames(back, [worker, *protocol.pack(Command.DISPATCH, {"tasks": [entry]})])
         if back in events:
             for _ in range(BATCH):
                 try:
@@ -135,7 +136,7 @@ def relay(front_endpoint: str, back_endpoint: str) -> None:
                     client, req = pending.pop(result["task_id"])
                     value = {"id": result["task_id"], "status": result["status"],
                              "result": result["result"]}  # fmt: skip
-                    front.send_multipart([client, *protocol.reply_ok(req, value)])
+                    send_frames(front, [client, *protocol.reply_ok(req, value)])
     ctx.destroy(linger=0)
 
 
@@ -145,7 +146,7 @@ def echo_worker(back_endpoint: str) -> None:
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(back_endpoint)
-    sock.send_multipart(protocol.pack(Command.READY, {"id": "echo", "slots": 1}))
+    send_frames(sock, protocol.pack(Command.READY, {"id": "echo", "slots": 1}))
     while not stop.flag:
         if not sock.poll(100):
             continue
@@ -158,7 +159,7 @@ def echo_worker(back_endpoint: str) -> None:
                 outcome = {"task_id": task["task_id"], "attempt": task["attempt"],
                            "status": "completed", "result": task["args"]}  # fmt: skip
                 outcome["error"] = None
-                sock.send_multipart(protocol.pack(Command.DONE, {"results": [outcome]}))
+                send_frames(sock, protocol.pack(Command.DONE, {"results": [outcome]}))
     ctx.destroy(linger=0)
 
 
@@ -179,7 +180,7 @@ class RelayClient:
 
     def send(self, op: str, args: dict[str, Any]) -> int:
         self.req += 1
-        self.sock.send_multipart(protocol.request(self.req, op, args))
+        send_frames(self.sock, protocol.request(self.req, op, args))
         return self.req
 
     def recv(self, timeout: float) -> dict[str, Any]:

@@ -11,7 +11,9 @@ so that every run says how this machine compares with that one:
   forwards ``[client, req, args]`` to the next worker (round robin), the worker answers
   the same list, the relay sends ``[req, args]`` back to the client. One msgpack frame
   per message, packed and unpacked at every hop; nothing else (this is the issue's
-  relay, not ours: ``bench.floor`` is the floor with our frames);
+  relay, not ours: ``bench.floor`` is the floor with our frames). Sends go through
+  ``common.transport`` (plain int flags), the cheapest way pyzmq has, so that the
+  relay's own overhead does not make this machine look slower than it is;
 - pipelined: the client keeps 1,000 requests outstanding until 100,000 replies came
   back; one at a time: 2,000 requests after 100 unmeasured ones, each sent when the
   previous reply arrived (round trips/s and p50).
@@ -35,6 +37,7 @@ import msgpack
 import zmq
 
 from bench.harness import Latency, Procs, Report, arg_parser, free_endpoint, run_child, write_json
+from common.transport import send_frames
 
 #: The issue's figures for this relay on the machine its targets were set on.
 PUBLISHED_PIPELINED = 76_000.0
@@ -122,7 +125,7 @@ def relay(front_endpoint: str, back_endpoint: str) -> None:
                 workers.append(worker)
                 continue
             client, req, result = message
-            front.send_multipart([client, msgpack.packb([req, result])])
+            send_frames(front, [client, msgpack.packb([req, result])])
         while front in events:
             try:
                 client, payload = front.recv_multipart(zmq.NOBLOCK)
@@ -130,11 +133,11 @@ def relay(front_endpoint: str, back_endpoint: str) -> None:
                 break
             req, args = msgpack.unpackb(payload)
             if args is None:  # how many workers said ready (the client waits for them all)
-                front.send_multipart([client, msgpack.packb([req, len(workers)])])
+                send_frames(front, [client, msgpack.packb([req, len(workers)])])
                 continue
             worker = workers[turn % len(workers)]
             turn += 1
-            back.send_multipart([worker, msgpack.packb([client, req, args])])
+            send_frames(back, [worker, msgpack.packb([client, req, args])])
     ctx.destroy(linger=0)
 
 

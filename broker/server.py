@@ -40,6 +40,7 @@ from common import protocol
 from common.errors import InvalidInput, SchedulerError
 from common.protocol import Command
 from common.settings import Settings
+from common.transport import send_frames
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +228,7 @@ class BrokerServer:
     @staticmethod
     def _send(socket: zmq.Socket[bytes], frames: Frames) -> None:
         try:
-            socket.send_multipart(frames, zmq.NOBLOCK)
+            send_frames(socket, frames)
         except zmq.ZMQError as exc:  # peer gone or its queue full: it will resync
             log.debug("send failed: %s", exc)
 

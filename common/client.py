@@ -24,6 +24,7 @@ import zmq
 from common import protocol
 from common.errors import SchedulerError, Unavailable
 from common.models import TaskStatus
+from common.transport import send_frames
 
 #: Seconds a call waits for the broker when no timeout is given.
 DEFAULT_TIMEOUT = 5.0
@@ -102,14 +103,14 @@ class Client:
     def _send(self, frames: list[bytes], limit: float) -> bool:
         """Send at once, or once connected within ``limit`` seconds; False if it cannot."""
         try:
-            self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
+            send_frames(self._socket, frames)
             return True
         except zmq.Again:  # not connected (yet): wait for the connection, within the limit
             pass
         if not self._socket.poll(int(limit * 1000), zmq.POLLOUT):
             return False
         try:
-            self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
+            send_frames(self._socket, frames)
         except zmq.Again:
             return False
         return True

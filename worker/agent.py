@@ -34,6 +34,7 @@ import zmq
 from common import protocol
 from common.models import TaskStatus
 from common.protocol import Command
+from common.transport import send_frames
 from worker.runner import OnDone, Outcome, Runner
 
 logger = logging.getLogger(__name__)
@@ -240,7 +241,7 @@ class Agent:
         if self._socket is None:
             return
         try:
-            self._socket.send_multipart(protocol.pack(command, body), flags=zmq.NOBLOCK)
+            send_frames(self._socket, protocol.pack(command, body))
         except zmq.Again:
             # Nothing is lost for good: outcomes stay until ACKed, READY is sent on reconnect.
             logger.debug("dropped %s: broker not reachable", command.name)

@@ -1,0 +1,64 @@
+"""``common.transport.send_frames``: one multipart message, or ``zmq.Again`` and nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+import zmq
+
+from common.transport import send_frames
+
+Sockets = Callable[[int], zmq.Socket[bytes]]
+
+
+@pytest.fixture
+def socket() -> Iterator[Sockets]:
+    """Makes sockets of a fresh context, closed (linger 0) after the test."""
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    made: list[zmq.Socket[bytes]] = []
+
+    def make(kind: int) -> zmq.Socket[bytes]:
+        made.append(context.socket(kind))
+        made[-1].setsockopt(zmq.LINGER, 0)
+        return made[-1]
+
+    yield make
+    for sock in made:
+        sock.close()
+    context.term()
+
+
+def test_frames_arrive_as_one_message_in_order(socket: Sockets) -> None:
+    # given a ROUTER and a DEALER connected to it
+    router = socket(zmq.ROUTER)
+    router.bind("inproc://transport-order")
+    dealer = socket(zmq.DEALER)
+    dealer.setsockopt(zmq.ROUTING_ID, b"peer")
+    dealer.connect("inproc://transport-order")
+    # when each sends multipart messages with send_frames
+    send_frames(dealer, [b"ZS1", b"PONG", b"\x80"])
+    send_frames(dealer, [b"single"])
+    assert router.poll(5000)
+    assert router.recv_multipart() == [b"peer", b"ZS1", b"PONG", b"\x80"]
+    assert router.recv_multipart() == [b"peer", b"single"]
+    send_frames(router, [b"peer", b"ZS1", b"PING", b""])
+    # then every message arrives whole, its frames in order
+    assert dealer.poll(5000)
+    assert dealer.recv_multipart() == [b"ZS1", b"PING", b""]
+
+
+def test_no_peer_raises_again_and_queues_nothing(socket: Sockets) -> None:
+    # given a DEALER that is not connected to anyone
+    dealer = socket(zmq.DEALER)
+    # when a message is sent without waiting
+    # then it raises zmq.Again at once, as send_multipart(..., NOBLOCK) does
+    with pytest.raises(zmq.Again):
+        send_frames(dealer, [b"ZS1", b"DONE", b"\x80"])
+    # and nothing half-sent waits for a peer: the first one to come gets nothing
+    router = socket(zmq.ROUTER)
+    router.bind("inproc://transport-again")
+    dealer.connect("inproc://transport-again")
+    send_frames(dealer, [b"after"])
+    assert router.poll(5000)
+    assert router.recv_multipart()[1:] == [b"after"]
