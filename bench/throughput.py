@@ -10,9 +10,12 @@ same process (one ``Client`` per thread), collects the results batch by batch wi
 last result seen by the collector; every result must equal its task's args. Compared
 with the floor's pipelined round trips/s (one task per message there; batches here).
 The CPU the broker, the workers and the client process used during the run is
-reported too (percent of one core), to show which of them is the bottleneck; and, for
-information, the same run with 32 slots per worker, since the broker gives a worker no
-more tasks than it has free slots, so the slot count is the depth of the pipeline.
+reported too (percent of one core), to show which of them is the bottleneck; and the
+same run with 32 slots per worker, since the broker gives a worker no more tasks than
+it has free slots, so the slot count is the depth of the pipeline: with 4 slots the
+rate is bound by how long a slot takes to come back (dispatch, run, report: about
+1.4 ms here), with 32 by CPU. Both are held to the issue's 20,000 tasks/s as written
+and scaled to this machine (``bench.reference``).
 
 Liveness under load: the same load on a fresh broker and workers, with the default
 ping interval (1 s) and liveness (3 intervals, so a 3 s window). Once a quarter of the
@@ -277,10 +280,13 @@ def run(quick: bool = False, floor: floor_mod.Floor | None = None) -> Report:
     report.add(f"CPU of the {WORKERS} workers together", cpu["workers"], "% of a core")
     report.add("CPU of the client process (submitter + collector)", cpu["clients"], "% of a core")
     wide, wide_cpu = throughput(count, BATCH, WIDE)
-    report.add(f"tasks/s with {WORKERS}x{WIDE} slots instead (informative)", wide.rate, "tasks/s",
+    report.add(f"tasks/s with {WORKERS}x{WIDE} slots instead", wide.rate, "tasks/s",
                base=result.rate, base_name=f"{WORKERS}x{CONCURRENCY} slots",
                note="CPU (% of one core): " + ", ".join(f"{k} {v:.0f}%" for k, v in
                                                         wide_cpu.items()))  # fmt: skip
+    report.add(f"the same ({WORKERS}x{WIDE}), against 20,000 scaled to this machine", wide.rate,
+               "tasks/s", target=Target(">=", round(scaled)), base=scaled,
+               base_name="scaled target", note=SCALED_NOTE)  # fmt: skip
     live = liveness(count, BATCH)
     window = PING_INTERVAL * LIVENESS
     report.add("worker SIGKILLed under load: kill to offline + requeued", live.detected, "s",
