@@ -36,14 +36,15 @@ def test_frames_arrive_as_one_message_in_order(socket: Sockets) -> None:
     dealer = socket(zmq.DEALER)
     dealer.setsockopt(zmq.ROUTING_ID, b"peer")
     dealer.connect("inproc://transport-order")
-    # when each sends multipart messages with send_frames
+    # when the DEALER sends multipart messages with send_frames
     send_frames(dealer, [b"ZS1", b"PONG", b"\x80"])
     send_frames(dealer, [b"single"])
-    send_frames(router, [b"peer", b"ZS1", b"PING", b""])
-    # then every message arrives whole, its frames in order
+    # then each arrives whole, its frames in order
     assert router.poll(5000)
     assert router.recv_multipart() == [b"peer", b"ZS1", b"PONG", b"\x80"]
     assert router.recv_multipart() == [b"peer", b"single"]
+    # and so does the ROUTER's answer, sent once it knows the peer
+    send_frames(router, [b"peer", b"ZS1", b"PING", b""])
     assert dealer.poll(5000)
     assert dealer.recv_multipart() == [b"ZS1", b"PING", b""]
 
