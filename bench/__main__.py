@@ -1,9 +1,9 @@
 """``make bench`` / ``python -m bench [--quick] [NAME ...]``: run the benchmarks.
 
-Every run measures the floor first (``bench.floor``: a minimal ZeroMQ relay with the
-same frames and no scheduling) and the issue's reference relay (``bench.reference``: how
-fast this machine is against the one the absolute targets were set on), and hands both
-to the benchmarks that compare themselves with them. Figures are printed as JSON lines
+Every run first measures the issue's reference relay (``bench.reference``: how fast this
+machine is against the one the absolute targets were set on) and the floor
+(``bench.floor``: a minimal ZeroMQ relay with the same frames and no scheduling), and
+hands both to the benchmarks that compare themselves with them. Figures are printed as JSON lines
 as they come, then one summary table with every figure, its target, the floor or
 baseline beside it and the ratio. A benchmark that fails is reported as failed in the
 table and the others still run; the exit status is then 1.
@@ -86,10 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     reports: list[Report] = []
 
     started = time.perf_counter()
-    measured = floor.measure(args.quick)
+    machine = reference.measure(args.quick)
+    reports.append(reference.run(args.quick, machine))
+    reports[-1].seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    measured = floor.measure(args.quick, machine)
     reports.append(floor.run(args.quick, measured))
     reports[-1].seconds = time.perf_counter() - started
-    reports.append(reference.run(args.quick, measured.reference))
     for name in names:
         started = time.perf_counter()
         try:

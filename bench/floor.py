@@ -278,9 +278,9 @@ def start(procs: Procs) -> str:
     return front
 
 
-def measure(quick: bool = False) -> Floor:
+def measure(quick: bool = False, reference: reference_mod.Reference | None = None) -> Floor:
     """Start the relay and its workers, run the client, and return the floor's figures
-    (with the reference relay's, measured after them)."""
+    (with ``reference``, or the reference relay's measured after them)."""
     count, serial_count = (PIPELINED // 10, SERIAL // 10) if quick else (PIPELINED, SERIAL)
     with Procs() as procs:
         front = start(procs)
@@ -289,7 +289,9 @@ def measure(quick: bool = False) -> Floor:
                 "--warmup", str(WARMUP)]  # fmt: skip
         out = run_child(procs, "floor-client", "bench.floor", argv, timeout=3 * TIME_LIMIT + 30)
     serial_latency = Latency.of(out["serial"])
-    return Floor(out["pipelined"]["rate"], serial_latency, reference_mod.measure(quick))
+    return Floor(
+        out["pipelined"]["rate"], serial_latency, reference or reference_mod.measure(quick)
+    )
 
 
 def run(quick: bool = False, floor: Floor | None = None) -> Report:
