@@ -14,9 +14,11 @@ so that every run says how this machine compares with that one:
   relay, not ours: ``bench.floor`` is the floor with our frames). Sends go through
   ``common.transport`` (plain int flags), the cheapest way pyzmq has, so that the
   relay's own overhead does not make this machine look slower than it is;
-- pipelined: the client keeps 1,000 requests outstanding until 100,000 replies came
-  back; one at a time: 2,000 requests after 100 unmeasured ones, each sent when the
-  previous reply arrived (round trips/s and p50).
+- pipelined: the client keeps 1,000 requests outstanding until a third of 100,000
+  replies came back, three times; one at a time: 2,000 requests, each sent when the
+  previous reply arrived, three times after 100 unmeasured ones (round trips/s, p50 and
+  p99). The best round of each counts: the machine's speed, not its worst moment, so
+  that a noisy minute does not lower the scaled targets.
 
 ``speed`` (pipelined, for rates) and ``serial_speed`` (one at a time, for latencies)
 are this machine's figures over the published ones: an absolute target scaled by them
@@ -52,6 +54,8 @@ SCALED_NOTE = (
 PIPELINED = 100_000
 WINDOW = 1000
 SERIAL = 2000
+#: Rounds of each measurement; the best one counts.
+ROUNDS = 3
 #: Unmeasured one-at-a-time round trips first.
 WARMUP = 100
 #: Worker processes behind the relay.
@@ -204,21 +208,25 @@ def client_main(args: argparse.Namespace) -> None:
         for _ in range(args.warmup):
             one()
 
-        expected: set[int] = set()
-        began = time.perf_counter()
-        deadline = began + TIME_LIMIT
-        done = 0
-        while done < args.count and time.perf_counter() < deadline:
-            while len(expected) < args.window and done + len(expected) < args.count:
-                send(expected)
-            _check(sock, expected)
-            done += 1
-        while expected:
-            _check(sock, expected)
-            done += 1
-        rate = done / (time.perf_counter() - began)
-        samples = [one() for _ in range(args.serial)]
-        write_json(args.out, {"rate": rate, "serial": samples})
+        def pipelined(count: int) -> float:
+            expected: set[int] = set()
+            began = time.perf_counter()
+            deadline = began + TIME_LIMIT / ROUNDS
+            done = 0
+            while done < count and time.perf_counter() < deadline:
+                while len(expected) < args.window and done + len(expected) < count:
+                    send(expected)
+                _check(sock, expected)
+                done += 1
+            while expected:
+                _check(sock, expected)
+                done += 1
+            return done / (time.perf_counter() - began)
+
+        # The best of a few rounds each way: what the machine can do, not its worst moment.
+        rate = max(pipelined(args.count // ROUNDS) for _ in range(ROUNDS))
+        rounds = [[one() for _ in range(args.serial)] for _ in range(ROUNDS)]
+        write_json(args.out, {"rate": rate, "serial": min(rounds, key=sum)})
     finally:
         ctx.destroy(linger=0)
 
