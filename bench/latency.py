@@ -21,9 +21,10 @@ compare like with like. Then the direct one-call path once more, its 2,000 round
 in a row with the other paths idle, as a client that makes only those calls sees them:
 its p99 came out lower that way (1.98-3.38 ms against 2.57-6.02 in turns in full
 runs; 1.52-1.87 with no other process of the benchmark started), so both are shown;
-the target is held to the figure taken in turns. p50, p99 and max in milliseconds, measured in this process
-with ``time.perf_counter``; every result must equal its args. The targets apply to the
-one-call paths, the ones to use when the result is wanted at once.
+the target is held to the figure taken in turns. p50, p99 and max in milliseconds,
+measured in this process with ``time.perf_counter``; every result must equal its args.
+The targets apply to the one-call paths, the ones to use when the result is wanted at
+once.
 """
 
 from __future__ import annotations
