@@ -23,16 +23,23 @@ Results are checked: each reply must carry its own request's args.
 from __future__ import annotations
 
 import argparse
-import signal
 import time
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 import zmq
 
 from bench import reference as reference_mod
-from bench.harness import Latency, Procs, Report, arg_parser, free_endpoint, run_child, write_json
+from bench.harness import (
+    Latency,
+    Procs,
+    Report,
+    StopFlag,
+    relay_parser,
+    run_child,
+    start_relay,
+    write_json,
+)
 from common import protocol
 from common.protocol import Command
 from common.transport import send_frames
@@ -68,18 +75,8 @@ class Floor:
 # -- the relay and the echo worker (run as ``python -m bench.floor relay|worker``) -------------
 
 
-class _Stop:
-    def __init__(self) -> None:
-        self.flag = False
-        signal.signal(signal.SIGTERM, self._set)
-        signal.signal(signal.SIGINT, self._set)
-
-    def _set(self, signum: int, frame: FrameType | None) -> None:
-        self.flag = True
-
-
 def relay(front_endpoint: str, back_endpoint: str) -> None:
-    stop = _Stop()
+    stop = StopFlag()
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     front = ctx.socket(zmq.ROUTER)
     back = ctx.socket(zmq.ROUTER)
@@ -141,7 +138,7 @@ def relay(front_endpoint: str, back_endpoint: str) -> None:
 
 
 def echo_worker(back_endpoint: str) -> None:
-    stop = _Stop()
+    stop = StopFlag()
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -271,11 +268,7 @@ def client_main(args: argparse.Namespace) -> None:
 def start(procs: Procs) -> str:
     """Start the relay and its echo workers in ``procs``; returns the relay's client endpoint
     (the workers may not have said READY yet: ``RelayClient.wait_workers``)."""
-    front, back = free_endpoint(), free_endpoint()
-    procs.python("floor-relay", "bench.floor", "relay", "--front", front, "--back", back)
-    for _ in range(WORKERS):
-        procs.python("floor-worker", "bench.floor", "worker", "--back", back)
-    return front
+    return start_relay(procs, "bench.floor", WORKERS)
 
 
 def measure(quick: bool = False, reference: reference_mod.Reference | None = None) -> Floor:
@@ -306,22 +299,9 @@ def run(quick: bool = False, floor: Floor | None = None) -> Report:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = arg_parser(__doc__)
-    parser.add_argument("--quick", action="store_true")
-    sub = parser.add_subparsers(dest="role")
-    p_relay = sub.add_parser("relay")
-    p_relay.add_argument("--front", required=True)
-    p_relay.add_argument("--back", required=True)
-    p_worker = sub.add_parser("worker")
-    p_worker.add_argument("--back", required=True)
-    p_client = sub.add_parser("client")
-    p_client.add_argument("--front", required=True)
+    parser, p_client = relay_parser(__doc__, count=PIPELINED, window=WINDOW, serial=SERIAL,
+                                    warmup=WARMUP)  # fmt: skip
     p_client.add_argument("--workers", type=int, default=WORKERS)
-    p_client.add_argument("--count", type=int, default=PIPELINED)
-    p_client.add_argument("--window", type=int, default=WINDOW)
-    p_client.add_argument("--serial", type=int, default=SERIAL)
-    p_client.add_argument("--warmup", type=int, default=WARMUP)
-    p_client.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     if args.role == "relay":
         relay(args.front, args.back)

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any
 
 from common.client import Client
@@ -295,6 +295,52 @@ def start_api(procs: Procs, endpoint: str, processes: int, threads: int) -> Api:
         if time.monotonic() > deadline:
             raise RuntimeError("the API never answered GET /health")
         time.sleep(0.1)
+
+
+def start_relay(procs: Procs, module: str, workers: int) -> str:
+    """Start ``python -m module relay`` and ``workers`` of ``python -m module worker`` (the
+    floor's and the reference's relays); returns the relay's client endpoint."""
+    front, back = free_endpoint(), free_endpoint()
+    name = module.rpartition(".")[2]
+    procs.python(f"{name}-relay", module, "relay", "--front", front, "--back", back)
+    for _ in range(workers):
+        procs.python(f"{name}-worker", module, "worker", "--back", back)
+    return front
+
+
+def relay_parser(
+    doc: str | None, *, count: int, window: int, serial: int, warmup: int
+) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The command line of a relay module: ``relay``, ``worker`` and ``client`` roles, or
+    none for a standalone run (``--quick``); returns the parser and the client's one."""
+    parser = arg_parser(doc)
+    parser.add_argument("--quick", action="store_true")
+    sub = parser.add_subparsers(dest="role")
+    p_relay = sub.add_parser("relay")
+    p_relay.add_argument("--front", required=True)
+    p_relay.add_argument("--back", required=True)
+    sub.add_parser("worker").add_argument("--back", required=True)
+    p_client = sub.add_parser("client")
+    p_client.add_argument("--front", required=True)
+    p_client.add_argument("--count", type=int, default=count)
+    p_client.add_argument("--window", type=int, default=window)
+    p_client.add_argument("--serial", type=int, default=serial)
+    p_client.add_argument("--warmup", type=int, default=warmup)
+    p_client.add_argument("--out", required=True)
+    return parser, p_client
+
+
+class StopFlag:
+    """Set by SIGTERM or SIGINT, for a helper process's loop to notice (a handler that only
+    sets a flag is safe)."""
+
+    def __init__(self) -> None:
+        self.flag = False
+        signal.signal(signal.SIGTERM, self._set)
+        signal.signal(signal.SIGINT, self._set)
+
+    def _set(self, signum: int, frame: FrameType | None) -> None:
+        self.flag = True
 
 
 def run_child(procs: Procs, name: str, module: str, args: Sequence[str], timeout: float) -> Any:

@@ -29,16 +29,23 @@ written and the scaled one.
 from __future__ import annotations
 
 import argparse
-import signal
 import time
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 import msgpack
 import zmq
 
-from bench.harness import Latency, Procs, Report, arg_parser, free_endpoint, run_child, write_json
+from bench.harness import (
+    Latency,
+    Procs,
+    Report,
+    StopFlag,
+    relay_parser,
+    run_child,
+    start_relay,
+    write_json,
+)
 from common.transport import send_frames
 
 #: The issue's figures for this relay on the machine its targets were set on.
@@ -88,16 +95,6 @@ class Reference:
         return self.serial_rate / PUBLISHED_SERIAL
 
 
-class _Stop:
-    def __init__(self) -> None:
-        self.flag = False
-        signal.signal(signal.SIGTERM, self._set)
-        signal.signal(signal.SIGINT, self._set)
-
-    def _set(self, signum: int, frame: FrameType | None) -> None:
-        self.flag = True
-
-
 def _socket(ctx: zmq.Context[zmq.Socket[bytes]], kind: int) -> zmq.Socket[bytes]:
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
@@ -107,7 +104,7 @@ def _socket(ctx: zmq.Context[zmq.Socket[bytes]], kind: int) -> zmq.Socket[bytes]
 
 
 def relay(front_endpoint: str, back_endpoint: str) -> None:
-    stop = _Stop()
+    stop = StopFlag()
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     front, back = _socket(ctx, zmq.ROUTER), _socket(ctx, zmq.ROUTER)
     front.bind(front_endpoint)
@@ -146,7 +143,7 @@ def relay(front_endpoint: str, back_endpoint: str) -> None:
 
 
 def worker(back_endpoint: str) -> None:
-    stop = _Stop()
+    stop = StopFlag()
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sock = _socket(ctx, zmq.DEALER)
     sock.connect(back_endpoint)
@@ -234,12 +231,8 @@ def client_main(args: argparse.Namespace) -> None:
 def measure(quick: bool = False) -> Reference:
     """Start the relay, its workers and the client; returns the relay's figures here."""
     count, serial_count = (PIPELINED // 10, SERIAL // 10) if quick else (PIPELINED, SERIAL)
-    front, back = free_endpoint(), free_endpoint()
     with Procs() as procs:
-        procs.python("reference-relay", "bench.reference", "relay", "--front", front,
-                     "--back", back)  # fmt: skip
-        for _ in range(WORKERS):
-            procs.python("reference-worker", "bench.reference", "worker", "--back", back)
+        front = start_relay(procs, "bench.reference", WORKERS)
         argv = ["client", "--front", front, "--count", str(count), "--window", str(WINDOW),
                 "--serial", str(serial_count), "--warmup", str(WARMUP)]  # fmt: skip
         out = run_child(procs, "reference-client", "bench.reference", argv,
@@ -262,21 +255,8 @@ def run(quick: bool = False, reference: Reference | None = None) -> Report:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = arg_parser(__doc__)
-    parser.add_argument("--quick", action="store_true")
-    sub = parser.add_subparsers(dest="role")
-    p_relay = sub.add_parser("relay")
-    p_relay.add_argument("--front", required=True)
-    p_relay.add_argument("--back", required=True)
-    p_worker = sub.add_parser("worker")
-    p_worker.add_argument("--back", required=True)
-    p_client = sub.add_parser("client")
-    p_client.add_argument("--front", required=True)
-    p_client.add_argument("--count", type=int, default=PIPELINED)
-    p_client.add_argument("--window", type=int, default=WINDOW)
-    p_client.add_argument("--serial", type=int, default=SERIAL)
-    p_client.add_argument("--warmup", type=int, default=WARMUP)
-    p_client.add_argument("--out", required=True)
+    parser, _client = relay_parser(__doc__, count=PIPELINED, window=WINDOW, serial=SERIAL,
+                                    warmup=WARMUP)  # fmt: skip
     args = parser.parse_args(argv)
     if args.role == "relay":
         relay(args.front, args.back)
