@@ -62,6 +62,24 @@ def finish(core: Scheduler, address: bytes, task_id: str, status: str = "complet
     core.report(worker, [entry], now)
 
 
+def report(
+    core: Scheduler,
+    address: bytes,
+    task_id: str,
+    attempt: int,
+    status: str = "completed",
+    now: float = T0,
+    result: bytes = b"ok",
+    error: str | None = None,
+) -> list[list[Any]]:
+    """A worker's outcome for one run, naming the attempt itself (``finish`` names the current)."""
+    worker = core.worker_at(address)
+    assert worker is not None
+    entry = {"task_id": task_id, "attempt": attempt, "status": status, "result": result,
+             "error": error}  # fmt: skip
+    return core.report(worker, [entry], now)
+
+
 # -- priority and order -------------------------------------------------------------
 
 
@@ -77,6 +95,18 @@ def test_higher_priority_first_and_fifo_among_equals(core: Scheduler) -> None:
         order.append(task_id)
         finish(core, address, task_id)
     assert order == [high_a, high_b, mid, low]
+
+
+def test_fifo_among_equal_priorities_holds_across_handlers(core: Scheduler) -> None:
+    # Each handler has its own ready queue: the oldest head among them goes first.
+    ids = [submit(core, handler=handler) for handler in ("a", "b", "a", "b", "b", "a")]
+    address = add_worker(core, "w1", capabilities=["a", "b"], slots=2)
+    assert dispatched(core) == {address: ids[:2]}
+    order = list(ids[:2])
+    for running in ids[:4]:
+        finish(core, address, running)
+        order += dispatched(core)[address]
+    assert order == ids
 
 
 def test_never_more_tasks_than_slots(core: Scheduler) -> None:
@@ -177,11 +207,31 @@ def test_unknown_dependency_is_rejected_and_nothing_is_added(core: Scheduler) ->
     assert core.tasks == {}
 
 
-def test_dependency_on_already_failed_task_fails_at_once(core: Scheduler) -> None:
-    root = submit(core, handler="nobody")
-    core.cancel(root, T0)
-    child = submit(core, dependencies=[root])
+@pytest.mark.parametrize("ending", ["failed", "cancelled"])
+def test_dependency_on_a_task_that_already_ended_badly_fails_at_once(
+    core: Scheduler, ending: str
+) -> None:
+    root = submit(core)
+    address = add_worker(core, "w1")
+    if ending == "failed":
+        dispatched(core)
+        finish(core, address, root, status="failed", error="boom")
+    else:
+        core.cancel(root, T0)
+    assert core.tasks[root].status == ending
+    child = submit(core, dependencies=[root], now=T0 + 1)
     assert core.tasks[child].status is TaskStatus.FAILED
+    assert core.tasks[child].error == f"dependency {root} {ending}"
+    assert dispatched(core, T0 + 1) == {}
+
+
+def test_dependency_on_a_completed_task_is_met_at_once(core: Scheduler) -> None:
+    root = submit(core)
+    address = add_worker(core, "w1")
+    dispatched(core)
+    finish(core, address, root)
+    child = submit(core, dependencies=[root], now=T0 + 1)
+    assert dispatched(core, T0 + 1) == {address: [child]}
 
 
 # -- retries, timeouts ---------------------------------------------------------------------
@@ -207,6 +257,25 @@ def test_retry_with_exponential_backoff_then_fail(core: Scheduler) -> None:
     assert task.status is TaskStatus.FAILED
     assert task.error == "third"
     assert task.attempts == 3
+
+
+def test_retry_back_off_doubles_up_to_its_cap_of_60_seconds(core: Scheduler) -> None:
+    task_id = submit(core, max_retries=9)
+    address = add_worker(core, "w1")
+    now = T0
+    waits = []
+    for _ in range(9):
+        assert dispatched(core, now) == {address: [task_id]}
+        finish(core, address, task_id, status="failed", error="again", now=now)
+        not_before = core.tasks[task_id].not_before
+        waits.append(not_before - now)
+        for moment in (not_before - 0.01, not_before):
+            core.seen(core.workers["w1"], moment)
+            core.tick(moment)
+            if moment < not_before:
+                assert dispatched(core, moment) == {}  # not a moment early
+        now = not_before
+    assert waits == [1, 2, 4, 8, 16, 32, 60, 60, 60]
 
 
 def test_broker_expires_a_lease_past_timeout_plus_grace(core: Scheduler) -> None:
@@ -414,6 +483,90 @@ def test_restart_requeues_unclaimed_leases_after_the_window(core: Scheduler) -> 
     assert restarted.tasks[task_id].status is TaskStatus.RUNNING
     restarted.tick(T0 + 104.5)
     assert restarted.tasks[task_id].status is TaskStatus.PENDING
+
+
+def restart(core: Scheduler, store: MemoryStore, now: float) -> Scheduler:
+    """A broker killed now: a new one loads what was committed to ``store``, nothing else."""
+    restarted = Scheduler(core.timing)
+    restarted.load(store.load(), now, store.warm)
+    return restarted
+
+
+def test_restart_after_a_dispatch_that_was_never_committed_runs_the_task_again(
+    core: Scheduler,
+) -> None:
+    store = MemoryStore()
+    task_id = submit(core)
+    store.save(core.take_dirty())  # the submit was acknowledged, so committed
+    early = add_worker(core, "early")
+    assert dispatched(core) == {early: [task_id]}  # DISPATCH leaves; the broker dies before
+    # the lease is committed.
+    restarted = restart(core, store, T0 + 1)
+    task = restarted.tasks[task_id]
+    assert (task.status, task.attempts, task.leases) == (TaskStatus.PENDING, 0, [])
+    other = add_worker(restarted, "other", now=T0 + 1)
+    assert dispatched(restarted, T0 + 1) == {other: [task_id]}  # attempt 1, a second time
+    # The first worker comes back claiming its run of attempt 1: refused, told to stop it.
+    add_worker(restarted, "early", now=T0 + 2, running=[{"task_id": task_id, "attempt": 1}])
+    assert restarted.take_outbox().cancel == {early: [task_id]}
+    assert restarted.workers["early"].running == {}
+    # Its outcome, same attempt number but not its lease, is never recorded.
+    report(restarted, early, task_id, 1, result=b"early", now=T0 + 3)
+    assert (task.status, task.result) == (TaskStatus.RUNNING, None)
+    assert restarted.stale_outcomes == 1
+    report(restarted, other, task_id, 1, result=b"other", now=T0 + 4)
+    assert (task.status, task.result, task.worker_id) == (TaskStatus.COMPLETED, b"other", "other")
+
+
+def test_restart_after_a_dependent_started_before_its_dependency_was_committed(
+    core: Scheduler,
+) -> None:
+    store = MemoryStore()
+    parent = submit(core)
+    child = submit(core, dependencies=[parent])
+    address = add_worker(core, "w1", slots=2)
+    assert dispatched(core) == {address: [parent]}
+    store.save(core.take_dirty())  # parent running, child waiting: committed
+    finish(core, address, parent, result=b"P", now=T0 + 1)
+    assert dispatched(core, T0 + 1) == {address: [child]}  # the broker dies before the commit
+
+    restarted = restart(core, store, T0 + 2)
+    assert restarted.tasks[parent].status is TaskStatus.RUNNING
+    assert restarted.tasks[child].status is TaskStatus.PENDING
+    # The worker registers again holding the parent's outcome (not acknowledged) and the
+    # child's run: the child's lease is unknown, so it is refused and stopped...
+    claims = [{"task_id": parent, "attempt": 1}, {"task_id": child, "attempt": 1}]
+    add_worker(restarted, "w1", slots=2, now=T0 + 2, running=claims)
+    assert restarted.take_outbox().cancel == {address: [child]}
+    # ...and the child waits for the parent's completion before it runs again.
+    assert dispatched(restarted, T0 + 2) == {}
+    report(restarted, address, child, 1, status="cancelled", now=T0 + 3)
+    assert dispatched(restarted, T0 + 3) == {}
+    report(restarted, address, parent, 1, result=b"P", now=T0 + 4)  # sent again
+    assert restarted.tasks[parent].status is TaskStatus.COMPLETED
+    assert dispatched(restarted, T0 + 4) == {address: [child]}
+    finish(restarted, address, child, result=b"C", now=T0 + 5)
+    assert restarted.tasks[child].status is TaskStatus.COMPLETED
+    assert restarted.stale_outcomes == 1  # the stopped run's report, of a lease never stored
+
+
+def test_restart_accepts_an_outcome_finished_while_the_broker_was_down(core: Scheduler) -> None:
+    store = MemoryStore()
+    task_id = submit(core)
+    address = add_worker(core, "w1")
+    dispatched(core)
+    store.save(core.take_dirty())
+    # The broker is down; the run finishes meanwhile and the worker keeps its outcome.
+    restarted = restart(core, store, T0 + 5)
+    add_worker(restarted, "w1", now=T0 + 6, running=[{"task_id": task_id, "attempt": 1}])
+    assert restarted.take_outbox().cancel == {}
+    assert report(restarted, address, task_id, 1, result=b"done", now=T0 + 6) == [[task_id, 1]]
+    task = restarted.tasks[task_id]
+    assert (task.status, task.result, task.attempts) == (TaskStatus.COMPLETED, b"done", 1)
+    assert restarted.stale_outcomes == 0
+    restarted.tick(T0 + 60)  # long past the window for claims: nothing is run again
+    assert dispatched(restarted, T0 + 60) == {}
+    assert [t.id for t in restarted.take_dirty()] == [task_id]
 
 
 def test_finished_tasks_come_back_cold_and_are_warmed_to_be_shown(core: Scheduler) -> None:
@@ -628,6 +781,82 @@ def test_a_resent_outcome_is_acknowledged_without_counting_as_stale(core: Schedu
     finish(core, address, task_id, result=b"twice")  # its ACK was lost: sent again
     assert core.tasks[task_id].result == b"once"
     assert core.stale_outcomes == 0
+
+
+def test_a_late_report_of_an_earlier_attempt_is_refused_while_a_later_one_runs(
+    core: Scheduler,
+) -> None:
+    # The run of attempt 1 outlives its lease (the worker froze past timeout + grace); the
+    # retry, attempt 2, goes to the same worker. Attempt 1's report must not end attempt 2.
+    task_id = submit(core, timeout=2, max_retries=1)
+    address = add_worker(core, "w1", slots=2)
+    assert dispatched(core) == {address: [task_id]}
+    for now in (T0 + 7, T0 + 8):  # expired at T0 + 7, back-off of 1 s: ready again at T0 + 8
+        core.seen(core.workers["w1"], now)
+        core.tick(now)
+    assert dispatched(core, T0 + 8) == {address: [task_id]}
+    task = core.tasks[task_id]
+    assert (task.status, task.attempts) == (TaskStatus.RUNNING, 2)
+
+    assert report(core, address, task_id, 1, result=b"late", now=T0 + 9) == [[task_id, 1]]
+    assert (task.status, task.result, task.attempts) == (TaskStatus.RUNNING, None, 2)
+    assert core.stale_outcomes == 1
+    assert [(le.attempt, le.outcome, le.refused) for le in task.leases] == [
+        (1, "expired", "completed"),
+        (2, None, None),
+    ]
+    report(core, address, task_id, 2, result=b"fresh", now=T0 + 10)
+    assert (task.status, task.result) == (TaskStatus.COMPLETED, b"fresh")
+
+
+def test_a_report_of_the_run_before_a_reconnect_is_refused_on_the_same_worker(
+    core: Scheduler,
+) -> None:
+    # The worker went silent, came back under the same id, and got the task again.
+    task_id = submit(core)
+    address = add_worker(core, "w1")
+    dispatched(core)
+    core.tick(T0 + 10)
+    assert core.tasks[task_id].status is TaskStatus.PENDING  # lost
+    add_worker(core, "w1", now=T0 + 10)
+    assert dispatched(core, T0 + 10) == {address: [task_id]}
+    report(core, address, task_id, 1, status="failed", error="old run", now=T0 + 11)
+    task = core.tasks[task_id]
+    assert (task.status, task.attempts, task.error) == (TaskStatus.RUNNING, 2, None)
+    assert core.stale_outcomes == 1
+    report(core, address, task_id, 2, result=b"new", now=T0 + 12)
+    assert (task.status, task.result) == (TaskStatus.COMPLETED, b"new")
+
+
+def test_a_report_from_a_worker_that_does_not_hold_the_lease_is_refused(core: Scheduler) -> None:
+    task_id = submit(core)
+    holder = add_worker(core, "holder", slots=1)
+    assert dispatched(core) == {holder: [task_id]}
+    intruder = add_worker(core, "intruder", slots=1)
+    # Same task, same attempt, but another worker's lease: acknowledged, never recorded.
+    assert report(core, intruder, task_id, 1, result=b"forged") == [[task_id, 1]]
+    task = core.tasks[task_id]
+    assert (task.status, task.result, task.worker_id) == (TaskStatus.RUNNING, None, "holder")
+    assert task.leases[0].outcome is None and task.leases[0].refused is None
+    assert core.stale_outcomes == 1
+    assert core.workers["intruder"].capacity() == 1
+    report(core, holder, task_id, 1, result=b"real")
+    assert (task.status, task.result) == (TaskStatus.COMPLETED, b"real")
+
+
+@pytest.mark.parametrize("late", ["completed", "failed"])
+def test_a_cancellation_stands_against_a_late_outcome(core: Scheduler, late: str) -> None:
+    # The run finished before the worker heard of the cancel: its outcome changes nothing.
+    task_id = submit(core, max_retries=3)
+    address = add_worker(core, "w1")
+    dispatched(core)
+    core.cancel(task_id, T0 + 1)
+    report(core, address, task_id, 1, status=late, result=b"too late", error="x", now=T0 + 2)
+    task = core.tasks[task_id]
+    assert (task.status, task.result, task.error) == (TaskStatus.CANCELLED, None, "cancelled")
+    assert task.leases[0].outcome == "cancelled"
+    assert core.workers["w1"].capacity() == 1  # the run is over: its slot is free
+    assert dispatched(core, T0 + 2) == {}  # and nothing runs it again
 
 
 def test_refused_outcome_is_shown_on_its_lease(core: Scheduler) -> None:
