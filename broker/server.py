@@ -30,6 +30,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import zmq
@@ -83,11 +84,14 @@ class BrokerServer:
         settings: Settings,
         store: Store,
         context: zmq.Context[Any] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.store = store
         self.core = Scheduler(timing_from(settings))
-        self.started = time.time()
+        #: Seconds since the epoch: the core's ``now`` (tests pass a clock they move by hand).
+        self.clock = clock
+        self.started = clock()
         self._context = context or zmq.Context.instance()
         self._socket: zmq.Socket[bytes] | None = None
         self._stopping = threading.Event()
@@ -113,7 +117,7 @@ class BrokerServer:
         gc.disable()
         try:
             tasks = self.store.load()
-            self.core.load(tasks, time.time(), self.store.warm)
+            self.core.load(tasks, self.clock(), self.store.warm)
         finally:
             gc.freeze()
             gc.enable()
@@ -156,9 +160,9 @@ class BrokerServer:
         wait = MAX_POLL_SECONDS
         timer = self.core.next_timer()
         if timer is not None:
-            wait = min(wait, max(0.0, timer - time.time()))
+            wait = min(wait, max(0.0, timer - self.clock()))
         if self._dirty_since is not None:
-            wait = min(wait, max(0.0, self._dirty_since + COMMIT_DELAY - time.time()))
+            wait = min(wait, max(0.0, self._dirty_since + COMMIT_DELAY - self.clock()))
         return math.ceil(wait * 1000)
 
     def _turn(self, socket: zmq.Socket[bytes]) -> None:
@@ -167,12 +171,12 @@ class BrokerServer:
                 frames = socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            now = time.time()
+            now = self.clock()
             try:
                 self._handle(frames, now)
             except Exception:  # never let one message take the broker down
                 log.exception("error handling a message; dropped")
-        now = time.time()
+        now = self.clock()
         core = self.core
         core.schedule(now)
         pings = core.tick(now)

@@ -1,47 +1,108 @@
-"""The broker's socket loop around the core, in a thread, with an in-memory store.
+"""The broker's socket loop around the core, with an in-memory and an SQLite store.
 
-Peers are raw ZeroMQ sockets on loopback, so each test sees exactly which frames leave
-the broker, and when: commands before the commit, promises after it.
+Two ways in. The loop in a thread, with raw ZeroMQ peers on loopback, shows exactly which
+frames leave the broker, and when: commands before the commit, promises after it. A turn
+driven by hand (``Turn``), on a stand-in socket and a clock the test moves, shows what one
+turn does: how many commits, which frames, in which order against the commits, and what
+the store held (read through a connection of its own) when each answer left.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import threading
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 import zmq
 
-from broker.server import COMMIT_DELAY, BrokerServer
-from broker.store import Batch, MemoryStore
+from broker.server import BrokerServer
+from broker.state import Task
+from broker.store import Batch, MemoryStore, SqliteStore, prepare
 from common import protocol
+from common.models import FINAL_STATUSES
 from common.protocol import Command
 from common.settings import Settings
 from tests.conftest import wait_for
 
 #: Generous bound of every wait for a frame, in milliseconds.
 PATIENCE_MS = 10_000
+#: The README's promise: a change nobody waits for is written at most this much later.
+PROMISED_COMMIT_DELAY = 0.010
 
 
-class GatedStore(MemoryStore):
+class CheckedStore:
+    """The in-memory or the SQLite store, with a hook on every commit and a way to read what
+    is committed as another process would (for SQLite: through a connection of its own)."""
+
+    def __init__(self, kind: str, tmp_path: Path) -> None:
+        self.kind = kind
+        self.path = str(tmp_path / "scheduler.db")
+        self._inner: MemoryStore | SqliteStore | None = None
+        #: Called before each write, with the batch; may block or raise.
+        self.before_write: Callable[[Batch], None] = lambda batch: None
+        #: Called after each write.
+        self.after_write: Callable[[Batch], None] = lambda batch: None
+        self.commits = 0
+
+    @property
+    def inner(self) -> MemoryStore | SqliteStore:
+        # Opened on first use, in the thread that uses it (SQLite connections stay in theirs).
+        if self._inner is None:
+            self._inner = MemoryStore() if self.kind == "memory" else SqliteStore(self.path)
+        return self._inner
+
+    def load(self) -> list[Task]:
+        return self.inner.load()
+
+    def warm(self, tasks: Sequence[Task]) -> None:
+        self.inner.warm(tasks)
+
+    def write(self, batch: Batch) -> None:
+        self.before_write(batch)
+        self.inner.write(batch)
+        self.commits += 1
+        self.after_write(batch)
+
+    def save(self, tasks: Iterable[Task], deleted: Sequence[Task] = ()) -> None:
+        self.write(prepare(tasks, deleted))
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def committed(self) -> dict[str, str]:
+        """Task id -> status of every committed task."""
+        if self.kind == "memory":
+            rows = self.inner.rows.values() if isinstance(self.inner, MemoryStore) else ()
+            return {str(row[1]): str(row[13]) for row in rows}
+        if not Path(self.path).exists():
+            return {}
+        with closing(sqlite3.connect(self.path)) as db:
+            return {str(i): str(s) for i, s in db.execute("SELECT id, status FROM tasks")}
+
+
+class GatedStore(CheckedStore):
     """A store whose commits wait for ``gate`` (or fail with ``failure``)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, kind: str, tmp_path: Path) -> None:
+        super().__init__(kind, tmp_path)
         self.gate = threading.Event()
         self.gate.set()
         self.failure: Exception | None = None
         self.writing = threading.Event()
+        self.before_write = self._wait_for_gate
 
-    def write(self, batch: Batch) -> None:
+    def _wait_for_gate(self, batch: Batch) -> None:
         self.writing.set()
         if not self.gate.wait(30):
             raise TimeoutError("the test never opened the gate")
         if self.failure is not None:
             raise self.failure
-        super().write(batch)
 
 
 @dataclass
@@ -61,14 +122,13 @@ class Loop:
         return sock
 
 
-@pytest.fixture
-def loop() -> Iterator[Loop]:
-    store = GatedStore()
+@pytest.fixture(params=["memory", "sqlite"])
+def loop(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Loop]:
+    store = GatedStore(request.param, tmp_path)
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     # Pings a minute apart: no PING frame can slip in between the frames a test expects.
     settings = Settings(broker="tcp://127.0.0.1:0", ping_interval=60.0)
     server = BrokerServer(settings, store, context)
-    server.bind()
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -79,8 +139,10 @@ def loop() -> Iterator[Loop]:
 
     thread = threading.Thread(target=run, name="broker-loop", daemon=True)
     result = Loop(server, store, context, thread, errors)
-    thread.start()
+    thread.start()  # it binds, and loads the store, in its own thread: the store stays there
     try:
+        wait_for(lambda: server.endpoint or errors, timeout=10, what="the broker bound")
+        assert not errors
         yield result
     finally:
         store.gate.set()
@@ -116,13 +178,13 @@ def test_a_dispatch_leaves_before_its_commit_and_the_reply_after(loop: Loop) -> 
     dispatch = receive(worker)
     assert dispatch is not None and dispatch.command is Command.DISPATCH
     assert loop.store.writing.wait(10)
-    assert loop.store.rows == {}
+    assert loop.store.committed() == {}
     # ...and the client hears nothing until that commit is done.
     assert receive(client, 300) is None
     loop.store.gate.set()
     reply = receive(client)
     assert reply is not None and reply.body["ok"]
-    assert [row[1] for row in loop.store.rows.values()] == [reply.body["value"]["tasks"][0]["id"]]
+    assert list(loop.store.committed()) == [reply.body["value"]["tasks"][0]["id"]]
 
 
 def test_an_outcome_is_acknowledged_only_after_its_commit(loop: Loop) -> None:
@@ -150,7 +212,7 @@ def test_a_change_no_answer_waits_for_is_committed_within_the_delay(loop: Loop) 
     # Nobody serves "nobody" and the submit waits for the task: no answer is owed yet.
     spec: dict[str, Any] = {"tasks": [{"handler": "nobody"}], "wait": 60}
     client.send_multipart(protocol.request(1, "submit", spec))
-    wait_for(lambda: len(loop.store.rows) == 1, timeout=10 + 100 * COMMIT_DELAY,
+    wait_for(lambda: len(loop.store.committed()) == 1, timeout=10,
              what="the waiting submit committed")  # fmt: skip
     assert receive(client, 200) is None
 
@@ -163,4 +225,221 @@ def test_a_failed_commit_stops_the_loop_before_anything_is_acknowledged(loop: Lo
     assert not loop.thread.is_alive()
     assert [type(e) for e in loop.errors] == [OSError]
     assert receive(client, 300) is None
-    assert loop.store.rows == {}
+    assert loop.store.committed() == {}
+
+
+# -- one turn at a time, on a stand-in socket and a clock moved by hand ------------------------
+
+T0 = 1_000_000.0
+WORKER = b"worker"
+
+
+class Wire:
+    """Stands in for the ROUTER socket in ``BrokerServer._turn``: it hands over the messages a
+    test queued, and notes every message sent, with what the store held as it left."""
+
+    def __init__(self, store: CheckedStore, events: list[tuple[str, Any]]) -> None:
+        self.store = store
+        self.events = events
+        self.inbox: deque[list[bytes]] = deque()
+        self._frames: list[bytes] = []
+
+    def recv_multipart(self, flags: int = 0) -> list[bytes]:
+        if not self.inbox:
+            raise zmq.Again()
+        return self.inbox.popleft()
+
+    def send(self, frame: bytes, flags: int = 0) -> None:
+        self._frames.append(bytes(frame))
+        if not flags & zmq.SNDMORE:
+            address, *payload = self._frames
+            self._frames = []
+            self.events.append(
+                ("sent", (address, protocol.unpack(payload), self.store.committed()))
+            )
+
+
+@dataclass
+class Turn:
+    """A broker whose turns a test runs one by one, at times it chooses."""
+
+    store: CheckedStore
+    events: list[tuple[str, Any]]
+    settings: Settings
+    #: The broker's clock: what ``run`` sets.
+    now: float = T0
+    _req: int = 0
+
+    def __post_init__(self) -> None:
+        self.server = BrokerServer(self.settings, self.store, clock=lambda: self.now)
+        self.wire = Wire(self.store, self.events)
+
+    def queue(self, address: bytes, command: Command, body: dict[str, Any] | None = None) -> None:
+        self.wire.inbox.append([address, *protocol.pack(command, body)])
+
+    def request(self, address: bytes, op: str, **args: Any) -> int:
+        self._req += 1
+        self.wire.inbox.append([address, *protocol.request(self._req, op, args)])
+        return self._req
+
+    def run(self, at: float | None = None) -> list[tuple[bytes, protocol.Message]]:
+        """One turn at ``at`` (default: the current time); returns what it sent."""
+        if at is not None:
+            self.now = at
+        start = len(self.events)
+        self.server._turn(self.wire)  # type: ignore[arg-type]
+        return [(ev[1][0], ev[1][1]) for ev in self.events[start:] if ev[0] == "sent"]
+
+    def commits(self) -> int:
+        return sum(1 for kind, _ in self.events if kind == "commit")
+
+    def replies(self) -> dict[int, Any]:
+        """Each REPLY sent so far, by request number: its value."""
+        return {
+            m.body["req"]: m.body.get("value")
+            for kind, (_, m, _) in ((k, e) for k, e in self.events if k == "sent")
+            if m.command is Command.REPLY
+        }
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def turn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Turn]:
+    events: list[tuple[str, Any]] = []
+    store = CheckedStore(request.param, tmp_path)
+    store.after_write = lambda batch: events.append(("commit", store.committed()))
+    store.load()
+    settings = Settings(broker="tcp://127.0.0.1:0", ping_interval=60.0, retention=100.0)
+    try:
+        yield Turn(store, events, settings)
+    finally:
+        store.close()
+
+
+def register(turn: Turn, slots: int = 1, address: bytes = WORKER) -> None:
+    ready = {"id": address.decode(), "slots": slots, "capabilities": ["echo"], "running": []}
+    turn.queue(address, Command.READY, ready)
+
+
+def shown(value: Any) -> Iterator[tuple[str, str]]:
+    """(id, status) of every task a reply's value shows."""
+    if isinstance(value, dict):
+        if isinstance(value.get("id"), str) and "status" in value and "kind" not in value:
+            yield value["id"], value["status"]
+        for item in value.values():
+            yield from shown(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from shown(item)
+
+
+def assert_every_answer_was_durable(events: list[tuple[str, Any]]) -> int:
+    """Every task a REPLY showed, and every outcome an ACK acknowledged, was committed when
+    the message left, finished as shown when shown finished. Returns the messages checked."""
+    checked = 0
+    for kind, payload in events:
+        if kind != "sent":
+            continue
+        _, message, committed = payload
+        if message.command is Command.REPLY:
+            for task_id, status in shown(message.body.get("value")):
+                assert task_id in committed, f"reply showed {task_id} before it was committed"
+                if status in FINAL_STATUSES:
+                    assert committed[task_id] == status, f"reply showed {task_id} {status} first"
+            checked += 1
+        elif message.command is Command.ACK:
+            for task_id, _attempt in message.body["results"]:
+                assert committed.get(task_id) in FINAL_STATUSES, f"ACK of {task_id} before commit"
+            checked += 1
+    return checked
+
+
+def done(task_id: str, attempt: int = 1, result: bytes = b"ok") -> dict[str, Any]:
+    entry = {"task_id": task_id, "attempt": attempt, "status": "completed", "result": result}
+    return {"results": [entry]}
+
+
+def test_every_answer_leaves_after_the_commit_of_what_it_shows(turn: Turn) -> None:
+    client = b"client"
+    register(turn, slots=1)
+    submit = turn.request(client, "submit", tasks=[{"handler": "echo"}, {"handler": "echo"}])
+    sent = turn.run()
+    first, second = (entry["id"] for entry in turn.replies()[submit]["tasks"])
+    dispatch = next(m for address, m in sent if m.command is Command.DISPATCH)
+    assert [e["task_id"] for e in dispatch.body["tasks"]] == [first]
+    # One turn: the first task's outcome, and every kind of read of it, and a wait for the
+    # second, which the next turn's outcome answers.
+    turn.queue(WORKER, Command.DONE, done(first))
+    get = turn.request(client, "get", id=first)
+    page = turn.request(client, "list", limit=10)
+    brief = turn.request(client, "wait_many", ids=[first], timeout=0)
+    waited = turn.request(client, "wait", id=first, timeout=5)
+    later = turn.request(client, "wait", id=second, timeout=5)
+    turn.run(T0 + 0.001)
+    turn.queue(WORKER, Command.DONE, done(second, result=b"2"))
+    turn.run(T0 + 0.002)
+
+    replies = turn.replies()
+    assert replies[get]["status"] == "completed" and replies[waited]["status"] == "completed"
+    assert [t["status"] for t in replies[page]["tasks"]] == ["completed", "pending"]
+    assert replies[brief]["tasks"][0]["status"] == "completed"
+    assert replies[later]["status"] == "completed" and replies[later]["result"] == b"2"
+    assert assert_every_answer_was_durable(turn.events) == 8  # 6 replies and 2 ACKs
+
+
+def test_a_burst_of_submits_shares_one_commit(turn: Turn) -> None:
+    requests = [turn.request(b"client-%d" % i, "submit", tasks=[{"handler": "echo"}])
+                for i in range(50)]  # fmt: skip
+    sent = turn.run()
+    assert turn.commits() == 1
+    assert sorted(m.body["req"] for _, m in sent if m.command is Command.REPLY) == requests
+    assert len(turn.store.committed()) == 50
+    assert_every_answer_was_durable(turn.events)
+
+
+def test_a_change_nobody_waits_for_is_committed_at_most_10_ms_later(turn: Turn) -> None:
+    # A submit that waits for its task, which nobody serves: no answer is owed yet.
+    turn.request(b"client", "submit", tasks=[{"handler": "nobody"}], wait=60)
+    assert turn.run(T0) == [] and turn.commits() == 0
+    # The loop sleeps no longer than the delay left (in whole milliseconds, rounded up), and
+    # commits once it has passed.
+    assert turn.server._poll_timeout_ms() <= PROMISED_COMMIT_DELAY * 1000 + 1
+    assert turn.run(T0 + PROMISED_COMMIT_DELAY - 0.001) == [] and turn.commits() == 0
+    turn.now = T0 + PROMISED_COMMIT_DELAY - 0.005
+    assert turn.server._poll_timeout_ms() <= 6
+    turn.run(T0 + PROMISED_COMMIT_DELAY)
+    assert turn.commits() == 1
+    assert list(turn.store.committed().values()) == ["pending"]
+
+
+def test_an_outcome_is_acknowledged_with_the_commit_at_most_10_ms_later(turn: Turn) -> None:
+    register(turn)
+    turn.request(b"client", "submit", tasks=[{"handler": "echo"}])
+    sent = turn.run(T0)
+    [task_id] = [e["task_id"] for _, m in sent if m.command is Command.DISPATCH
+                 for e in m.body["tasks"]]  # fmt: skip
+    commits = turn.commits()
+    turn.queue(WORKER, Command.DONE, done(task_id))
+    assert turn.run(T0 + 1) == []  # nobody but the worker waits: the ACK rides on the commit
+    assert turn.run(T0 + 1 + PROMISED_COMMIT_DELAY) == [
+        (WORKER, protocol.Message(Command.ACK, {"results": [[task_id, 1]]}))
+    ]
+    assert turn.commits() == commits + 1
+    assert_every_answer_was_durable(turn.events)
+
+
+def test_pruning_forgets_at_most_1000_finished_tasks_a_second(turn: Turn) -> None:
+    core = turn.server.core
+    ids = [e["id"] for e in core.submit([{"handler": "nobody"}] * 2500, T0)]
+    for task_id in ids:
+        core.cancel(task_id, T0)
+    turn.run(T0)
+    turn.run(T0 + PROMISED_COMMIT_DELAY)
+    assert len(turn.store.committed()) == 2500
+    retained = T0 + turn.server.settings.retention
+    left = []
+    for at in (retained + 1, retained + 1.5, retained + 1.98, retained + 2, retained + 3.5):
+        turn.run(at)
+        turn.run(at + PROMISED_COMMIT_DELAY)  # its deletions are committed with the delay
+        left.append(len(core.tasks))
+    assert left == [1500, 1500, 1500, 500, 0]
+    assert turn.store.committed() == {}
