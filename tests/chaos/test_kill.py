@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import time
@@ -145,3 +146,21 @@ def test_results_answered_in_one_round_trip_survive_kill9(stack: Stack) -> None:
     for task_id, result in answered.items():
         task = client.get(task_id)
         assert (task["status"], task["result"], task["attempts"]) == ("completed", result, 1)
+
+
+def test_a_submit_is_durable_the_moment_it_is_answered(stack: Stack) -> None:
+    # Batches big enough that writing one takes a while: had the answer left before the
+    # commit, the kill sent the moment it arrives would land mid-write and lose the batch.
+    stack.start_broker()
+    client = stack.client(timeout=60)
+    answered: list[str] = []
+    for _ in range(3):
+        specs = [{"handler": "nobody", "args": os.urandom(2048)} for _ in range(10_000)]
+        answered += client.submit_many(specs, timeout=60)
+        assert stack.broker is not None
+        stack.broker.kill9()
+        stack.start_broker()
+        client = stack.client(timeout=60)
+        assert client.health()["tasks"]["pending"] == len(answered)
+    assert client.get(answered[0])["status"] == "pending"
+    assert client.get(answered[-1])["status"] == "pending"
