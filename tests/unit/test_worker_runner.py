@@ -260,6 +260,60 @@ def test_a_timeout_fails_the_run_and_frees_its_slot(
     assert outcomes.of("slow") == [outcome]
 
 
+def test_a_timed_out_run_is_told_to_stop_and_its_late_result_is_dropped(
+    make_runner: Callable[..., Runner], outcomes: Outcomes, registered: Register
+) -> None:
+    # given a handler that waits for its run to be cancelled, notes it, then returns anyway
+    told_to_stop = threading.Event()
+    returned: list[bytes] = []
+
+    def cooperative(args: bytes) -> bytes:
+        ctx = context.current()
+        assert ctx is not None
+        if ctx.cancelled.wait(PATIENCE):
+            told_to_stop.set()
+        returned.append(b"late")
+        return b"late"
+
+    registered("test-runner.cooperative", cooperative)
+    runner = make_runner(slots=1)
+    # when it runs past its timeout
+    runner.start("coop", 1, "test-runner.cooperative", b"", timeout=0.2)
+    # then it fails with a timeout error
+    outcome = outcomes.wait("coop")
+    assert outcome == Outcome("coop", 1, TaskStatus.FAILED, None, "timed out after 0.2 s")
+    # and the handler's thread sees its run's cancelled event set
+    assert told_to_stop.wait(PATIENCE), "the timed-out run's cancelled event was never set"
+    # and the result it returns afterwards is dropped: the timeout stays the one outcome
+    wait_until(lambda: not thread_alive("task-coop-1"))
+    assert returned == [b"late"]
+    assert outcomes.of("coop") == [outcome]
+
+
+def test_a_timeout_stops_worker_sleep_and_drops_its_cancelled_error(
+    make_runner: Callable[..., Runner], outcomes: Outcomes, registered: Register
+) -> None:
+    # given a handler that sleeps through worker.sleep far beyond its timeout
+    entered = threading.Event()
+
+    def nap(args: bytes) -> None:
+        entered.set()
+        context.sleep(60)
+
+    registered("test-runner.nap", nap)
+    runner = make_runner(slots=1)
+    # when it runs past its timeout
+    runner.start("nap", 1, "test-runner.nap", b"", timeout=0.2)
+    # then it fails with a timeout error
+    outcome = outcomes.wait("nap")
+    assert outcome.error == "timed out after 0.2 s"
+    # and the sleep is cut short: the thread leaves the handler long before 60 s
+    assert entered.wait(PATIENCE)
+    wait_until(lambda: not thread_alive("task-nap-1"))
+    # and the Cancelled it raised there is dropped
+    assert outcomes.of("nap") == [outcome]
+
+
 def test_a_waiting_run_keeps_its_whole_timeout(
     make_runner: Callable[..., Runner],
     outcomes: Outcomes,
@@ -434,6 +488,45 @@ def test_async_timeout_cancels_the_asyncio_task(
     assert outcomes.wait("af").error == "timed out after 0.2 s"
     assert cancelled.wait(PATIENCE)
     assert len(outcomes.of("af")) == 1
+
+
+def test_a_timed_out_async_run_is_told_to_stop_and_its_late_result_is_dropped(
+    make_runner: Callable[..., Runner], outcomes: Outcomes, registered: Register
+) -> None:
+    # given an async handler that, once its asyncio task is cancelled, notes whether its
+    # run's cancelled event is set, and returns a result instead of stopping
+    told_to_stop = threading.Event()
+    cancelled_event_set: list[bool] = []
+
+    async def stubborn(args: bytes) -> bytes:
+        try:
+            await asyncio.sleep(600)
+        except asyncio.CancelledError:
+            ctx = context.current()
+            assert ctx is not None
+            cancelled_event_set.append(ctx.cancelled.is_set())
+            told_to_stop.set()
+        return b"late"
+
+    async def pong(args: bytes) -> bytes:
+        return args
+
+    registered("test-runner.async-stubborn", stubborn)
+    registered("test-runner.async-pong", pong)
+    runner = make_runner()
+    # when it passes its timeout
+    runner.start("as", 1, "test-runner.async-stubborn", b"", timeout=0.2)
+    # then the run fails with a timeout error
+    outcome = outcomes.wait("as")
+    assert outcome == Outcome("as", 1, TaskStatus.FAILED, None, "timed out after 0.2 s")
+    # and the handler is cancelled, with its run's cancelled event set by then
+    assert told_to_stop.wait(PATIENCE), "the timed-out async run was never cancelled"
+    assert cancelled_event_set == [True], "the async run's cancelled event was not set"
+    # and its late result is dropped: the handler returned in the loop step that set
+    # told_to_stop, so a run started now on the same loop finishes after that return
+    runner.start("probe", 1, "test-runner.async-pong", b"probe")
+    assert outcomes.wait("probe").result == b"probe"
+    assert outcomes.of("as") == [outcome]
 
 
 def test_async_cancel_reports_cancelled(
