@@ -8,7 +8,9 @@ linger 0, so a failing test cannot hang the suite or leak a process.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +26,7 @@ import zmq
 
 from common import protocol
 from common.protocol import Command, Message
+from tests.conftest import wait_for
 from worker.agent import Agent
 from worker.runner import Runner
 
@@ -409,3 +412,110 @@ def test_agent_retries_on_fresh_sockets_until_welcomed(broker: FakeBroker) -> No
         thread.join(PATIENCE)
     assert not thread.is_alive()
     broker.expect(Command.BYE)
+
+
+# -- reconnect back-off (an agent in this process) ----------------------------------------
+
+#: Back-off of the in-process agents below: 0.02 s doubling to 0.16 s.
+BACKOFF_INITIAL = 0.02
+BACKOFF_MAX = 0.16
+#: The delays an agent that is never welcomed chooses, in order (then 0.16 s for ever).
+NEVER_WELCOMED = [0.02, 0.04, 0.08, 0.16, 0.16, 0.16]
+#: A WELCOME that makes the worker give up after 0.05 s of silence.
+HASTY = {"ping_interval": 0.05, "liveness": 1}
+#: The agent's log line for a lost broker, with the delay it chose.
+RECONNECTING = re.compile(r"reconnecting in (\S+) s$")
+#: What ``agent_events`` lists for a WELCOME.
+WELCOMED = "welcomed"
+
+
+@pytest.fixture
+def start_agent(broker: FakeBroker) -> Iterator[Callable[[], Agent]]:
+    """Start an agent in a thread that gives up on a silent broker after 0.1 s; stop it after."""
+    threads: list[tuple[Agent, threading.Thread]] = []
+
+    def start() -> Agent:
+        agent = Agent(
+            endpoint=broker.endpoint,
+            worker_id="w-in-process",
+            slots=1,
+            make_runner=lambda on_done: Runner("thread", 1, on_done),
+            ping_interval=0.05,
+            liveness=2,
+            backoff_initial=BACKOFF_INITIAL,
+            backoff_max=BACKOFF_MAX,
+        )
+        thread = threading.Thread(target=agent.run, name="agent")
+        thread.start()
+        threads.append((agent, thread))
+        return agent
+
+    yield start
+    for agent, thread in threads:
+        agent.request_stop()
+        thread.join(PATIENCE)
+        assert not thread.is_alive()
+
+
+def agent_events(caplog: pytest.LogCaptureFixture) -> list[float | str]:
+    """The agent's log so far: the delay it chose at each lost broker, and each WELCOME."""
+    events: list[float | str] = []
+    for record in list(caplog.records):
+        if record.name != "worker.agent":
+            continue
+        message = record.getMessage()
+        reconnecting = RECONNECTING.search(message)
+        if reconnecting is not None:
+            events.append(float(reconnecting.group(1)))
+        elif message.startswith("registered"):
+            events.append(WELCOMED)
+    return events
+
+
+def test_agent_backs_off_doubling_up_to_the_cap_while_never_welcomed(
+    broker: FakeBroker, start_agent: Callable[[], Agent], caplog: pytest.LogCaptureFixture
+) -> None:
+    # given an agent backing off 0.02 s doubling to 0.16 s
+    caplog.set_level(logging.INFO, logger="worker.agent")
+    start_agent()
+    # when the broker never answers its READYs
+    wait_for(lambda: len(agent_events(caplog)) >= len(NEVER_WELCOMED), PATIENCE)
+    # then the delays double from the first back-off and stay at the cap
+    assert agent_events(caplog)[: len(NEVER_WELCOMED)] == NEVER_WELCOMED
+    # and every try sends its READY on a new connection
+    identities = [broker.expect(Command.READY)[0] for _ in range(len(NEVER_WELCOMED) + 1)]
+    assert len(set(identities)) == len(identities)
+
+
+def test_agent_retries_at_once_after_losing_a_broker_that_welcomed_it(
+    broker: FakeBroker, start_agent: Callable[[], Agent], caplog: pytest.LogCaptureFixture
+) -> None:
+    # given an agent whose back-off has grown past its first value on a silent broker
+    caplog.set_level(logging.INFO, logger="worker.agent")
+    start_agent()
+    wait_for(lambda: len(agent_events(caplog)) >= 3, PATIENCE)
+    # when the broker welcomes it, then falls silent
+    # (a WELCOME to a connection the agent has given up on already is lost, and the
+    # next READY is welcomed instead; the registration is logged before that READY)
+    welcomed: bytes | None = None
+    while True:
+        identity, _ = broker.expect(Command.READY)
+        if WELCOMED in agent_events(caplog):
+            break
+        broker.send(identity, Command.WELCOME, HASTY)
+        welcomed = identity
+    # then it comes back on a new connection without waiting (0 s), and from there backs
+    # off from the first value again (0.02 s), not from where it had got before the WELCOME
+    assert identity != welcomed
+    wait_for(lambda: len(after_welcome(agent_events(caplog))) >= 3, PATIENCE)
+    events = agent_events(caplog)
+    assert after_welcome(events)[:3] == [0.0, 0.02, 0.04]
+    # (where it had got: at least three tries, doubling as ever, so 0.16 s)
+    before = events[: events.index(WELCOMED)]
+    assert len(before) >= 3
+    assert before == [*NEVER_WELCOMED, *[BACKOFF_MAX] * len(before)][: len(before)]
+
+
+def after_welcome(events: list[float | str]) -> list[float | str]:
+    """The events after the first WELCOME (none before it)."""
+    return events[events.index(WELCOMED) + 1 :] if WELCOMED in events else []
