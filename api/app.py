@@ -23,8 +23,10 @@ import falcon
 
 from api import parse
 from api.render import render
+from common import messages as m
 from common.client import Client
 from common.errors import InvalidInput, SchedulerError, Unavailable
+from common.limits import DEFAULT_PAGE, MAX_CURSOR, MAX_HTTP_WAIT, MAX_PAGE
 from common.models import TaskStatus
 from common.settings import Settings, load
 
@@ -32,72 +34,16 @@ logger = logging.getLogger(__name__)
 
 #: Seconds ``GET /health`` waits for the broker, so a probe never hangs on a dead one.
 HEALTH_TIMEOUT = 1.5
-#: Most tasks in one ``POST /tasks/batch``.
-MAX_BATCH = 1000
-#: Longest long-poll of ``POST /workers/{id}/tasks/next`` in seconds (the broker's limit).
-MAX_WAIT = 30.0
-#: Largest page of ``GET /tasks`` (the broker's limit) and the default one.
-MAX_LIMIT = 1000
-DEFAULT_LIMIT = 100
-#: Largest ``after`` cursor: the broker's sequence numbers are signed 64-bit integers.
-MAX_CURSOR = 2**63 - 1
 
 WORKER_FIELDS = ("id", "capabilities", "resources")
 COMPLETE_FIELDS = ("status", "result", "error")
-OUTCOMES = (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value)
 
 
 class ClientLike(Protocol):
-    """The part of ``common.client.Client`` the API calls; tests pass an in-memory fake."""
+    """What the API needs of a client: ``common.client.Client``, or in tests a client that
+    calls a scheduler in the same process."""
 
-    def submit_entries(
-        self, specs: list[dict[str, Any]], timeout: float | None = None
-    ) -> list[dict[str, Any]]: ...
-
-    def submit_and_wait(self, specs: list[dict[str, Any]], wait: float) -> list[dict[str, Any]]: ...
-
-    def get(self, task_id: str, timeout: float | None = None) -> dict[str, Any]: ...
-
-    def cancel(self, task_id: str, timeout: float | None = None) -> dict[str, Any]: ...
-
-    def wait(self, task_id: str, timeout: float) -> dict[str, Any]: ...
-
-    def workers(self, timeout: float | None = None) -> list[dict[str, Any]]: ...
-
-    def worker(self, worker_id: str, timeout: float | None = None) -> dict[str, Any]: ...
-
-    def health(self, timeout: float | None = None) -> dict[str, Any]: ...
-
-    def register_http_worker(
-        self,
-        worker_id: str,
-        capabilities: list[str],
-        resources: dict[str, float],
-        timeout: float | None = None,
-    ) -> dict[str, Any]: ...
-
-    def next_task(self, worker_id: str, wait: float = 0.0) -> dict[str, Any] | None: ...
-
-    def heartbeat(self, worker_id: str, timeout: float | None = None) -> dict[str, Any]: ...
-
-    def complete(
-        self,
-        worker_id: str,
-        task_id: str,
-        status: str,
-        result: bytes | None = None,
-        error: str | None = None,
-        timeout: float | None = None,
-    ) -> dict[str, Any]: ...
-
-    def list_tasks(
-        self,
-        status: str | None = None,
-        handler: str | None = None,
-        limit: int = 100,
-        after: int | None = None,
-        timeout: float | None = None,
-    ) -> tuple[list[dict[str, Any]], int | None]: ...
+    def call(self, request: m.Request, timeout: float | None = None) -> Any: ...
 
 
 ClientFactory = Callable[[], ClientLike]
@@ -156,14 +102,13 @@ class Tasks:
         if "args" in spec:
             spec["args"] = parse.decode_b64(spec["args"], "args")
         # ?wait=SECONDS answers once the task is final (or the time is up), with its record.
-        wait = parse.query_float(req, "wait", 0.0, 0.0, MAX_WAIT)
-        # Everything else is the broker's to validate (TaskSpec.parse), unknown fields too.
+        wait = parse.query_float(req, "wait", 0.0, 0.0, MAX_HTTP_WAIT)
+        request = m.Submit.from_args({"tasks": [spec], "wait": wait or None})
+        [entry] = self.client().call(request)["tasks"]
         if wait > 0:
-            [entry] = self.client().submit_and_wait([spec], wait)
             created = entry.pop("created", True)
             resp.media = render(entry)
         else:
-            [entry] = self.client().submit_entries([spec])
             created = entry.get("created", True)
             resp.media = {"id": entry["id"], "status": entry["status"]}
         # A repeated idempotency key returns the task it made the first time, with 200.
@@ -175,41 +120,42 @@ class Tasks:
         body = parse.read_object(req, self.max_body)
         parse.reject_unknown(body, frozenset({"tasks"}))
         specs = body.get("tasks")
-        if not isinstance(specs, list) or not 1 <= len(specs) <= MAX_BATCH:
-            raise InvalidInput(f"tasks must be a list of 1 to {MAX_BATCH} task objects")
-        for i, spec in enumerate(specs):
-            if not isinstance(spec, dict):
-                raise InvalidInput(f"tasks[{i}] must be an object")
-            if "args" in spec:
+        for i, spec in enumerate(specs if isinstance(specs, list) else []):
+            if isinstance(spec, dict) and "args" in spec:
                 spec["args"] = parse.decode_b64(spec["args"], f"tasks[{i}].args")
-        entries = self.client().submit_entries(specs)
+        request = m.Submit.from_args({"tasks": specs}, batch=True)
+        entries = self.client().call(request)["tasks"]
         resp.status = falcon.HTTP_201
         resp.media = {"ids": [entry["id"] for entry in entries]}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         status = parse.query_choice(req, "status", [s.value for s in TaskStatus])
         handler = parse.query(req, "handler")
-        if handler == "":
-            raise InvalidInput("query parameter handler must not be empty")
-        limit = parse.query_int(req, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-        after = parse.query_int(req, "after", None, 0, MAX_CURSOR)
-        records, cursor = self.client().list_tasks(
-            status=status, handler=handler, limit=limit, after=after
-        )
-        if cursor is not None:
-            query: list[tuple[str, str | int]] = [("limit", limit), ("after", cursor)]
-            query += [(k, v) for k, v in (("status", status), ("handler", handler)) if v]
-            resp.set_header("Link", f'</tasks?{urlencode(query)}>; rel="next"')
-        resp.media = render(records)
+        limit = parse.query_int(req, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
+        after = parse.query_int(req, "after", 0, 0, MAX_CURSOR)
+        args = {"status": status, "handler": handler, "limit": limit, "after": after}
+        try:
+            query = m.ListTasks.from_args(args)
+        except InvalidInput as exc:
+            raise InvalidInput(f"query parameter {exc.description}") from None
+        page = self.client().call(query)
+        if page["next"] is not None:
+            link: list[tuple[str, str | int]] = [("limit", limit), ("after", page["next"])]
+            link += [(k, v) for k, v in (("status", status), ("handler", handler)) if v]
+            resp.set_header("Link", f'</tasks?{urlencode(link)}>; rel="next"')
+        resp.media = render(page["tasks"])
 
     def on_get_task(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
         # ?wait=SECONDS holds the request until the task is final (or the time is up).
-        wait = parse.query_float(req, "wait", 0.0, 0.0, MAX_WAIT)
-        client = self.client()
-        resp.media = render(client.wait(task_id, wait) if wait > 0 else client.get(task_id))
+        wait = parse.query_float(req, "wait", 0.0, 0.0, MAX_HTTP_WAIT)
+        if wait > 0:
+            request: m.Request = m.Wait.from_args({"id": task_id, "timeout": wait})
+        else:
+            request = m.Get.from_args({"id": task_id})
+        resp.media = render(self.client().call(request))
 
     def on_delete_task(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
-        resp.media = render(self.client().cancel(task_id))
+        resp.media = render(self.client().call(m.CancelTask.from_args({"id": task_id})))
 
 
 class Workers:
@@ -222,30 +168,26 @@ class Workers:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = parse.read_object(req, self.max_body)
         parse.reject_unknown(body, WORKER_FIELDS)
-        worker_id = body.get("id")
-        if not isinstance(worker_id, str) or not worker_id:
-            raise InvalidInput("id must be a non-empty string")
-        record = self.client().register_http_worker(
-            worker_id, body.get("capabilities", []), body.get("resources", {})
-        )
+        request = m.HttpRegister.from_args(body)
+        record = self.client().call(request)
         # The broker says whether the id was new; the flag is the status code, not a field.
         if record.pop("created", False):
             resp.status = falcon.HTTP_201
-            resp.location = f"/workers/{worker_id}"
+            resp.location = f"/workers/{request.id}"
         resp.media = render(record)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = render(self.client().workers())
+        resp.media = render(self.client().call(m.ListWorkers()))
 
     def on_get_worker(self, req: falcon.Request, resp: falcon.Response, worker_id: str) -> None:
-        resp.media = render(self.client().worker(worker_id))
+        resp.media = render(self.client().call(m.GetWorker.from_args({"id": worker_id})))
 
     def on_put_heartbeat(self, req: falcon.Request, resp: falcon.Response, worker_id: str) -> None:
-        resp.media = render(self.client().heartbeat(worker_id))
+        resp.media = render(self.client().call(m.HttpHeartbeat.from_args({"id": worker_id})))
 
     def on_post_next(self, req: falcon.Request, resp: falcon.Response, worker_id: str) -> None:
-        wait = parse.query_float(req, "wait", 0.0, 0.0, MAX_WAIT)
-        record = self.client().next_task(worker_id, wait=wait)
+        wait = parse.query_float(req, "wait", 0.0, 0.0, MAX_HTTP_WAIT)
+        record = self.client().call(m.HttpNext.from_args({"id": worker_id, "wait": wait}))
         if record is None:
             resp.status = falcon.HTTP_204
             return
@@ -256,17 +198,13 @@ class Workers:
     ) -> None:
         body = parse.read_object(req, self.max_body)
         parse.reject_unknown(body, COMPLETE_FIELDS)
-        status = body.get("status")
-        if status not in OUTCOMES:
-            raise InvalidInput("status must be 'completed' or 'failed'")
-        record = self.client().complete(
-            worker_id,
-            task_id,
-            status,
-            result=parse.decode_b64(body.get("result"), "result"),
-            error=parse.optional_str(body, "error"),
-        )
-        resp.media = render(record)
+        args = {
+            **body,
+            "worker_id": worker_id,
+            "task_id": task_id,
+            "result": parse.decode_b64(body.get("result"), "result"),
+        }
+        resp.media = render(self.client().call(m.HttpComplete.from_args(args)))
 
 
 class Health:
@@ -277,7 +215,7 @@ class Health:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         try:
-            health = self.client().health(timeout=HEALTH_TIMEOUT)
+            health = self.client().call(m.Health(), timeout=HEALTH_TIMEOUT)
         except Unavailable as exc:
             resp.status = falcon.HTTP_503
             resp.media = {

@@ -91,13 +91,6 @@ def decode_b64(value: Any, field: str) -> bytes | None:
         raise InvalidInput(f"{field} is not valid base64") from None
 
 
-def optional_str(body: dict[str, Any], field: str) -> str | None:
-    value = body.get(field)
-    if value is not None and not isinstance(value, str):
-        raise InvalidInput(f"{field} must be a string or null, not {_json_type(value)}")
-    return value
-
-
 def reject_unknown(body: dict[str, Any], known: Collection[str]) -> None:
     """Refuse fields the broker never sees, so a misspelt one is not silently ignored."""
     unknown = sorted(key for key in body if key not in known)

@@ -12,7 +12,7 @@ import logging
 import math
 from typing import Any
 
-from api.app import MAX_WAIT
+from common.limits import MAX_HTTP_WAIT
 from common.settings import Settings
 
 #: Seconds an idle keep-alive connection stays open (gunicorn's default is 2), so an HTTP
@@ -39,12 +39,12 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "bind": [bind_address(settings.listen)],
         "workers": settings.processes,
         # Threads, not sync workers: every long-poll of an HTTP worker holds one for up
-        # to MAX_WAIT seconds, and a sync worker would serve nothing else meanwhile.
+        # to MAX_HTTP_WAIT seconds, and a sync worker would serve nothing else meanwhile.
         "worker_class": "gthread",
         "threads": settings.threads,
         # A shutdown lets the longest request finish: a long-poll and its broker reply
-        # (the client waits MAX_WAIT + request_timeout), plus a second to answer.
-        "graceful_timeout": math.ceil(MAX_WAIT + settings.request_timeout) + 1,
+        # (the client waits MAX_HTTP_WAIT + request_timeout), plus a second to answer.
+        "graceful_timeout": math.ceil(MAX_HTTP_WAIT + settings.request_timeout) + 1,
         "keepalive": KEEPALIVE,
         "accesslog": None,
         "errorlog": "-",

@@ -41,6 +41,7 @@ from bench.harness import (
     write_json,
 )
 from common import protocol
+from common.messages import ErrorInfo, Reply
 from common.protocol import Command
 from common.transport import send_frames
 
@@ -103,12 +104,12 @@ def relay(front_endpoint: str, back_endpoint: str) -> None:
                 body = protocol.unpack(frames).body
                 req = body["req"]
                 if body["op"] == "health":
-                    send_frames(
-                        front, [address, *protocol.reply_ok(req, {"workers": len(workers)})]
-                    )
+                    answer = Reply(req, {"workers": len(workers)})
+                    send_frames(front, [address, *protocol.reply(answer)])
                     continue
                 if not workers:
-                    send_frames(front, [address, *protocol.reply_error(req, 503, "no", "")])
+                    answer = Reply(req, error=ErrorInfo(503, "no", ""))
+                    send_frames(front, [address, *protocol.reply(answer)])
                     continue
                 spec = body["args"]["tasks"][0]
                 seq += 1
@@ -133,7 +134,7 @@ def relay(front_endpoint: str, back_endpoint: str) -> None:
                     client, req = pending.pop(result["task_id"])
                     value = {"id": result["task_id"], "status": result["status"],
                              "result": result["result"]}  # fmt: skip
-                    send_frames(front, [client, *protocol.reply_ok(req, value)])
+                    send_frames(front, [client, *protocol.reply(Reply(req, value))])
     ctx.destroy(linger=0)
 
 
@@ -177,7 +178,8 @@ class RelayClient:
 
     def send(self, op: str, args: dict[str, Any]) -> int:
         self.req += 1
-        send_frames(self.sock, protocol.request(self.req, op, args))
+        body = {"req": self.req, "op": op, "args": args}
+        send_frames(self.sock, protocol.pack(Command.REQUEST, body))
         return self.req
 
     def recv(self, timeout: float) -> dict[str, Any]:

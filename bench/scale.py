@@ -62,11 +62,14 @@ from bench.harness import (
     start_broker,
     write_json,
 )
-from broker.core import MAX_BATCH, Scheduler, Timing
+from broker.core import Scheduler, Timing
 from broker.state import Lease, Task, Worker
 from broker.store import SqliteStore, prepare
 from common.client import Client
+from common.limits import MAX_BATCH
+from common.messages import Assignment, Ready, RunOutcome
 from common.models import TaskStatus
+from common.spec import TaskSpec
 
 #: Pending tasks of the big case.
 PENDING = 1_000_000
@@ -262,20 +265,20 @@ class _Core:
     core: Scheduler
     worker: Worker
     address: bytes
-    running: dict[str, Any]
+    running: Assignment
     now: float = T0
 
     @classmethod
     def build(cls, pending: int) -> _Core:
         core = Scheduler(Timing())
         address = b"bench-worker"
-        body = {"id": "w", "slots": 1, "capabilities": ["echo"], "resources": {}, "running": []}
-        core.register(address, body, T0)
+        core.register(address, Ready("w", 1, ["echo"]), T0)
         worker = core.worker_at(address)
         assert worker is not None
         spec = {"handler": "echo", "args": ARGS}
         for first in range(0, pending + 1, MAX_BATCH):
-            core.submit([spec] * min(MAX_BATCH, pending + 1 - first), T0)
+            count = min(MAX_BATCH, pending + 1 - first)
+            core.submit([TaskSpec.parse(spec) for _ in range(count)], T0)
         core.take_dirty()
         core.schedule(T0)
         (running,) = core.take_outbox().dispatch[address]
@@ -286,9 +289,8 @@ class _Core:
         core, spec, spent = self.core, {"handler": "echo", "args": ARGS}, 0.0
         for _ in range(count):
             self.now += 0.0001
-            core.submit([spec], self.now)
-            outcome = {"task_id": self.running["task_id"], "attempt": self.running["attempt"],
-                       "status": "completed", "result": ARGS, "error": None}  # fmt: skip
+            core.submit([TaskSpec.parse(spec)], self.now)
+            outcome = RunOutcome(self.running.run, TaskStatus.COMPLETED, ARGS)
             began = time.thread_time()
             core.report(self.worker, [outcome], self.now)
             core.schedule(self.now)

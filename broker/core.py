@@ -24,21 +24,22 @@ from typing import Any
 from broker.queue import ReadyQueues, Shape
 from broker.state import Lease, Task, Worker
 from common.errors import Conflict, InvalidInput, NotFound
+from common.messages import (
+    Assignment,
+    HttpComplete,
+    HttpRegister,
+    ListTasks,
+    Ready,
+    RunKey,
+    RunOutcome,
+)
 from common.models import FINAL_STATUSES, TaskStatus, WorkerKind, WorkerStatus
-from common.spec import TaskSpec, parse_capabilities, parse_resources
+from common.spec import TaskSpec
 
 log = logging.getLogger(__name__)
 
 #: Times a task may go back to the queue because its worker was lost before it fails.
 MAX_LOST = 3
-#: Most tasks in one submit request.
-MAX_BATCH = 10_000
-#: Longest ``wait`` a client may ask for, in seconds.
-MAX_WAIT = 300.0
-#: Longest long-poll of an HTTP worker, in seconds.
-MAX_POLL = 30.0
-#: Largest page of ``list``.
-MAX_PAGE = 1000
 #: Most finished tasks pruned in one call of ``prune``, so pruning never stalls the loop.
 PRUNE_BATCH = 1000
 
@@ -64,8 +65,8 @@ class Timing:
 class Outbox:
     """What the core wants sent: commands to workers at once, replies after the commit."""
 
-    #: Worker address -> dispatch entries.
-    dispatch: dict[bytes, list[dict[str, Any]]] = field(default_factory=dict)
+    #: Worker address -> runs to start.
+    dispatch: dict[bytes, list[Assignment]] = field(default_factory=dict)
     #: Worker address -> task ids whose runs should stop.
     cancel: dict[bytes, list[str]] = field(default_factory=dict)
     #: Answers to deferred requests (wait, long-poll): (token, value).
@@ -92,12 +93,6 @@ def _no_cold_tasks(tasks: Sequence[Task]) -> None:
     raise RuntimeError(f"{len(tasks)} cold tasks and no store to warm them from")
 
 
-def _wait_seconds(timeout: Any, name: str = "timeout") -> float:
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
-        raise InvalidInput(f"{name} must be a number of seconds >= 0")
-    return min(float(timeout), MAX_WAIT)
-
-
 class Scheduler:
     """Tasks, workers and leases; priority, matching, dependencies, retries and liveness."""
 
@@ -111,6 +106,8 @@ class Scheduler:
         self.counts: Counter[TaskStatus] = Counter()
         #: Outcomes refused because their lease was no longer current.
         self.stale_outcomes = 0
+        #: One-way messages (READY, DONE) dropped because they broke the protocol.
+        self.dropped_messages = 0
         self.outbox = Outbox()
         self._dirty: dict[str, Task] = {}
         self._order: list[Task] = []  # by seq, for listing
@@ -226,16 +223,9 @@ class Scheduler:
 
     # -- submitting and inspecting ---------------------------------------------------
 
-    def submit(self, raw_tasks: Any, now: float) -> list[dict[str, Any]]:
-        """Validate and add a batch of tasks, all or none."""
-        if not isinstance(raw_tasks, list) or not raw_tasks:
-            raise InvalidInput("tasks must be a non-empty list")
-        if len(raw_tasks) > MAX_BATCH:
-            raise InvalidInput(f"tasks has more than {MAX_BATCH} entries")
-        prefix = len(raw_tasks) > 1
-        specs = [
-            TaskSpec.parse(raw, f"tasks[{i}]." if prefix else "") for i, raw in enumerate(raw_tasks)
-        ]
+    def submit(self, specs: list[TaskSpec], now: float) -> list[dict[str, Any]]:
+        """Add a batch of tasks, all or none (every dependency must name a known task)."""
+        prefix = len(specs) > 1
         for i, spec in enumerate(specs):
             for dep in spec.dependencies:
                 if dep not in self.tasks:
@@ -284,25 +274,24 @@ class Scheduler:
         return out
 
     def submit_and_wait(
-        self, raw_tasks: Any, wait: Any, token: object, now: float
+        self, specs: list[TaskSpec], wait: float, token: object, now: float
     ) -> dict[str, Any] | None:
         """``submit``, then the full records of the tasks once all are final or ``wait``
         passes (each with ``created``); None after registering ``token`` to answer later."""
-        limit = _wait_seconds(wait, "wait")
-        entries = self.submit(raw_tasks, now)
+        entries = self.submit(specs, now)
         waiter = _Waiter(
-            token, now + limit, [e["id"] for e in entries], True, [e["created"] for e in entries]
+            token, now + wait, [e["id"] for e in entries], True, [e["created"] for e in entries]
         )
-        return self._value_or_wait(waiter, limit)
+        return self._value_or_wait(waiter, wait)
 
-    def get(self, task_id: Any) -> Task:
+    def get(self, task_id: str) -> Task:
         """The task with this id, whole (warmed if it was cold), to be shown."""
         task = self._known(task_id)
         self._warm_up([task])
         return task
 
-    def _known(self, task_id: Any) -> Task:
-        task = self.tasks.get(task_id) if isinstance(task_id, str) else None
+    def _known(self, task_id: str) -> Task:
+        task = self.tasks.get(task_id)
         if task is None:
             raise NotFound(f"no task with id {task_id!r}")
         return task
@@ -313,24 +302,9 @@ class Scheduler:
         if cold:
             self._warm(cold)
 
-    def list_tasks(self, args: dict[str, Any]) -> dict[str, Any]:
+    def list_tasks(self, query: ListTasks) -> dict[str, Any]:
         """A page of tasks in submission order, optionally filtered by status and handler."""
-        status = args.get("status")
-        if status is not None:
-            try:
-                status = TaskStatus(status)
-            except ValueError:
-                known = ", ".join(s.value for s in TaskStatus)
-                raise InvalidInput(f"status must be one of {known}") from None
-        handler = args.get("handler")
-        if handler is not None and not isinstance(handler, str):
-            raise InvalidInput("handler must be a string")
-        limit = args.get("limit", 100)
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
-            raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE}")
-        after = args.get("after", 0)
-        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
-            raise InvalidInput("after must be a cursor from a previous page")
+        status, handler, limit, after = query.status, query.handler, query.limit, query.after
         bucket = self._by_status.get(status) if status is not None else None
         if bucket is not None and len(bucket) ** 2 < limit * len(self.tasks):
             # Few tasks have this status: picking the page from them costs about len(bucket);
@@ -368,7 +342,7 @@ class Scheduler:
             page.append(task)
         return page, False
 
-    def cancel(self, task_id: Any, now: float) -> Task:
+    def cancel(self, task_id: str, now: float) -> Task:
         """Cancel a task: pending ones at once; running ones are told to stop."""
         task = self._known(task_id)
         if task.status in FINAL_STATUSES:
@@ -384,26 +358,22 @@ class Scheduler:
         self._finish(task, TaskStatus.CANCELLED, now, error="cancelled")
         return task
 
-    def wait(self, task_id: Any, timeout: Any, token: object, now: float) -> Task | None:
+    def wait(self, task_id: str, timeout: float, token: object, now: float) -> Task | None:
         """The task if final, else None after registering ``token`` to be answered later."""
         task = self.get(task_id)
-        limit = _wait_seconds(timeout)
-        if task.status in FINAL_STATUSES or limit == 0:
+        if task.status in FINAL_STATUSES or timeout == 0:
             return task
-        self._add_waiter(_Waiter(token, now + limit, [task.id], False))
+        self._add_waiter(_Waiter(token, now + timeout, [task.id], False))
         return None
 
     def wait_many(
-        self, task_ids: Any, timeout: Any, token: object, now: float
+        self, task_ids: list[str], timeout: float, token: object, now: float
     ) -> dict[str, Any] | None:
         """Brief records (id, status, result, error) of the tasks that are final once all of
         them are, or when ``timeout`` passes; None after registering ``token`` to answer later."""
-        if not isinstance(task_ids, list) or len(task_ids) > MAX_BATCH:
-            raise InvalidInput(f"ids must be a list of at most {MAX_BATCH} task ids")
         tasks = [self._known(task_id) for task_id in task_ids]
-        limit = _wait_seconds(timeout)
-        waiter = _Waiter(token, now + limit, [t.id for t in tasks], True)
-        return self._value_or_wait(waiter, limit)
+        waiter = _Waiter(token, now + timeout, [t.id for t in tasks], True)
+        return self._value_or_wait(waiter, timeout)
 
     def _value_or_wait(self, waiter: _Waiter, limit: float) -> dict[str, Any] | None:
         """The waiter's value now if it may not wait or all its tasks are final; else None
@@ -454,24 +424,16 @@ class Scheduler:
             "tasks": {s.value: self.counts.get(s, 0) for s in TaskStatus},
             "workers": len(self._online),
             "stale_outcomes": self.stale_outcomes,
+            "dropped_messages": self.dropped_messages,
             "uptime": now - started,
         }
 
     # -- ZeroMQ workers ------------------------------------------------------------
 
-    def register(self, address: bytes, body: dict[str, Any], now: float) -> Worker:
+    def register(self, address: bytes, ready: Ready, now: float) -> Worker:
         """A worker said READY: (re)register it and take back the leases it still holds."""
-        worker_id = body.get("id")
-        if not isinstance(worker_id, str) or not worker_id:
-            raise InvalidInput("id must be a non-empty string")
-        slots = body.get("slots")
-        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
-            raise InvalidInput("slots must be an integer >= 1")
-        capabilities = frozenset(parse_capabilities(body.get("capabilities")))
-        resources = parse_resources(body.get("resources"), "resources")
-        claims = body.get("running") or []
-        if not isinstance(claims, list):
-            raise InvalidInput("running must be a list")
+        worker_id, slots, resources = ready.id, ready.slots, ready.resources
+        capabilities = frozenset(ready.capabilities)
         old = self.workers.get(worker_id)
         if old is not None and old.kind is WorkerKind.HTTP:
             raise Conflict(f"worker id {worker_id!r} is taken by an HTTP worker")
@@ -481,7 +443,6 @@ class Scheduler:
                 self._by_address.pop(old.address, None)
             if old.status is WorkerStatus.ONLINE:
                 held = old.running
-        host, pid = body.get("host"), body.get("pid")
         worker = Worker(
             id=worker_id,
             kind=WorkerKind.ZMQ,
@@ -490,8 +451,8 @@ class Scheduler:
             slots=slots,
             last_seen=now,
             address=address,
-            host=host if isinstance(host, str) else "",
-            pid=pid if isinstance(pid, int) else 0,
+            host=ready.host,
+            pid=ready.pid,
             free=dict(resources),
             last_ping=now,
         )
@@ -499,11 +460,7 @@ class Scheduler:
         self._go_online(worker)
         self._by_address[address] = worker
         refused: list[str] = []
-        for claim in claims:
-            task_id = claim.get("task_id") if isinstance(claim, dict) else None
-            attempt = claim.get("attempt") if isinstance(claim, dict) else None
-            if not isinstance(task_id, str) or not isinstance(attempt, int):
-                continue
+        for task_id, attempt in ready.running:
             task = self.tasks.get(task_id)
             current = (
                 task is not None
@@ -541,30 +498,14 @@ class Scheduler:
         """Any message from a worker is a sign of life."""
         worker.last_seen = now
 
-    def report(self, worker: Worker, results: Any, now: float) -> list[list[Any]]:
-        """Outcomes from a ZeroMQ worker; returns the (task_id, attempt) pairs to acknowledge."""
-        if not isinstance(results, list):
-            raise InvalidInput("results must be a list")
-        acks: list[list[Any]] = []
-        for entry in results:
-            if not isinstance(entry, dict):
-                continue
-            task_id, attempt = entry.get("task_id"), entry.get("attempt")
-            if not isinstance(task_id, str) or not isinstance(attempt, int):
-                continue
-            result = entry.get("result")
-            error = entry.get("error")
+    def report(self, worker: Worker, outcomes: list[RunOutcome], now: float) -> list[RunKey]:
+        """Outcomes from a ZeroMQ worker; returns the runs to acknowledge (all of them)."""
+        for outcome in outcomes:
+            task_id, attempt = outcome.run
             self._outcome(
-                worker,
-                task_id,
-                attempt,
-                str(entry.get("status")),
-                result if isinstance(result, bytes) else None,
-                error if isinstance(error, str) else None,
-                now,
+                worker, task_id, attempt, outcome.status, outcome.result, outcome.error, now
             )
-            acks.append([task_id, attempt])
-        return acks
+        return [outcome.run for outcome in outcomes]
 
     def goodbye(self, worker: Worker, now: float) -> None:
         """A worker shut down cleanly: its tasks go back to the queue without counting as lost."""
@@ -572,12 +513,9 @@ class Scheduler:
 
     # -- HTTP workers ------------------------------------------------------------------
 
-    def http_register(self, args: dict[str, Any], now: float) -> tuple[Worker, bool]:
-        worker_id = args.get("id")
-        if not isinstance(worker_id, str) or not worker_id or len(worker_id) > 256:
-            raise InvalidInput("id must be a non-empty string of at most 256 characters")
-        capabilities = frozenset(parse_capabilities(args.get("capabilities")))
-        resources = parse_resources(args.get("resources"), "resources")
+    def http_register(self, request: HttpRegister, now: float) -> tuple[Worker, bool]:
+        worker_id, resources = request.id, request.resources
+        capabilities = frozenset(request.capabilities)
         old = self.workers.get(worker_id)
         if old is not None and old.kind is WorkerKind.ZMQ:
             raise Conflict(f"worker id {worker_id!r} is taken by a ZeroMQ worker")
@@ -605,7 +543,7 @@ class Scheduler:
         self._go_online(worker)
         return worker, True
 
-    def http_worker(self, worker_id: Any, now: float) -> Worker:
+    def http_worker(self, worker_id: str, now: float) -> Worker:
         """An HTTP worker by id; a request from it is a sign of life and brings it back online."""
         worker = self.worker(worker_id)
         if worker.kind is not WorkerKind.HTTP:
@@ -615,35 +553,26 @@ class Scheduler:
             self._go_online(worker)
         return worker
 
-    def http_next(self, args: dict[str, Any], token: object, now: float) -> None:
+    def http_next(self, worker_id: str, wait: float, token: object, now: float) -> None:
         """Queue a long-poll; it is answered through the outbox, with a task or at its deadline."""
-        wait = args.get("wait", 0)
-        if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= MAX_POLL:
-            raise InvalidInput(f"wait must be a number of seconds from 0 to {MAX_POLL:g}")
-        worker = self.http_worker(args.get("id"), now)
-        deadline = now + float(wait)
+        worker = self.http_worker(worker_id, now)
+        deadline = now + wait
         worker.polls.append((token, deadline))
         heapq.heappush(self._poll_deadlines, (deadline, self._next_timer(), worker, token))
         self._ready_changed = True
 
-    def http_complete(self, args: dict[str, Any], now: float) -> Task:
-        worker = self.http_worker(args.get("worker_id"), now)
-        task = self._known(args.get("task_id"))
-        status = args.get("status")
-        if status not in (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value):
-            raise InvalidInput("status must be 'completed' or 'failed'")
-        result, error = args.get("result"), args.get("error")
-        if result is not None and not isinstance(result, bytes):
-            raise InvalidInput("result must be bytes")
-        if error is not None and not isinstance(error, str):
-            raise InvalidInput("error must be a string")
+    def http_complete(self, request: HttpComplete, now: float) -> Task:
+        worker = self.http_worker(request.worker_id, now)
+        task = self._known(request.task_id)
         if task.status is not TaskStatus.RUNNING or task.worker_id != worker.id:
             raise Conflict(f"task {task.id} is not running on worker {worker.id}")
-        self._outcome(worker, task.id, task.attempts, status, result, error, now)
+        self._outcome(
+            worker, task.id, task.attempts, request.status, request.result, request.error, now
+        )
         return task
 
-    def worker(self, worker_id: Any) -> Worker:
-        worker = self.workers.get(worker_id) if isinstance(worker_id, str) else None
+    def worker(self, worker_id: str) -> Worker:
+        worker = self.workers.get(worker_id)
         if worker is None:
             raise NotFound(f"no worker with id {worker_id!r}")
         return worker
@@ -672,6 +601,8 @@ class Scheduler:
                     self._lose(task, now)
         pings: list[bytes] = []
         for worker in list(self._online.values()):
+            if worker.polls:
+                continue  # an HTTP worker waiting on a long-poll is there: we hold its request
             window = (
                 self.timing.worker_window
                 if worker.kind is WorkerKind.ZMQ
@@ -700,6 +631,7 @@ class Scheduler:
             for i, (poll_token, _) in enumerate(worker.polls):
                 if poll_token is token:
                     del worker.polls[i]
+                    worker.last_seen = now  # it was waiting on its poll until now
                     self.outbox.replies.append((token, None))
                     break
         return pings
@@ -809,16 +741,13 @@ class Scheduler:
             )
         if worker.kind is WorkerKind.HTTP:
             token, _ = worker.polls.pop(0)
+            worker.last_seen = now  # it was waiting on its poll until now
             self.outbox.replies.append((token, task.record()))
         else:
             assert worker.address is not None
-            entry = {
-                "task_id": task.id,
-                "attempt": task.attempts,
-                "handler": task.handler,
-                "args": task.args,
-                "timeout": task.timeout,
-            }
+            entry = Assignment(
+                RunKey(task.id, task.attempts), task.handler, task.args, task.timeout
+            )
             self.outbox.dispatch.setdefault(worker.address, []).append(entry)
 
     # -- outcomes ---------------------------------------------------------------------------
@@ -828,7 +757,7 @@ class Scheduler:
         worker: Worker,
         task_id: str,
         attempt: int,
-        status: str,
+        status: TaskStatus,
         result: bytes | None,
         error: str | None,
         now: float,
@@ -850,10 +779,10 @@ class Scheduler:
         ):
             self._refuse(worker, task, attempt, status, now)
             return
-        if status == TaskStatus.COMPLETED.value:
+        if status is TaskStatus.COMPLETED:
             self._close_lease(task, "completed", now)
             self._finish(task, TaskStatus.COMPLETED, now, result=result)
-        elif status == TaskStatus.FAILED.value:
+        elif status is TaskStatus.FAILED:
             self._close_lease(task, "failed", now, error)
             self._fail_attempt(task, error or "failed", now)
         else:
@@ -862,7 +791,7 @@ class Scheduler:
             self._requeue(task, now)
 
     def _refuse(
-        self, worker: Worker, task: Task | None, attempt: int, status: str, now: float
+        self, worker: Worker, task: Task | None, attempt: int, status: TaskStatus, now: float
     ) -> None:
         """An outcome for a lease that is no longer current: never recorded."""
         if task is None:
@@ -880,7 +809,7 @@ class Scheduler:
             # a cancelled run ended: none of these is news, and the cancel stands.
             return
         self.stale_outcomes += 1
-        lease.refused = status
+        lease.refused = status.value
         self._touch(task)
         log.warning(
             "refused stale outcome %r of %s #%s from %s: the lease ended %s",

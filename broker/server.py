@@ -27,7 +27,6 @@ from __future__ import annotations
 import gc
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -36,8 +35,9 @@ from typing import Any, cast
 import zmq
 
 from broker.core import Scheduler, Timing
+from broker.operations import DEFERRED, perform
 from broker.store import Store
-from common import protocol
+from common import messages, protocol
 from common.errors import InvalidInput, SchedulerError
 from common.protocol import Command
 from common.settings import Settings
@@ -99,7 +99,7 @@ class BrokerServer:
         self._promises: list[Frames] = []
         #: Outcomes to acknowledge, by worker address: one ACK each with the next commit,
         #: which they do not hurry.
-        self._acks: dict[bytes, list[list[Any]]] = {}
+        self._acks: dict[bytes, list[messages.RunKey]] = {}
         #: WELCOME and RESYNC of this turn: sent at its end, before the commit.
         self._commands: list[Frames] = []
         #: When the oldest change that is not committed yet was made (None: there is none).
@@ -194,14 +194,16 @@ class BrokerServer:
         self._commands = []
         outbox = core.take_outbox()
         for address, task_ids in outbox.cancel.items():
-            self._send(socket, [address, *protocol.pack(Command.CANCEL, {"task_ids": task_ids})])
+            body = messages.CancelRuns(task_ids).to_body()
+            self._send(socket, [address, *protocol.pack(Command.CANCEL, body)])
         for address, entries in outbox.dispatch.items():
-            self._send(socket, [address, *protocol.pack(Command.DISPATCH, {"tasks": entries})])
+            body = messages.Dispatch(entries).to_body()
+            self._send(socket, [address, *protocol.pack(Command.DISPATCH, body)])
         promises = self._promises
         self._promises = []
         for token, value in outbox.replies:
             address, req_id = cast(tuple[bytes, int], token)
-            promises.append([address, *protocol.reply_ok(req_id, value)])
+            promises.append([address, *protocol.reply(messages.Reply(req_id, value))])
         if core.has_changes():
             if self._dirty_since is None:
                 self._dirty_since = now
@@ -211,8 +213,8 @@ class BrokerServer:
                 self.store.save(core.take_dirty(), core.take_pruned())
             else:
                 return  # nothing is owed to a client yet: the ACKs wait for the commit
-        for address, results in self._acks.items():
-            self._send(socket, [address, *protocol.pack(Command.ACK, {"results": results})])
+        for address, runs in self._acks.items():
+            self._send(socket, [address, *protocol.pack(Command.ACK, messages.Ack(runs).to_body())])
         self._acks = {}
         for message in promises:
             self._send(socket, message)
@@ -267,17 +269,14 @@ class BrokerServer:
 
     def _ready(self, address: bytes, body: dict[str, Any], now: float) -> None:
         try:
-            worker = self.core.register(address, body, now)
+            ready = messages.Ready.decode(body)
+            worker = self.core.register(address, ready, now)
         except SchedulerError as exc:
-            log.warning("refused registration: %s", exc.description)
+            self._drop(Command.READY, exc)
             return
         timing = self.core.timing
-        welcome = {
-            "worker_id": worker.id,
-            "ping_interval": timing.ping_interval,
-            "liveness": timing.liveness,
-        }
-        self._command(address, protocol.pack(Command.WELCOME, welcome))
+        welcome = messages.Welcome(worker.id, timing.ping_interval, timing.liveness)
+        self._command(address, protocol.pack(Command.WELCOME, welcome.to_body()))
 
     def _from_worker(
         self, address: bytes, command: Command, body: dict[str, Any], now: float
@@ -290,76 +289,39 @@ class BrokerServer:
         self.core.seen(worker, now)
         if command is Command.DONE:
             try:
-                acks = self.core.report(worker, body.get("results"), now)
+                done = messages.Done.decode(body)
             except SchedulerError as exc:
-                log.warning("bad DONE from %s: %s", worker.id, exc.description)
+                self._drop(Command.DONE, exc, worker.id)
                 return
             # A worker keeps its outcomes until ACKed and needs nothing else from the ACK,
             # so ACKs ride on the next commit a reply needs, or at most COMMIT_DELAY later.
-            self._acks.setdefault(address, []).extend(acks)
+            self._acks.setdefault(address, []).extend(self.core.report(worker, done.results, now))
         elif command is Command.BYE:
             log.info("worker %s said goodbye", worker.id)
             self.core.goodbye(worker, now)
 
+    def _drop(self, command: Command, exc: SchedulerError, sender: str = "") -> None:
+        """A one-way message that breaks the protocol: never acted on, counted."""
+        self.core.dropped_messages += 1
+        log.warning("dropped %s%s: %s", command.name, f" from {sender}" if sender else "",
+                    exc.description)  # fmt: skip
+
     def _request(self, address: bytes, body: dict[str, Any], now: float) -> None:
-        req = body.get("req")
-        if isinstance(req, bool) or not isinstance(req, int):
-            log.warning("dropped a request without a numeric req")
+        req = messages.request_number(body)
+        if req is None:
+            self._drop(Command.REQUEST, InvalidInput("req must be a request number"))
             return
         try:
-            value = self._operate(body.get("op"), body.get("args"), (address, req), now)
+            request = messages.decode_request(body)
+            value = perform(self.core, request, (address, req), now, self.started)
         except SchedulerError as exc:
-            frames = protocol.reply_error(req, exc.status, exc.title, exc.description)
-            self._promise(address, frames)
+            error = messages.ErrorInfo(exc.status, exc.title, exc.description)
+            self._promise(address, protocol.reply(messages.Reply(req, error=error)))
             return
         except Exception:
             log.exception("request %r failed", body.get("op"))
-            frames = protocol.reply_error(req, 500, "Internal error", "the broker hit a bug")
-            self._promise(address, frames)
+            error = messages.ErrorInfo(500, "Internal error", "the broker hit a bug")
+            self._promise(address, protocol.reply(messages.Reply(req, error=error)))
             return
-        if value is not _DEFERRED:
-            self._promise(address, protocol.reply_ok(req, value))
-
-    def _operate(self, op: Any, args: Any, token: object, now: float) -> Any:
-        """Run one client operation; returns its value, or ``_DEFERRED`` to answer later."""
-        if not isinstance(args, dict):
-            raise InvalidInput("args must be a map")
-        core = self.core
-        if op == "submit":
-            if "wait" in args:
-                done = core.submit_and_wait(args.get("tasks"), args.get("wait"), token, now)
-                return _DEFERRED if done is None else done
-            return {"tasks": core.submit(args.get("tasks"), now)}
-        if op == "get":
-            return core.get(args.get("id")).record()
-        if op == "list":
-            return core.list_tasks(args)
-        if op == "cancel":
-            return core.cancel(args.get("id"), now).record()
-        if op == "wait":
-            task = core.wait(args.get("id"), args.get("timeout"), token, now)
-            return _DEFERRED if task is None else task.record()
-        if op == "wait_many":
-            brief = core.wait_many(args.get("ids"), args.get("timeout"), token, now)
-            return _DEFERRED if brief is None else brief
-        if op == "workers":
-            return [worker.record() for worker in core.workers.values()]
-        if op == "worker":
-            return core.worker(args.get("id")).record()
-        if op == "health":
-            return {**core.health(now, self.started), "pid": os.getpid()}
-        if op == "http_register":
-            worker, created = core.http_register(args, now)
-            return {**worker.record(), "created": created}
-        if op == "http_next":
-            core.http_next(args, token, now)
-            return _DEFERRED
-        if op == "http_heartbeat":
-            return core.http_worker(args.get("id"), now).record()
-        if op == "http_complete":
-            return core.http_complete(args, now).record()
-        raise InvalidInput(f"unknown op {op!r}")
-
-
-#: Marker: the reply will come later, from the core's outbox.
-_DEFERRED = object()
+        if value is not DEFERRED:
+            self._promise(address, protocol.reply(messages.Reply(req, value)))

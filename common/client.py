@@ -4,7 +4,9 @@ A ``Client`` owns one DEALER socket and is not thread-safe: use one per thread
 (the REST API keeps one per thread). Every call takes a timeout and raises
 ``Unavailable`` when the broker does not answer in time; errors the broker
 reports come back as the matching ``SchedulerError`` (``InvalidInput``,
-``NotFound``, ``Conflict``).
+``NotFound``, ``Conflict``). A call's arguments are checked before anything is sent,
+by the broker's own checks (``common.messages``): a bad one raises ``InvalidInput``
+naming the field, and nothing leaves.
 
     with Client("tcp://127.0.0.1:5555") as client:
         task_id = client.submit("fibonacci", b'{"n": 10}')
@@ -21,8 +23,10 @@ from typing import Any
 
 import zmq
 
+from common import messages as m
 from common import protocol
-from common.errors import SchedulerError, Unavailable
+from common.errors import InvalidInput, SchedulerError, Unavailable
+from common.limits import DEFAULT_PAGE
 from common.models import TaskStatus
 from common.transport import send_frames
 
@@ -73,14 +77,16 @@ class Client:
 
     # -- the one round trip ----------------------------------------------------
 
-    def call(
-        self, op: str, args: dict[str, Any] | None = None, timeout: float | None = None
-    ) -> Any:
-        """Send one request and return the reply's value, or raise the reply's error."""
-        limit = self.timeout if timeout is None else timeout
+    def call(self, request: m.Request, timeout: float | None = None) -> Any:
+        """Send one request and return the reply's value, or raise the reply's error.
+
+        ``timeout`` (default: the client's) is how long to wait for an answer, on top of
+        the time the broker may hold it (a wait's own timeout).
+        """
+        limit = (self.timeout if timeout is None else timeout) + m.holds(request)
         deadline = time.monotonic() + limit
         req = next(self._counter)
-        if not self._send(protocol.request(req, op, args), limit):
+        if not self._send(protocol.request(req, request), limit):
             self._reset()
             raise Unavailable(f"broker at {self.endpoint} is not reachable")
         while True:
@@ -90,15 +96,17 @@ class Client:
             frames = self._socket.recv_multipart()
             try:
                 message = protocol.unpack(frames)
-            except protocol.ProtocolError:
-                continue
-            body = message.body
-            if message.command is not protocol.Command.REPLY or body.get("req") != req:
+                if message.command is not protocol.Command.REPLY:
+                    continue
+                reply = m.Reply.decode(message.body)
+            except (protocol.ProtocolError, InvalidInput):
+                continue  # not a reply this client can read: nothing answers it
+            if reply.req != req:
                 continue  # a late reply to an earlier call that timed out
-            if body.get("ok"):
-                return body.get("value")
-            error = body.get("error")
-            raise SchedulerError.from_dict(error if isinstance(error, dict) else {})
+            if reply.error is None:
+                return reply.value
+            error = reply.error
+            raise SchedulerError.of(error.status, error.title, error.description)
 
     def _send(self, frames: list[bytes], limit: float) -> bool:
         """Send at once, or once connected within ``limit`` seconds; False if it cannot."""
@@ -140,7 +148,7 @@ class Client:
     ) -> list[dict[str, Any]]:
         """Like ``submit_many``, returning ``{id, status, created}`` for each task;
         ``created`` is false when an idempotency key named a task that already existed."""
-        value = self.call("submit", {"tasks": specs}, timeout)
+        value = self.call(m.Submit.from_args({"tasks": specs}), timeout)
         entries: list[dict[str, Any]] = value["tasks"]
         return entries
 
@@ -154,64 +162,55 @@ class Client:
         return _result_of(task, wait)
 
     def submit_and_wait(self, specs: list[dict[str, Any]], wait: float) -> list[dict[str, Any]]:
-        """Submit tasks (all or none) and wait up to ``wait`` seconds for all of them to
-        finish, in one round trip; returns each task's full record, with ``created``.
+        """Submit tasks (all or none) and wait up to ``wait`` seconds (at most 300) for all of
+        them to finish, in one round trip; returns each task's full record, with ``created``.
 
         The broker answers once every task is final or the time is up, so a record may
         still be pending or running. The submit is durable when the answer arrives.
         """
-        value = self.call("submit", {"tasks": specs, "wait": wait}, wait + self.timeout)
+        value = self.call(m.Submit.from_args({"tasks": specs, "wait": wait}))
         records: list[dict[str, Any]] = value["tasks"]
         return records
 
     def get(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
         """The task's current record."""
-        result: dict[str, Any] = self.call("get", {"id": task_id}, timeout)
+        result: dict[str, Any] = self.call(m.Get.from_args({"id": task_id}), timeout)
         return result
 
     def list_tasks(
         self,
         status: str | None = None,
         handler: str | None = None,
-        limit: int = 100,
+        limit: int = DEFAULT_PAGE,
         after: int | None = None,
         timeout: float | None = None,
     ) -> tuple[list[dict[str, Any]], int | None]:
         """A page of tasks in submission order and the cursor of the next page (or None)."""
-        args: dict[str, Any] = {"limit": limit}
-        if status is not None:
-            args["status"] = status
-        if handler is not None:
-            args["handler"] = handler
+        args: dict[str, Any] = {"limit": limit, "status": status, "handler": handler}
         if after is not None:
             args["after"] = after
-        value = self.call("list", args, timeout)
+        value = self.call(m.ListTasks.from_args(args), timeout)
         return value["tasks"], value["next"]
 
     def cancel(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
         """Cancel a task: at once when pending; a running one is told to stop."""
-        result: dict[str, Any] = self.call("cancel", {"id": task_id}, timeout)
+        result: dict[str, Any] = self.call(m.CancelTask.from_args({"id": task_id}), timeout)
         return result
 
     def wait(self, task_id: str, timeout: float) -> dict[str, Any]:
-        """Wait up to ``timeout`` seconds for the task to finish; returns its record.
-
-        The record's status may still be pending or running if time ran out.
-        """
-        result: dict[str, Any] = self.call(
-            "wait", {"id": task_id, "timeout": timeout}, timeout + self.timeout
-        )
+        """Wait up to ``timeout`` seconds (at most 300) for the task to finish; returns its
+        record, whose status may still be pending or running if time ran out."""
+        result: dict[str, Any] = self.call(m.Wait.from_args({"id": task_id, "timeout": timeout}))
         return result
 
     def wait_many(self, task_ids: list[str], timeout: float) -> list[dict[str, Any]]:
-        """Wait up to ``timeout`` seconds for all these tasks (at most 10,000) to finish.
+        """Wait up to ``timeout`` seconds (at most 300) for all these tasks (at most 10,000)
+        to finish.
 
         Returns ``{id, status, result, error}`` for each task that is final by then, so a
         shorter list than ``task_ids`` means time ran out.
         """
-        value = self.call(
-            "wait_many", {"ids": task_ids, "timeout": timeout}, timeout + self.timeout
-        )
+        value = self.call(m.WaitMany.from_args({"ids": task_ids, "timeout": timeout}))
         tasks: list[dict[str, Any]] = value["tasks"]
         return tasks
 
@@ -223,15 +222,15 @@ class Client:
     # -- workers and health --------------------------------------------------------
 
     def workers(self, timeout: float | None = None) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self.call("workers", {}, timeout)
+        result: list[dict[str, Any]] = self.call(m.ListWorkers(), timeout)
         return result
 
     def worker(self, worker_id: str, timeout: float | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = self.call("worker", {"id": worker_id}, timeout)
+        result: dict[str, Any] = self.call(m.GetWorker.from_args({"id": worker_id}), timeout)
         return result
 
     def health(self, timeout: float | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = self.call("health", {}, timeout)
+        result: dict[str, Any] = self.call(m.Health(), timeout)
         return result
 
     # -- HTTP workers (used by the REST API) -----------------------------------------
@@ -245,18 +244,17 @@ class Client:
     ) -> dict[str, Any]:
         """Register (or re-register) a worker that pulls tasks over HTTP."""
         args = {"id": worker_id, "capabilities": capabilities, "resources": resources}
-        result: dict[str, Any] = self.call("http_register", args, timeout)
+        result: dict[str, Any] = self.call(m.HttpRegister.from_args(args), timeout)
         return result
 
     def next_task(self, worker_id: str, wait: float = 0.0) -> dict[str, Any] | None:
         """Lease the next task to an HTTP worker, waiting up to ``wait`` seconds for one."""
-        result: dict[str, Any] | None = self.call(
-            "http_next", {"id": worker_id, "wait": wait}, wait + self.timeout
-        )
+        request = m.HttpNext.from_args({"id": worker_id, "wait": wait})
+        result: dict[str, Any] | None = self.call(request)
         return result
 
     def heartbeat(self, worker_id: str, timeout: float | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = self.call("http_heartbeat", {"id": worker_id}, timeout)
+        result: dict[str, Any] = self.call(m.HttpHeartbeat.from_args({"id": worker_id}), timeout)
         return result
 
     def complete(
@@ -276,7 +274,7 @@ class Client:
             "result": result,
             "error": error,
         }
-        value: dict[str, Any] = self.call("http_complete", args, timeout)
+        value: dict[str, Any] = self.call(m.HttpComplete.from_args(args), timeout)
         return value
 
 

@@ -6,8 +6,6 @@ what was wrong, so that every layer reports bad input the same way.
 
 from __future__ import annotations
 
-from typing import Any
-
 
 class SchedulerError(Exception):
     """Base of every error the broker reports to a client."""
@@ -22,16 +20,14 @@ class SchedulerError(Exception):
         self.description = description
 
     @staticmethod
-    def from_dict(error: dict[str, Any]) -> SchedulerError:
-        """Rebuild the error a broker reply carries, keeping its status code."""
-        status = error.get("status")
-        description = str(error.get("description", ""))
+    def of(status: int, title: str, description: str) -> SchedulerError:
+        """The error a broker reply carries, as the class of its status code."""
         for cls in (InvalidInput, NotFound, Conflict, Unavailable):
             if cls.status == status:
                 return cls(description)
         exc = SchedulerError(description)
-        exc.status = status if isinstance(status, int) else 500
-        exc.title = str(error.get("title", SchedulerError.title))
+        exc.status = status
+        exc.title = title
         return exc
 
 

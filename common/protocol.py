@@ -7,8 +7,9 @@ ZeroMQ frames after the ROUTER envelope:
     frame 1  command     ASCII, one of the ``Command`` values
     frame 2  body        a msgpack map
 
-``docs/protocol.md`` lists every command with its body as a frame table.
-Nothing else in the code base touches msgpack; nothing here touches sockets.
+``docs/protocol.md`` lists every command with its body as a frame table, and
+``common.messages`` gives each body its type. Nothing else in the code base touches
+msgpack; nothing here touches sockets.
 Decoding never raises anything but ``ProtocolError``, so a malformed frame
 can be logged and dropped without killing the process that received it.
 """
@@ -21,6 +22,8 @@ from enum import Enum
 from typing import Any
 
 import msgpack
+
+from common.messages import Reply, Request, encode_request
 
 #: Protocol signature and version, sent as the first frame of every message.
 SIGNATURE = b"ZS1"
@@ -105,17 +108,11 @@ def unpack(frames: Sequence[bytes]) -> Message:
     return Message(cmd, decoded)
 
 
-def request(req: int, op: str, args: dict[str, Any] | None = None) -> list[bytes]:
-    """Frames of a client REQUEST."""
-    return pack(Command.REQUEST, {"req": req, "op": op, "args": args or {}})
+def request(req: int, body: Request) -> list[bytes]:
+    """Frames of a client ``REQUEST``."""
+    return pack(Command.REQUEST, encode_request(req, body))
 
 
-def reply_ok(req: int, value: Any) -> list[bytes]:
-    """Frames of a successful REPLY."""
-    return pack(Command.REPLY, {"req": req, "ok": True, "value": value})
-
-
-def reply_error(req: int, status: int, title: str, description: str) -> list[bytes]:
-    """Frames of a failed REPLY; ``status`` uses HTTP status codes (400, 404, 409, ...)."""
-    error = {"status": status, "title": title, "description": description}
-    return pack(Command.REPLY, {"req": req, "ok": False, "error": error})
+def reply(answer: Reply) -> list[bytes]:
+    """Frames of a ``REPLY``."""
+    return pack(Command.REPLY, answer.to_body())

@@ -68,6 +68,15 @@ class Settings:
     handlers: str = _opt("", "modules with handlers to load (repeatable)", "--handlers")
     #: How handlers run: ``thread`` (default) or ``process`` (CPU-bound handlers).
     pool: str = _opt("thread", "handler pool: thread or process", "--pool")
+    #: Seconds a worker waits before reconnecting after a try that got no WELCOME; doubles
+    #: with each such try (the first try after losing a broker is at once).
+    reconnect_backoff: float = _opt(
+        1.0, "first reconnect back-off of a worker in seconds", "--reconnect-backoff"
+    )
+    #: Longest wait between a worker's reconnect tries, in seconds.
+    reconnect_backoff_max: float = _opt(
+        32.0, "longest reconnect back-off of a worker in seconds", "--reconnect-backoff-max"
+    )
 
     # Liveness and timing.
     #: Seconds between broker pings to each ZeroMQ worker.

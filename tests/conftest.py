@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from common import protocol
 from common.client import Client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +32,11 @@ PING_INTERVAL = 0.2
 LIVENESS = 3
 
 T = TypeVar("T")
+
+
+def raw_request(req: int, op: str, args: Any) -> list[bytes]:
+    """The frames of a ``REQUEST`` as a peer may send them, checked or not."""
+    return protocol.pack(protocol.Command.REQUEST, {"req": req, "op": op, "args": args})
 
 
 def free_port() -> int:

@@ -27,11 +27,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeGuard
+from typing import Any
 
 import zmq
 
-from common import protocol
+from common import messages, protocol
+from common.errors import InvalidInput
+from common.limits import MAX_ERROR_LENGTH
+from common.messages import RunKey
 from common.models import TaskStatus
 from common.protocol import Command
 from common.transport import send_frames
@@ -40,21 +43,11 @@ from worker.runner import OnDone, Outcome, Runner
 logger = logging.getLogger(__name__)
 
 
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise SystemExit(f"{name}: {raw!r} is not a number") from None
-
-
 #: Seconds before the first reconnect once the broker is lost; doubles with each attempt
-#: that gets no WELCOME, and starts over after a WELCOME.
-BACKOFF_INITIAL = _env_float("ZMQS_WORKER_BACKOFF_INITIAL", 1.0)
-#: Longest wait between reconnects, in seconds.
-BACKOFF_MAX = _env_float("ZMQS_WORKER_BACKOFF_MAX", 32.0)
+#: that gets no WELCOME, and starts over after a WELCOME (``--reconnect-backoff``).
+BACKOFF_INITIAL = 1.0
+#: Longest wait between reconnects, in seconds (``--reconnect-backoff-max``).
+BACKOFF_MAX = 32.0
 #: Ping interval assumed until the first WELCOME says otherwise (seconds).
 DEFAULT_PING_INTERVAL = 1.0
 #: Silent ping intervals after which the broker is presumed gone, until WELCOME says otherwise.
@@ -123,7 +116,7 @@ class Agent:
         self._last_heard = 0.0
         self._reconnect_at = 0.0
         self._backoff = backoff_initial
-        self._unacked: dict[tuple[str, int], Outcome] = {}
+        self._unacked: dict[RunKey, Outcome] = {}
 
     # -- called from other threads -------------------------------------------------
 
@@ -254,19 +247,16 @@ class Agent:
         # READY leaves out is lost (requeued), and the DONE sent after WELCOME would then
         # arrive too late to count.
         held = dict.fromkeys([*self._runner.running(), *self._unacked])
-        running = [{"task_id": t, "attempt": a} for t, a in held]
-        self._send(
-            Command.READY,
-            {
-                "id": self.worker_id,
-                "slots": self.slots,
-                "capabilities": self.capabilities,
-                "resources": self.resources,
-                "running": running,
-                "host": self.host,
-                "pid": self.pid,
-            },
+        ready = messages.Ready(
+            self.worker_id,
+            self.slots,
+            self.capabilities,
+            self.resources,
+            [RunKey(task_id, attempt) for task_id, attempt in held],
+            self.host,
+            self.pid,
         )
+        self._send(Command.READY, ready.to_body())
 
     # -- messages from the broker ----------------------------------------------------
 
@@ -284,6 +274,8 @@ class Agent:
                 self._handle(protocol.unpack(frames))
             except protocol.ProtocolError as exc:
                 logger.warning("dropped malformed message from broker: %s", exc)
+            except InvalidInput as exc:
+                logger.warning("dropped malformed message from broker: %s", exc.description)
             except Exception:
                 # A bug handling one message must not take the worker off the cluster.
                 logger.exception("failed to handle a message from the broker")
@@ -310,12 +302,9 @@ class Agent:
             logger.warning("ignored unexpected %s from broker", command.name)
 
     def _on_welcome(self, body: dict[str, Any]) -> None:
-        ping_interval = body.get("ping_interval")
-        liveness = body.get("liveness")
-        if _is_number(ping_interval) and ping_interval > 0:
-            self._ping_interval = float(ping_interval)
-        if isinstance(liveness, int) and not isinstance(liveness, bool) and liveness > 0:
-            self._liveness = liveness
+        welcome = messages.Welcome.decode(body)
+        self._ping_interval = welcome.ping_interval
+        self._liveness = welcome.liveness
         self._registered = True
         self._backoff = self._backoff_initial
         logger.info(
@@ -332,48 +321,26 @@ class Agent:
 
     def _on_dispatch(self, body: dict[str, Any]) -> None:
         assert self._runner is not None
-        tasks = body.get("tasks")
-        if not isinstance(tasks, list):
-            raise protocol.ProtocolError("DISPATCH without a tasks list")
-        for task in tasks:
-            if not isinstance(task, dict):
-                logger.warning("dropped malformed task in DISPATCH: %r", task)
+        for entry in messages.Dispatch.decode(body):
+            if entry.run in self._unacked:
+                logger.debug("task %s attempt %d already finished", *entry.run)
                 continue
-            task_id, attempt = task.get("task_id"), task.get("attempt")
-            if not isinstance(task_id, str) or not _is_int(attempt):
-                logger.warning("dropped task without task_id/attempt in DISPATCH: %r", task)
-                continue
-            if (task_id, attempt) in self._unacked:
-                logger.debug("task %s attempt %d already finished", task_id, attempt)
-                continue
-            handler, args, timeout = task.get("handler"), task.get("args", b""), task.get("timeout")
-            problem = _dispatch_problem(handler, args, timeout)
-            if problem is not None:
+            if isinstance(entry, messages.Unreadable):
                 # Report it, or the lease would sit until the broker expires it.
-                self._deliver(Outcome(task_id, attempt, TaskStatus.FAILED, error=problem))
+                task_id, attempt = entry.run
+                self._deliver(Outcome(task_id, attempt, TaskStatus.FAILED, error=entry.problem))
                 continue
-            assert isinstance(handler, str)
-            payload = args if isinstance(args, bytes) else b""
-            self._runner.start(task_id, attempt, handler, payload, timeout)
+            task_id, attempt = entry.run
+            self._runner.start(task_id, attempt, entry.handler, entry.args, entry.timeout)
 
     def _on_cancel(self, body: dict[str, Any]) -> None:
         assert self._runner is not None
-        task_ids = body.get("task_ids")
-        if not isinstance(task_ids, list):
-            raise protocol.ProtocolError("CANCEL without a task_ids list")
-        for task_id in task_ids:
-            if isinstance(task_id, str):
-                self._runner.cancel(task_id)
+        for task_id in messages.CancelRuns.decode(body).task_ids:
+            self._runner.cancel(task_id)
 
     def _on_ack(self, body: dict[str, Any]) -> None:
-        results = body.get("results")
-        if not isinstance(results, list):
-            raise protocol.ProtocolError("ACK without a results list")
-        for item in results:
-            if isinstance(item, list | tuple) and len(item) == 2:
-                task_id, attempt = item
-                if isinstance(task_id, str) and _is_int(attempt):
-                    self._unacked.pop((task_id, attempt), None)
+        for run in messages.Ack.decode(body).runs:
+            self._unacked.pop(run, None)
 
     # -- outcomes -----------------------------------------------------------------------
 
@@ -392,16 +359,15 @@ class Agent:
 
     def _send_done(self, outcomes: list[Outcome]) -> None:
         results = [
-            {
-                "task_id": o.task_id,
-                "attempt": o.attempt,
-                "status": o.status.value,
-                "result": o.result,
-                "error": o.error,
-            }
+            messages.RunOutcome(
+                o.key,
+                o.status,
+                o.result,
+                o.error if o.error is None else o.error[:MAX_ERROR_LENGTH],
+            )
             for o in outcomes
         ]
-        self._send(Command.DONE, {"results": results})
+        self._send(Command.DONE, messages.Done(results).to_body())
 
     # -- shutdown ------------------------------------------------------------------------
 
@@ -426,22 +392,3 @@ class Agent:
                     if fd >= 0:
                         os.close(fd)
                 self._wake_read = self._wake_write = -1
-
-
-def _is_int(value: Any) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> TypeGuard[int | float]:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _dispatch_problem(handler: Any, args: Any, timeout: Any) -> str | None:
-    """What is wrong with a dispatched task's fields, or None."""
-    if not isinstance(handler, str) or not handler:
-        return f"malformed DISPATCH: handler must be a non-empty string, got {handler!r}"
-    if not isinstance(args, bytes) and args is not None:
-        return f"malformed DISPATCH: args must be binary, got {type(args).__name__}"
-    if timeout is not None and not _is_number(timeout):
-        return f"malformed DISPATCH: timeout must be a number or nil, got {timeout!r}"
-    return None

@@ -67,7 +67,7 @@ def execute(request: Request) -> Reply:
     task_id, attempt, name, args, timeout = request
     fn = handlers.get(name)
     if fn is None:
-        return ("error", f"unknown handler {name!r}")
+        return ("error", handlers.unknown(name))
     # Cancellation is a kill, so this context is never cancelled; handlers still see
     # their task id and deadline through worker.context.
     deadline = time.monotonic() + timeout if timeout else None

@@ -41,6 +41,8 @@ SETTINGS = [
     "disk",
     "handlers",
     "pool",
+    "reconnect_backoff",
+    "reconnect_backoff_max",
     "log_level",
 ]
 
@@ -65,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown log level {settings.log_level!r}")
     if settings.pool not in POOLS:
         parser.error(f"--pool must be one of {', '.join(POOLS)}, got {settings.pool!r}")
+    if not 0 < settings.reconnect_backoff <= settings.reconnect_backoff_max:
+        parser.error("--reconnect-backoff must be > 0 and at most --reconnect-backoff-max")
     if settings.concurrency < 0:
         parser.error(f"--concurrency must be >= 0, got {settings.concurrency}")
     resources = {kind: float(getattr(settings, kind)) for kind in RESOURCE_KINDS}
@@ -106,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         make_runner=make_runner,
         capabilities=capabilities,
         resources=resources,
+        backoff_initial=settings.reconnect_backoff,
+        backoff_max=settings.reconnect_backoff_max,
     )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -77,6 +77,11 @@ def get(name: str) -> Handler | None:
     return _registry.get(name)
 
 
+def unknown(name: str) -> str:
+    """Why a run of a handler that is not registered fails."""
+    return f"unknown handler {name!r}"
+
+
 def names() -> list[str]:
     """Names of all registered handlers, sorted."""
     with _lock:

@@ -42,6 +42,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from common.messages import RunKey
 from common.models import TaskStatus
 from worker import child, context, handlers
 from worker.context import TaskContext
@@ -52,6 +53,8 @@ logger = logging.getLogger(__name__)
 POOLS = ("thread", "process")
 #: Seconds ``shutdown`` waits for the asyncio loop and the child processes to stop.
 SHUTDOWN_WAIT = 2.0
+#: Longest single sleep of the watchdog thread, in seconds.
+WATCHDOG_STEP = 3600.0
 #: A child that dies on its own within this many seconds of starting is replaced only
 #: after this long, so a child that cannot start (a broken handler module) does not
 #: make its slot thread spin.
@@ -71,8 +74,8 @@ class Outcome:
     error: str | None = None
 
     @property
-    def key(self) -> tuple[str, int]:
-        return (self.task_id, self.attempt)
+    def key(self) -> RunKey:
+        return RunKey(self.task_id, self.attempt)
 
 
 OnDone = Callable[[Outcome], None]
@@ -92,10 +95,12 @@ class _Run:
     admitted: bool = False
     #: Stops the execution (cancels the asyncio task, kills the child); set while running.
     abort: Callable[[], object] | None = None
+    #: The handler, as registered when the run started (thread pool; a child looks it up).
+    fn: handlers.Handler | None = None
 
     @property
-    def key(self) -> tuple[str, int]:
-        return (self.task_id, self.attempt)
+    def key(self) -> RunKey:
+        return RunKey(self.task_id, self.attempt)
 
 
 class Runner:
@@ -138,11 +143,11 @@ class Runner:
     ) -> bool:
         """Begin a run; False (and no outcome) if this run is already in progress.
 
-        ``timeout`` counts from when the handler starts, not from this call: a run that
-        waits for a slot (or for a child to be replaced) keeps its whole budget.
+        ``timeout`` (seconds > 0, as ``common.messages`` checked it, or None for none)
+        counts from when the handler starts, not from this call: a run that waits for a
+        slot (or for a child to be replaced) keeps its whole budget.
         """
-        limit = timeout if timeout is not None and timeout > 0 else None
-        run = _Run(task_id, attempt, handler, args, limit, TaskContext(task_id, attempt))
+        run = _Run(task_id, attempt, handler, args, timeout, TaskContext(task_id, attempt))
         with self._lock:
             if self._closed:
                 raise RuntimeError("runner is shut down")
@@ -150,9 +155,9 @@ class Runner:
                 logger.warning("task %s attempt %d is already running", task_id, attempt)
                 return False
             self._runs[run.key] = run
-        fn = handlers.get(handler)
-        if fn is None:
-            self._finish(run, TaskStatus.FAILED, error=f"unknown handler {handler!r}")
+        run.fn = handlers.get(handler)
+        if run.fn is None:
+            self._finish(run, TaskStatus.FAILED, error=handlers.unknown(handler))
             return True
         if self._processes is not None:
             self._processes.submit(run)
@@ -275,10 +280,9 @@ class Runner:
 
     def _launch(self, run: _Run) -> None:
         self._arm(run)
-        fn = handlers.get(run.handler)
-        if fn is None:  # unregistered since start()
-            self._finish(run, TaskStatus.FAILED, error=f"unknown handler {run.handler!r}")
-        elif inspect.iscoroutinefunction(fn):
+        fn = run.fn
+        assert fn is not None  # start() reported the run failed otherwise
+        if inspect.iscoroutinefunction(fn):
             with self._lock:
                 if self._closed:  # shut down since it was admitted: it is claimed already
                     return
@@ -392,7 +396,10 @@ class _Watchdog:
                     now = time.monotonic()
                     if self._heap and self._heap[0][0] <= now:
                         break
-                    self._cond.wait(self._heap[0][0] - now if self._heap else None)
+                    # A far deadline is waited for in steps: a wait of more than about
+                    # 292 years (threading.TIMEOUT_MAX) raises, and would stop this thread.
+                    wait = min(self._heap[0][0] - now, WATCHDOG_STEP) if self._heap else None
+                    self._cond.wait(wait)
                 _, _, callback = heapq.heappop(self._heap)
             # Outside the lock: a callback may take the runner's lock and report.
             # Entries of runs that finished early stay until due; their callback is a no-op.

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from api.app import MAX_WAIT
 from api.cli import APIServer, main
 from api.serve import bind_address, gunicorn_options
+from common.limits import MAX_HTTP_WAIT as MAX_WAIT
 from common.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

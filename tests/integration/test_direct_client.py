@@ -13,7 +13,7 @@ import zmq
 from common import protocol
 from common.client import Client, TaskFailed
 from common.errors import Conflict, InvalidInput, NotFound, Unavailable
-from tests.conftest import Stack, free_port, wait_for
+from tests.conftest import Stack, free_port, raw_request, wait_for
 
 
 def test_submit_many_and_wait_for_results(stack: Stack) -> None:
@@ -161,8 +161,8 @@ def test_broker_survives_malformed_frames(stack: Stack) -> None:
         ]
         for frames in garbage:
             raw.send_multipart(frames)
-        raw.send_multipart(protocol.request(7, "submit", {"tasks": "not a list"}))
-        raw.send_multipart(protocol.request(8, "explode", {}))
+        raw.send_multipart(raw_request(7, "submit", {"tasks": "not a list"}))
+        raw.send_multipart(raw_request(8, "explode", {}))
         replies: list[dict[str, Any]] = []
         while len(replies) < 2:
             assert raw.poll(10_000)

@@ -35,7 +35,7 @@ PATIENCE = 15.0
 #: Repository root: the worker runs from here.
 ROOT = Path(__file__).resolve().parents[2]
 #: A WELCOME that makes the worker patient: 30 s × 3 of silence before it gives up.
-PATIENT = {"ping_interval": 30.0, "liveness": 3}
+PATIENT = {"worker_id": "w1", "ping_interval": 30.0, "liveness": 3}
 
 
 @dataclass
@@ -146,7 +146,7 @@ def register(broker: FakeBroker, start_worker: StartWorker, *flags: str) -> byte
     """Start a worker, take its READY, welcome it patiently; returns its identity."""
     start_worker(*flags)
     identity, _ = broker.expect(Command.READY)
-    broker.send(identity, Command.WELCOME, {"worker_id": "w1", **PATIENT})
+    broker.send(identity, Command.WELCOME, PATIENT)
     return identity
 
 
@@ -226,7 +226,7 @@ def test_a_malformed_task_fails_instead_of_hanging(
         _, done = broker.expect(Command.DONE)
         results.update({r["task_id"]: r for r in done_results(done)})
     assert results["m"]["status"] == "failed"
-    assert "handler must be a non-empty string" in results["m"]["error"]
+    assert "malformed DISPATCH: tasks[0].handler must be a string" in results["m"]["error"]
     assert results["u"]["error"] == "unknown handler 'nope'"
 
 
@@ -277,7 +277,7 @@ def test_worker_reconnects_when_the_broker_goes_silent(
     # given a worker told to expect a ping every 0.2 s, running a long task
     start_worker()
     identity, _ = broker.expect(Command.READY)
-    broker.send(identity, Command.WELCOME, {"ping_interval": 0.2, "liveness": 2})
+    broker.send(identity, Command.WELCOME, {**PATIENT, "ping_interval": 0.2, "liveness": 2})
     broker.send(identity, Command.DISPATCH, {"tasks": [task("long", "sleep", b'{"seconds": 600}')]})
     # when the broker stops talking
     # then the worker comes back on a new connection, reporting the task as running
@@ -422,7 +422,7 @@ BACKOFF_MAX = 0.16
 #: The delays an agent that is never welcomed chooses, in order (then 0.16 s for ever).
 NEVER_WELCOMED = [0.02, 0.04, 0.08, 0.16, 0.16, 0.16]
 #: A WELCOME that makes the worker give up after 0.05 s of silence.
-HASTY = {"ping_interval": 0.05, "liveness": 1}
+HASTY = {"worker_id": "w1", "ping_interval": 0.05, "liveness": 1}
 #: The agent's log line for a lost broker, with the delay it chose.
 RECONNECTING = re.compile(r"reconnecting in (\S+) s$")
 #: What ``agent_events`` lists for a WELCOME.

@@ -10,6 +10,7 @@ from broker.core import MAX_LOST, Scheduler, Timing
 from broker.store import MemoryStore
 from common.errors import Conflict, InvalidInput, NotFound
 from common.models import TaskStatus, WorkerStatus
+from tests import edge
 
 T0 = 1_000_000.0
 
@@ -36,20 +37,20 @@ def add_worker(
         "resources": resources or {},
         "running": running or [],
     }
-    core.register(address, body, now)
+    edge.register(core, address, body, now)
     return address
 
 
 def submit(core: Scheduler, now: float = T0, **spec: Any) -> str:
     spec.setdefault("handler", "echo")
-    return str(core.submit([spec], now)[0]["id"])
+    return str(edge.submit(core, [spec], now)[0]["id"])
 
 
 def dispatched(core: Scheduler, now: float = T0) -> dict[bytes, list[str]]:
     """Run a scheduling round and return task ids dispatched per worker address."""
     core.schedule(now)
     outbox = core.take_outbox()
-    return {addr: [e["task_id"] for e in entries] for addr, entries in outbox.dispatch.items()}
+    return {addr: [e.run.task_id for e in entries] for addr, entries in outbox.dispatch.items()}
 
 
 def finish(core: Scheduler, address: bytes, task_id: str, status: str = "completed",
@@ -59,7 +60,7 @@ def finish(core: Scheduler, address: bytes, task_id: str, status: str = "complet
     attempt = core.tasks[task_id].attempts
     entry = {"task_id": task_id, "attempt": attempt, "status": status, "result": result,
              "error": error}  # fmt: skip
-    core.report(worker, [entry], now)
+    edge.report(core, worker, [entry], now)
 
 
 def report(
@@ -77,7 +78,7 @@ def report(
     assert worker is not None
     entry = {"task_id": task_id, "attempt": attempt, "status": status, "result": result,
              "error": error}  # fmt: skip
-    return core.report(worker, [entry], now)
+    return edge.report(core, worker, [entry], now)
 
 
 # -- priority and order -------------------------------------------------------------
@@ -203,7 +204,7 @@ def test_unknown_dependency_is_rejected_and_nothing_is_added(core: Scheduler) ->
     ok = {"handler": "echo"}
     bad = {"handler": "echo", "dependencies": ["nope"]}
     with pytest.raises(InvalidInput, match=r"tasks\[1\].dependencies: unknown task 'nope'"):
-        core.submit([ok, bad], T0)
+        edge.submit(core, [ok, bad], T0)
     assert core.tasks == {}
 
 
@@ -345,7 +346,7 @@ def test_late_outcome_from_offline_worker_is_refused(core: Scheduler) -> None:
     worker = core.worker_at(frozen)
     assert worker is not None
     stale = {"task_id": task_id, "attempt": attempt, "status": "completed", "result": b"old"}
-    core.report(worker, [stale], T0 + 11)
+    edge.report(core, worker, [stale], T0 + 11)
     assert core.stale_outcomes == 1
     finish(core, other, task_id, result=b"new", now=T0 + 12)
     assert core.tasks[task_id].result == b"new"
@@ -377,8 +378,8 @@ def test_cancel_pending_and_running(core: Scheduler) -> None:
 
 
 def test_http_worker_long_poll_gets_a_task_when_one_arrives(core: Scheduler) -> None:
-    core.http_register({"id": "h1", "capabilities": ["echo"]}, T0)
-    core.http_next({"id": "h1", "wait": 10}, "poll-1", T0)
+    edge.http_register(core, {"id": "h1", "capabilities": ["echo"]}, T0)
+    edge.http_next(core, {"id": "h1", "wait": 10}, "poll-1", T0)
     core.schedule(T0)
     core.tick(T0)
     assert core.take_outbox().replies == []
@@ -388,17 +389,17 @@ def test_http_worker_long_poll_gets_a_task_when_one_arrives(core: Scheduler) -> 
     assert reply[0] == "poll-1"
     assert reply[1]["id"] == task_id
     assert reply[1]["status"] == "running"
-    task = core.http_complete(
-        {"worker_id": "h1", "task_id": task_id, "status": "completed", "result": b"x"}, T0 + 2
+    task = edge.http_complete(
+        core, {"worker_id": "h1", "task_id": task_id, "status": "completed", "result": b"x"}, T0 + 2
     )
     assert task.status is TaskStatus.COMPLETED
     with pytest.raises(Conflict):
-        core.http_complete({"worker_id": "h1", "task_id": task_id, "status": "completed"}, T0)
+        edge.http_complete(core, {"worker_id": "h1", "task_id": task_id, "status": "completed"}, T0)
 
 
 def test_http_poll_times_out_empty(core: Scheduler) -> None:
-    core.http_register({"id": "h1", "capabilities": ["echo"]}, T0)
-    core.http_next({"id": "h1", "wait": 2}, "poll", T0)
+    edge.http_register(core, {"id": "h1", "capabilities": ["echo"]}, T0)
+    edge.http_next(core, {"id": "h1", "wait": 2}, "poll", T0)
     core.tick(T0 + 1.9)
     assert core.take_outbox().replies == []
     core.tick(T0 + 2.0)
@@ -406,9 +407,9 @@ def test_http_poll_times_out_empty(core: Scheduler) -> None:
 
 
 def test_http_worker_without_heartbeat_goes_offline(core: Scheduler) -> None:
-    core.http_register({"id": "h1", "capabilities": ["echo"]}, T0)
+    edge.http_register(core, {"id": "h1", "capabilities": ["echo"]}, T0)
     task_id = submit(core)
-    core.http_next({"id": "h1", "wait": 0}, "poll", T0)
+    edge.http_next(core, {"id": "h1", "wait": 0}, "poll", T0)
     core.schedule(T0)
     core.tick(T0 + 14)
     assert core.workers["h1"].status is WorkerStatus.ONLINE
@@ -428,7 +429,7 @@ def test_workers_that_come_and_go_leave_only_the_online_ones_to_watch(core: Sche
     now = T0
     for i in range(50):  # workers that came, and went silent
         add_worker(core, f"gone-{i}", now=now)
-    core.http_register({"id": "h1", "capabilities": ["echo"]}, now)
+    edge.http_register(core, {"id": "h1", "capabilities": ["echo"]}, now)
     now += 20
     add_worker(core, "w1", now=now)
     core.tick(now)
@@ -596,7 +597,7 @@ def test_finished_tasks_come_back_cold_and_are_warmed_to_be_shown(core: Schedule
         restarted.cancel(cancelled, T0 + 100)
     # Showing them warms them, whole.
     assert restarted.get(done).record() == before[done]
-    page = restarted.list_tasks({"limit": 3})["tasks"]
+    page = edge.list_tasks(restarted, {"limit": 3})["tasks"]
     assert page == [before[done], before[failed], before[cancelled]]
     assert not any(restarted.tasks[i].cold for i in (done, failed, cancelled))
 
@@ -609,7 +610,9 @@ def test_finished_tasks_come_back_cold_and_are_warmed_to_be_shown(core: Schedule
     ]}  # fmt: skip
     again = Scheduler(core.timing)
     again.load(store.load(), T0 + 300, store.warm)
-    value = again.submit_and_wait([{"handler": "echo", "idempotency_key": "k"}], 5, "t", T0 + 300)
+    value = edge.submit_and_wait(
+        again, [{"handler": "echo", "idempotency_key": "k"}], 5, "t", T0 + 300
+    )
     assert value == {"tasks": [{**before[done], "created": False}]}
 
 
@@ -628,10 +631,10 @@ def test_a_late_report_of_a_cold_task_is_judged_on_its_stored_leases(core: Sched
     assert worker is not None and restarted.tasks[task_id].cold
     # The same outcome again (its ACK was lost): acknowledged, and not news.
     report = {"task_id": task_id, "attempt": 1, "status": "completed", "result": b"first"}
-    assert restarted.report(worker, [report], T0 + 101) == [[task_id, 1]]
+    assert edge.report(restarted, worker, [report], T0 + 101) == [[task_id, 1]]
     assert restarted.stale_outcomes == 0 and restarted.take_dirty() == []
     # A different outcome for that lease is refused and noted on it, which is written.
-    restarted.report(worker, [{**report, "status": "failed", "error": "x"}], T0 + 102)
+    edge.report(restarted, worker, [{**report, "status": "failed", "error": "x"}], T0 + 102)
     assert restarted.stale_outcomes == 1
     assert [t.id for t in restarted.take_dirty()] == [task_id]
     assert restarted.get(task_id).record()["leases"][0]["refused"] == "failed"
@@ -649,7 +652,7 @@ def test_a_late_report_of_a_cold_task_is_judged_on_its_stored_leases(core: Sched
         ({"handler": "echo", "priority": "high"}, "priority must be an integer"),
         ({"handler": "echo", "priority": True}, "priority must be an integer"),
         ({"handler": "echo", "max_retries": -1}, "max_retries must be between"),
-        ({"handler": "echo", "timeout": 0}, "timeout must be a finite number"),
+        ({"handler": "echo", "timeout": 0}, "timeout must be a number > 0"),
         ({"handler": "echo", "args": "text"}, "args must be bytes"),
         ({"handler": "echo", "requires": "gpu"}, "requires must be a list"),
         ({"handler": "echo", "resources": {"gpu": 1}}, "unknown resource 'gpu'"),
@@ -660,18 +663,18 @@ def test_bad_specs_are_rejected_naming_the_field(
     core: Scheduler, spec: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(InvalidInput, match=message):
-        core.submit([spec], T0)
+        edge.submit(core, [spec], T0)
 
 
 def test_list_pages_in_submission_order_with_filters(core: Scheduler) -> None:
     ids = [submit(core, handler="echo" if i % 2 else "other") for i in range(7)]
-    page = core.list_tasks({"limit": 2, "handler": "echo"})
+    page = edge.list_tasks(core, {"limit": 2, "handler": "echo"})
     assert [t["id"] for t in page["tasks"]] == [ids[1], ids[3]]
-    page = core.list_tasks({"limit": 2, "handler": "echo", "after": page["next"]})
+    page = edge.list_tasks(core, {"limit": 2, "handler": "echo", "after": page["next"]})
     assert [t["id"] for t in page["tasks"]] == [ids[5]]
     assert page["next"] is None
     with pytest.raises(InvalidInput):
-        core.list_tasks({"status": "bogus"})
+        edge.list_tasks(core, {"status": "bogus"})
 
 
 def test_list_by_a_rare_status_pages_like_the_scan(core: Scheduler) -> None:
@@ -696,7 +699,7 @@ def test_list_by_a_rare_status_pages_like_the_scan(core: Scheduler) -> None:
             args: dict[str, Any] = {"status": status, "limit": 2, "after": after}
             if handler is not None:
                 args["handler"] = handler
-            page = core.list_tasks(args)
+            page = edge.list_tasks(core, args)
             out.append([t["id"] for t in page["tasks"]])
             if page["next"] is None:
                 return out
@@ -725,20 +728,21 @@ def test_list_by_a_rare_status_pages_like_the_scan(core: Scheduler) -> None:
     reloaded.load(store.load(), T0, store.warm)
     for status in ("running", "failed", "cancelled"):
         args = {"status": status, "limit": 10}
-        assert reloaded.list_tasks(args)["tasks"] == core.list_tasks(args)["tasks"]
+        assert edge.list_tasks(reloaded, args)["tasks"] == edge.list_tasks(core, args)["tasks"]
     # Pruned tasks leave their status's set too.
     reloaded.prune(T0 + reloaded.timing.retention + 1, limit=10_000)
-    assert reloaded.list_tasks({"status": "failed"})["tasks"] == []
-    assert reloaded.list_tasks({"status": "cancelled"})["tasks"] == []
-    assert len(reloaded.list_tasks({"status": "running"})["tasks"]) == 5
+    assert edge.list_tasks(reloaded, {"status": "failed"})["tasks"] == []
+    assert edge.list_tasks(reloaded, {"status": "cancelled"})["tasks"] == []
+    assert len(edge.list_tasks(reloaded, {"status": "running"})["tasks"]) == 5
 
 
 # -- delivery guarantees --------------------------------------------------------------------
 
 
 def test_idempotency_key_returns_the_first_task(core: Scheduler) -> None:
-    first = core.submit([{"handler": "echo", "idempotency_key": "k1"}], T0)
-    again = core.submit(
+    first = edge.submit(core, [{"handler": "echo", "idempotency_key": "k1"}], T0)
+    again = edge.submit(
+        core,
         [
             {"handler": "echo", "idempotency_key": "k1"},
             {"handler": "echo", "idempotency_key": "k1"},
@@ -871,12 +875,12 @@ def test_refused_outcome_is_shown_on_its_lease(core: Scheduler) -> None:
     worker = core.worker_at(frozen)
     assert worker is not None
     late = {"task_id": task_id, "attempt": 1, "status": "completed", "result": b"mine"}
-    core.report(worker, [late], T0 + 12)
+    edge.report(core, worker, [late], T0 + 12)
     task = core.tasks[task_id]
     assert (task.status, task.result, task.worker_id) == (TaskStatus.COMPLETED, b"theirs", "other")
     assert task.leases[0].refused == "completed"
     assert core.stale_outcomes == 1
-    core.report(worker, [late], T0 + 13)  # sent again after registering again: not news
+    edge.report(core, worker, [late], T0 + 13)  # sent again after registering again: not news
     assert core.stale_outcomes == 1
 
 
@@ -894,10 +898,10 @@ def test_prune_forgets_finished_tasks_past_retention_in_batches(core: Scheduler)
     assert core.prune(T0 + 100, limit=3) == 2
     assert sorted(t.id for t in core.take_pruned()) == sorted(old)
     assert set(core.tasks) == {keep, recent}
-    assert [t["id"] for t in core.list_tasks({})["tasks"]] == [keep, recent]
+    assert [t["id"] for t in edge.list_tasks(core, {})["tasks"]] == [keep, recent]
     assert core.counts[TaskStatus.CANCELLED] == 1
     with pytest.raises(InvalidInput, match="unknown task"):
-        core.submit([{"handler": "echo", "dependencies": [old[0]]}], T0 + 101)
+        edge.submit(core, [{"handler": "echo", "dependencies": [old[0]]}], T0 + 101)
 
 
 def test_wait_many_answers_once_every_task_is_final(core: Scheduler) -> None:
@@ -932,7 +936,7 @@ def test_wait_many_times_out_with_what_is_final(core: Scheduler) -> None:
 def test_submit_and_wait_answers_with_whole_records_once_all_are_final(core: Scheduler) -> None:
     address = add_worker(core, "w1", slots=2)
     specs = [{"handler": "echo", "args": b"a", "idempotency_key": "k"}, {"handler": "echo"}]
-    assert core.submit_and_wait(specs, 10, "token", T0) is None
+    assert edge.submit_and_wait(core, specs, 10, "token", T0) is None
     a, b = dispatched(core)[address]
     finish(core, address, a, result=b"A")
     assert core.take_outbox().replies == []
@@ -946,21 +950,21 @@ def test_submit_and_wait_answers_with_whole_records_once_all_are_final(core: Sch
     ]
     assert records[0]["args"] == b"a" and records[0]["attempts"] == 1
     # The same key again: the first task, final already, answered at once.
-    again = core.submit_and_wait([specs[0]], 10, "again", T0)
+    again = edge.submit_and_wait(core, [specs[0]], 10, "again", T0)
     assert again is not None
     assert [(t["id"], t["created"]) for t in again["tasks"]] == [(a, False)]
 
 
 def test_submit_and_wait_times_out_with_unfinished_records(core: Scheduler) -> None:
-    assert core.submit_and_wait([{"handler": "nobody"}], 0, "now", T0) is not None
-    assert core.submit_and_wait([{"handler": "nobody"}], 2, "later", T0) is None
+    assert edge.submit_and_wait(core, [{"handler": "nobody"}], 0, "now", T0) is not None
+    assert edge.submit_and_wait(core, [{"handler": "nobody"}], 2, "later", T0) is None
     core.tick(T0 + 2)
     ((token, value),) = core.take_outbox().replies
     assert token == "later" and value["tasks"][0]["status"] == "pending"
 
 
-@pytest.mark.parametrize("wait", [-1, "soon", True, None, float("nan")])
+@pytest.mark.parametrize("wait", [-1, "soon", True, float("nan"), float("inf")])
 def test_submit_and_wait_refuses_a_bad_wait_and_creates_nothing(core: Scheduler, wait: Any) -> None:
     with pytest.raises(InvalidInput, match="wait"):
-        core.submit_and_wait([{"handler": "echo"}], wait, "token", T0)
+        edge.submit_and_wait(core, [{"handler": "echo"}], wait, "token", T0)
     assert core.tasks == {}

@@ -6,6 +6,7 @@ import msgpack
 import pytest
 
 from common import protocol
+from common.messages import ErrorInfo, Reply
 from common.protocol import Command, ProtocolError
 
 
@@ -17,9 +18,10 @@ def test_every_command_round_trips_with_binary_values() -> None:
 
 
 def test_replies_carry_the_request_number() -> None:
-    ok = protocol.unpack(protocol.reply_ok(9, {"x": 1})).body
+    ok = protocol.unpack(protocol.reply(Reply(9, {"x": 1}))).body
     assert ok == {"req": 9, "ok": True, "value": {"x": 1}}
-    error = protocol.unpack(protocol.reply_error(3, 404, "Not found", "no task 'x'")).body
+    failed = Reply(3, error=ErrorInfo(404, "Not found", "no task 'x'"))
+    error = protocol.unpack(protocol.reply(failed)).body
     assert error["error"] == {"status": 404, "title": "Not found", "description": "no task 'x'"}
 
 

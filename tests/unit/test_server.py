@@ -28,7 +28,8 @@ from common import protocol
 from common.models import FINAL_STATUSES
 from common.protocol import Command
 from common.settings import Settings
-from tests.conftest import wait_for
+from tests import edge
+from tests.conftest import raw_request, wait_for
 
 #: Generous bound of every wait for a frame, in milliseconds.
 PATIENCE_MS = 10_000
@@ -173,7 +174,7 @@ def test_a_dispatch_leaves_before_its_commit_and_the_reply_after(loop: Loop) -> 
     client = loop.socket()
     loop.store.gate.clear()
     loop.store.writing.clear()
-    client.send_multipart(protocol.request(1, "submit", {"tasks": [{"handler": "echo"}]}))
+    client.send_multipart(raw_request(1, "submit", {"tasks": [{"handler": "echo"}]}))
     # The worker gets its task while the submit's commit is still waiting at the gate...
     dispatch = receive(worker)
     assert dispatch is not None and dispatch.command is Command.DISPATCH
@@ -190,7 +191,7 @@ def test_a_dispatch_leaves_before_its_commit_and_the_reply_after(loop: Loop) -> 
 def test_an_outcome_is_acknowledged_only_after_its_commit(loop: Loop) -> None:
     worker = register_worker(loop)
     client = loop.socket()
-    client.send_multipart(protocol.request(1, "submit", {"tasks": [{"handler": "echo"}]}))
+    client.send_multipart(raw_request(1, "submit", {"tasks": [{"handler": "echo"}]}))
     dispatch = receive(worker)
     assert dispatch is not None
     [entry] = dispatch.body["tasks"]
@@ -211,7 +212,7 @@ def test_a_change_no_answer_waits_for_is_committed_within_the_delay(loop: Loop) 
     client = loop.socket()
     # Nobody serves "nobody" and the submit waits for the task: no answer is owed yet.
     spec: dict[str, Any] = {"tasks": [{"handler": "nobody"}], "wait": 60}
-    client.send_multipart(protocol.request(1, "submit", spec))
+    client.send_multipart(raw_request(1, "submit", spec))
     wait_for(lambda: len(loop.store.committed()) == 1, timeout=10,
              what="the waiting submit committed")  # fmt: skip
     assert receive(client, 200) is None
@@ -220,7 +221,7 @@ def test_a_change_no_answer_waits_for_is_committed_within_the_delay(loop: Loop) 
 def test_a_failed_commit_stops_the_loop_before_anything_is_acknowledged(loop: Loop) -> None:
     client = loop.socket()
     loop.store.failure = OSError("disk full")
-    client.send_multipart(protocol.request(1, "submit", {"tasks": [{"handler": "echo"}]}))
+    client.send_multipart(raw_request(1, "submit", {"tasks": [{"handler": "echo"}]}))
     loop.thread.join(10)
     assert not loop.thread.is_alive()
     assert [type(e) for e in loop.errors] == [OSError]
@@ -279,7 +280,7 @@ class Turn:
 
     def request(self, address: bytes, op: str, **args: Any) -> int:
         self._req += 1
-        self.wire.inbox.append([address, *protocol.request(self._req, op, args)])
+        self.wire.inbox.append([address, *raw_request(self._req, op, args)])
         return self._req
 
     def run(self, at: float | None = None) -> list[tuple[bytes, protocol.Message]]:
@@ -429,7 +430,7 @@ def test_an_outcome_is_acknowledged_with_the_commit_at_most_10_ms_later(turn: Tu
 
 def test_pruning_forgets_at_most_1000_finished_tasks_a_second(turn: Turn) -> None:
     core = turn.server.core
-    ids = [e["id"] for e in core.submit([{"handler": "nobody"}] * 2500, T0)]
+    ids = [e["id"] for e in edge.submit(core, [{"handler": "nobody"}] * 2500, T0)]
     for task_id in ids:
         core.cancel(task_id, T0)
     turn.run(T0)

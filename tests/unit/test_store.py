@@ -23,11 +23,13 @@ from broker.store import (
     prepare,
 )
 from common.models import FINAL_STATUSES, TaskStatus
+from tests import edge
 
 
 def test_tasks_round_trip_through_sqlite(tmp_path: Path) -> None:
     core = Scheduler()
-    core.submit(
+    edge.submit(
+        core,
         [
             {"handler": "echo", "args": b"\x00bin", "priority": -3, "requires": ["b", "a"]},
             {"handler": "fib", "name": "n", "timeout": 2.5, "resources": {"cpu": 1.5}},
@@ -35,7 +37,7 @@ def test_tasks_round_trip_through_sqlite(tmp_path: Path) -> None:
         100.0,
     )
     first = next(iter(core.tasks))
-    core.submit([{"handler": "echo", "dependencies": [first], "max_retries": 4}], 101.0)
+    edge.submit(core, [{"handler": "echo", "dependencies": [first], "max_retries": 4}], 101.0)
     core.cancel(first, 102.0)
     store = SqliteStore(str(tmp_path / "sub" / "s.db"))
     store.save(core.take_dirty())
@@ -81,24 +83,26 @@ def test_load_columns_follow_the_task_fields() -> None:
 
 def test_every_stored_field_round_trips(tmp_path: Path) -> None:
     core = Scheduler()
-    core.register(b"w", {"id": "w", "slots": 2, "capabilities": ["echo", "x"]}, 10.0)
+    edge.register(core, b"w", {"id": "w", "slots": 2, "capabilities": ["echo", "x"]}, 10.0)
     specs = [
         {"handler": "echo", "args": b"a", "idempotency_key": "k", "max_retries": 2,
          "timeout": 9.5, "priority": 7},
         {"handler": "echo", "name": "second", "resources": {"memory": 0.0}, "requires": ["x"]},
         {"handler": "nobody", "args": b"never leased", "idempotency_key": "n", "priority": -1},
     ]  # fmt: skip
-    first, second, never = (e["id"] for e in core.submit(specs, 11.0))
+    first, second, never = (e["id"] for e in edge.submit(core, specs, 11.0))
     # Never leased, with every optional spec field set: read back by its spec alone.
     specs = [{"handler": "nobody", "name": "fresh", "dependencies": [never], "timeout": 1.5,
               "requires": ["z", "y"], "resources": {"cpu": 2.0, "disk": 0.5},
               "max_retries": 3}]  # fmt: skip
-    core.submit(specs, 11.5)
+    edge.submit(core, specs, 11.5)
     core.schedule(12.0)
     worker = core.worker_at(b"w")
     assert worker is not None
-    core.report(worker, [{"task_id": first, "attempt": 1, "status": "failed", "error": "x"}], 13.0)
-    core.report(worker, [{"task_id": second, "attempt": 1, "status": "completed",
+    edge.report(
+        core, worker, [{"task_id": first, "attempt": 1, "status": "failed", "error": "x"}], 13.0
+    )
+    edge.report(core, worker, [{"task_id": second, "attempt": 1, "status": "completed",
                           "result": b"r"}], 14.0)  # fmt: skip
     store = MemoryStore()
     sqlite = SqliteStore(str(tmp_path / "s.db"))
@@ -195,7 +199,7 @@ def test_a_fresh_task_is_stored_as_its_whole_row_would_be(tmp_path: Path) -> Non
     # Most inserts write the fresh state as SQL literals: the stored row, value and type of
     # every column, must be what binding the whole row gives.
     core = Scheduler()
-    core.submit([{"handler": "echo", "args": b"a", "priority": 2, "timeout": 3.0,
+    edge.submit(core, [{"handler": "echo", "args": b"a", "priority": 2, "timeout": 3.0,
                   "requires": ["x"], "resources": {"cpu": 1.0}, "idempotency_key": "k"},
                  {"handler": "echo"}], 10.0)  # fmt: skip
     tasks = list(core.tasks.values())

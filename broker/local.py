@@ -1,0 +1,73 @@
+"""A client of a scheduler in this very process: requests run as the broker runs them, with
+no socket between.
+
+``LocalClient.call`` takes the same typed requests as ``common.client.Client.call`` and
+passes them to ``broker.operations.perform`` on a real ``Scheduler``, followed by the
+dispatch round the socket loop would run, then commits to its store (if it has one)
+before it answers. A request the broker would answer later (a wait, a long-poll) is
+answered at once if the turn answered it, or else at its deadline: nothing else runs
+in this process, so the client moves its clock there and lets the core's timers fire.
+The REST API's unit tests run against it, so they see the broker's real rules and
+replies; it is not a way to run a cluster (no worker can reach it).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from typing import Any
+
+from broker.core import Scheduler
+from broker.operations import DEFERRED, perform
+from broker.store import Store
+from common import messages as m
+from common.errors import SchedulerError
+
+#: Marker: the outbox held no answer for the call.
+_NO_ANSWER: Any = object()
+
+
+class LocalClient:
+    """Calls a ``Scheduler`` directly; thread-safe (one call at a time)."""
+
+    def __init__(
+        self, core: Scheduler | None = None, now: float = 0.0, store: Store | None = None
+    ) -> None:
+        self.core = core or Scheduler()
+        #: The scheduler's clock, in seconds since the epoch: moved only by waits that
+        #: run out, and by tests.
+        self.now = now
+        self.store = store
+        self.started = now
+        self._tokens = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def call(self, request: m.Request, timeout: float | None = None) -> Any:
+        """The request's value, or its ``SchedulerError``, as the broker would answer."""
+        with self._lock:
+            token = ("local", next(self._tokens))
+            value = perform(self.core, request, token, self.now, self.started)
+            self.core.schedule(self.now)
+            answer = self._answer(token)
+            if value is DEFERRED and answer is _NO_ANSWER:
+                self.now += m.holds(request)
+                self.core.tick(self.now)
+                self.core.schedule(self.now)
+                answer = self._answer(token)
+            self._commit()
+        if value is not DEFERRED:
+            return value
+        if answer is _NO_ANSWER:
+            raise SchedulerError("the scheduler never answered the request")
+        return answer
+
+    def _answer(self, token: object) -> Any:
+        answer = _NO_ANSWER
+        for replied, value in self.core.take_outbox().replies:
+            if replied == token:
+                answer = value
+        return answer
+
+    def _commit(self) -> None:
+        if self.store is not None and self.core.has_changes():
+            self.store.save(self.core.take_dirty(), self.core.take_pruned())
