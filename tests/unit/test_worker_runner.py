@@ -314,6 +314,23 @@ def test_a_timeout_stops_worker_sleep_and_drops_its_cancelled_error(
     assert outcomes.of("nap") == [outcome]
 
 
+def test_a_deadline_centuries_away_does_not_stop_the_watchdog(
+    make_runner: Callable[..., Runner],
+    outcomes: Outcomes,
+    registered: Register,
+    release: threading.Event,
+) -> None:
+    # given a run whose deadline is beyond what a thread can wait for in one call
+    registered("test-runner.blocked", lambda args: release.wait(PATIENCE) and b"late")
+    runner = make_runner(slots=2)
+    runner.start("far", 1, "test-runner.blocked", b"", timeout=1e10)
+    # when a second run passes its own, short timeout
+    runner.start("near", 1, "test-runner.blocked", b"", timeout=0.2)
+    # then the watchdog is still there to stop it
+    assert outcomes.wait("near").error == "timed out after 0.2 s"
+    assert outcomes.of("far") == []
+
+
 def test_a_waiting_run_keeps_its_whole_timeout(
     make_runner: Callable[..., Runner],
     outcomes: Outcomes,
