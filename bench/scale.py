@@ -68,7 +68,7 @@ from broker.store import SqliteStore, prepare
 from common.client import Client
 from common.limits import MAX_BATCH
 from common.messages import Assignment, Ready, RunOutcome
-from common.models import TaskStatus
+from common.models import LeaseOutcome, TaskStatus
 from common.spec import TaskSpec
 
 #: Pending tasks of the big case.
@@ -219,7 +219,7 @@ def write_finished(path: str, count: int, sampled: int) -> dict[str, Any]:
             args = seq.to_bytes(8, "big")
             task = Task(os.urandom(16).hex(), seq, "echo", "echo", args, [], 0, 0, None, (), (),
                         now, TaskStatus.COMPLETED, "w-1", 1, 0, 0, args, None, now, now, 0.0,
-                        None, [Lease(1, "w-1", now, now, "completed")])  # fmt: skip
+                        None, [Lease(1, "w-1", now, now, LeaseOutcome.COMPLETED)])  # fmt: skip
             tasks.append(task)
             if seq in picked:
                 sample.append(task.id)
@@ -317,7 +317,7 @@ def core_dispatch(small: int, big: int, blocks: int, block: int) -> dict[str, An
     began = time.perf_counter()
     gc.collect()
     full_gc = time.perf_counter() - began
-    waiting = {name: c.core.counts[TaskStatus.PENDING] for name, c in cores.items()}
+    waiting = {name: c.core.index.counts[TaskStatus.PENDING] for name, c in cores.items()}
     return {"means": means, "waiting": waiting, "full_gc": full_gc}
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.models import TaskStatus, WorkerKind, WorkerStatus
+from common.models import LeaseOutcome, TaskStatus, WorkerKind, WorkerStatus
 
 #: Resources of a task, as a hashable, sorted tuple of (kind, amount).
 ResourceKey = tuple[tuple[str, float], ...]
@@ -24,12 +24,11 @@ class Lease:
     worker_id: str
     started_at: float
     ended_at: float | None = None
-    #: ``completed``, ``failed``, ``cancelled``, ``expired`` (the broker's time limit),
-    #: ``lost`` (the worker went silent) or ``released`` (the worker shut down); None while running.
-    outcome: str | None = None
+    #: How it ended; None while it runs.
+    outcome: LeaseOutcome | None = None
     error: str | None = None
     #: An outcome the worker reported after the lease had ended: refused, shown for the record.
-    refused: str | None = None
+    refused: TaskStatus | None = None
 
     def record(self) -> dict[str, Any]:
         return {
@@ -37,9 +36,9 @@ class Lease:
             "worker_id": self.worker_id,
             "started_at": self.started_at,
             "ended_at": self.ended_at,
-            "outcome": self.outcome,
+            "outcome": None if self.outcome is None else self.outcome.value,
             "error": self.error,
-            "refused": self.refused,
+            "refused": None if self.refused is None else self.refused.value,
         }
 
     def to_row(self) -> list[Any]:
@@ -48,7 +47,16 @@ class Lease:
 
     @classmethod
     def from_row(cls, row: list[Any]) -> Lease:
-        return cls(*row)
+        attempt, worker_id, started_at, ended_at, outcome, error, refused = row
+        return cls(
+            attempt,
+            worker_id,
+            started_at,
+            ended_at,
+            None if outcome is None else LeaseOutcome(outcome),
+            error,
+            None if refused is None else TaskStatus(refused),
+        )
 
 
 @dataclass(slots=True, eq=False)
@@ -158,7 +166,7 @@ class Worker:
     #: Resources not taken by running tasks.
     free: dict[str, float] = field(default_factory=dict)
     last_ping: float = 0.0
-    #: Pending long-polls of an HTTP worker, oldest first: (token, deadline).
+    #: Open long-polls of an HTTP worker, oldest first: (token, deadline).
     polls: list[tuple[object, float]] = field(default_factory=list)
 
     def capacity(self) -> int:

@@ -24,6 +24,23 @@ class TaskStatus(StrEnum):
 FINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
 
+class LeaseOutcome(StrEnum):
+    """How one run (a lease) of a task ended, as its record in ``leases`` shows."""
+
+    #: The worker reported the handler's result.
+    COMPLETED = "completed"
+    #: The worker reported an error or a timeout of its own.
+    FAILED = "failed"
+    #: A client cancelled the task while it ran (the worker is told to stop).
+    CANCELLED = "cancelled"
+    #: The broker's time limit (timeout + grace) passed without a report.
+    EXPIRED = "expired"
+    #: The worker went silent, or no worker claimed the lease after a broker restart.
+    LOST = "lost"
+    #: The worker gave the run back: it shut down, or stopped the run unasked.
+    RELEASED = "released"
+
+
 class WorkerStatus(StrEnum):
     #: Answering pings (ZeroMQ workers) or sending heartbeats (HTTP workers).
     ONLINE = "online"

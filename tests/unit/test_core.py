@@ -421,7 +421,7 @@ def test_http_worker_without_heartbeat_goes_offline(core: Scheduler) -> None:
 def test_workers_that_come_and_go_leave_only_the_online_ones_to_watch(core: Scheduler) -> None:
     def watched() -> set[str]:
         # Liveness and dispatch walk the online workers only, however many went offline.
-        return set(core._online)
+        return set(core.roster.online)
 
     def online() -> set[str]:
         return {w.id for w in core.workers.values() if w.status is WorkerStatus.ONLINE}
@@ -899,7 +899,7 @@ def test_prune_forgets_finished_tasks_past_retention_in_batches(core: Scheduler)
     assert sorted(t.id for t in core.take_pruned()) == sorted(old)
     assert set(core.tasks) == {keep, recent}
     assert [t["id"] for t in edge.list_tasks(core, {})["tasks"]] == [keep, recent]
-    assert core.counts[TaskStatus.CANCELLED] == 1
+    assert core.index.counts[TaskStatus.CANCELLED] == 1
     with pytest.raises(InvalidInput, match="unknown task"):
         edge.submit(core, [{"handler": "echo", "dependencies": [old[0]]}], T0 + 101)
 

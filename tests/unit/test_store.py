@@ -22,7 +22,7 @@ from broker.store import (
     _state_row,
     prepare,
 )
-from common.models import FINAL_STATUSES, TaskStatus
+from common.models import FINAL_STATUSES, LeaseOutcome, TaskStatus
 from tests import edge
 
 
@@ -140,9 +140,13 @@ def test_every_stored_field_round_trips(tmp_path: Path) -> None:
         [],
         [Lease(1, "w-1", 1795754805.1748843)],
         [
-            Lease(1, 'w "quoted" \\ back', 10.0, 11.5, "failed", "boom\nline two\t", None),
-            Lease(2, "wörker-☃-🚀", 12, 13, "completed", None, "failed"),
-            Lease(3, "", 1e-05, float("inf"), "lost", "\x00\x1f\x7f", ""),
+            Lease(
+                1, 'w "quoted" \\ back', 10.0, 11.5, LeaseOutcome.FAILED, "boom\nline two\t", None
+            ),
+            Lease(2, "wörker-☃-🚀", 12, 13, LeaseOutcome.COMPLETED, None, TaskStatus.FAILED),
+            Lease(
+                3, "", 1e-05, float("inf"), LeaseOutcome.LOST, "\x00\x1f\x7f", TaskStatus.CANCELLED
+            ),
         ],
     ],
 )
@@ -159,7 +163,7 @@ def _finished_tasks(count: int) -> list[Task]:
         task = Task(f"t{seq:05d}", seq, f"name-{seq}", "echo", b"a%d" % seq, [], seq % 3, 1,
                     None, (), (), 1.0, TaskStatus.COMPLETED, "w", 1, 0, 0, b"r%d" % seq,
                     None, 2.0, 3.0 + seq, 0.0, f"key-{seq}" if seq % 2 else None,
-                    [Lease(1, "w", 2.0, 3.0 + seq, "completed")])  # fmt: skip
+                    [Lease(1, "w", 2.0, 3.0 + seq, LeaseOutcome.COMPLETED)])  # fmt: skip
         tasks.append(task)
     return tasks
 

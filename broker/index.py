@@ -1,0 +1,158 @@
+"""Every task the broker knows, and the indexes that find them: by id, by status, by
+idempotency key, in submission order, in order of completion.
+
+``TaskIndex`` is the one place a task's status changes (``set_status``), so the counts
+and the sets by status can never disagree with the tasks. Invariants, which
+``broker.invariants`` checks:
+
+- ``counts[s]`` is the number of known tasks whose status is ``s``;
+- ``by_status[s]`` (every status but completed) holds exactly the known tasks of status
+  ``s``;
+- ``by_key`` maps each key to the known task that holds it, and every key of a known
+  task to that task;
+- ``order`` holds every known task once, in increasing ``seq`` (and pruned ones until the
+  next compaction);
+- ``finished`` holds every known finished task (and pruned ones), oldest completion first.
+
+Nothing here decides anything about scheduling; ``list_page`` only reads.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import itertools
+from collections import Counter, deque
+from operator import attrgetter
+
+from broker.state import Task
+from common.messages import ListTasks
+from common.models import FINAL_STATUSES, TaskStatus
+
+
+class TaskIndex:
+    """The known tasks and their indexes."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, Task] = {}
+        self.counts: Counter[TaskStatus] = Counter()
+        #: Tasks by status, for every status but completed (what most tasks end as): a page
+        #: of a status that is rare among many tasks (the running ones, the failures) is
+        #: taken from here instead of a scan of every task.
+        self.by_status: dict[TaskStatus, set[Task]] = {
+            status: set() for status in TaskStatus if status is not TaskStatus.COMPLETED
+        }
+        self.by_key: dict[str, Task] = {}
+        #: Every task by seq, for listing; pruned ones stay until more than half are.
+        self.order: list[Task] = []
+        #: Finished tasks in order of completion, for pruning.
+        self.finished: deque[Task] = deque()
+        self._dead_in_order = 0
+
+    def __contains__(self, task_id: str) -> bool:
+        return task_id in self.tasks
+
+    def get(self, task_id: str) -> Task | None:
+        return self.tasks.get(task_id)
+
+    def load(self, tasks: list[Task]) -> None:
+        """Index stored tasks (after a restart), sorted by seq."""
+        self.tasks.update((task.id, task) for task in tasks)
+        self.order.extend(tasks)
+        self.counts.update(task.status for task in tasks)
+        self.by_key.update((t.idempotency_key, t) for t in tasks if t.idempotency_key is not None)
+        finished = [t for t in tasks if t.status in FINAL_STATUSES]
+        finished.sort(key=lambda t: t.completed_at or 0.0)
+        self.finished.extend(finished)
+        by_status = self.by_status
+        for task in tasks:
+            bucket = by_status.get(task.status)
+            if bucket is not None:
+                bucket.add(task)
+
+    def add(self, task: Task) -> None:
+        """A new task (status pending), after every task known so far."""
+        self.tasks[task.id] = task
+        self.order.append(task)
+        self.counts[task.status] += 1
+        bucket = self.by_status.get(task.status)
+        if bucket is not None:
+            bucket.add(task)
+        if task.idempotency_key is not None:
+            self.by_key[task.idempotency_key] = task
+
+    def set_status(self, task: Task, status: TaskStatus) -> None:
+        """Move a task to ``status`` (finished tasks join the completion order)."""
+        self._uncount(task)
+        self.counts[status] += 1
+        bucket = self.by_status.get(status)
+        if bucket is not None:
+            bucket.add(task)
+        task.status = status
+        if status in FINAL_STATUSES:
+            self.finished.append(task)
+
+    def _uncount(self, task: Task) -> None:
+        """Take the task out of its status's count and set (it changes status, or is gone)."""
+        self.counts[task.status] -= 1
+        bucket = self.by_status.get(task.status)
+        if bucket is not None:
+            bucket.discard(task)
+
+    def prune(self, cutoff: float, limit: int) -> list[Task]:
+        """Forget up to ``limit`` finished tasks completed at or before ``cutoff``."""
+        pruned: list[Task] = []
+        finished = self.finished
+        while finished and len(pruned) < limit:
+            task = finished[0]
+            if (task.completed_at or 0.0) > cutoff:
+                break
+            finished.popleft()
+            if self.tasks.get(task.id) is not task or task.status not in FINAL_STATUSES:
+                continue
+            del self.tasks[task.id]
+            self._uncount(task)
+            if task.idempotency_key is not None and self.by_key.get(task.idempotency_key) is task:
+                del self.by_key[task.idempotency_key]
+            pruned.append(task)
+            self._dead_in_order += 1
+        if self._dead_in_order > len(self.order) // 2:
+            self.order = [t for t in self.order if self.tasks.get(t.id) is t]
+            self._dead_in_order = 0
+        return pruned
+
+    def page(self, query: ListTasks) -> tuple[list[Task], bool]:
+        """Up to ``query.limit`` tasks in submission order after the cursor, filtered by
+        status and handler, and whether there are more."""
+        status, handler, limit, after = query.status, query.handler, query.limit, query.after
+        bucket = self.by_status.get(status) if status is not None else None
+        if bucket is not None and len(bucket) ** 2 < limit * len(self.tasks):
+            # Few tasks have this status: picking the page from them costs about len(bucket);
+            # a scan would pass about limit * len(tasks) / len(bucket) tasks to fill it.
+            matching = (
+                t for t in bucket if t.seq > after and (handler is None or t.handler == handler)
+            )
+            page = heapq.nsmallest(limit + 1, matching, key=attrgetter("seq"))
+            more = len(page) > limit
+            del page[limit:]
+            return page, more
+        return self._scan(status, handler, limit, after)
+
+    def _scan(
+        self, status: TaskStatus | None, handler: str | None, limit: int, after: int
+    ) -> tuple[list[Task], bool]:
+        """Up to ``limit`` matching tasks in submission order after ``after``, and whether
+        there are more, found by walking every task from there."""
+        start = bisect.bisect_right(self.order, after, key=lambda t: t.seq)
+        page: list[Task] = []
+        for task in itertools.islice(self.order, start, None):
+            if self.tasks.get(task.id) is not task:
+                continue  # pruned
+            if status is not None and task.status is not status:
+                continue
+            if handler is not None and task.handler != handler:
+                continue
+            if len(page) == limit:
+                return page, True
+            page.append(task)
+        return page, False

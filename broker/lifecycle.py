@@ -1,0 +1,389 @@
+"""The lifecycle of a task and of its leases: every transition, and the state they keep.
+
+A task is ``pending`` (waiting for its dependencies, a delay or back-off, or a worker),
+``running`` (one open lease on one worker), then ``completed``, ``failed`` or
+``cancelled`` for good; ``docs/states.md`` draws both machines and names the method that
+makes each transition. ``Lifecycle`` holds the state every part of the core shares
+(tasks and their indexes, the ready queues, the roster, the timers, deferred answers,
+the outbox, the changes to store) and makes the transitions; ``broker.core.Scheduler``
+builds on it with what the outside world asks. Nothing here blocks, does I/O or reads a
+clock: ``now`` comes from the caller.
+
+Invariants, which ``broker.invariants`` checks after every step in the tests:
+
+- a running task's last lease is open, of attempt ``attempts``, and held by the worker
+  ``worker_id`` names: in that worker's ``running`` with that attempt, and the worker is
+  online, or the task is an orphan waiting to be claimed after a restart;
+- every other lease of every task is closed, with its outcome;
+- a pending task is in exactly one of: its ready queue, waiting on dependencies (listed
+  under each), waiting for its ``not_before`` (a timer is set);
+- a finished task has ``completed_at`` and is in no ready queue;
+- every entry of a worker's ``running`` names a lease of that worker: the task's open
+  lease, or one that ended while the worker was told to stop it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker.index import TaskIndex
+from broker.queue import ReadyQueues
+from broker.roster import Roster
+from broker.state import Lease, Task, Worker
+from broker.timers import TimerKind, Timers
+from broker.waiters import Deferred
+from common.errors import NotFound
+from common.messages import Assignment, RunKey
+from common.models import FINAL_STATUSES, LeaseOutcome, TaskStatus, WorkerKind
+
+log = logging.getLogger(__name__)
+
+#: Times a task may go back to the queue because its worker was lost before it fails.
+MAX_LOST = 3
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The core's time constants (from ``common.settings.Settings``)."""
+
+    ping_interval: float = 1.0
+    liveness: int = 3
+    http_liveness: float = 15.0
+    retry_backoff: float = 1.0
+    retry_backoff_max: float = 60.0
+    timeout_grace: float = 5.0
+    retention: float = 7 * 24 * 3600.0
+
+    @property
+    def worker_window(self) -> float:
+        return self.ping_interval * self.liveness
+
+
+@dataclass
+class Outbox:
+    """What the core wants sent: commands to workers at once, replies after the commit."""
+
+    #: Worker address -> runs to start.
+    dispatch: dict[bytes, list[Assignment]] = field(default_factory=dict)
+    #: Worker address -> task ids whose runs should stop.
+    cancel: dict[bytes, list[str]] = field(default_factory=dict)
+    #: Answers to deferred requests (wait, long-poll): (token, value).
+    replies: list[tuple[object, Any]] = field(default_factory=list)
+
+
+def no_cold_tasks(tasks: Sequence[Task]) -> None:
+    raise RuntimeError(f"{len(tasks)} cold tasks and no store to warm them from")
+
+
+class Lifecycle:
+    """The core's state and the transitions of tasks and leases."""
+
+    def __init__(self, timing: Timing | None = None) -> None:
+        self.timing = timing or Timing()
+        timing = self.timing
+        self.index = TaskIndex()
+        self.roster = Roster(timing.ping_interval, timing.worker_window, timing.http_liveness)
+        self.timers = Timers()
+        self.deferred = Deferred(self.index.tasks, self.timers, self._reply, self._warm_up)
+        #: Outcomes refused because their lease was no longer current.
+        self.stale_outcomes = 0
+        #: One-way messages (READY, DONE) dropped because they broke the protocol.
+        self.dropped_messages = 0
+        self.outbox = Outbox()
+        self._dirty: dict[str, Task] = {}
+        self._pruned: list[Task] = []
+        self._next_seq = 1
+        self.ready = ReadyQueues()
+        self._ready_changed = False
+        #: Task id -> the pending tasks waiting for it to complete.
+        self.dependents: dict[str, list[Task]] = {}
+        #: Leases recovered from the store after a restart, waiting for their worker to claim them.
+        self.orphans: set[str] = set()
+        #: Reads the rest of cold tasks (``Task.cold``) into them: the store's ``warm``.
+        self._warm: Callable[[Sequence[Task]], None] = no_cold_tasks
+
+    @property
+    def tasks(self) -> dict[str, Task]:
+        return self.index.tasks
+
+    @property
+    def workers(self) -> dict[str, Worker]:
+        return self.roster.workers
+
+    # -- persistence -------------------------------------------------------------
+
+    @property
+    def next_seq(self) -> int:
+        """The sequence number the next submitted task gets: counts every task ever made."""
+        return self._next_seq
+
+    def has_changes(self) -> bool:
+        """Whether anything changed (or was pruned) since the last ``take_dirty``."""
+        return bool(self._dirty or self._pruned)
+
+    def take_dirty(self) -> list[Task]:
+        """Tasks changed since the last call: the store writes these in one transaction."""
+        dirty = list(self._dirty.values())
+        self._dirty.clear()
+        return dirty
+
+    def take_pruned(self) -> list[Task]:
+        """Tasks pruned since the last call: the store deletes these."""
+        pruned, self._pruned = self._pruned, []
+        return pruned
+
+    def take_outbox(self) -> Outbox:
+        outbox, self.outbox = self.outbox, Outbox()
+        return outbox
+
+    def _known(self, task_id: str) -> Task:
+        task = self.index.tasks.get(task_id)
+        if task is None:
+            raise NotFound(f"no task with id {task_id!r}")
+        return task
+
+    def _warm_up(self, tasks: list[Task]) -> None:
+        """Make the cold ones among these tasks whole, in one call to the store."""
+        cold = [task for task in tasks if task.cold]
+        if cold:
+            self._warm(cold)
+
+    def _reply(self, token: object, value: Any) -> None:
+        self.outbox.replies.append((token, value))
+
+    # -- leases and outcomes ----------------------------------------------------------
+
+    def _lease(self, task: Task, worker: Worker, now: float) -> None:
+        task.attempts += 1
+        task.worker_id = worker.id
+        task.started_at = now
+        task.completed_at = None
+        self._set_status(task, TaskStatus.RUNNING)
+        task.leases.append(Lease(task.attempts, worker.id, now))
+        worker.running[task.id] = task.attempts
+        worker.take(task.resources)
+        if task.timeout is not None:
+            deadline = now + task.timeout + self.timing.timeout_grace
+            self.timers.add(deadline, TimerKind.LEASE, task, task.attempts)
+        if worker.kind is WorkerKind.HTTP:
+            self.deferred.answer_poll(worker, task, now)
+        else:
+            assert worker.address is not None
+            entry = Assignment(
+                RunKey(task.id, task.attempts), task.handler, task.args, task.timeout
+            )
+            self.outbox.dispatch.setdefault(worker.address, []).append(entry)
+
+    # -- outcomes ---------------------------------------------------------------------------
+
+    def _outcome(
+        self,
+        worker: Worker,
+        task_id: str,
+        attempt: int,
+        status: TaskStatus,
+        result: bytes | None,
+        error: str | None,
+        now: float,
+    ) -> None:
+        """A worker reports how a run ended; only the current lease's report counts."""
+        task = self.index.tasks.get(task_id)
+        if worker.running.get(task_id) == attempt:
+            del worker.running[task_id]
+            if task is not None:
+                worker.give_back(task.resources)
+            self._ready_changed = True
+        lease = task.current_lease() if task is not None else None
+        if (
+            task is None
+            or lease is None
+            or lease.worker_id != worker.id
+            or attempt != task.attempts
+        ):
+            self._refuse(worker, task, attempt, status)
+            return
+        if status is TaskStatus.COMPLETED:
+            self._close_lease(task, LeaseOutcome.COMPLETED, now)
+            self._finish(task, TaskStatus.COMPLETED, now, result=result)
+        elif status is TaskStatus.FAILED:
+            self._close_lease(task, LeaseOutcome.FAILED, now, error)
+            self._fail_attempt(task, error or "failed", now)
+        else:
+            # The worker gave the run up without being asked (shutting down): run it again.
+            self._close_lease(task, LeaseOutcome.RELEASED, now)
+            self._requeue(task, now)
+
+    def _refuse(self, worker: Worker, task: Task | None, attempt: int, status: TaskStatus) -> None:
+        """An outcome for a lease that is no longer current: never recorded."""
+        if task is None:
+            return  # pruned long ago
+        self._warm_up([task])
+        lease = next((le for le in reversed(task.leases) if le.attempt == attempt), None)
+        if lease is None or lease.worker_id != worker.id:
+            self.stale_outcomes += 1
+            log.warning(
+                "refused outcome of %s #%s from %s: no such lease", task.id, attempt, worker.id
+            )
+            return
+        if lease.outcome in (status, LeaseOutcome.CANCELLED) or lease.refused == status:
+            # The same report again (its ACK was lost, or it was refused already), or how
+            # a cancelled run ended: none of these is news, and the cancel stands.
+            return
+        self.stale_outcomes += 1
+        lease.refused = status
+        self._dirty[task.id] = task
+        log.warning(
+            "refused stale outcome %r of %s #%s from %s: the lease ended %s",
+            status.value, task.id, attempt, worker.id, lease.outcome,
+        )  # fmt: skip
+
+    def _close_lease(
+        self, task: Task, outcome: LeaseOutcome, now: float, error: str | None = None
+    ) -> None:
+        lease = task.current_lease()
+        if lease is not None:
+            lease.ended_at = now
+            lease.outcome = outcome
+            lease.error = error
+
+    def _fail_attempt(self, task: Task, error: str, now: float) -> None:
+        task.failures += 1
+        if task.failures <= task.max_retries:
+            task.error = error
+            backoff = min(
+                self.timing.retry_backoff * 2 ** (task.failures - 1), self.timing.retry_backoff_max
+            )
+            self._set_status(task, TaskStatus.PENDING)
+            task.not_before = now + backoff
+            self._make_ready(task, now)
+        else:
+            self._finish(task, TaskStatus.FAILED, now, error=error)
+
+    def _expire(self, task: Task, now: float) -> None:
+        """The broker's own time limit: the worker did not report within timeout + grace."""
+        self._stop_run(task)
+        error = f"timed out after {task.timeout:g} s (lease expired)"
+        self._close_lease(task, LeaseOutcome.EXPIRED, now, error)
+        self._fail_attempt(task, error, now)
+
+    def _stop_run(self, task: Task) -> None:
+        """Tell the worker of a running task to stop it; an HTTP worker cannot be told, so
+        its slot is freed now."""
+        worker = self.roster.get(task.worker_id or "")
+        if worker is not None and worker.address is not None:
+            self.outbox.cancel.setdefault(worker.address, []).append(task.id)
+        elif worker is not None:
+            self._end_lease(worker, task)
+
+    def _lose(self, task: Task, now: float) -> None:
+        """The task's worker is gone: run it again, at most ``MAX_LOST`` times."""
+        task.lost += 1
+        self._close_lease(task, LeaseOutcome.LOST, now)
+        if task.lost > MAX_LOST:
+            self._finish(task, TaskStatus.FAILED, now, error="worker lost")
+        else:
+            self._requeue(task, now)
+
+    def _requeue(self, task: Task, now: float) -> None:
+        self._set_status(task, TaskStatus.PENDING)
+        task.worker_id = None
+        self._make_ready(task, now)
+
+    def _go_online(self, worker: Worker) -> None:
+        """Mark a worker online: every turn watches it, and dispatch may use its slots."""
+        self.roster.go_online(worker)
+        self._ready_changed = True
+
+    def _offline(self, worker: Worker, now: float, *, count_lost: bool) -> None:
+        self.roster.go_offline(worker)
+        self.deferred.drop_polls(worker)
+        running, worker.running = worker.running, {}
+        worker.free = dict(worker.resources)
+        tasks = self.index.tasks
+        for task_id, attempt in running.items():
+            task = tasks.get(task_id)
+            if task is None or task.status is not TaskStatus.RUNNING or task.attempts != attempt:
+                continue
+            if count_lost:
+                self._lose(task, now)
+            else:
+                self._close_lease(task, LeaseOutcome.RELEASED, now)
+                self._requeue(task, now)
+
+    def _end_lease(self, worker: Worker, task: Task) -> None:
+        if worker.running.pop(task.id, None) is not None:
+            worker.give_back(task.resources)
+            self._ready_changed = True
+
+    def _finish(
+        self,
+        task: Task,
+        status: TaskStatus,
+        now: float,
+        *,
+        result: bytes | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Record a final outcome, then release or fail the dependents (iteratively)."""
+        stack: list[tuple[Task, TaskStatus, bytes | None, str | None]] = [
+            (task, status, result, error)
+        ]
+        while stack:
+            current, final, res, err = stack.pop()
+            if current.status in FINAL_STATUSES:
+                continue
+            current.result = res
+            current.error = err
+            current.completed_at = now
+            self._set_status(current, final)
+            self.deferred.finished(current.id)
+            for child in self.dependents.pop(current.id, []):
+                if child.status is not TaskStatus.PENDING:
+                    continue
+                if final is TaskStatus.COMPLETED:
+                    child.waiting_on -= 1
+                    if child.waiting_on == 0:
+                        self._make_ready(child, now)
+                else:
+                    reason = f"dependency {current.id} {final.value}"
+                    stack.append((child, TaskStatus.FAILED, None, reason))
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _attach_dependencies(self, task: Task) -> None:
+        task.waiting_on = 0
+        tasks = self.index.tasks
+        for dep_id in task.dependencies:
+            dep = tasks.get(dep_id)
+            if dep is None or dep.status is TaskStatus.COMPLETED:
+                continue  # a missing one can only be a dependency pruned after completing
+            if dep.status in FINAL_STATUSES:
+                self._finish(
+                    task,
+                    TaskStatus.FAILED,
+                    task.created_at,
+                    error=f"dependency {dep_id} {dep.status.value}",
+                )
+                return
+            task.waiting_on += 1
+            self.dependents.setdefault(dep_id, []).append(task)
+
+    def _make_ready(self, task: Task, now: float) -> None:
+        # No _touch: what makes a task ready (a submit, a status change) is stored by its
+        # caller; waiting_on and the queues are derived, so a restart rewrites nothing.
+        if task.not_before > now:
+            self.timers.add(task.not_before, TimerKind.READY, task)
+        else:
+            self._push_ready(task)
+
+    def _push_ready(self, task: Task) -> None:
+        if not task.queued:
+            self.ready.push(task)
+            self._ready_changed = True
+
+    def _set_status(self, task: Task, status: TaskStatus) -> None:
+        self.index.set_status(task, status)
+        self._dirty[task.id] = task

@@ -1,0 +1,156 @@
+"""Deferred answers: requests the broker answers later, when tasks finish or time runs out.
+
+- A ``wait`` (one task, answered with its record), a ``wait_many`` (answered with brief
+  records of the final ones) or a submit with ``wait`` (answered with each task's record
+  and whether the submit made it) is a ``Waiter``: answered once every task it waits for
+  is final, or at its deadline, whichever comes first, and exactly once.
+- An HTTP worker's long-poll is a token in the worker's ``polls``: answered with a task
+  leased to it, or empty at its deadline, or empty when the worker goes offline.
+
+Invariants, which ``broker.invariants`` checks: a waiter that is not done is listed under
+every one of its tasks that is not final, and ``pending`` counts those; a done waiter is
+under none it was answered for. Answers go out through the core's outbox, so they leave
+after the commit of the turn that made them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from broker.state import Task, Worker
+from broker.timers import TimerKind, Timers
+from common.models import FINAL_STATUSES
+
+
+@dataclass(slots=True, eq=False)
+class Waiter:
+    """A deferred ``wait`` (one task, full record), ``wait_many`` (brief records) or
+    ``submit`` with ``wait`` (a full record for each task, with ``created``)."""
+
+    token: object
+    deadline: float
+    task_ids: list[str]
+    many: bool
+    #: For a submit: whether each task was created by it (false: its idempotency key's).
+    created: list[bool] | None = None
+    #: Tasks still unfinished.
+    pending: int = 0
+    done: bool = False
+
+
+class Deferred:
+    """Waiters by the tasks they wait for, and the long-polls of HTTP workers: every
+    deferred answer, given through ``reply`` (the core's outbox) exactly once."""
+
+    def __init__(
+        self,
+        tasks: dict[str, Task],
+        timers: Timers,
+        reply: Callable[[object, Any], None],
+        warm: Callable[[list[Task]], None],
+    ) -> None:
+        self.tasks = tasks
+        self.timers = timers
+        self.reply = reply
+        self.warm = warm
+        self.by_task: dict[str, list[Waiter]] = {}
+
+    # -- waits -----------------------------------------------------------------------
+
+    def value_or_wait(self, waiter: Waiter, limit: float) -> Any | None:
+        """The waiter's answer now, if it may not wait or every task is final; else None,
+        and it is answered later."""
+        if limit == 0 or all(self.tasks[i].status in FINAL_STATUSES for i in waiter.task_ids):
+            return self._answer_of(waiter)
+        self.add(waiter)
+        return None
+
+    def add(self, waiter: Waiter) -> None:
+        """Wait for those of its tasks that are not final yet, until its deadline."""
+        for task_id in waiter.task_ids:
+            if self.tasks[task_id].status not in FINAL_STATUSES:
+                self.by_task.setdefault(task_id, []).append(waiter)
+                waiter.pending += 1
+        self.timers.add(waiter.deadline, TimerKind.WAIT, waiter)
+
+    def finished(self, task_id: str) -> None:
+        """The task is final: answer the waiters that now have every task they waited for."""
+        for waiter in self.by_task.pop(task_id, ()):
+            waiter.pending -= 1
+            if not waiter.done and waiter.pending == 0:
+                self._answer(waiter)
+
+    def expire(self, waiter: Waiter) -> None:
+        """Its deadline came: answer it with what there is, unless it was answered."""
+        if waiter.done:
+            return
+        self._answer(waiter)
+        for task_id in waiter.task_ids:
+            waiters = self.by_task.get(task_id)
+            if waiters and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self.by_task[task_id]
+
+    def _answer(self, waiter: Waiter) -> None:
+        waiter.done = True
+        self.reply(waiter.token, self._answer_of(waiter))
+
+    def _answer_of(self, waiter: Waiter) -> Any:
+        tasks = self.tasks
+        self.warm([tasks[i] for i in waiter.task_ids if i in tasks])
+        return answer(waiter, tasks)
+
+    # -- HTTP workers' long-polls ------------------------------------------------------
+
+    def open_poll(self, worker: Worker, token: object, deadline: float) -> None:
+        """An HTTP worker asks for a task, to be answered by ``deadline``."""
+        worker.polls.append((token, deadline))
+        self.timers.add(deadline, TimerKind.POLL, worker, token)
+
+    def answer_poll(self, worker: Worker, task: Task, now: float) -> None:
+        """Answer the worker's oldest open poll with a task just leased to it."""
+        token, _ = worker.polls.pop(0)
+        worker.last_seen = now  # it was waiting on its poll until now
+        self.reply(token, task.record())
+
+    def poll_due(self, worker: Worker, token: object, now: float) -> None:
+        """A poll's deadline came: answer it empty, unless it was answered."""
+        for i, (open_token, _) in enumerate(worker.polls):
+            if open_token is token:
+                del worker.polls[i]
+                worker.last_seen = now  # it was waiting on its poll until now
+                self.reply(token, None)
+                return
+
+    def drop_polls(self, worker: Worker) -> None:
+        """The worker is offline: its open polls are answered empty."""
+        for token, _ in worker.polls:
+            self.reply(token, None)
+        worker.polls.clear()
+
+
+def brief(task: Task) -> dict[str, Any]:
+    """A final task as ``wait_many`` shows it."""
+    return {"id": task.id, "status": task.status.value, "result": task.result, "error": task.error}
+
+
+def answer(waiter: Waiter, tasks: dict[str, Task]) -> Any:
+    """What the waiter's request is answered with, now (every task shown is warm)."""
+    if not waiter.many:
+        return tasks[waiter.task_ids[0]].record()
+    if waiter.created is not None:
+        records = []
+        for task_id, created in zip(waiter.task_ids, waiter.created, strict=True):
+            task = tasks.get(task_id)
+            if task is not None:
+                records.append({**task.record(), "created": created})
+        return {"tasks": records}
+    briefs = []
+    for task_id in waiter.task_ids:
+        task = tasks.get(task_id)
+        if task is not None and task.status in FINAL_STATUSES:
+            briefs.append(brief(task))
+    return {"tasks": briefs}
