@@ -1,9 +1,12 @@
-"""The SQLite store: what the broker saved is what it loads, field for field."""
+"""The stores, SQLite and in memory: what the broker saved is what it loads, field for field."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +18,29 @@ from broker.store import (
     _FRESH_STATE,
     _INSERT,
     _LOAD,
+    SCHEMA_VERSION,
+    Batch,
     MemoryStore,
     SqliteStore,
+    Store,
     _leases_json,
+    _literal,
     _spec_row,
     _state_row,
     prepare,
 )
 from common.models import FINAL_STATUSES, LeaseOutcome, TaskStatus
 from tests import edge
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """Each store in turn: what both must do alike."""
+    target: Store = (
+        MemoryStore() if request.param == "memory" else SqliteStore(str(tmp_path / "s.db"))
+    )
+    yield target
+    target.close()
 
 
 def test_tasks_round_trip_through_sqlite(tmp_path: Path) -> None:
@@ -225,3 +242,124 @@ def test_a_fresh_task_is_stored_as_its_whole_row_would_be(tmp_path: Path) -> Non
     assert len(prepare([tasks[1]]).inserts) == 1
     literal.close()
     bound.close()
+
+
+@pytest.mark.parametrize(
+    "value", [None, "", "it's", "a''b 'quoted'", 0, -7, 2**62, 0.0, -2.5, 1e300, 5e-324]
+)
+def test_a_literal_means_in_sql_what_the_bound_value_means(value: object) -> None:
+    # The fresh state is written as literals (_INSERT_FRESH): each must read back as the
+    # same value of the same type as binding the value would store.
+    db = sqlite3.connect(":memory:")
+    try:
+        text = _literal(value)
+        assert (
+            db.execute(f"SELECT {text}, typeof({text})").fetchone()
+            == db.execute("SELECT ?, typeof(?)", (value, value)).fetchone()
+        )
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("value", [True, False, math.nan, math.inf, -math.inf, b"x", [], 1j])
+def test_a_value_with_no_exact_literal_is_refused(value: object) -> None:
+    with pytest.raises(TypeError, match="no SQL literal for"):
+        _literal(value)
+
+
+def test_loaded_tasks_leave_what_the_core_derives_to_the_core(store: Store) -> None:
+    # waiting_on and queued are derived at load: a task that came back marked as queued
+    # would never be queued once its dependency completed.
+    core = Scheduler()
+    edge.register(core, b"w", {"id": "w", "slots": 2, "capabilities": ["echo"]}, 10.0)
+    done, parent = (e["id"] for e in edge.submit(core, [{"handler": "echo"}] * 2, 11.0))
+    child = edge.submit(core, [{"handler": "echo", "dependencies": [parent]}], 11.0)[0]["id"]
+    core.schedule(12.0)
+    worker = core.worker_at(b"w")
+    assert worker is not None
+    edge.report(core, worker, [{"task_id": done, "attempt": 1, "status": "completed"}], 13.0)
+    store.save(core.take_dirty())
+
+    loaded = store.load()
+    assert {t.id: t.status for t in loaded} == {
+        done: TaskStatus.COMPLETED,
+        parent: TaskStatus.RUNNING,
+        child: TaskStatus.PENDING,
+    }
+    for task in loaded:
+        assert (task.waiting_on, task.queued, task.stored) == (0, False, True), task.status
+        assert task.cold is (task.status in FINAL_STATUSES)
+    restarted = Scheduler(core.timing)
+    restarted.load(loaded, 20.0, store.warm)
+    worker = edge.register(restarted, b"w", {"id": "w", "slots": 2, "capabilities": ["echo"],
+               "running": [{"task_id": parent, "attempt": 1}]}, 20.0,
+    )  # fmt: skip
+    edge.report(restarted, worker, [{"task_id": parent, "attempt": 1, "status": "completed"}], 21.0)
+    restarted.schedule(21.0)
+    dispatch = restarted.take_outbox().dispatch
+    assert [e.run.task_id for e in dispatch[b"w"]] == [child]
+
+
+def test_a_task_saved_again_loads_with_its_latest_state(store: Store) -> None:
+    core = Scheduler()
+    edge.register(core, b"w", {"id": "w", "slots": 1, "capabilities": ["echo"]}, 10.0)
+    first, second = (e["id"] for e in edge.submit(core, [{"handler": "echo"}] * 2, 11.0))
+    store.save(core.take_dirty())  # both new: inserted whole
+    core.schedule(12.0)
+    store.save(core.take_dirty())  # the leased one known: its state updated
+    loaded = {t.id: t for t in store.load()}
+    leased = loaded[first]
+    assert (leased.status, leased.worker_id, leased.attempts, leased.started_at) == (
+        TaskStatus.RUNNING,
+        "w",
+        1,
+        12.0,
+    )
+    assert [le.to_row() for le in leased.leases] == [[1, "w", 12.0, None, None, None, None]]
+    assert (leased.name, leased.handler, leased.created_at) == ("echo", "echo", 11.0)
+    assert loaded[second].status is TaskStatus.PENDING and loaded[second].leases == []
+
+
+def test_deleted_tasks_are_gone_and_deleting_one_again_changes_nothing(store: Store) -> None:
+    core = Scheduler()
+    edge.submit(core, [{"handler": "echo"}] * 2, 10.0)
+    first, second = core.tasks.values()
+    store.save([first, second])
+    store.save([], deleted=[first])
+    assert [t.id for t in store.load()] == [second.id]
+    store.save([], deleted=[first])  # as SQLite's DELETE of a missing row: nothing happens
+    assert [t.id for t in store.load()] == [second.id]
+
+
+def test_a_failed_write_keeps_nothing_of_its_batch_and_the_store_goes_on(tmp_path: Path) -> None:
+    core = Scheduler()
+    edge.submit(core, [{"handler": "echo"}], 10.0)
+    (task,) = core.tasks.values()
+    store = SqliteStore(str(tmp_path / "s.db"))
+    broken = Batch(fresh=[_spec_row(task)], inserts=[(None,) * len(_COLUMNS.split(", "))])
+    with pytest.raises(sqlite3.IntegrityError):  # the cause itself, after the rollback
+        store.write(broken)
+    assert store.load() == []  # the row written before the failure was rolled back
+    store.write(Batch(fresh=[_spec_row(task)]))
+    assert [t.id for t in store.load()] == [task.id]
+    store.close()
+
+
+def test_a_store_of_another_schema_version_is_refused(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.db")
+    SqliteStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
+    db.commit()
+    db.close()
+    with pytest.raises(RuntimeError, match=f"store schema 1, this broker needs {SCHEMA_VERSION}"):
+        SqliteStore(path)
+
+
+def test_a_sync_mode_is_one_of_the_known_ones_in_any_case(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="sync must be one of full, normal, off, not 'sometimes'"):
+        SqliteStore(str(tmp_path / "bad" / "s.db"), sync="sometimes")
+    assert not (tmp_path / "bad").exists()  # refused before anything was made
+    store = SqliteStore(str(tmp_path / "s.db"), sync="NORMAL")
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    store.close()
