@@ -7,7 +7,7 @@ MUTATE_STAMP := $(VENV)/.installed-mutate
 #: Mutant names or globs for `make mutate` (e.g. MUTANTS='broker.store.*'); empty: all of them.
 MUTANTS ?=
 
-.PHONY: install run test test-fast lint format chaos bench mutate clean
+.PHONY: install run test test-fast lint format fuzz-core chaos bench mutate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ test: lint
 test-fast: $(STAMP)
 	$(BIN)/pytest -x -q tests/unit
 
+# The core's state machine test with many more random sequences than make test runs.
+fuzz-core: $(STAMP)
+	ZMQS_FUZZ_EXAMPLES=$${ZMQS_FUZZ_EXAMPLES:-3000} $(BIN)/pytest -q -s -p no:logging \
+		tests/unit/test_core_machine.py
+
 chaos: $(STAMP)
 	ZMQS_CHAOS_TASKS=5000 $(BIN)/pytest -m chaos tests/chaos -s
 
@@ -52,7 +57,7 @@ bench: $(STAMP)
 mutate: $(MUTATE_STAMP)
 	rm -rf mutants
 	$(BIN)/mutmut run $(MUTANTS)
-	$(BIN)/python tools/mutation_report.py var/mutation-report.txt
+	$(BIN)/python tests/mutation_report.py var/mutation-report.txt
 
 clean:
 	rm -rf $(VENV) var mutants .pytest_cache .mypy_cache .ruff_cache

@@ -18,7 +18,6 @@ and every deadline (``broker.timers``).
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from operator import attrgetter
 from typing import Any
@@ -99,7 +98,7 @@ class Scheduler(Lifecycle):
                     raise InvalidInput(f"{where}: unknown task {dep!r}")
         out = []
         # Random ids, 128 bits each as uuid4 has, drawn in one call for the whole batch.
-        ids = os.urandom(16 * len(specs)).hex()
+        ids = self.random_bytes(16 * len(specs)).hex()
         # Names bound once: this loop runs for every task submitted.
         by_key, add, pending = self.index.by_key, self.index.add, TaskStatus.PENDING
         for i, spec in enumerate(specs):

@@ -25,6 +25,7 @@ Invariants, which ``broker.invariants`` checks after every step in the tests:
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,9 +82,13 @@ def no_cold_tasks(tasks: Sequence[Task]) -> None:
 class Lifecycle:
     """The core's state and the transitions of tasks and leases."""
 
-    def __init__(self, timing: Timing | None = None) -> None:
+    def __init__(
+        self, timing: Timing | None = None, random_bytes: Callable[[int], bytes] = os.urandom
+    ) -> None:
         self.timing = timing or Timing()
         timing = self.timing
+        #: Where task ids come from (tests give a sequence they can replay).
+        self.random_bytes = random_bytes
         self.index = TaskIndex()
         self.roster = Roster(timing.ping_interval, timing.worker_window, timing.http_liveness)
         self.timers = Timers()

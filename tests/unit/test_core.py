@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from broker.core import MAX_LOST, Scheduler, Timing
+from broker.invariants import CheckedScheduler
 from broker.store import MemoryStore
 from common.errors import Conflict, InvalidInput, NotFound
 from common.models import TaskStatus, WorkerStatus
@@ -17,7 +18,9 @@ T0 = 1_000_000.0
 
 @pytest.fixture
 def core() -> Scheduler:
-    return Scheduler(Timing(ping_interval=1.0, liveness=3, retry_backoff=1.0, timeout_grace=5.0))
+    return CheckedScheduler(
+        Timing(ping_interval=1.0, liveness=3, retry_backoff=1.0, timeout_grace=5.0)
+    )
 
 
 def add_worker(
@@ -457,7 +460,7 @@ def test_restart_keeps_priority_order_and_reattaches_claimed_leases(core: Schedu
     attempt = core.tasks[running].attempts
     store.save(core.take_dirty())
 
-    restarted = Scheduler(core.timing)
+    restarted = CheckedScheduler(core.timing)
     restarted.load(store.load(), T0 + 100)
     assert restarted.take_dirty() == []  # loading changes nothing that needs writing back
     assert restarted.tasks[running].status is TaskStatus.RUNNING
@@ -478,7 +481,7 @@ def test_restart_requeues_unclaimed_leases_after_the_window(core: Scheduler) -> 
     add_worker(core, "gone")
     dispatched(core)
     store.save(core.take_dirty())
-    restarted = Scheduler(core.timing)
+    restarted = CheckedScheduler(core.timing)
     restarted.load(store.load(), T0 + 100)
     restarted.tick(T0 + 102)
     assert restarted.tasks[task_id].status is TaskStatus.RUNNING
@@ -488,7 +491,7 @@ def test_restart_requeues_unclaimed_leases_after_the_window(core: Scheduler) -> 
 
 def restart(core: Scheduler, store: MemoryStore, now: float) -> Scheduler:
     """A broker killed now: a new one loads what was committed to ``store``, nothing else."""
-    restarted = Scheduler(core.timing)
+    restarted = CheckedScheduler(core.timing)
     restarted.load(store.load(), now, store.warm)
     return restarted
 
@@ -584,7 +587,7 @@ def test_finished_tasks_come_back_cold_and_are_warmed_to_be_shown(core: Schedule
     store.save(core.take_dirty())
     before = {task_id: task.record() for task_id, task in core.tasks.items()}
 
-    restarted = Scheduler(core.timing)
+    restarted = CheckedScheduler(core.timing)
     restarted.load(store.load(), T0 + 100, store.warm)
     cold = {task_id for task_id, task in restarted.tasks.items() if task.cold}
     assert cold == {done, failed, cancelled}
@@ -601,14 +604,14 @@ def test_finished_tasks_come_back_cold_and_are_warmed_to_be_shown(core: Schedule
     assert page == [before[done], before[failed], before[cancelled]]
     assert not any(restarted.tasks[i].cold for i in (done, failed, cancelled))
 
-    again = Scheduler(core.timing)
+    again = CheckedScheduler(core.timing)
     again.load(store.load(), T0 + 200, store.warm)
     brief = again.wait_many([done, failed, waiting], 0, "token", T0 + 200)
     assert brief == {"tasks": [
         {"id": done, "status": "completed", "result": b"out", "error": None},
         {"id": failed, "status": "failed", "result": None, "error": "boom"},
     ]}  # fmt: skip
-    again = Scheduler(core.timing)
+    again = CheckedScheduler(core.timing)
     again.load(store.load(), T0 + 300, store.warm)
     value = edge.submit_and_wait(
         again, [{"handler": "echo", "idempotency_key": "k"}], 5, "t", T0 + 300
@@ -624,7 +627,7 @@ def test_a_late_report_of_a_cold_task_is_judged_on_its_stored_leases(core: Sched
     finish(core, address, task_id, result=b"first", now=T0 + 1)
     store.save(core.take_dirty())
 
-    restarted = Scheduler(core.timing)
+    restarted = CheckedScheduler(core.timing)
     restarted.load(store.load(), T0 + 100, store.warm)
     address = add_worker(restarted, "w1", now=T0 + 100)
     worker = restarted.worker_at(address)
@@ -724,7 +727,7 @@ def test_list_by_a_rare_status_pages_like_the_scan(core: Scheduler) -> None:
     assert running[0] not in [i for page in pages("running") for i in page]
     store = MemoryStore()
     store.save(core.tasks.values())
-    reloaded = Scheduler(core.timing)
+    reloaded = CheckedScheduler(core.timing)
     reloaded.load(store.load(), T0, store.warm)
     for status in ("running", "failed", "cancelled"):
         args = {"status": status, "limit": 10}
@@ -885,7 +888,7 @@ def test_refused_outcome_is_shown_on_its_lease(core: Scheduler) -> None:
 
 
 def test_prune_forgets_finished_tasks_past_retention_in_batches(core: Scheduler) -> None:
-    core = Scheduler(Timing(retention=100.0))
+    core = CheckedScheduler(Timing(retention=100.0))
     old = [submit(core, handler="nobody") for _ in range(5)]
     for task_id in old:
         core.cancel(task_id, T0)

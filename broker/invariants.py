@@ -1,0 +1,204 @@
+"""What must hold of the scheduling core between any two steps, checked from scratch.
+
+``check(core)`` walks every task, worker, lease, queue, index and deferred answer and
+raises ``InvariantError`` naming the first rule broken. It is written against the
+core's state directly, not its methods, so a bug in a method cannot hide itself; it
+costs O(tasks + workers), which is for tests (the core's tests run it after every
+operation), never for the broker's loop.
+
+The rules are the ones the modules' docstrings state: ``broker.lifecycle`` (tasks and
+leases), ``broker.index`` (counts, sets and orders), ``broker.roster`` (who is online)
+and ``broker.waiters`` (deferred answers).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from broker.core import Scheduler
+from broker.state import Lease, Task
+from broker.timers import TimerKind
+from common.messages import RunKey
+from common.models import FINAL_STATUSES, LeaseOutcome, TaskStatus, WorkerStatus
+
+
+class InvariantError(AssertionError):
+    """A rule of the core's state does not hold."""
+
+
+def check(core: Scheduler) -> None:
+    """Raise ``InvariantError`` if any rule does not hold."""
+    _index(core)
+    _tasks(core)
+    _workers(core)
+    _waiters(core)
+
+
+def _fail(message: str) -> None:
+    raise InvariantError(message)
+
+
+def _index(core: Scheduler) -> None:
+    index, tasks = core.index, core.index.tasks
+    actual = Counter(task.status for task in tasks.values())
+    for status in TaskStatus:
+        if index.counts.get(status, 0) != actual.get(status, 0):
+            _fail(f"count of {status}: {index.counts.get(status, 0)}, tasks: {actual[status]}")
+    for status, bucket in index.by_status.items():
+        expected = {task.id for task in tasks.values() if task.status is status}
+        stale = any(tasks.get(t.id) is not t for t in bucket)
+        if stale or {task.id for task in bucket} != expected:
+            _fail(f"the set of {status} tasks differs from the tasks of that status")
+    for key, task in index.by_key.items():
+        if tasks.get(task.id) is not task or task.idempotency_key != key:
+            _fail(f"idempotency key {key!r} names a task that is gone or has another key")
+    for task in tasks.values():
+        if task.idempotency_key is not None and index.by_key.get(task.idempotency_key) is not task:
+            _fail(f"task {task.id}'s idempotency key does not find it")
+    listed = [task for task in index.order if tasks.get(task.id) is task]
+    if len(listed) != len(tasks) or any(a.seq >= b.seq for a, b in itertools.pairwise(listed)):
+        _fail("the submission order does not hold every task once, by seq")
+    finished = {task.id for task in index.finished if tasks.get(task.id) is task}
+    missing = [t.id for t in tasks.values() if t.status in FINAL_STATUSES and t.id not in finished]
+    if missing:
+        _fail(f"finished tasks missing from the completion order: {missing[:3]}")
+    if any(task.seq >= core.next_seq for task in tasks.values()):
+        _fail("a task's seq is not below the next one to give")
+
+
+def _tasks(core: Scheduler) -> None:
+    tasks = core.index.tasks
+    waiting_for = Counter(
+        child.id for dep_id, children in core.dependents.items() for child in children
+    )
+    for dep_id in core.dependents:
+        dep = tasks.get(dep_id)
+        if dep is None or dep.status in FINAL_STATUSES:
+            _fail(f"dependents are listed under {dep_id}, which is gone or final")
+    ready_timers = {id(subject) for kind, subject in _timers(core) if kind is TimerKind.READY}
+    for task in tasks.values():
+        if task.cold:
+            if task.status not in FINAL_STATUSES:
+                _fail(f"task {task.id} is cold but {task.status}")
+            continue
+        attempts = [lease.attempt for lease in task.leases]
+        if attempts != list(range(1, len(attempts) + 1)) or task.attempts != len(attempts):
+            _fail(f"task {task.id}: attempts {task.attempts}, leases numbered {attempts}")
+        open_leases = [lease for lease in task.leases if lease.outcome is None]
+        if task.status is TaskStatus.RUNNING:
+            _running(core, task, open_leases)
+        elif open_leases:
+            _fail(f"task {task.id} is {task.status} with an open lease")
+        if task.status is TaskStatus.PENDING:
+            queued = task.queued
+            waiting = task.waiting_on > 0
+            delayed = id(task) in ready_timers
+            if waiting and waiting_for[task.id] != task.waiting_on:
+                _fail(f"task {task.id} waits on {task.waiting_on}, listed {waiting_for[task.id]}")
+            if queued + waiting != 1 and not (delayed and not queued and not waiting):
+                _fail(
+                    f"pending task {task.id}: queued={queued} waiting_on={task.waiting_on} "
+                    f"delayed={delayed}"
+                )
+        elif task.status in FINAL_STATUSES and task.completed_at is None:
+            _fail(f"task {task.id} is {task.status} without completed_at")
+
+
+def _running(core: Scheduler, task: Task, open_leases: list[Lease]) -> None:
+    if len(open_leases) != 1 or open_leases[0] is not task.leases[-1]:
+        _fail(f"running task {task.id} has {len(open_leases)} open leases")
+    lease = task.leases[-1]
+    if lease.worker_id != task.worker_id:
+        _fail(f"running task {task.id}'s lease is {lease.worker_id}'s, not {task.worker_id}'s")
+    if task.id in core.orphans:
+        return
+    worker = core.roster.get(task.worker_id or "")
+    if worker is None or worker.status is not WorkerStatus.ONLINE:
+        _fail(f"running task {task.id}'s worker {task.worker_id} is not online")
+    elif worker.running.get(task.id) != task.attempts:
+        _fail(f"running task {task.id} is not in {worker.id}'s running as #{task.attempts}")
+
+
+def _workers(core: Scheduler) -> None:
+    roster, tasks = core.roster, core.index.tasks
+    online = {w.id for w in roster.workers.values() if w.status is WorkerStatus.ONLINE}
+    stale = any(roster.workers[i] is not w for i, w in roster.online.items())
+    if stale or set(roster.online) != online:
+        _fail("the online workers differ from the workers whose status is online")
+    for address, worker in roster.by_address.items():
+        if worker.address != address or roster.workers.get(worker.id) is not worker:
+            _fail(f"address {address!r} names a worker that is not registered from it")
+    for worker in roster.workers.values():
+        if worker.status is WorkerStatus.OFFLINE and (worker.running or worker.polls):
+            _fail(f"offline worker {worker.id} holds runs or polls")
+        taken: dict[str, float] = {}
+        for task_id, attempt in worker.running.items():
+            task = tasks.get(task_id)
+            if task is None:
+                continue  # pruned since: its worker has not reported the stopped run
+            lease = next((le for le in task.leases if le.attempt == attempt), None)
+            if lease is None or lease.worker_id != worker.id:
+                _fail(f"worker {worker.id} runs {RunKey(task_id, attempt)}, not its lease")
+            elif lease.outcome not in (None, LeaseOutcome.CANCELLED, LeaseOutcome.EXPIRED):
+                _fail(f"worker {worker.id} still holds {task_id} #{attempt}, ended {lease.outcome}")
+            for kind, amount in task.resources:
+                taken[kind] = taken.get(kind, 0.0) + amount
+        for kind, total in worker.resources.items():
+            free = worker.free.get(kind, 0.0)
+            # Claims after a restart may hold more than the worker declares: free goes
+            # below zero, and nothing more that needs the resource fits until runs end.
+            expected = total - taken.get(kind, 0.0)
+            if worker.status is WorkerStatus.ONLINE and abs(free - expected) > 1e-6:
+                _fail(f"worker {worker.id} has {free} {kind} free of {total}, {expected} expected")
+
+
+def _waiters(core: Scheduler) -> None:
+    tasks = core.index.tasks
+    listed: Counter[int] = Counter()
+    for task_id, waiters in core.deferred.by_task.items():
+        task = tasks.get(task_id)
+        if task is None or task.status in FINAL_STATUSES:
+            _fail(f"waiters are listed under {task_id}, which is gone or final")
+        for waiter in waiters:
+            if waiter.done:
+                _fail(f"an answered waiter is still listed under {task_id}")
+            listed[id(waiter)] += 1
+    for kind, subject in _timers(core):
+        if kind is TimerKind.WAIT and not subject.done and listed[id(subject)] != subject.pending:
+            _fail(f"a waiter counts {subject.pending} pending, listed {listed[id(subject)]} times")
+
+
+def _timers(core: Scheduler) -> list[tuple[TimerKind, Any]]:
+    return [(kind, subject) for _, _, kind, subject, _ in core.timers._heap]
+
+
+#: The scheduler's methods after which the tests check every invariant.
+CHECKED_METHODS = (
+    "load", "submit", "submit_and_wait", "get", "list_tasks", "cancel", "wait", "wait_many",
+    "register", "seen", "report", "goodbye", "http_register", "http_worker", "http_next",
+    "http_complete", "tick", "prune", "schedule",
+)  # fmt: skip
+
+
+def _checking(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def checked(self: Scheduler, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            check(self)
+
+    return checked
+
+
+class CheckedScheduler(Scheduler):
+    """A ``Scheduler`` that checks every invariant after each of ``CHECKED_METHODS``, even
+    one that raised (a refused request must leave the state as it was, and whole)."""
+
+
+for _name in CHECKED_METHODS:
+    setattr(CheckedScheduler, _name, _checking(getattr(Scheduler, _name)))
