@@ -7,6 +7,7 @@ teardown. Tests synchronise by polling for a state, never by sleeping.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ import pytest
 
 from common import protocol
 from common.client import Client
+from common.errors import Unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 SUPPORT = Path(__file__).resolve().parent / "support"
@@ -46,16 +48,26 @@ def free_port() -> int:
         return port
 
 
+#: What a check may raise while the thing it polls is not up yet: a broker that does not
+#: answer, a connection refused or reset (``urllib.error.URLError`` is an ``OSError``), an
+#: HTTP answer cut short by a server starting or stopping, a file not written yet.
+NOT_UP_YET: tuple[type[Exception], ...] = (Unavailable, OSError, http.client.HTTPException)
+
+
 def wait_for(
     check: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.05, what: str = ""
 ) -> T:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds.
+
+    Only ``NOT_UP_YET`` errors are retried. Anything else, an ``AssertionError`` above all,
+    is a wrong answer rather than no answer yet, and fails the test at once with its message.
+    """
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while time.monotonic() < deadline:
         try:
             value = check()
-        except Exception as exc:  # the thing polled for may not be up yet
+        except NOT_UP_YET as exc:
             last_error = exc
             value = None
         if value:
