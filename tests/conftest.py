@@ -210,7 +210,15 @@ class Stack:
             payload = exc.read()
             status, got = exc.code, {k.lower(): v for k, v in exc.headers.items()}
             exc.close()
-        return status, (json.loads(payload) if payload else None), got
+        if not payload:
+            return status, None, got
+        try:
+            return status, json.loads(payload), got
+        except ValueError:  # every answer of the API is JSON, errors included
+            raise AssertionError(
+                f"{method} {path} answered {status} with a body that is not JSON "
+                f"({got.get('content-type')}): {payload[:200]!r}"
+            ) from None
 
     def close(self) -> None:
         for client in self._clients:
