@@ -14,10 +14,13 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
 ENV_PREFIX = "ZMQS_"
+#: Default retention of finished tasks, in days (the setting itself is in seconds).
+RETENTION_DAYS = 7
 
 
-def _opt(default: Any, help: str, flag: str, **kwargs: Any) -> Any:
-    metadata = {"help": help, "flag": flag}
+def _opt(default: Any, help: str, flag: str, note: str = "", **kwargs: Any) -> Any:
+    """A setting: ``help`` and ``flag`` for the command line, ``note`` for the README table."""
+    metadata = {"help": help, "flag": flag, "note": note}
     if "default_factory" in kwargs:
         return field(default_factory=kwargs["default_factory"], metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -39,7 +42,9 @@ class Settings:
     #: SQLite ``synchronous`` mode of the store: ``full`` (every commit fsynced, so
     #: acknowledged means durable), ``normal`` or ``off`` (benchmarks only: a crash may lose
     #: acknowledged work).
-    sync: str = _opt("full", "store fsync mode: full, normal or off", "--sync")
+    sync: str = _opt(
+        "full", "store fsync mode: full, normal or off (off for benchmarks only)", "--sync"
+    )
     #: HOST:PORT the HTTP API listens on (``:8080`` means all interfaces).
     listen: str = _opt(":8080", "HTTP listen address HOST:PORT", "--listen")
 
@@ -99,7 +104,12 @@ class Settings:
     )
 
     #: Seconds finished tasks and their results are kept before they are pruned.
-    retention: float = _opt(7 * 24 * 3600.0, "seconds finished tasks are kept", "--retention")
+    retention: float = _opt(
+        RETENTION_DAYS * 24 * 3600.0,
+        "seconds finished tasks are kept",
+        "--retention",
+        note=f"{RETENTION_DAYS} days",
+    )
 
     # API.
     #: Largest accepted request body in bytes.
@@ -180,12 +190,14 @@ def split_list(value: str) -> list[str]:
 
 
 def table() -> str:
-    """The settings table for the README."""
+    """The settings table of the README, which a test holds to this output."""
     rows = ["| setting | flag | environment | default |", "| --- | --- | --- | --- |"]
     for f in fields(Settings):
+        default = f"`{f.default}`" if f.default != "" else "empty"
+        if f.metadata["note"]:
+            default += f" ({f.metadata['note']})"
         rows.append(
-            f"| {f.metadata['help']} | `{f.metadata['flag']}` | `{env_name(f.name)}` "
-            f"| `{f.default!r}` |"
+            f"| {f.metadata['help']} | `{f.metadata['flag']}` | `{env_name(f.name)}` | {default} |"
         )
     return "\n".join(rows)
 
