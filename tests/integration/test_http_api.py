@@ -14,9 +14,44 @@ import pytest
 
 from tests.conftest import Stack, wait_for
 
+#: A task's keys, as the README's "REST API" section lists them.
+TASK_KEYS = frozenset({"id", "name", "handler", "args", "dependencies", "priority", "status",
+                       "worker_id", "attempts", "result", "error", "max_retries", "timeout",
+                       "requires", "resources", "created_at", "started_at", "completed_at",
+                       "idempotency_key", "leases"})  # fmt: skip
+#: A lease's keys (one run of a task), as the README lists them.
+LEASE_KEYS = frozenset({"attempt", "worker_id", "started_at", "ended_at", "outcome", "error",
+                        "refused"})  # fmt: skip
+#: A worker's keys, as the README lists them (host and pid are for display).
+WORKER_KEYS = frozenset({"id", "kind", "status", "capabilities", "resources", "slots", "running",
+                         "last_seen", "host", "pid"})  # fmt: skip
+
+Response = tuple[int, Any, dict[str, str]]
+
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+def assert_error(response: Response, status: int, *named: str) -> dict[str, Any]:
+    """The README's promise for every error: a JSON object with a ``title`` and a
+    ``description``, the description naming what was wrong."""
+    code, body, headers = response
+    assert code == status, response
+    assert headers["content-type"].startswith("application/json"), headers
+    assert isinstance(body, dict), body
+    assert isinstance(body.get("title"), str) and body["title"], body
+    assert isinstance(body.get("description"), str) and body["description"], body
+    for word in named:
+        assert word in body["description"], body
+    return body
+
+
+def assert_task_shape(task: dict[str, Any]) -> None:
+    """Every key the README lists for a task, and for each of its leases; no others."""
+    assert set(task) == TASK_KEYS, set(task) ^ TASK_KEYS
+    for lease in task["leases"]:
+        assert set(lease) == LEASE_KEYS, set(lease) ^ LEASE_KEYS
 
 
 @pytest.fixture
@@ -49,10 +84,12 @@ def test_submit_run_and_inspect_a_task(api: Stack) -> None:
     for key in ("created_at", "started_at", "completed_at"):
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", task[key]), task[key]
     assert task["created_at"] <= task["started_at"] <= task["completed_at"]
-    expected = {"id", "name", "handler", "args", "dependencies", "priority", "status",
-                "worker_id", "attempts", "result", "error", "max_retries", "timeout",
-                "created_at", "started_at", "completed_at"}  # fmt: skip
-    assert expected <= set(task)
+    assert_task_shape(task)
+    [lease] = task["leases"]
+    assert (lease["attempt"], lease["worker_id"], lease["outcome"]) == (1, "w1", "completed")
+    assert (lease["error"], lease["refused"]) == (None, None)
+    assert task["started_at"] == lease["started_at"]
+    assert task["completed_at"] == lease["ended_at"]
 
 
 def test_post_with_wait_answers_with_the_finished_task(api: Stack) -> None:
@@ -62,11 +99,12 @@ def test_post_with_wait_answers_with_the_finished_task(api: Stack) -> None:
     assert status == 201
     assert headers["location"].endswith(f"/tasks/{task['id']}")
     assert task["status"] == "completed" and task["attempts"] == 1
+    assert_task_shape(task)
     assert json.loads(base64.b64decode(task["result"])) == {"n": 12, "result": 144}
     status, again, _ = api.http("POST", "/tasks?wait=30", spec)
     assert (status, again["id"], again["status"]) == (200, task["id"], "completed")
-    status, error, _ = api.http("POST", "/tasks?wait=-2", spec)
-    assert status == 400 and "wait" in error["description"]
+    assert_error(api.http("POST", "/tasks?wait=-2", spec), 400, "wait")
+    assert_error(api.http("POST", "/tasks?wait=31", spec), 400, "wait")
 
 
 def test_list_filters_and_paginates_with_link_header(api: Stack) -> None:
@@ -78,6 +116,8 @@ def test_list_filters_and_paginates_with_link_header(api: Stack) -> None:
     status, page, headers = api.http("GET", "/tasks?handler=echo&limit=2")
     assert status == 200
     assert [t["id"] for t in page] == [ids[0], ids[2]]
+    for task in page:
+        assert_task_shape(task)
     link = headers["link"]
     match = re.fullmatch(r'<([^>]+)>; rel="next"', link)
     assert match, link
@@ -88,18 +128,43 @@ def test_list_filters_and_paginates_with_link_header(api: Stack) -> None:
     assert len(pending) == 5
 
 
-def test_cancel_over_http(api: Stack) -> None:
-    api.start_worker(slots=1)
+def test_cancel_over_http_stops_the_run_and_frees_its_slot(api: Stack) -> None:
+    # Given a one-slot worker running a long sleep, and a task waiting behind it.
+    api.start_worker(worker_id="w1", slots=1)
     _, running, _ = api.http(
-        "POST", "/tasks", {"handler": "sleep", "args": b64(b'{"seconds": 60}')}
+        "POST", "/tasks", {"handler": "sleep", "args": b64(b'{"seconds": 600}')}
     )
     _, pending, _ = api.http("POST", "/tasks", {"handler": "echo"})
     wait_status(api, running["id"], "running")
+
+    # When both are cancelled.
     status, body, _ = api.http("DELETE", f"/tasks/{pending['id']}")
-    assert (status, body["status"]) == (200, "cancelled")
+    assert (status, body["status"], body["leases"]) == (200, "cancelled", [])
     status, body, _ = api.http("DELETE", f"/tasks/{running['id']}")
     assert (status, body["status"]) == (200, "cancelled")
-    assert api.http("DELETE", "/tasks/nope")[0] == 404
+    assert_task_shape(body)
+
+    # Then the run stops: the only slot is free again, so a new task runs on it...
+    _, after, _ = api.http("POST", "/tasks", {"handler": "echo", "args": b64(b"next")})
+    done = wait_status(api, after["id"], "completed", "failed", "cancelled")
+    assert (done["status"], done["worker_id"]) == ("completed", "w1")
+    assert base64.b64decode(done["result"]) == b"next"
+    _, worker, _ = api.http("GET", "/workers/w1")
+    assert worker["running"] == []
+    # ...and the run's lease says it was cancelled; the worker's own report of the stopped
+    # run confirms the cancel and is not counted as a refused outcome.
+    _, task, _ = api.http("GET", f"/tasks/{running['id']}")
+    assert task["status"] == "cancelled"
+    history = [
+        (le["attempt"], le["worker_id"], le["outcome"], le["refused"]) for le in task["leases"]
+    ]
+    assert history == [(1, "w1", "cancelled", None)]
+    assert api.http("GET", "/health")[1]["stale_outcomes"] == 0
+    # A finished task cannot be cancelled again, nor an unknown one at all.
+    assert_error(api.http("DELETE", f"/tasks/{running['id']}"), 409, running["id"], "cancelled")
+    assert_error(api.http("DELETE", f"/tasks/{pending['id']}"), 409, pending["id"], "cancelled")
+    assert_error(api.http("DELETE", f"/tasks/{done['id']}"), 409, done["id"], "completed")
+    assert_error(api.http("DELETE", "/tasks/nope"), 404, "nope")
 
 
 @pytest.mark.parametrize(
@@ -119,15 +184,15 @@ def test_cancel_over_http(api: Stack) -> None:
     ],
 )
 def test_bad_input_is_a_400_naming_the_field(api: Stack, body: bytes, field: str) -> None:
-    status, error, _ = api.http("POST", "/tasks", raw=body)
-    assert status == 400
-    assert set(error) >= {"title", "description"}
-    assert field in error["description"], error
+    assert_error(api.http("POST", "/tasks", raw=body), 400, field)
 
 
 def test_unknown_ids_and_oversized_bodies(api: Stack) -> None:
-    assert api.http("GET", "/tasks/does-not-exist")[0] == 404
-    assert api.http("GET", "/workers/does-not-exist")[0] == 404
+    assert_error(api.http("GET", "/tasks/does-not-exist"), 404, "does-not-exist")
+    assert_error(api.http("GET", "/tasks/does-not-exist?wait=1"), 404, "does-not-exist")
+    assert_error(api.http("GET", "/workers/does-not-exist"), 404, "does-not-exist")
+    assert_error(api.http("PUT", "/workers/does-not-exist/heartbeat"), 404, "does-not-exist")
+    assert_error(api.http("GET", "/no/such/path"), 404)
     # The API answers from Content-Length, before reading the body.
     host, port = api.api_url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=30)
@@ -138,13 +203,16 @@ def test_unknown_ids_and_oversized_bodies(api: Stack) -> None:
         connection.endheaders()
         connection.send(b'{"handler": "echo", "args": "' + b"A" * 65536)
         response = connection.getresponse()
-        assert response.status == 413
-        assert "title" in json.loads(response.read())
+        headers = {k.lower(): v for k, v in response.getheaders()}
+        assert_error((response.status, json.loads(response.read()), headers), 413)
     finally:
         connection.close()
-    assert api.http("GET", "/tasks?limit=0")[0] == 400
-    assert api.http("GET", "/tasks?limit=1001")[0] == 400
-    assert api.http("GET", "/tasks?status=sleeping")[0] == 400
+    assert_error(api.http("GET", "/tasks?limit=0"), 400, "limit")
+    assert_error(api.http("GET", "/tasks?limit=1001"), 400, "limit")
+    assert_error(api.http("GET", "/tasks?after=x"), 400, "after")
+    assert_error(api.http("GET", "/tasks?status=sleeping"), 400, "status")
+    assert_error(api.http("POST", "/workers", {"id": ""}), 400, "id")
+    assert_error(api.http("POST", "/tasks/batch", {"tasks": []}), 400, "tasks")
 
 
 def test_http_worker_pulls_runs_and_completes(api: Stack) -> None:
@@ -152,6 +220,7 @@ def test_http_worker_pulls_runs_and_completes(api: Stack) -> None:
         "POST", "/workers", {"id": "py-http", "capabilities": ["resize"], "resources": {"cpu": 2}}
     )
     assert (status, worker["kind"], worker["status"]) == (201, "http", "online")
+    assert set(worker) == WORKER_KEYS, set(worker) ^ WORKER_KEYS
     assert api.http("POST", "/workers/py-http/tasks/next")[0] == 204
 
     # A long-poll is answered as soon as a task arrives.
@@ -171,19 +240,23 @@ def test_http_worker_pulls_runs_and_completes(api: Stack) -> None:
         "running",
         "py-http",
     )
+    assert_task_shape(task)
     assert base64.b64decode(task["args"]) == b"img"
 
-    assert api.http("PUT", "/workers/py-http/heartbeat")[0] == 200
+    status, worker, _ = api.http("PUT", "/workers/py-http/heartbeat")
+    assert (status, set(worker)) == (200, WORKER_KEYS)
     done = {"status": "completed", "result": b64(b"small img")}
     path = f"/workers/py-http/tasks/{task['id']}/complete"
     status, final, _ = api.http("POST", path, done)
     assert (status, final["status"]) == (200, "completed")
     assert base64.b64decode(final["result"]) == b"small img"
-    assert api.http("POST", path, done)[0] == 409
-    assert api.http("POST", "/workers/ghost/tasks/x/complete", done)[0] == 404
-    assert api.http("POST", "/workers/py-http/tasks/nope/complete", done)[0] == 404
-    assert api.http("POST", path, {"status": "maybe"})[0] == 400
-    assert api.http("POST", "/workers/py-http/tasks/next?wait=31")[0] == 400
+    assert_task_shape(final)
+    assert_error(api.http("POST", path, done), 409, task["id"])
+    assert_error(api.http("POST", "/workers/ghost/tasks/x/complete", done), 404, "ghost")
+    assert_error(api.http("POST", "/workers/py-http/tasks/nope/complete", done), 404, "nope")
+    assert_error(api.http("POST", path, {"status": "maybe"}), 400, "status")
+    assert_error(api.http("POST", path, {"status": "completed", "result": 7}), 400, "result")
+    assert_error(api.http("POST", "/workers/py-http/tasks/next?wait=31"), 400, "wait")
 
 
 def test_workers_listing_shows_zmq_and_http_workers(api: Stack) -> None:
@@ -198,19 +271,31 @@ def test_workers_listing_shows_zmq_and_http_workers(api: Stack) -> None:
         by_id["zw"]["capabilities"]
     )
     assert by_id["hw"]["kind"] == "http"
+    assert by_id["hw"]["slots"] is None  # an HTTP worker takes one task per poll
+    for worker in workers:
+        assert set(worker) == WORKER_KEYS, set(worker) ^ WORKER_KEYS
     _, one, _ = api.http("GET", "/workers/zw")
-    assert set(one) >= {"id", "kind", "status", "capabilities", "resources", "slots",
-                        "running", "last_seen"}  # fmt: skip
+    assert set(one) == WORKER_KEYS, set(one) ^ WORKER_KEYS
+    assert (one["status"], one["running"], one["resources"]) == ("online", [], {})
+    assert one["host"] and isinstance(one["pid"], int) and one["pid"] > 0
 
 
-def test_health_is_503_when_the_broker_is_down(api: Stack) -> None:
-    status, body, _ = api.http("GET", "/health")
-    assert (status, body["status"]) == (200, "ok")
-    assert api.broker is not None
-    api.broker.kill9()
-    status, body, _ = api.http("GET", "/health")
-    assert status == 503
-    assert "title" in body
+def test_a_broker_that_does_not_answer_is_a_503(stack: Stack) -> None:
+    # Given the API in front of a broker, with a short broker timeout.
+    stack.start_broker()
+    stack.start_api("--request-timeout", "1")
+    status, body, _ = stack.http("GET", "/health")
+    assert (status, body["status"], body["stale_outcomes"]) == (200, "ok", 0)
+
+    # When the broker dies.
+    assert stack.broker is not None
+    stack.broker.kill9()
+
+    # Then health and every call that needs the broker answer 503 with a JSON error.
+    assert assert_error(stack.http("GET", "/health"), 503)["status"] == "unavailable"
+    assert_error(stack.http("GET", "/tasks/some-id"), 503)
+    assert_error(stack.http("POST", "/tasks", {"handler": "echo"}), 503)
+    assert_error(stack.http("GET", "/workers"), 503)
 
 
 def test_idempotency_key_makes_one_task_however_often_it_is_sent(api: Stack) -> None:
@@ -235,6 +320,4 @@ def test_batch_submit_over_http(api: Stack) -> None:
     briefs = api.client().wait_many(body["ids"], timeout=60)
     assert [b["result"] for b in briefs] == [f"item {i}".encode() for i in range(200)]
     bad = [{"handler": "echo"}, {"handler": "echo", "priority": "urgent"}]
-    status, error, _ = api.http("POST", "/tasks/batch", {"tasks": bad})
-    assert status == 400
-    assert "tasks[1].priority" in error["description"]
+    assert_error(api.http("POST", "/tasks/batch", {"tasks": bad}), 400, "tasks[1].priority")
