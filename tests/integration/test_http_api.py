@@ -5,13 +5,18 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 import re
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import zmq
 
+from common import protocol
+from common.protocol import Command
 from tests.conftest import Stack, wait_for
 
 #: A task's keys, as the README's "REST API" section lists them.
@@ -59,6 +64,50 @@ def api(stack: Stack) -> Iterator[Stack]:
     stack.start_broker()
     stack.start_api()
     yield stack
+
+
+class RawWorker:
+    """A ZeroMQ worker spoken by hand (docs/protocol.md), so that the test decides when it
+    answers pings and which outcomes it sends."""
+
+    def __init__(self, endpoint: str, worker_id: str, handler: str) -> None:
+        self.id = worker_id
+        self.handler = handler
+        self.socket: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(endpoint)
+
+    def send(self, command: Command, body: dict[str, Any] | None = None) -> None:
+        self.socket.send_multipart(protocol.pack(command, body))
+
+    def ready(self) -> None:
+        """Register (again), claiming no run."""
+        self.send(Command.READY, {"id": self.id, "slots": 1, "capabilities": [self.handler],
+                                  "resources": {}, "running": [], "host": "raw",
+                                  "pid": os.getpid()})  # fmt: skip
+
+    def expect(self, command: Command, timeout: float = 30.0) -> dict[str, Any]:
+        """The body of the next ``command``, answering pings (and a RESYNC) meanwhile."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not self.socket.poll(int(left * 1000) + 1):
+                break
+            message = protocol.unpack(self.socket.recv_multipart())
+            if message.command is command:
+                return message.body
+            if message.command is Command.PING:
+                self.send(Command.PONG)
+            elif message.command is Command.RESYNC:  # declared offline while the test waited
+                self.ready()
+        raise AssertionError(f"worker {self.id}: no {command.name} within {timeout:g} s")
+
+    def done(self, task_id: str, attempt: int, result: bytes) -> None:
+        entry = {"task_id": task_id, "attempt": attempt, "status": "completed",
+                 "result": result, "error": None}  # fmt: skip
+        self.send(Command.DONE, {"results": [entry]})
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
 
 
 def wait_status(stack: Stack, task_id: str, *statuses: str) -> dict[str, Any]:
@@ -321,3 +370,45 @@ def test_batch_submit_over_http(api: Stack) -> None:
     assert [b["result"] for b in briefs] == [f"item {i}".encode() for i in range(200)]
     bad = [{"handler": "echo"}, {"handler": "echo", "priority": "urgent"}]
     assert_error(api.http("POST", "/tasks/batch", {"tasks": bad}), 400, "tasks[1].priority")
+
+
+def test_a_late_outcome_is_refused_and_counted_in_health(api: Stack) -> None:
+    # Given a worker that registered and was handed a task.
+    raw = RawWorker(api.endpoint, "raw", "resize")
+    try:
+        raw.ready()
+        raw.expect(Command.WELCOME)
+        api.wait_workers("raw")
+        _, submitted, _ = api.http("POST", "/tasks", {"handler": "resize", "args": b64(b"img")})
+        [first] = raw.expect(Command.DISPATCH)["tasks"]
+        assert (first["task_id"], first["attempt"]) == (submitted["id"], 1)
+
+        # When it goes silent until the broker declares it offline and takes the run back,
+        wait_for(
+            lambda: api.http("GET", "/workers/raw")[1]["status"] == "offline", what="raw offline"
+        )
+        lost = wait_status(api, submitted["id"], "pending")
+        assert [(le["attempt"], le["outcome"]) for le in lost["leases"]] == [(1, "lost")]
+        # then registers again and is handed the task's next run,
+        raw.ready()
+        raw.expect(Command.WELCOME)
+        [second] = raw.expect(Command.DISPATCH)["tasks"]
+        assert (second["task_id"], second["attempt"]) == (submitted["id"], 2)
+        # and reports the first run after all, then the second.
+        raw.done(submitted["id"], 1, b"late")
+        assert raw.expect(Command.ACK)["results"] == [[submitted["id"], 1]]
+        raw.done(submitted["id"], 2, b"on time")
+        assert raw.expect(Command.ACK)["results"] == [[submitted["id"], 2]]
+    finally:
+        raw.close()
+
+    # Then the late outcome was acknowledged but refused: /health counts it, the first lease
+    # notes it, and the task's outcome is the second run's.
+    status, health, _ = api.http("GET", "/health")
+    assert (status, health["status"], health["stale_outcomes"]) == (200, "ok", 1)
+    task = wait_status(api, submitted["id"], "completed")
+    history = [
+        (le["attempt"], le["worker_id"], le["outcome"], le["refused"]) for le in task["leases"]
+    ]
+    assert history == [(1, "raw", "lost", "completed"), (2, "raw", "completed", None)]
+    assert (task["attempts"], base64.b64decode(task["result"])) == (2, b"on time")
