@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
+from types import FrameType
 from typing import Any
 
 from common.limits import MAX_HTTP_WAIT
@@ -26,6 +29,27 @@ def bind_address(listen: str) -> str:
     if not sep or not port:
         raise ValueError(f"listen address {listen!r} is not HOST:PORT")
     return f"{host or '0.0.0.0'}:{port}"
+
+
+def quit_once(worker: Any) -> None:
+    """Gunicorn's ``post_worker_init`` hook: a worker's quit handler runs at most once.
+
+    Ctrl-C in a terminal sends SIGINT to the whole process group, workers included, and
+    the master then tells each worker to quit with SIGQUIT. The gthread worker handles both
+    with ``handle_quit``, which is not re-entrant: a second signal that lands while the
+    first handler shuts the thread pool down deadlocks on the pool's lock, and the worker
+    outlives its master, still holding the listening socket. A quit under way ignores the
+    next one (the lock is taken in one call, so no signal can slip in between two checks).
+    """
+    handle_quit = worker.handle_quit
+    quitting = threading.Lock()
+
+    def once(signum: int, frame: FrameType | None) -> None:
+        if quitting.acquire(blocking=False):
+            handle_quit(signum, frame)
+
+    for signum in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(signum, once)
 
 
 def gunicorn_options(settings: Settings) -> dict[str, Any]:
@@ -53,4 +77,5 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         # Gunicorn >= 24 opens a control socket at one fixed path per user, which a second
         # API server on the host would fight over; nothing here uses it.
         "control_socket_disable": True,
+        "post_worker_init": quit_once,
     }

@@ -18,11 +18,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
 from api.cli import APIServer, main
-from api.serve import bind_address, gunicorn_options
+from api.serve import bind_address, gunicorn_options, quit_once
 from common.limits import MAX_HTTP_WAIT as MAX_WAIT
 from common.settings import Settings
 
@@ -154,6 +155,34 @@ def test_gunicorn_options_follow_the_settings() -> None:
     assert options["accesslog"] is None
     # A long-poll and the broker's reply to it fit in a graceful shutdown.
     assert options["graceful_timeout"] >= MAX_WAIT + settings.request_timeout
+    assert options["post_worker_init"] is quit_once
+
+
+def test_a_worker_quits_once_when_ctrl_c_and_the_masters_quit_overlap() -> None:
+    # Given a worker set up by the hook, whose quit handler is still at work when the
+    # master's SIGQUIT lands (raise_signal runs the handler before it returns).
+    calls: list[int] = []
+
+    class Worker:
+        def handle_quit(self, signum: int, frame: FrameType | None) -> None:
+            calls.append(signum)
+            if len(calls) == 1:
+                signal.raise_signal(signal.SIGQUIT)
+            raise SystemExit(0)
+
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGQUIT)}
+    try:
+        quit_once(Worker())
+
+        # When Ctrl-C reaches the worker.
+        with pytest.raises(SystemExit):
+            signal.raise_signal(signal.SIGINT)
+
+        # Then it quit once: the second signal did not start a second quit inside the first.
+        assert calls == [signal.SIGINT]
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @pytest.mark.parametrize(
