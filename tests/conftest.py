@@ -10,6 +10,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -74,6 +75,42 @@ def wait_for(
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what or check}: last error {last_error!r}")
+
+
+def pids_started(log: str) -> dict[str, int]:
+    """The pid ``zmq-scheduler up`` last started each child with, by child name, from its log."""
+    return {m[1]: int(m[2]) for m in re.finditer(r"started (\S+) \(pid (\d+)\)", log)}
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state is the first)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs; a zombie, dead but not yet reaped, does not."""
+    stat = _stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process under ``pid``: its children, theirs, and so on (read from /proc)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        stat = _stat(int(entry.name)) if entry.name.isdigit() else None
+        if stat is not None and stat[0] != "Z":
+            parents.setdefault(int(stat[1]), []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
 
 
 def child_env() -> dict[str, str]:

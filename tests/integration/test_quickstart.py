@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Proc, Stack, free_port, wait_for
+from tests.conftest import ROOT, Proc, Stack, alive, free_port, pids_started, wait_for
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("curl") and shutil.which("jq")), reason="the README example needs curl and jq"
@@ -34,20 +34,6 @@ def readme_console_example() -> tuple[str, list[str]]:
         else:
             expected.append(line)
     return "\n".join(script), expected
-
-
-def pids_started(log: str) -> dict[str, int]:
-    return {m[1]: int(m[2]) for m in re.finditer(r"started (\S+) \(pid (\d+)\)", log)}
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purposes.
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z"
 
 
 def test_up_answers_the_readme_example_and_stops_everything(tmp_path: Path) -> None:
