@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -440,6 +441,93 @@ def check_idempotent_resubmit(workload: Workload, client: Client, api: Stack | N
         assert (status, got["id"]) == (200, workload.ids[planned.index])
 
 
+# -- the counts ------------------------------------------------------------------------------
+#
+# What the figures must be, given what the scenario did (none cancels a task or gives one a
+# timeout, so no lease is ever "cancelled" or "expired").
+
+
+def check_counts(workload: Workload, tasks: list[dict[str, Any]], figures: Figures) -> None:
+    """Bounds that hold in every scenario, from the workload's own design."""
+    plan_of = {workload.ids[p.index]: p for p in workload.plan}
+    outcomes = Counter(lease["outcome"] for task in tasks for lease in task["leases"])
+    assert not outcomes.keys() & {"cancelled", "expired"}, (
+        f"nobody cancels, no timeouts: {outcomes}"
+    )
+
+    # A task has more than one lease exactly when a run before its last failed, or a run
+    # was cut short.
+    retried = {task["id"] for task in tasks if "failed" in outcome_list(task)[:-1]}
+    cut_short = {task["id"] for task in tasks if INTERRUPTED & set(outcome_list(task))}
+    assert figures.multi_lease_tasks == len(retried | cut_short), figures.report()
+    # And the workload's failing handlers always leave more than one: an always_fail that
+    # failed by itself ran 1 + max_retries times; a completed fail_times failed its first
+    # run, or lost it after it counted. (Unless the broker restarted: a run whose lease was
+    # not yet committed when it died leaves no lease, and its attempt number is used again.)
+    for task in tasks:
+        planned = plan_of[task["id"]]
+        failed_itself = task["status"] == "failed" and not error_says_dependency(task)
+        completed_twice = task["status"] == "completed" and figures.victim != "broker"
+        if (planned.handler == "always_fail" and failed_itself) or (
+            planned.handler == "fail_times" and completed_twice
+        ):
+            assert len(task["leases"]) >= 2, f"{planned.handler} {task['id']}: {task['leases']}"
+
+    # A submit is answered "already there" only when it was a retry whose first try had
+    # reached the broker: at most a batch per retried batch, one per retried HTTP submit.
+    retries = batch_size(len(workload.plan)) * figures.submit_retries + figures.http_retries
+    assert figures.deduplicated <= retries, figures.report()
+
+
+def outcome_list(task: dict[str, Any]) -> list[str | None]:
+    return [lease["outcome"] for lease in task["leases"]]
+
+
+def registrations(broker: Proc) -> Counter[str]:
+    """How often each worker id registered, from the broker's log. A worker registers again
+    only after a reconnect or after the broker declared it offline."""
+    return Counter(re.findall(r"worker (\S+) registered:", broker.output()))
+
+
+def check_counts_after_kills(
+    tasks: list[dict[str, Any]],
+    figures: Figures,
+    killed: set[str],
+    registered: Counter[str],
+    stale: tuple[int, int],
+) -> None:
+    """The figures of the worker monkey, given the workers it killed with SIGKILL.
+
+    A run is cut short only when the broker takes its worker for dead: a killed one, or a
+    live one it did not hear from in time (a loaded machine), which then registers again.
+    Only such a live worker can report a run late: a killed worker sends nothing more. The
+    broker never restarts here, so it knows every lease it is told about, and each refused
+    outcome is both counted and noted on its lease.
+    """
+    came_back = {worker for worker, times in registered.items() if times > 1}
+    leases = [lease for task in tasks for lease in task["leases"]]
+    cut = [lease for lease in leases if lease["outcome"] in INTERRUPTED]
+    # Reruns: every run cut short was lost with its worker (nobody said goodbye), and only
+    # on a killed worker or one that came back; at least every run a kill cut short.
+    assert {lease["outcome"] for lease in cut} <= {"lost"}, "a worker said goodbye"
+    on_live = {lease["worker_id"] for lease in cut} - killed - came_back
+    assert not on_live, f"runs lost on workers never killed nor back: {on_live}"
+    by_kills = {
+        task["id"]
+        for task in tasks
+        for lease in task["leases"]
+        if lease["outcome"] == "lost" and lease["worker_id"] in killed
+    }
+    assert len(by_kills) <= figures.rerun_tasks
+    # Refused outcomes: only a lost run's late report by a worker that came back (none at
+    # all when none did), each counted once: between the counts read before and after.
+    for lease in leases:
+        if lease["refused"] is not None:
+            assert lease["outcome"] == "lost" and lease["worker_id"] in came_back, lease
+    before, after = stale
+    assert before <= figures.refused_leases <= after, figures.report()
+
+
 # -- the monkeys ---------------------------------------------------------------------------
 
 
@@ -526,13 +614,17 @@ def test_worker_monkey(stack: Stack, tmp_path: Path) -> None:
         stack.start_worker("--handlers", "flaky_handlers", slots=rng.randint(2, 4))
         for _ in range(WORKERS)
     ]
-    stack.wait_workers(*(proc.name for proc in live))
+    first = [proc.name for proc in live]
+    stack.wait_workers(*first)
     client = stack.client()
     monkey_rng = random.Random(seed + 1)  # its own: the monkey runs in another thread
+
+    killed: set[str] = set()  # worker ids; a worker's id is its process's name
 
     def kill_and_replace() -> None:
         victim = monkey_rng.choice(live)
         victim.kill9()
+        killed.add(victim.name)
         live.remove(victim)
         # A new worker (new id) at once: the cluster keeps its size, the victim's leases
         # are lost only when the broker notices the silence.
@@ -555,12 +647,41 @@ def test_worker_monkey(stack: Stack, tmp_path: Path) -> None:
     figures.elapsed = time.monotonic() - began
     figures.kills = figures.restarts = monkey.strikes  # each victim is replaced at once
 
-    # Then every guarantee holds, and refused outcomes are counted where operators look.
-    assert figures.kills >= 1, "the workload was over before the monkey struck"
-    assert isinstance(health["stale_outcomes"], int)
-    figures.stale_outcomes = client.health()["stale_outcomes"]
+    # Then every guarantee holds, the broker saw every kill, and the figures are what the
+    # kills explain: reruns for the runs they cut short, no late outcome from the dead.
+    assert figures.kills == len(killed) >= 1, "the workload was over before the monkey struck"
+    stale_before = health["stale_outcomes"]
+    tasks = list_all(client, CHAOS_TASKS)
+    figures.stale_outcomes = stale_after = client.health()["stale_outcomes"]
+
+    def all_killed_offline() -> bool:
+        shown = {worker["id"]: worker for worker in client.workers(timeout=5.0)}
+        # A worker killed before it registered never shows.
+        return all(
+            (shown[w]["status"], shown[w]["running"]) == ("offline", [])
+            for w in killed & set(shown)
+        )
+
+    wait_for(all_killed_offline, what="every killed worker offline, holding nothing")
+    # A live worker the broker took for dead (a loaded machine) registers again once it
+    # runs again, which may be after its lost run ran elsewhere: wait for it.
+    lost_on = {
+        le["worker_id"] for task in tasks for le in task["leases"] if le["outcome"] == "lost"
+    }
+    broker = stack.broker
+    assert broker is not None
+
+    def back() -> Counter[str] | None:
+        registered = registrations(broker)
+        again = {worker for worker, times in registered.items() if times > 1}
+        return registered if lost_on <= killed | again else None
+
+    registered = wait_for(back, what=f"workers that lost runs ({lost_on}) killed or back")
+    assert set(first) <= set(registered), f"broker log: {registered}"
     try:
-        check_guarantees(workload, list_all(client, CHAOS_TASKS), figures)
+        check_guarantees(workload, tasks, figures)
+        check_counts(workload, tasks, figures)
+        check_counts_after_kills(tasks, figures, killed, registered, (stale_before, stale_after))
         check_idempotent_resubmit(workload, client, None)
     finally:
         print(figures.report())
@@ -628,6 +749,16 @@ def test_broker_restarts(stack: Stack, tmp_path: Path) -> None:
     tasks = list_all(client, CHAOS_TASKS)
     try:
         check_guarantees(workload, tasks, figures)
+        check_counts(workload, tasks, figures)
+        # A run is cut short here only by a restart: lost when no worker claims it in time,
+        # or released when a worker gives back a run the restarted broker never knew. Only
+        # such a run's report comes late. (stale_outcomes counts from the last start only,
+        # and includes reports of leases a restart forgot, which have nowhere to be noted:
+        # it bounds nothing here.)
+        for task in tasks:
+            for lease in task["leases"]:
+                if lease["refused"] is not None:
+                    assert lease["outcome"] in INTERRUPTED, f"task {task['id']}: {lease}"
         check_idempotent_resubmit(workload, client, stack)
         by_http = {workload.ids[p.index] for p in plan if p.via_http}
         sample = (
@@ -692,7 +823,8 @@ def test_frozen_worker_late_outcome_is_refused(stack: Stack, tmp_path: Path) -> 
     print(
         f"\n[chaos] frozen worker: leases {history}, stale_outcomes {stale_before} -> {stale_after}"
     )
-    assert stale_after >= stale_before + 1
+    # Exactly one late outcome (A's report of its one run), so exactly one refusal.
+    assert stale_after == stale_before + 1
     # And A is back, holding nothing.
     stack.wait_workers("frozen")
     wait_for(lambda: client.worker("frozen")["running"] == [], what="A holds no lease")
