@@ -49,12 +49,6 @@ class TaskIndex:
         self.finished: deque[Task] = deque()
         self._dead_in_order = 0
 
-    def __contains__(self, task_id: str) -> bool:
-        return task_id in self.tasks
-
-    def get(self, task_id: str) -> Task | None:
-        return self.tasks.get(task_id)
-
     def load(self, tasks: list[Task]) -> None:
         """Index stored tasks (after a restart), sorted by seq."""
         self.tasks.update((task.id, task) for task in tasks)

@@ -93,6 +93,8 @@ def _tasks(core: Scheduler) -> None:
             _running(core, task, open_leases)
         elif open_leases:
             _fail(f"task {task.id} is {task.status} with an open lease")
+        if task.status is TaskStatus.PENDING and task.worker_id is not None:
+            _fail(f"pending task {task.id} names worker {task.worker_id}")
         if task.status is TaskStatus.PENDING:
             queued = task.queued
             waiting = task.waiting_on > 0

@@ -262,6 +262,7 @@ class Lifecycle:
                 self.timing.retry_backoff * 2 ** (task.failures - 1), self.timing.retry_backoff_max
             )
             self._set_status(task, TaskStatus.PENDING)
+            task.worker_id = None  # a pending task has no worker: its leases say where it ran
             task.not_before = now + backoff
             self._make_ready(task, now)
         else:

@@ -3,8 +3,8 @@ no socket between.
 
 ``LocalClient.call`` takes the same typed requests as ``common.client.Client.call`` and
 passes them to ``broker.operations.perform`` on a real ``Scheduler``, followed by the
-dispatch round the socket loop would run, then commits to its store (if it has one)
-before it answers. A request the broker would answer later (a wait, a long-poll) is
+dispatch round the socket loop would run (what the loop would commit is dropped: there is
+no store). A request the broker would answer later (a wait, a long-poll) is
 answered at once if the turn answered it, or else at its deadline: nothing else runs
 in this process, so the client moves its clock there and lets the core's timers fire.
 The REST API's unit tests run against it, so they see the broker's real rules and
@@ -19,7 +19,6 @@ from typing import Any
 
 from broker.core import Scheduler
 from broker.operations import DEFERRED, perform
-from broker.store import Store
 from common import messages as m
 from common.errors import SchedulerError
 
@@ -30,14 +29,11 @@ _NO_ANSWER: Any = object()
 class LocalClient:
     """Calls a ``Scheduler`` directly; thread-safe (one call at a time)."""
 
-    def __init__(
-        self, core: Scheduler | None = None, now: float = 0.0, store: Store | None = None
-    ) -> None:
+    def __init__(self, core: Scheduler | None = None, now: float = 0.0) -> None:
         self.core = core or Scheduler()
         #: The scheduler's clock, in seconds since the epoch: moved only by waits that
         #: run out, and by tests.
         self.now = now
-        self.store = store
         self.started = now
         self._tokens = itertools.count(1)
         self._lock = threading.Lock()
@@ -54,7 +50,8 @@ class LocalClient:
                 self.core.tick(self.now)
                 self.core.schedule(self.now)
                 answer = self._answer(token)
-            self._commit()
+            self.core.take_dirty()
+            self.core.take_pruned()
         if value is not DEFERRED:
             return value
         if answer is _NO_ANSWER:
@@ -67,7 +64,3 @@ class LocalClient:
             if replied == token:
                 answer = value
         return answer
-
-    def _commit(self) -> None:
-        if self.store is not None and self.core.has_changes():
-            self.store.save(self.core.take_dirty(), self.core.take_pruned())

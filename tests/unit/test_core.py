@@ -971,3 +971,112 @@ def test_submit_and_wait_refuses_a_bad_wait_and_creates_nothing(core: Scheduler,
     with pytest.raises(InvalidInput, match="wait"):
         edge.submit_and_wait(core, [{"handler": "echo"}], wait, "token", T0)
     assert core.tasks == {}
+
+
+# -- what health, records and the less travelled paths show -----------------------------------
+
+
+def test_health_counts_tasks_workers_and_every_refused_or_dropped_message(core: Scheduler) -> None:
+    address = add_worker(core, "w1", slots=2)
+    done, running = submit(core), submit(core)
+    submit(core, handler="nobody")
+    dispatched(core)
+    finish(core, address, done)
+    # Two reports for runs the worker never held, and one for a lease that ended: three.
+    report(core, address, running, 7)
+    report(core, address, "0" * 32, 1)  # a task it never knew: nothing to count against
+    report(core, address, running, 5)
+    report(core, address, done, 1, status="failed")
+    core.dropped_messages += 1  # the socket loop counts what it drops
+    assert core.health(T0 + 30, T0) == {
+        "status": "ok",
+        "tasks": {"pending": 1, "running": 1, "completed": 1, "failed": 0, "cancelled": 0},
+        "workers": 1,
+        "stale_outcomes": 3,
+        "dropped_messages": 1,
+        "uptime": 30.0,
+    }
+
+
+def test_worker_records_show_slots_for_zmq_workers_only(core: Scheduler) -> None:
+    add_worker(core, "z", slots=3, resources={"cpu": 2})
+    edge.http_register(core, {"id": "h", "capabilities": ["echo"]}, T0)
+    assert core.worker("z").record()["slots"] == 3
+    assert core.worker("h").record()["slots"] is None
+    assert core.worker("z").record()["resources"] == {"cpu": 2.0}
+    with pytest.raises(NotFound):
+        core.worker("nobody")
+
+
+def test_a_goodbye_gives_runs_back_without_counting_them_lost(core: Scheduler) -> None:
+    task_id = submit(core, max_retries=0)
+    address = add_worker(core, "w1")
+    dispatched(core)
+    core.goodbye(core.workers["w1"], T0 + 1)
+    task = core.tasks[task_id]
+    assert (task.status, task.worker_id, task.lost, task.failures) == (
+        TaskStatus.PENDING, None, 0, 0,
+    )  # fmt: skip
+    assert (task.leases[0].outcome, task.leases[0].ended_at) == ("released", T0 + 1)
+    assert core.worker_at(address) is None
+    other = add_worker(core, "w2", now=T0 + 2)
+    assert dispatched(core, T0 + 2) == {other: [task_id]}
+
+
+def test_an_expired_lease_records_when_and_why(core: Scheduler) -> None:
+    task_id = submit(core, timeout=2, max_retries=1)
+    add_worker(core, "w1", slots=2)
+    dispatched(core)
+    core.seen(core.workers["w1"], T0 + 7)
+    core.tick(T0 + 7)
+    task = core.tasks[task_id]
+    lease = task.leases[0]
+    assert (lease.outcome, lease.ended_at) == ("expired", T0 + 7)
+    assert lease.error == task.error == "timed out after 2 s (lease expired)"
+    assert (task.status, task.worker_id, task.not_before) == (TaskStatus.PENDING, None, T0 + 8)
+
+
+def test_an_http_worker_that_completes_is_seen_and_its_result_kept(core: Scheduler) -> None:
+    edge.http_register(core, {"id": "h1", "capabilities": ["echo"]}, T0)
+    task_id = submit(core)
+    edge.http_next(core, {"id": "h1", "wait": 0}, "poll", T0)
+    core.schedule(T0)
+    args = {"worker_id": "h1", "task_id": task_id, "status": "failed", "error": "bad input"}
+    edge.http_complete(core, args, T0 + 9)
+    assert core.workers["h1"].last_seen == T0 + 9
+    task = core.tasks[task_id]
+    assert (task.status, task.error, task.completed_at) == (TaskStatus.FAILED, "bad input", T0 + 9)
+
+
+def test_cancelling_an_http_workers_run_frees_its_resources_at_once(core: Scheduler) -> None:
+    # An HTTP worker cannot be told to stop: its lease ends now, and what it held is free.
+    edge.http_register(core, {"id": "h1", "capabilities": ["echo"], "resources": {"cpu": 1}}, T0)
+    first = submit(core, resources={"cpu": 1})
+    second = submit(core, resources={"cpu": 1})
+    edge.http_next(core, {"id": "h1", "wait": 10}, "poll-1", T0)
+    edge.http_next(core, {"id": "h1", "wait": 10}, "poll-2", T0)
+    core.schedule(T0)
+    assert [(token, value["id"]) for token, value in core.take_outbox().replies] == [
+        ("poll-1", first)
+    ]
+    core.cancel(first, T0 + 1)
+    assert core.workers["h1"].running == {}
+    core.schedule(T0 + 1)
+    assert [(token, value["id"]) for token, value in core.take_outbox().replies] == [
+        ("poll-2", second)
+    ]
+
+
+def test_a_wait_that_times_out_leaves_the_other_waits_on_its_task(core: Scheduler) -> None:
+    task_id = submit(core)
+    address = add_worker(core, "w1")
+    dispatched(core)
+    assert core.wait(task_id, 1, "short", T0) is None
+    assert core.wait(task_id, 60, "long", T0) is None
+    core.seen(core.workers["w1"], T0 + 1)
+    core.tick(T0 + 1)
+    ((token, record),) = core.take_outbox().replies
+    assert (token, record["status"]) == ("short", "running")
+    finish(core, address, task_id, result=b"at last", now=T0 + 2)
+    ((token, record),) = core.take_outbox().replies
+    assert (token, record["status"], record["result"]) == ("long", "completed", b"at last")

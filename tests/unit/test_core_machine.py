@@ -324,6 +324,9 @@ def _report_steps() -> Iterator[None]:
 
 CoreMachine.TestCase.settings = settings(
     max_examples=EXAMPLES,
+    # make test runs the same sequences every time (a failure there is never luck);
+    # make fuzz-core draws new ones.
+    derandomize="ZMQS_FUZZ_EXAMPLES" not in os.environ,
     stateful_step_count=STEPS,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
