@@ -33,12 +33,12 @@
 (d) Restart on finished tasks: a store holding 1,000,000 ``echo`` tasks that completed
     (8 bytes of args and of result, one completed lease each), as a broker keeps them
     for ``retention`` (7 days by default), written by a child process with the broker's
-    own store code (``prepare`` + ``SqliteStore.write``, the rows a broker writes; the
-    store's tests pin that they load back field for field) since running a million tasks
-    through workers would take minutes. A broker is started on it: the time from
-    starting the process to the first ``health`` answer, its resident memory per task,
-    and the mean of 100 ``get`` requests for tasks picked at random (each one read whole
-    from the store at its first ``get``), whose records must carry their results.
+    own store code (``SqliteStore.save``, the rows a broker writes; the store's tests pin
+    that they load back field for field) since running a million tasks through workers
+    would take minutes. A broker is started on it: the time from starting the process to
+    the first ``health`` answer, its resident memory per task, and the mean of 100 ``get``
+    requests for tasks picked at random (each one read whole from the store at its first
+    ``get``), whose records must carry their results.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ from bench.harness import (
 )
 from broker.core import Scheduler, Timing
 from broker.state import Lease, Task, Worker
-from broker.store import SqliteStore, prepare
+from broker.store import open_store
 from common.client import Client
 from common.limits import MAX_BATCH
 from common.messages import Assignment, Ready, RunOutcome
@@ -182,7 +182,7 @@ def reload(path: str) -> dict[str, float]:
     collector is off meanwhile, as in ``BrokerServer.bind``."""
     gc.disable()
     began = time.perf_counter()
-    store = SqliteStore(path, "full")
+    store = open_store(path, "full")
     tasks = store.load()
     loaded = time.perf_counter()
     core = Scheduler(Timing())
@@ -211,7 +211,7 @@ def write_finished(path: str, count: int, sampled: int) -> dict[str, Any]:
     began = time.perf_counter()
     picked = set(random.Random(7).sample(range(1, count + 1), min(sampled, count)))
     sample = []
-    store = SqliteStore(path, "off")
+    store = open_store(path, "off")
     now = time.time()
     for first in range(1, count + 1, BATCH):
         tasks = []
@@ -223,7 +223,7 @@ def write_finished(path: str, count: int, sampled: int) -> dict[str, Any]:
             tasks.append(task)
             if seq in picked:
                 sample.append(task.id)
-        store.write(prepare(tasks))
+        store.save(tasks)
     store.close()
     return {"seconds": time.perf_counter() - began, "sample": sample}
 

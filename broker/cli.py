@@ -10,7 +10,7 @@ import sys
 from types import FrameType
 
 from broker.server import BrokerServer
-from broker.store import SqliteStore
+from broker.store import open_store
 from common import settings as config
 
 #: Allocations between two young garbage collections (Python's default is 700). The broker
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s broker %(levelname)s %(name)s: %(message)s",
     )
     try:
-        store = SqliteStore(settings.data, settings.sync)
+        store = open_store(settings.data, settings.sync)
     except (ValueError, RuntimeError, OSError) as exc:
         print(f"zmq-broker: cannot open the store: {exc}", file=sys.stderr)
         return 1

@@ -37,7 +37,8 @@ class Settings:
     # Where things are.
     #: ZeroMQ endpoint the broker binds (broker) or connects to (workers, API, clients).
     broker: str = _opt("tcp://127.0.0.1:5555", "broker ZeroMQ endpoint", "--broker")
-    #: SQLite file holding the broker's state.
+    #: Where the broker's state is: an SQLite file's path, ``memory:`` (nothing durable) or
+    #: another backend's ``scheme://`` location (``broker.store.open_store``).
     data: str = _opt("./var/scheduler.db", "path of the SQLite store", "--data")
     #: SQLite ``synchronous`` mode of the store: ``full`` (every commit fsynced, so
     #: acknowledged means durable), ``normal`` or ``off`` (benchmarks only: a crash may lose

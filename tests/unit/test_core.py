@@ -8,7 +8,7 @@ import pytest
 
 from broker.core import MAX_LOST, Scheduler, Timing
 from broker.invariants import CheckedScheduler
-from broker.store import MemoryStore
+from broker.store.memory import MemoryStore
 from common.errors import Conflict, InvalidInput, NotFound
 from common.models import TaskStatus, WorkerStatus
 from tests import edge

@@ -34,7 +34,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from broker.core import Timing
 from broker.invariants import CheckedScheduler
 from broker.state import Task
-from broker.store import MemoryStore
+from broker.store.memory import MemoryStore
 from common.errors import SchedulerError
 from common.messages import RunKey
 from common.models import FINAL_STATUSES, TaskStatus

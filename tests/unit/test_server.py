@@ -23,7 +23,8 @@ import zmq
 
 from broker.server import BrokerServer
 from broker.state import Task
-from broker.store import Batch, MemoryStore, SqliteStore, prepare
+from broker.store.memory import MemoryStore
+from broker.store.sqlite import SqliteStore
 from common import protocol
 from common.models import FINAL_STATUSES
 from common.protocol import Command
@@ -45,10 +46,10 @@ class CheckedStore:
         self.kind = kind
         self.path = str(tmp_path / "scheduler.db")
         self._inner: MemoryStore | SqliteStore | None = None
-        #: Called before each write, with the batch; may block or raise.
-        self.before_write: Callable[[Batch], None] = lambda batch: None
-        #: Called after each write.
-        self.after_write: Callable[[Batch], None] = lambda batch: None
+        #: Called before each commit; may block or raise.
+        self.before_write: Callable[[], None] = lambda: None
+        #: Called after each commit.
+        self.after_write: Callable[[], None] = lambda: None
         self.commits = 0
 
     @property
@@ -64,14 +65,11 @@ class CheckedStore:
     def warm(self, tasks: Sequence[Task]) -> None:
         self.inner.warm(tasks)
 
-    def write(self, batch: Batch) -> None:
-        self.before_write(batch)
-        self.inner.write(batch)
+    def save(self, changed: Iterable[Task], deleted: Sequence[Task] = ()) -> None:
+        self.before_write()
+        self.inner.save(changed, deleted)
         self.commits += 1
-        self.after_write(batch)
-
-    def save(self, tasks: Iterable[Task], deleted: Sequence[Task] = ()) -> None:
-        self.write(prepare(tasks, deleted))
+        self.after_write()
 
     def close(self) -> None:
         self.inner.close()
@@ -79,8 +77,8 @@ class CheckedStore:
     def committed(self) -> dict[str, str]:
         """Task id -> status of every committed task."""
         if self.kind == "memory":
-            rows = self.inner.rows.values() if isinstance(self.inner, MemoryStore) else ()
-            return {str(row[1]): str(row[13]) for row in rows}
+            held = self.inner.tasks.values() if isinstance(self.inner, MemoryStore) else ()
+            return {task.id: task.status.value for task in held}
         if not Path(self.path).exists():
             return {}
         with closing(sqlite3.connect(self.path)) as db:
@@ -98,7 +96,7 @@ class GatedStore(CheckedStore):
         self.writing = threading.Event()
         self.before_write = self._wait_for_gate
 
-    def _wait_for_gate(self, batch: Batch) -> None:
+    def _wait_for_gate(self) -> None:
         self.writing.set()
         if not self.gate.wait(30):
             raise TimeoutError("the test never opened the gate")
@@ -307,7 +305,7 @@ class Turn:
 def turn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Turn]:
     events: list[tuple[str, Any]] = []
     store = CheckedStore(request.param, tmp_path)
-    store.after_write = lambda batch: events.append(("commit", store.committed()))
+    store.after_write = lambda: events.append(("commit", store.committed()))
     store.load()
     settings = Settings(broker="tcp://127.0.0.1:0", ping_interval=60.0, retention=100.0)
     try:

@@ -1,9 +1,11 @@
-"""Durable task state: an SQLite file (WAL, ``synchronous=FULL``) written through per loop turn.
+"""The SQLite store: one file (WAL, ``synchronous=FULL``) written through per loop turn.
 
 The broker calls ``save`` with every task that changed since its last commit, in
 one transaction: a burst of submits shares one fsync (group commit). Only after
-``save`` returns does the broker acknowledge anything. ``MemoryStore`` has the
-same interface for tests of the core.
+``save`` returns does the broker acknowledge anything. How a task is laid out in rows
+(the schema, the spec and state columns, the JSON of leases, the cold and fresh reads)
+is this module's own: nothing outside it may read or write the file but through
+``SqliteStore``.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from broker.state import Lease, ResourceKey, Task
+from broker.store import Store
 from common.models import FINAL_STATUSES, TaskStatus
 
 _SCHEMA = """
@@ -102,7 +105,7 @@ _INSERT_FRESH = (
 
 
 @dataclass(slots=True)
-class Batch:
+class _Batch:
     """One commit's writes as plain rows."""
 
     #: Spec rows of new tasks whose state is ``_FRESH_ROW``.
@@ -111,18 +114,20 @@ class Batch:
     inserts: list[tuple[object, ...]] = field(default_factory=list)
     updates: list[tuple[object, ...]] = field(default_factory=list)
     deletes: list[tuple[int]] = field(default_factory=list)
+    #: The tasks inserted: marked ``stored`` once the rows are committed.
+    new: list[Task] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.fresh or self.inserts or self.updates or self.deletes)
 
 
-def prepare(tasks: Iterable[Task], deleted: Sequence[Task] = ()) -> Batch:
+def _prepare(tasks: Iterable[Task], deleted: Sequence[Task] = ()) -> _Batch:
     """The rows that store these changes: new tasks whole, known ones by their state only.
 
-    Marks the tasks as stored: batches are written in order, and a failed write is
-    fatal to the broker, so a later batch may rely on this one's inserts.
+    Marks nothing: the new tasks are marked stored once their rows are committed
+    (``_write``), so that a failed commit leaves them as they were.
     """
-    batch = Batch(deletes=[(task.seq,) for task in deleted])
+    batch = _Batch(deletes=[(task.seq,) for task in deleted])
     for task in tasks:
         if task.cold:  # its placeholders would overwrite what is stored: a bug in the core
             raise RuntimeError(f"task {task.id} changed while cold")
@@ -134,24 +139,8 @@ def prepare(tasks: Iterable[Task], deleted: Sequence[Task] = ()) -> Batch:
                 batch.fresh.append(_spec_row(task))
             else:
                 batch.inserts.append(_spec_row(task) + state)
-            task.stored = True
+            batch.new.append(task)
     return batch
-
-
-class Store(Protocol):
-    def load(self) -> list[Task]:
-        """Every stored task; finished ones cold (``Task.cold``), to be warmed by ``warm``."""
-
-    def warm(self, tasks: Sequence[Task]) -> None:
-        """Read the rest of these cold tasks from the store into them."""
-
-    def write(self, batch: Batch) -> None:
-        """Commit these rows in one transaction (one fsync)."""
-
-    def save(self, tasks: Iterable[Task], deleted: Sequence[Task] = ()) -> None:
-        """``write(prepare(tasks, deleted))``."""
-
-    def close(self) -> None: ...
 
 
 def _json(value: Any) -> str:
@@ -411,7 +400,11 @@ class SqliteStore:
         if cold:
             raise RuntimeError(f"tasks missing from the store: seq {sorted(cold)[:10]}")
 
-    def write(self, batch: Batch) -> None:
+    def save(self, changed: Iterable[Task], deleted: Sequence[Task] = ()) -> None:
+        """Commit these changes in one transaction (one fsync)."""
+        self._write(_prepare(changed, deleted))
+
+    def _write(self, batch: _Batch) -> None:
         """Commit these rows in one transaction (one fsync)."""
         if not batch:
             return
@@ -426,54 +419,18 @@ class SqliteStore:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
-
-    def save(self, tasks: Iterable[Task], deleted: Sequence[Task] = ()) -> None:
-        self.write(prepare(tasks, deleted))
+        for task in batch.new:
+            task.stored = True
 
     def close(self) -> None:
         self._db.close()
 
 
-def _pick(row: tuple[object, ...], columns: str) -> list[object]:
-    """These columns of a whole row (in ``_COLUMNS``' order), as a query for them gives."""
-    order = _COLUMNS.split(", ")
-    return [row[order.index(name)] for name in columns.split(", ")]
+#: The scheme of an SQLite store's location as a URL: ``sqlite:///var/x.db`` is /var/x.db.
+_URL = "sqlite://"
 
 
-class MemoryStore:
-    """The same interface in memory, for tests of the core and the loop."""
-
-    def __init__(self) -> None:
-        self.rows: dict[int, tuple[object, ...]] = {}
-        self.commits = 0
-
-    def load(self) -> list[Task]:
-        """As ``SqliteStore.load``: finished tasks come cold."""
-        status = _COLUMNS.split(", ").index("status")
-        finished = {s.value for s in FINAL_STATUSES}
-        return [
-            _cold_task(_pick(row, _COLD)) if row[status] in finished else _task(_pick(row, _LOAD))
-            for row in (self.rows[seq] for seq in sorted(self.rows))
-        ]
-
-    def warm(self, tasks: Sequence[Task]) -> None:
-        for task in tasks:
-            if task.cold:
-                _fill(task, _task(_pick(self.rows[task.seq], _LOAD)))
-
-    def write(self, batch: Batch) -> None:
-        spec_columns = len(_SPEC.split(","))
-        for row in batch.inserts + [spec + _FRESH_ROW for spec in batch.fresh]:
-            self.rows[int(row[0])] = row  # type: ignore[call-overload]
-        for update in batch.updates:
-            seq = int(update[-1])  # type: ignore[call-overload]
-            self.rows[seq] = self.rows[seq][:spec_columns] + update[:-1]
-        for (seq,) in batch.deletes:
-            self.rows.pop(seq, None)
-        self.commits += 1
-
-    def save(self, tasks: Iterable[Task], deleted: Sequence[Task] = ()) -> None:
-        self.write(prepare(tasks, deleted))
-
-    def close(self) -> None:
-        pass
+def open(location: str, sync: str) -> Store:
+    """The SQLite store at this path (or ``sqlite://`` and the path): the backend's opener,
+    which ``broker.store.open_store`` calls."""
+    return SqliteStore(location.removeprefix(_URL), sync)

@@ -1,0 +1,119 @@
+"""The in-memory store: SQLite's semantics with nothing durable, for tests (``memory:``).
+
+It keeps a copy of each task as last saved, by seq, sharing nothing mutable with the
+task: a change the core makes afterwards is not stored until the task is saved again, as
+with a row. ``load`` gives new objects, finished tasks cold as SQLite gives them, so
+that a test of the core restarts it as the broker restarts. It must never hand out, or
+keep, an object the core also holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import fields, replace
+from typing import Any
+
+from broker.state import Lease, Task
+from broker.store import Store
+from common.models import FINAL_STATUSES
+
+#: Fields of a task that the core derives from the others (at a load), or that belong
+#: to the store: never stored.
+_DERIVED = ("waiting_on", "queued", "stored", "cold")
+#: Every stored field of a task.
+_STORED = tuple(f.name for f in fields(Task) if f.name not in _DERIVED)
+#: The fields that change after a task is submitted: the only ones saved again once it is
+#: stored (the others are its spec, which never changes).
+_STATE = (
+    "status", "worker_id", "attempts", "failures", "lost", "result", "error", "started_at",
+    "completed_at", "not_before", "leases",
+)  # fmt: skip
+
+
+def _leases(leases: list[Lease]) -> list[Lease]:
+    return [replace(lease) for lease in leases]
+
+
+#: How the fields holding mutable values are copied (the others are immutable).
+_COPY: dict[str, Callable[[Any], Any]] = {"dependencies": list, "leases": _leases}
+
+
+def _copy(source: Task, target: Task, names: Iterable[str]) -> None:
+    """Set these fields of ``target`` to copies of ``source``'s."""
+    for name in names:
+        value = getattr(source, name)
+        copy = _COPY.get(name)
+        setattr(target, name, value if copy is None else copy(value))
+
+
+def _cold(task: Task) -> Task:
+    """A new cold task: the fields the core indexes a finished task by, placeholders for
+    the rest (as SQLite loads one)."""
+    return Task(
+        task.id, task.seq, task.handler, task.handler, b"", [], 0, 0, None, (), (), 0.0,
+        task.status, completed_at=task.completed_at, idempotency_key=task.idempotency_key,
+        stored=True, cold=True,
+    )  # fmt: skip
+
+
+def _whole(task: Task) -> Task:
+    """A new task holding a copy of every stored field of this one."""
+    copy = _cold(task)
+    _copy(task, copy, _STORED)
+    copy.cold = False
+    return copy
+
+
+class MemoryStore:
+    """Tasks in a dict. Not thread-safe, as the other stores."""
+
+    def __init__(self) -> None:
+        #: A copy of each task saved and not deleted, by seq, as it was last saved.
+        self.tasks: dict[int, Task] = {}
+
+    def load(self) -> list[Task]:
+        """As ``SqliteStore.load``: finished tasks come cold (here in seq order)."""
+        return [
+            _cold(held) if held.status in FINAL_STATUSES else _whole(held)
+            for held in (self.tasks[seq] for seq in sorted(self.tasks))
+        ]
+
+    def warm(self, tasks: Sequence[Task]) -> None:
+        missing = []
+        for task in tasks:
+            if not task.cold:
+                continue
+            held = self.tasks.get(task.seq)
+            if held is None:
+                missing.append(task.seq)
+                continue
+            _copy(held, task, _STORED)
+            task.cold = False
+        if missing:
+            raise RuntimeError(f"tasks missing from the store: seq {sorted(missing)[:10]}")
+
+    def save(self, changed: Iterable[Task], deleted: Sequence[Task] = ()) -> None:
+        tasks = list(changed)
+        for task in tasks:
+            if task.cold:  # its placeholders would overwrite what is stored: a bug in the core
+                raise RuntimeError(f"task {task.id} changed while cold")
+        new = []
+        for task in tasks:
+            if not task.stored:
+                self.tasks[task.seq] = _whole(task)
+                new.append(task)
+            elif (held := self.tasks.get(task.seq)) is not None:  # else deleted: as SQLite's
+                _copy(task, held, _STATE)  # UPDATE of a row no longer there, nothing
+        for task in deleted:
+            self.tasks.pop(task.seq, None)
+        for task in new:
+            task.stored = True
+
+    def close(self) -> None:
+        pass
+
+
+def open(location: str, sync: str) -> Store:
+    """A new, empty store, whatever the location (``memory:``) and sync mode: the backend's
+    opener, which ``broker.store.open_store`` calls."""
+    return MemoryStore()
