@@ -28,6 +28,8 @@ from pathlib import Path
 KILLED = frozenset({"killed", "timeout", "segfault", "caught by type check"})
 #: Separator mutmut puts around the class name in a mutant's name.
 CLASS_SEP = "ǁ"
+#: Width of the module column of the score table: ``broker/store/__init__.py`` fits.
+PATH_WIDTH = 24
 _HUNK = re.compile(r"^@@ -(\d+)(,\d+)? \+(\d+)(,\d+)? @@$")
 
 
@@ -183,7 +185,7 @@ def score_line(path: str, counts: Counter[str]) -> str:
     score = f"{100.0 * killed / total:5.1f}%" if total else "    -"
     rest = total - killed - counts["survived"] - counts["no tests"]
     return (
-        f"{path:<18} {killed:>5}/{total:<5} {score}   survived {counts['survived']:<4} "
+        f"{path:<{PATH_WIDTH}} {killed:>5}/{total:<5} {score}   survived {counts['survived']:<4} "
         f"no tests {counts['no tests']:<4} timeout {counts['timeout']:<4} other {rest:<3}"
         + (f" not checked {counts['not checked']}" if counts["not checked"] else "")
     ).rstrip()
@@ -194,7 +196,9 @@ def build(root: Path) -> tuple[list[str], list[str]]:
     by_path: dict[Path, list[Mutant]] = defaultdict(list)
     for mutant in read_statuses(root):
         by_path[mutant.path].append(mutant)
-    table = ["module             killed/total  score   (timeouts: killed; no tests: not killed)"]
+    table = [
+        f"{'module':<{PATH_WIDTH}} killed/total  score   (timeouts: killed; no tests: not killed)"
+    ]
     sections: list[str] = []
     for path in sorted(by_path):
         mutants = sorted(by_path[path], key=lambda m: (m.mangled, m.number))

@@ -308,6 +308,39 @@ def test_a_cold_task_is_never_written_and_a_missing_one_never_warmed(store: Stor
     assert fields_of(first) == fields_of(tasks[0])
 
 
+def test_a_warm_missing_some_tasks_warms_the_others_and_names_the_first_ten(
+    store: Store,
+) -> None:
+    tasks = [_task(seq, TaskStatus.FAILED, **STATES[TaskStatus.FAILED]) for seq in range(1, 15)]
+    store.save(tasks)
+    loaded = sorted(store.load(), key=lambda t: t.seq)
+    assert all(task.cold for task in loaded)
+    store.save([], deleted=tasks[:12])
+    missing = r"missing from the store: seq \[1, 2, 3, 4, 5, 6, 7, 8, 9, 10\]$"
+    with pytest.raises(RuntimeError, match=missing):
+        store.warm(loaded)  # the missing ones first: the others are warmed all the same
+    assert [task.cold for task in loaded] == [True] * 12 + [False] * 2
+    assert [fields_of(task) for task in loaded[12:]] == [fields_of(task) for task in tasks[12:]]
+
+
+def test_a_cold_task_is_the_same_whatever_the_backend(tmp_path: Path) -> None:
+    # The core's tests run on the memory store and the broker on another: a cold task,
+    # placeholders and all, must look the same to the core whichever loaded it.
+    cold: dict[str, list[dict[str, Any]]] = {}
+    for backend in BACKENDS:
+        tasks = [_task(seq, status, **STATES[status]) for seq, status in enumerate(STATES, 1)]
+        (tmp_path / backend).mkdir()
+        store = open_store(location(backend, tmp_path / backend), "full")
+        store.save(tasks)
+        loaded = sorted(store.load(), key=lambda t: t.seq)
+        store.close()
+        cold[backend] = [fields_of(t) | {"derived": (t.waiting_on, t.queued)} for t in loaded]
+        assert [t.cold for t in loaded] == [t.status in FINAL_STATUSES for t in tasks], backend
+    reference = cold.pop("sqlite")
+    for backend, seen in cold.items():
+        assert seen == reference, backend
+
+
 def test_a_save_refused_for_a_cold_task_keeps_nothing_and_the_store_goes_on(
     store: Store,
 ) -> None:
