@@ -134,6 +134,8 @@ def _workers(core: Scheduler) -> None:
     for address, worker in roster.by_address.items():
         if worker.address != address or roster.workers.get(worker.id) is not worker:
             _fail(f"address {address!r} names a worker that is not registered from it")
+        if worker.status is not WorkerStatus.ONLINE:
+            _fail(f"address {address!r} names offline worker {worker.id}")
     for worker in roster.workers.values():
         if worker.status is WorkerStatus.OFFLINE and (worker.running or worker.polls):
             _fail(f"offline worker {worker.id} holds runs or polls")

@@ -1080,3 +1080,114 @@ def test_a_wait_that_times_out_leaves_the_other_waits_on_its_task(core: Schedule
     finish(core, address, task_id, result=b"at last", now=T0 + 2)
     ((token, record),) = core.take_outbox().replies
     assert (token, record["status"], record["result"]) == ("long", "completed", b"at last")
+
+
+# -- a restart brings back every kind of waiting ------------------------------------------------
+
+
+def test_a_restart_keeps_counting_tasks_after_the_last_one_stored(core: Scheduler) -> None:
+    store = MemoryStore()
+    first, second = submit(core), submit(core)
+    store.save(core.take_dirty())
+    restarted = restart(core, store, T0 + 1)
+    assert restarted.next_seq == core.tasks[second].seq + 1
+    third = submit(restarted, now=T0 + 1)
+    store.save(restarted.take_dirty())
+    again = restart(restarted, store, T0 + 2)
+    page = edge.list_tasks(again, {})["tasks"]
+    assert [t["id"] for t in page] == [first, second, third]
+
+
+def test_a_restart_queues_a_pending_task_whose_dependencies_completed(core: Scheduler) -> None:
+    store = MemoryStore()
+    parent = submit(core)
+    address = add_worker(core, "w1")
+    dispatched(core)
+    child = submit(core, dependencies=[parent])
+    finish(core, address, parent, now=T0 + 1)
+    store.save(core.take_dirty())  # the parent completed, the child not yet dispatched
+    restarted = restart(core, store, T0 + 2)
+    worker = add_worker(restarted, "w1", now=T0 + 2)
+    assert dispatched(restarted, T0 + 2) == {worker: [child]}
+
+
+def test_a_restart_keeps_a_retry_waiting_for_its_back_off(core: Scheduler) -> None:
+    store = MemoryStore()
+    task_id = submit(core, max_retries=1)
+    address = add_worker(core, "w1")
+    dispatched(core)
+    finish(core, address, task_id, status="failed", now=T0 + 1)  # retry at T0 + 2
+    store.save(core.take_dirty())
+    restarted = restart(core, store, T0 + 1.5)
+    add_worker(restarted, "w1", now=T0 + 1.5)
+    assert dispatched(restarted, T0 + 1.5) == {}
+    restarted.tick(T0 + 1.9)
+    assert dispatched(restarted, T0 + 1.9) == {}
+    restarted.tick(T0 + 2)
+    assert dispatched(restarted, T0 + 2) == {address: [task_id]}
+
+
+def test_a_restart_keeps_the_time_limit_of_a_running_lease(core: Scheduler) -> None:
+    store = MemoryStore()
+    task_id = submit(core, timeout=3, max_retries=0)
+    add_worker(core, "w1")
+    dispatched(core)
+    store.save(core.take_dirty())
+    restarted = restart(core, store, T0 + 10)
+    add_worker(restarted, "w1", now=T0 + 10, running=[{"task_id": task_id, "attempt": 1}])
+    # timeout + grace from the restart: the worker's own clock is not known to the broker.
+    for now in (T0 + 17.9, T0 + 18):
+        restarted.seen(restarted.workers["w1"], now)
+        restarted.tick(now)
+    task = restarted.tasks[task_id]
+    assert (task.status, task.leases[0].outcome) == (TaskStatus.FAILED, "expired")
+    assert task.completed_at == T0 + 18
+
+
+def test_pruning_after_a_restart_goes_by_completion_not_submission(core: Scheduler) -> None:
+    core = CheckedScheduler(Timing(retention=100.0))
+    store = MemoryStore()
+    early, late = submit(core, handler="nobody"), submit(core, handler="nobody")
+    core.cancel(late, T0)
+    core.cancel(early, T0 + 50)
+    store.save(core.take_dirty())
+    restarted = restart(core, store, T0 + 120)
+    assert restarted.prune(T0 + 120) == 1
+    assert set(restarted.tasks) == {early}
+
+
+# -- HTTP workers, and workers holding stopped runs ----------------------------------------------
+
+
+def test_a_long_poll_is_answered_at_once_when_a_task_waits(core: Scheduler) -> None:
+    task_id = submit(core)
+    edge.http_register(core, {"id": "h1", "capabilities": ["echo"]}, T0)
+    core.schedule(T0)
+    edge.http_next(core, {"id": "h1", "wait": 20}, "poll", T0 + 3)
+    core.schedule(T0 + 3)
+    ((token, record),) = core.take_outbox().replies
+    assert (token, record["id"], record["started_at"]) == ("poll", task_id, T0 + 3)
+    assert core.workers["h1"].last_seen == T0 + 3
+
+
+def test_an_http_worker_registering_again_keeps_what_its_runs_hold(core: Scheduler) -> None:
+    edge.http_register(core, {"id": "h1", "capabilities": ["echo"], "resources": {"cpu": 2}}, T0)
+    held = submit(core, resources={"cpu": 1})
+    edge.http_next(core, {"id": "h1", "wait": 0}, "poll", T0)
+    core.schedule(T0)
+    worker, created = edge.http_register(
+        core, {"id": "h1", "capabilities": ["echo", "x"], "resources": {"cpu": 3}}, T0 + 1
+    )
+    assert created is False and worker.running == {held: 1}
+    assert (worker.free, worker.capabilities) == ({"cpu": 2.0}, frozenset({"echo", "x"}))
+
+
+def test_a_silent_worker_with_a_stopped_run_loses_only_its_running_ones(core: Scheduler) -> None:
+    cancelled, running = submit(core), submit(core)
+    add_worker(core, "w1", slots=2)
+    dispatched(core)
+    core.cancel(cancelled, T0)  # the worker is told to stop it; it never says it did
+    core.tick(T0 + 10)
+    assert core.tasks[cancelled].status is TaskStatus.CANCELLED
+    task = core.tasks[running]
+    assert (task.status, task.lost, task.leases[0].outcome) == (TaskStatus.PENDING, 1, "lost")
