@@ -1191,3 +1191,11 @@ def test_a_silent_worker_with_a_stopped_run_loses_only_its_running_ones(core: Sc
     assert core.tasks[cancelled].status is TaskStatus.CANCELLED
     task = core.tasks[running]
     assert (task.status, task.lost, task.leases[0].outcome) == (TaskStatus.PENDING, 1, "lost")
+
+
+def test_an_open_long_poll_shows_when_its_worker_asked(core: Scheduler) -> None:
+    edge.http_register(core, {"id": "h1", "capabilities": ["echo"]}, T0)
+    edge.http_next(core, {"id": "h1", "wait": 20}, "poll", T0 + 5)
+    core.schedule(T0 + 5)
+    assert core.take_outbox().replies == []
+    assert core.worker("h1").record()["last_seen"] == T0 + 5
