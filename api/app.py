@@ -23,11 +23,11 @@ import falcon
 
 from api import parse
 from api.render import render
-from common import messages as m
 from common.client import Client
 from common.errors import InvalidInput, SchedulerError, Unavailable
 from common.limits import DEFAULT_PAGE, MAX_CURSOR, MAX_HTTP_WAIT, MAX_PAGE
 from common.models import TaskStatus
+from common.ops import Op
 from common.settings import Settings, load
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class ClientLike(Protocol):
     """What the API needs of a client: ``common.client.Client``, or in tests a client that
     calls a scheduler in the same process."""
 
-    def call(self, request: m.Request, timeout: float | None = None) -> Any: ...
+    def request(self, op: Op, args: dict[str, Any], timeout: float | None = None) -> Any: ...
 
 
 ClientFactory = Callable[[], ClientLike]
@@ -103,8 +103,8 @@ class Tasks:
             spec["args"] = parse.decode_b64(spec["args"], "args")
         # ?wait=SECONDS answers once the task is final (or the time is up), with its record.
         wait = parse.query_float(req, "wait", 0.0, 0.0, MAX_HTTP_WAIT)
-        request = m.Submit.from_args({"tasks": [spec], "wait": wait or None})
-        [entry] = self.client().call(request)["tasks"]
+        args: dict[str, Any] = {"tasks": [spec], "wait": wait} if wait > 0 else {"tasks": [spec]}
+        [entry] = self.client().request(Op.SUBMIT, args)["tasks"]
         if wait > 0:
             created = entry.pop("created", True)
             resp.media = render(entry)
@@ -123,8 +123,10 @@ class Tasks:
         for i, spec in enumerate(specs if isinstance(specs, list) else []):
             if isinstance(spec, dict) and "args" in spec:
                 spec["args"] = parse.decode_b64(spec["args"], f"tasks[{i}].args")
-        request = m.Submit.from_args({"tasks": specs}, batch=True)
-        entries = self.client().call(request)["tasks"]
+        try:
+            entries = self.client().request(Op.SUBMIT, {"tasks": specs})["tasks"]
+        except InvalidInput as exc:
+            raise _naming_the_entry(exc, specs) from None
         resp.status = falcon.HTTP_201
         resp.media = {"ids": [entry["id"] for entry in entries]}
 
@@ -133,12 +135,11 @@ class Tasks:
         handler = parse.query(req, "handler")
         limit = parse.query_int(req, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
         after = parse.query_int(req, "after", 0, 0, MAX_CURSOR)
-        args = {"status": status, "handler": handler, "limit": limit, "after": after}
-        try:
-            query = m.ListTasks.from_args(args)
-        except InvalidInput as exc:
-            raise InvalidInput(f"query parameter {exc.description}") from None
-        page = self.client().call(query)
+        if handler == "":
+            raise InvalidInput("query parameter handler must not be empty")
+        args: dict[str, Any] = {"limit": limit, "after": after}
+        args.update((k, v) for k, v in (("status", status), ("handler", handler)) if v)
+        page = self.client().request(Op.LIST, args)
         if page["next"] is not None:
             link: list[tuple[str, str | int]] = [("limit", limit), ("after", page["next"])]
             link += [(k, v) for k, v in (("status", status), ("handler", handler)) if v]
@@ -148,14 +149,14 @@ class Tasks:
     def on_get_task(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
         # ?wait=SECONDS holds the request until the task is final (or the time is up).
         wait = parse.query_float(req, "wait", 0.0, 0.0, MAX_HTTP_WAIT)
+        client = self.client()
         if wait > 0:
-            request: m.Request = m.Wait.from_args({"id": task_id, "timeout": wait})
+            resp.media = render(client.request(Op.WAIT, {"id": task_id, "timeout": wait}))
         else:
-            request = m.Get.from_args({"id": task_id})
-        resp.media = render(self.client().call(request))
+            resp.media = render(client.request(Op.GET, {"id": task_id}))
 
     def on_delete_task(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
-        resp.media = render(self.client().call(m.CancelTask.from_args({"id": task_id})))
+        resp.media = render(self.client().request(Op.CANCEL, {"id": task_id}))
 
 
 class Workers:
@@ -168,26 +169,25 @@ class Workers:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = parse.read_object(req, self.max_body)
         parse.reject_unknown(body, WORKER_FIELDS)
-        request = m.HttpRegister.from_args(body)
-        record = self.client().call(request)
+        record = self.client().request(Op.HTTP_REGISTER, body)
         # The broker says whether the id was new; the flag is the status code, not a field.
         if record.pop("created", False):
             resp.status = falcon.HTTP_201
-            resp.location = f"/workers/{request.id}"
+            resp.location = f"/workers/{record['id']}"
         resp.media = render(record)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = render(self.client().call(m.ListWorkers()))
+        resp.media = render(self.client().request(Op.WORKERS, {}))
 
     def on_get_worker(self, req: falcon.Request, resp: falcon.Response, worker_id: str) -> None:
-        resp.media = render(self.client().call(m.GetWorker.from_args({"id": worker_id})))
+        resp.media = render(self.client().request(Op.WORKER, {"id": worker_id}))
 
     def on_put_heartbeat(self, req: falcon.Request, resp: falcon.Response, worker_id: str) -> None:
-        resp.media = render(self.client().call(m.HttpHeartbeat.from_args({"id": worker_id})))
+        resp.media = render(self.client().request(Op.HTTP_HEARTBEAT, {"id": worker_id}))
 
     def on_post_next(self, req: falcon.Request, resp: falcon.Response, worker_id: str) -> None:
         wait = parse.query_float(req, "wait", 0.0, 0.0, MAX_HTTP_WAIT)
-        record = self.client().call(m.HttpNext.from_args({"id": worker_id, "wait": wait}))
+        record = self.client().request(Op.HTTP_NEXT, {"id": worker_id, "wait": wait})
         if record is None:
             resp.status = falcon.HTTP_204
             return
@@ -204,7 +204,7 @@ class Workers:
             "task_id": task_id,
             "result": parse.decode_b64(body.get("result"), "result"),
         }
-        resp.media = render(self.client().call(m.HttpComplete.from_args(args)))
+        resp.media = render(self.client().request(Op.HTTP_COMPLETE, args))
 
 
 class Health:
@@ -215,7 +215,7 @@ class Health:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         try:
-            health = self.client().call(m.Health(), timeout=HEALTH_TIMEOUT)
+            health = self.client().request(Op.HEALTH, {}, timeout=HEALTH_TIMEOUT)
         except Unavailable as exc:
             resp.status = falcon.HTTP_503
             resp.media = {
@@ -225,6 +225,19 @@ class Health:
             }
             return
         resp.media = {"status": "ok", **render(health)}
+
+
+def _naming_the_entry(error: InvalidInput, specs: Any) -> InvalidInput:
+    """The error of a batch of one, naming its entry as a longer batch's would
+    (``tasks[0].priority``): the broker names entries only when there are several."""
+    if not isinstance(specs, list) or len(specs) != 1 or error.description.startswith("tasks"):
+        return error
+    description = error.description
+    if description.startswith("task must be"):
+        return InvalidInput("tasks[0]" + description.removeprefix("task"))
+    if description.startswith("unknown field "):
+        return InvalidInput("unknown field tasks[0]." + description.removeprefix("unknown field "))
+    return InvalidInput("tasks[0]." + description)
 
 
 def _serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:

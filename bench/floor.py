@@ -41,7 +41,7 @@ from bench.harness import (
     write_json,
 )
 from common import protocol
-from common.messages import ErrorInfo, Reply
+from common.ops import ErrorInfo, Reply
 from common.protocol import Command
 from common.transport import send_frames
 

@@ -1,7 +1,8 @@
 """The scheduling core: what the outside world asks of it, with no sockets and no clock.
 
 Every method takes ``now`` (seconds since the epoch) from its caller, so tests drive
-time by hand. Inputs are typed requests and worker reports (``common.messages``);
+time by hand. Inputs are typed requests (``common.ops``) and worker reports
+(``common.messages``);
 outputs are collected in an ``Outbox`` (what to send to whom) and in the set of tasks
 whose stored state changed. The socket loop in ``broker.server`` commits those changes
 before it sends any reply, so nothing is acknowledged before it is durable. Nothing
@@ -28,8 +29,9 @@ from broker.state import Task, Worker
 from broker.timers import TimerKind
 from broker.waiters import Waiter
 from common.errors import Conflict, InvalidInput, NotFound
-from common.messages import HttpComplete, HttpRegister, ListTasks, Ready, RunKey, RunOutcome
+from common.messages import Ready, RunKey, RunOutcome
 from common.models import FINAL_STATUSES, LeaseOutcome, TaskStatus, WorkerKind, WorkerStatus
+from common.ops import HttpComplete, HttpRegister, ListTasks
 from common.spec import TaskSpec
 
 __all__ = ["MAX_LOST", "PRUNE_BATCH", "Outbox", "Scheduler", "Timing"]
@@ -394,8 +396,8 @@ class Scheduler(Lifecycle):
         if not self._ready_changed:
             return 0
         self._ready_changed = False
-        leased = 0
-        for task, worker in dispatch.match(self.ready, self.roster.online.values()):
+
+        def lease(task: Task, worker: Worker) -> None:
             self._lease(task, worker, now)
-            leased += 1
-        return leased
+
+        return dispatch.match(self.ready, self.roster.online.values(), lease)

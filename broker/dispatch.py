@@ -8,25 +8,27 @@ it goes to the eligible worker with the most free slots whose free resources cov
 not hold up lower tasks of other shapes. Equal priorities go in submission order
 (``seq``), across shapes as within one.
 
-``match`` only chooses; the caller leases each pair before asking for the next, which
-is what changes the workers' free slots and resources.
+``match`` only chooses; ``lease`` (the caller's) leases each pair before the next is
+chosen, which is what changes the workers' free slots and resources.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 from broker.queue import ReadyQueues, Shape
 from broker.state import Task, Worker
 
 
-def match(ready: ReadyQueues, online: Iterable[Worker]) -> Iterator[tuple[Task, Worker]]:
-    """Ready tasks and the workers to run them, best task first; each task is taken out of
-    its queue before it is yielded."""
+def match(
+    ready: ReadyQueues, online: Iterable[Worker], lease: Callable[[Task, Worker], None]
+) -> int:
+    """Lease ready tasks to the workers to run them, best task first (each taken out of its
+    queue before ``lease`` is called); returns how many."""
     workers = [w for w in online if w.capacity() > 0]
     if not workers:
-        return
+        return 0
     heads: list[tuple[int, int, Shape]] = []
     eligible: dict[Shape, list[Worker]] = {}
     for shape in ready.shapes():
@@ -38,6 +40,7 @@ def match(ready: ReadyQueues, online: Iterable[Worker]) -> Iterator[tuple[Task, 
             eligible[shape] = serving
             heads.append((-task.priority, task.seq, shape))
     heapq.heapify(heads)
+    leased = 0
     while heads:
         _, _, shape = heapq.heappop(heads)
         task = ready.head(shape)
@@ -47,10 +50,12 @@ def match(ready: ReadyQueues, online: Iterable[Worker]) -> Iterator[tuple[Task, 
         if worker is None:
             continue  # no worker of this shape has room now; lower tasks may still fit others
         ready.pop(shape)
-        yield task, worker
+        lease(task, worker)
+        leased += 1
         following = ready.head(shape)
         if following is not None:
             heapq.heappush(heads, (-following.priority, following.seq, shape))
+    return leased
 
 
 def pick(candidates: list[Worker], task: Task) -> Worker | None:

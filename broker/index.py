@@ -26,8 +26,8 @@ from collections import Counter, deque
 from operator import attrgetter
 
 from broker.state import Task
-from common.messages import ListTasks
 from common.models import FINAL_STATUSES, TaskStatus
+from common.ops import ListTasks
 
 
 class TaskIndex:
@@ -77,9 +77,14 @@ class TaskIndex:
 
     def set_status(self, task: Task, status: TaskStatus) -> None:
         """Move a task to ``status`` (finished tasks join the completion order)."""
-        self._uncount(task)
-        self.counts[status] += 1
-        bucket = self.by_status.get(status)
+        # _uncount written out: this runs at least twice for every task that runs.
+        counts, by_status = self.counts, self.by_status
+        counts[task.status] -= 1
+        bucket = by_status.get(task.status)
+        if bucket is not None:
+            bucket.discard(task)
+        counts[status] += 1
+        bucket = by_status.get(status)
         if bucket is not None:
             bucket.add(task)
         task.status = status

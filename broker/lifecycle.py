@@ -37,7 +37,7 @@ from broker.state import Lease, Task, Worker
 from broker.timers import TimerKind, Timers
 from broker.waiters import Deferred
 from common.errors import NotFound
-from common.messages import Assignment, RunKey
+from common.messages import Assignment
 from common.models import FINAL_STATUSES, LeaseOutcome, TaskStatus, WorkerKind
 
 log = logging.getLogger(__name__)
@@ -177,9 +177,7 @@ class Lifecycle:
             self.deferred.answer_poll(worker, task, now)
         else:
             assert worker.address is not None
-            entry = Assignment(
-                RunKey(task.id, task.attempts), task.handler, task.args, task.timeout
-            )
+            entry = Assignment(task.id, task.attempts, task.handler, task.args, task.timeout)
             self.outbox.dispatch.setdefault(worker.address, []).append(entry)
 
     # -- outcomes ---------------------------------------------------------------------------
@@ -345,7 +343,8 @@ class Lifecycle:
             current.error = err
             current.completed_at = now
             self._set_status(current, final)
-            self.deferred.finished(current.id)
+            if current.id in self.deferred.by_task:
+                self.deferred.finished(current.id)
             for child in self.dependents.pop(current.id, []):
                 if child.status is not TaskStatus.PENDING:
                     continue

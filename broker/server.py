@@ -37,7 +37,7 @@ import zmq
 from broker.core import Scheduler, Timing
 from broker.operations import DEFERRED, perform
 from broker.store import Store
-from common import messages, protocol
+from common import messages, ops, protocol
 from common.errors import InvalidInput, SchedulerError
 from common.protocol import Command
 from common.settings import Settings
@@ -203,7 +203,7 @@ class BrokerServer:
         self._promises = []
         for token, value in outbox.replies:
             address, req_id = cast(tuple[bytes, int], token)
-            promises.append([address, *protocol.reply(messages.Reply(req_id, value))])
+            promises.append([address, *protocol.reply(ops.Reply(req_id, value))])
         if core.has_changes():
             if self._dirty_since is None:
                 self._dirty_since = now
@@ -307,21 +307,21 @@ class BrokerServer:
                     exc.description)  # fmt: skip
 
     def _request(self, address: bytes, body: dict[str, Any], now: float) -> None:
-        req = messages.request_number(body)
+        req = ops.request_number(body)
         if req is None:
             self._drop(Command.REQUEST, InvalidInput("req must be a request number"))
             return
         try:
-            request = messages.decode_request(body)
+            request = ops.decode_request(body)
             value = perform(self.core, request, (address, req), now, self.started)
         except SchedulerError as exc:
-            error = messages.ErrorInfo(exc.status, exc.title, exc.description)
-            self._promise(address, protocol.reply(messages.Reply(req, error=error)))
+            error = ops.ErrorInfo(exc.status, exc.title, exc.description)
+            self._promise(address, protocol.reply(ops.Reply(req, error=error)))
             return
         except Exception:
             log.exception("request %r failed", body.get("op"))
-            error = messages.ErrorInfo(500, "Internal error", "the broker hit a bug")
-            self._promise(address, protocol.reply(messages.Reply(req, error=error)))
+            error = ops.ErrorInfo(500, "Internal error", "the broker hit a bug")
+            self._promise(address, protocol.reply(ops.Reply(req, error=error)))
             return
         if value is not DEFERRED:
-            self._promise(address, protocol.reply(messages.Reply(req, value)))
+            self._promise(address, protocol.reply(ops.Reply(req, value)))

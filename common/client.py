@@ -4,9 +4,8 @@ A ``Client`` owns one DEALER socket and is not thread-safe: use one per thread
 (the REST API keeps one per thread). Every call takes a timeout and raises
 ``Unavailable`` when the broker does not answer in time; errors the broker
 reports come back as the matching ``SchedulerError`` (``InvalidInput``,
-``NotFound``, ``Conflict``). A call's arguments are checked before anything is sent,
-by the broker's own checks (``common.messages``): a bad one raises ``InvalidInput``
-naming the field, and nothing leaves.
+``NotFound``, ``Conflict``): a bad argument is ``InvalidInput`` naming the field,
+whether the broker refused it or it could not even be encoded (then nothing leaves).
 
     with Client("tcp://127.0.0.1:5555") as client:
         task_id = client.submit("fibonacci", b'{"n": 10}')
@@ -23,11 +22,11 @@ from typing import Any
 
 import zmq
 
-from common import messages as m
-from common import protocol
+from common import ops, protocol
 from common.errors import InvalidInput, SchedulerError, Unavailable
 from common.limits import DEFAULT_PAGE
 from common.models import TaskStatus
+from common.ops import Op
 from common.transport import send_frames
 
 #: Seconds a call waits for the broker when no timeout is given.
@@ -77,16 +76,23 @@ class Client:
 
     # -- the one round trip ----------------------------------------------------
 
-    def call(self, request: m.Request, timeout: float | None = None) -> Any:
+    def request(self, op: Op, args: dict[str, Any], timeout: float | None = None) -> Any:
         """Send one request and return the reply's value, or raise the reply's error.
 
         ``timeout`` (default: the client's) is how long to wait for an answer, on top of
-        the time the broker may hold it (a wait's own timeout).
+        the time the broker may hold it (a wait's own timeout). The broker checks the
+        arguments; arguments that cannot even be encoded are checked here, with the
+        broker's own checks, so the error names the field (``InvalidInput``).
         """
-        limit = (self.timeout if timeout is None else timeout) + m.holds(request)
+        limit = (self.timeout if timeout is None else timeout) + ops.holds(op, args)
         deadline = time.monotonic() + limit
         req = next(self._counter)
-        if not self._send(protocol.request(req, request), limit):
+        try:
+            frames = protocol.request(req, op, args)
+        except (TypeError, ValueError, OverflowError) as exc:  # msgpack cannot encode a value
+            ops.decode_args(op.value, args)  # raises InvalidInput naming the field
+            raise InvalidInput(f"the arguments of {op.value} cannot be sent: {exc}") from None
+        if not self._send(frames, limit):
             self._reset()
             raise Unavailable(f"broker at {self.endpoint} is not reachable")
         while True:
@@ -98,7 +104,7 @@ class Client:
                 message = protocol.unpack(frames)
                 if message.command is not protocol.Command.REPLY:
                     continue
-                reply = m.Reply.decode(message.body)
+                reply = ops.Reply.decode(message.body)
             except (protocol.ProtocolError, InvalidInput):
                 continue  # not a reply this client can read: nothing answers it
             if reply.req != req:
@@ -107,6 +113,10 @@ class Client:
                 return reply.value
             error = reply.error
             raise SchedulerError.of(error.status, error.title, error.description)
+
+    def call(self, request: ops.Request, timeout: float | None = None) -> Any:
+        """``request`` with a typed request (``common.ops``)."""
+        return self.request(request.OP, request.to_args(), timeout)
 
     def _send(self, frames: list[bytes], limit: float) -> bool:
         """Send at once, or once connected within ``limit`` seconds; False if it cannot."""
@@ -148,7 +158,7 @@ class Client:
     ) -> list[dict[str, Any]]:
         """Like ``submit_many``, returning ``{id, status, created}`` for each task;
         ``created`` is false when an idempotency key named a task that already existed."""
-        value = self.call(m.Submit.from_args({"tasks": specs}), timeout)
+        value = self.request(Op.SUBMIT, {"tasks": specs}, timeout)
         entries: list[dict[str, Any]] = value["tasks"]
         return entries
 
@@ -168,13 +178,13 @@ class Client:
         The broker answers once every task is final or the time is up, so a record may
         still be pending or running. The submit is durable when the answer arrives.
         """
-        value = self.call(m.Submit.from_args({"tasks": specs, "wait": wait}))
+        value = self.request(Op.SUBMIT, {"tasks": specs, "wait": wait})
         records: list[dict[str, Any]] = value["tasks"]
         return records
 
     def get(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
         """The task's current record."""
-        result: dict[str, Any] = self.call(m.Get.from_args({"id": task_id}), timeout)
+        result: dict[str, Any] = self.request(Op.GET, {"id": task_id}, timeout)
         return result
 
     def list_tasks(
@@ -186,21 +196,25 @@ class Client:
         timeout: float | None = None,
     ) -> tuple[list[dict[str, Any]], int | None]:
         """A page of tasks in submission order and the cursor of the next page (or None)."""
-        args: dict[str, Any] = {"limit": limit, "status": status, "handler": handler}
+        args: dict[str, Any] = {"limit": limit}
+        if status is not None:
+            args["status"] = status
+        if handler is not None:
+            args["handler"] = handler
         if after is not None:
             args["after"] = after
-        value = self.call(m.ListTasks.from_args(args), timeout)
+        value = self.request(Op.LIST, args, timeout)
         return value["tasks"], value["next"]
 
     def cancel(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
         """Cancel a task: at once when pending; a running one is told to stop."""
-        result: dict[str, Any] = self.call(m.CancelTask.from_args({"id": task_id}), timeout)
+        result: dict[str, Any] = self.request(Op.CANCEL, {"id": task_id}, timeout)
         return result
 
     def wait(self, task_id: str, timeout: float) -> dict[str, Any]:
         """Wait up to ``timeout`` seconds (at most 300) for the task to finish; returns its
         record, whose status may still be pending or running if time ran out."""
-        result: dict[str, Any] = self.call(m.Wait.from_args({"id": task_id, "timeout": timeout}))
+        result: dict[str, Any] = self.request(Op.WAIT, {"id": task_id, "timeout": timeout})
         return result
 
     def wait_many(self, task_ids: list[str], timeout: float) -> list[dict[str, Any]]:
@@ -210,7 +224,7 @@ class Client:
         Returns ``{id, status, result, error}`` for each task that is final by then, so a
         shorter list than ``task_ids`` means time ran out.
         """
-        value = self.call(m.WaitMany.from_args({"ids": task_ids, "timeout": timeout}))
+        value = self.request(Op.WAIT_MANY, {"ids": task_ids, "timeout": timeout})
         tasks: list[dict[str, Any]] = value["tasks"]
         return tasks
 
@@ -222,15 +236,15 @@ class Client:
     # -- workers and health --------------------------------------------------------
 
     def workers(self, timeout: float | None = None) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self.call(m.ListWorkers(), timeout)
+        result: list[dict[str, Any]] = self.request(Op.WORKERS, {}, timeout)
         return result
 
     def worker(self, worker_id: str, timeout: float | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = self.call(m.GetWorker.from_args({"id": worker_id}), timeout)
+        result: dict[str, Any] = self.request(Op.WORKER, {"id": worker_id}, timeout)
         return result
 
     def health(self, timeout: float | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = self.call(m.Health(), timeout)
+        result: dict[str, Any] = self.request(Op.HEALTH, {}, timeout)
         return result
 
     # -- HTTP workers (used by the REST API) -----------------------------------------
@@ -244,17 +258,16 @@ class Client:
     ) -> dict[str, Any]:
         """Register (or re-register) a worker that pulls tasks over HTTP."""
         args = {"id": worker_id, "capabilities": capabilities, "resources": resources}
-        result: dict[str, Any] = self.call(m.HttpRegister.from_args(args), timeout)
+        result: dict[str, Any] = self.request(Op.HTTP_REGISTER, args, timeout)
         return result
 
     def next_task(self, worker_id: str, wait: float = 0.0) -> dict[str, Any] | None:
         """Lease the next task to an HTTP worker, waiting up to ``wait`` seconds for one."""
-        request = m.HttpNext.from_args({"id": worker_id, "wait": wait})
-        result: dict[str, Any] | None = self.call(request)
+        result: dict[str, Any] | None = self.request(Op.HTTP_NEXT, {"id": worker_id, "wait": wait})
         return result
 
     def heartbeat(self, worker_id: str, timeout: float | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = self.call(m.HttpHeartbeat.from_args({"id": worker_id}), timeout)
+        result: dict[str, Any] = self.request(Op.HTTP_HEARTBEAT, {"id": worker_id}, timeout)
         return result
 
     def complete(
@@ -274,7 +287,7 @@ class Client:
             "result": result,
             "error": error,
         }
-        value: dict[str, Any] = self.call(m.HttpComplete.from_args(args), timeout)
+        value: dict[str, Any] = self.request(Op.HTTP_COMPLETE, args, timeout)
         return value
 
 

@@ -6,7 +6,7 @@ come from ``common.limits``. Every string must be valid UTF-8 (no lone surrogate
 JSON and Python allow and msgpack cannot carry), every number finite and every integer
 within what a signed 64-bit integer holds, so that what passes here can be stored, sent
 and shown by every layer. Nothing here knows which message a field belongs to
-(``common.messages`` and ``common.spec`` do).
+(``common.messages``, ``common.ops`` and ``common.spec`` do).
 """
 
 from __future__ import annotations

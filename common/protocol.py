@@ -8,8 +8,8 @@ ZeroMQ frames after the ROUTER envelope:
     frame 2  body        a msgpack map
 
 ``docs/protocol.md`` lists every command with its body as a frame table, and
-``common.messages`` gives each body its type. Nothing else in the code base touches
-msgpack; nothing here touches sockets.
+``common.messages`` and ``common.ops`` give each body its type. Nothing else in the
+code base touches msgpack; nothing here touches sockets.
 Decoding never raises anything but ``ProtocolError``, so a malformed frame
 can be logged and dropped without killing the process that received it.
 """
@@ -23,7 +23,7 @@ from typing import Any
 
 import msgpack
 
-from common.messages import Reply, Request, encode_request
+from common.ops import Op, Reply, encode_request
 
 #: Protocol signature and version, sent as the first frame of every message.
 SIGNATURE = b"ZS1"
@@ -108,9 +108,10 @@ def unpack(frames: Sequence[bytes]) -> Message:
     return Message(cmd, decoded)
 
 
-def request(req: int, body: Request) -> list[bytes]:
-    """Frames of a client ``REQUEST``."""
-    return pack(Command.REQUEST, encode_request(req, body))
+def request(req: int, op: Op, args: dict[str, Any]) -> list[bytes]:
+    """Frames of a client ``REQUEST``; raises what msgpack raises for a value it cannot
+    encode (a ``TypeError``, ``ValueError`` or ``OverflowError``)."""
+    return pack(Command.REQUEST, encode_request(req, op, args))
 
 
 def reply(answer: Reply) -> list[bytes]:

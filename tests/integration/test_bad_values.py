@@ -1,10 +1,11 @@
 """Values that once passed one layer and broke another, sent through every door.
 
-Each is refused where it enters with ``InvalidInput`` (HTTP 400) naming the field: by
-the Python client before anything is sent, by the broker when a peer sends it raw, by
-the REST API under gunicorn. A one-way message that carries one (READY, DONE) is
-dropped whole and counted. Nothing is created by a refused request, the broker keeps
-answering, and a worker that was sent one still enforces its timeouts afterwards.
+Each is refused with ``InvalidInput`` (HTTP 400) naming the field, whichever door it
+comes in by: the Python client (a value it cannot even encode it checks itself with the
+broker's checks, and sends nothing), a peer that sends it raw, the REST API under
+gunicorn. A one-way message that carries one (READY, DONE) is dropped whole and counted.
+Nothing is created by a refused request, the broker keeps answering, and a worker that
+was sent one still enforces its timeouts afterwards.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def expect_refused(call: Any, field: str) -> None:
     assert refused.value.description.startswith(field), refused.value.description
 
 
-def test_the_client_refuses_bad_values_before_sending(stack: Stack) -> None:
+def test_the_client_raises_invalid_input_naming_the_field(stack: Stack) -> None:
     stack.start_broker()
     client = stack.client()
     for spec, field in BAD_SPECS:

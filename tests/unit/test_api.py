@@ -28,7 +28,7 @@ import api.app
 from api.app import HEALTH_TIMEOUT, ClientLike, create_app, thread_local_clients
 from api.render import render, rfc3339
 from broker.local import LocalClient
-from common import messages as m
+from common import messages, ops
 from common.client import Client
 from common.errors import Unavailable
 from common.limits import (
@@ -39,6 +39,7 @@ from common.limits import (
     MAX_ID_LENGTH,
     MAX_PAGE,
 )
+from common.ops import Op
 from common.settings import Settings
 
 #: The scheduler's clock at the start of every test, and how the API shows it.
@@ -55,14 +56,14 @@ Http = falcon.testing.TestClient
 
 
 class DeadBroker:
-    """A broker that never answers: every call raises ``Unavailable``, as ``Client.call``
+    """A broker that never answers: every call raises ``Unavailable``, as ``Client.request``
     does when its time runs out. It notes each request and the timeout it was given."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[m.Request, float | None]] = []
+        self.calls: list[tuple[ops.Request, float | None]] = []
 
-    def call(self, request: m.Request, timeout: float | None = None) -> Any:
-        self.calls.append((request, timeout))
+    def request(self, op: Op, args: dict[str, Any], timeout: float | None = None) -> Any:
+        self.calls.append((ops.decode_args(op.value, args), timeout))
         limit = "5" if timeout is None else f"{timeout:g}"
         raise Unavailable(f"broker at tcp://x did not answer within {limit} s")
 
@@ -70,7 +71,7 @@ class DeadBroker:
 class BrokenClient:
     """A client with a bug: every call raises something no layer expects."""
 
-    def call(self, request: m.Request, timeout: float | None = None) -> Any:
+    def request(self, op: Op, args: dict[str, Any], timeout: float | None = None) -> Any:
         raise RuntimeError("kaboom")
 
 
@@ -584,7 +585,7 @@ def test_register_accepts_an_id_of_the_longest_length(http: Http) -> None:
 
 def test_an_id_taken_by_a_zeromq_worker_is_a_conflict(http: Http, local: LocalClient) -> None:
     # given a ZeroMQ worker registered with the broker
-    local.core.register(b"addr", m.Ready(id="z1", slots=1, capabilities=["echo"]), NOW)
+    local.core.register(b"addr", messages.Ready(id="z1", slots=1, capabilities=["echo"]), NOW)
 
     # then no HTTP worker may take its id, or act in its name
     assert_error(http.simulate_post("/workers", json={"id": "z1"}), 409, "z1")
@@ -949,7 +950,7 @@ def test_health_is_503_when_the_broker_is_unavailable() -> None:
     assert result.json["status"] == "unavailable"
     assert result.json["title"] == "Broker unavailable"
     assert "1.5" in result.json["description"]
-    assert dead.calls == [(m.Health(), HEALTH_TIMEOUT)]
+    assert dead.calls == [(ops.Health(), HEALTH_TIMEOUT)]
 
 
 def test_unavailable_broker_is_503_on_any_route() -> None:
@@ -962,8 +963,8 @@ def test_unavailable_broker_is_503_on_any_route() -> None:
     assert_error(http.simulate_post("/tasks", json={"handler": "x"}), 503, "did not answer")
     # and each call had the client's own timeout
     assert dead.calls == [
-        (m.Get(id="t1"), None),
-        (m.Submit.from_args({"tasks": [{"handler": "x"}]}), None),
+        (ops.Get(id="t1"), None),
+        (ops.Submit.from_args({"tasks": [{"handler": "x"}]}), None),
     ]
 
 

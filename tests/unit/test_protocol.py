@@ -6,7 +6,7 @@ import msgpack
 import pytest
 
 from common import protocol
-from common.messages import ErrorInfo, Reply
+from common.ops import ErrorInfo, Reply
 from common.protocol import Command, ProtocolError
 
 

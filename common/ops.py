@@ -1,0 +1,478 @@
+"""The operations a client asks of the broker (``REQUEST``) and their answers (``REPLY``).
+
+Each op is a type with its decoder (``from_args``), which checks the arguments against
+``common.limits`` and raises ``InvalidInput`` naming the field. The broker's socket loop
+decodes each request once, as it arrives, and answers a refused one with a 400; the
+client library sends the arguments it is given and decodes only the reply, checking
+its arguments itself only when they cannot even be encoded (so that no bare encoding
+error ever reaches a caller). ``docs/protocol.md`` lists every op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar, TypeAlias
+
+from common import fields
+from common.errors import InvalidInput
+from common.limits import (
+    DEFAULT_PAGE,
+    MAX_BATCH,
+    MAX_CAPABILITIES,
+    MAX_CURSOR,
+    MAX_ERROR_LENGTH,
+    MAX_HTTP_WAIT,
+    MAX_PAGE,
+    MAX_REQUEST_NUMBER,
+    MAX_WAIT,
+    MAX_WAIT_IDS,
+)
+from common.models import TaskStatus
+from common.spec import TaskSpec
+
+# -- client -> broker: requests ------------------------------------------------------------
+
+
+class Op(StrEnum):
+    """The operations a ``REQUEST`` names."""
+
+    SUBMIT = "submit"
+    GET = "get"
+    LIST = "list"
+    CANCEL = "cancel"
+    WAIT = "wait"
+    WAIT_MANY = "wait_many"
+    WORKERS = "workers"
+    WORKER = "worker"
+    HEALTH = "health"
+    HTTP_REGISTER = "http_register"
+    HTTP_NEXT = "http_next"
+    HTTP_HEARTBEAT = "http_heartbeat"
+    HTTP_COMPLETE = "http_complete"
+
+
+def _wait(value: Any, where: str) -> float:
+    """A wait in seconds; one longer than ``MAX_WAIT`` is cut to it (the answer comes then)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise InvalidInput(f"{where} must be a number of seconds >= 0")
+    if value >= MAX_WAIT:
+        if value == float("inf"):
+            raise InvalidInput(f"{where} must be a finite number of seconds")
+        return MAX_WAIT
+    return float(value)
+
+
+@dataclass(slots=True)
+class Submit:
+    """Add tasks, all or none; with ``wait``, answer once all are final or ``wait`` passes."""
+
+    OP: ClassVar[Op] = Op.SUBMIT
+    tasks: list[TaskSpec]
+    wait: float | None = None
+
+    def to_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {"tasks": [spec.to_wire() for spec in self.tasks]}
+        if self.wait is not None:
+            args["wait"] = self.wait
+        return args
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> Submit:
+        """Errors name the entry (``tasks[3].priority``) when there are several."""
+        raw = args.get("tasks")
+        if not isinstance(raw, list) or not raw:
+            raise InvalidInput("tasks must be a non-empty list")
+        if len(raw) > MAX_BATCH:
+            raise InvalidInput(f"tasks has more than {MAX_BATCH} entries")
+        prefix = len(raw) > 1
+        specs = [
+            TaskSpec.parse(spec, f"tasks[{i}]." if prefix else "") for i, spec in enumerate(raw)
+        ]
+        wait = args.get("wait")
+        return cls(specs, None if wait is None else _wait(wait, "wait"))
+
+
+@dataclass(slots=True)
+class Get:
+    """One task's record."""
+
+    OP: ClassVar[Op] = Op.GET
+    id: str
+
+    def to_args(self) -> dict[str, Any]:
+        return {"id": self.id}
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> Get:
+        return cls(fields.identifier(args.get("id"), "id"))
+
+
+@dataclass(slots=True)
+class ListTasks:
+    """A page of tasks in submission order, after the cursor ``after``."""
+
+    OP: ClassVar[Op] = Op.LIST
+    status: TaskStatus | None = None
+    handler: str | None = None
+    limit: int = DEFAULT_PAGE
+    after: int = 0
+
+    def to_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {"limit": self.limit}
+        if self.status is not None:
+            args["status"] = self.status.value
+        if self.handler is not None:
+            args["handler"] = self.handler
+        if self.after:
+            args["after"] = self.after
+        return args
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> ListTasks:
+        status = args.get("status")
+        if status is not None:
+            try:
+                status = TaskStatus(status)
+            except ValueError:
+                known = ", ".join(s.value for s in TaskStatus)
+                raise InvalidInput(f"status must be one of {known}") from None
+        handler = args.get("handler")
+        limit = args.get("limit", DEFAULT_PAGE)
+        if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE}")
+        after = args.get("after", 0)
+        if type(after) is not int or not 0 <= after <= MAX_CURSOR:
+            raise InvalidInput("after must be a cursor from a previous page")
+        return cls(
+            status, None if handler is None else fields.text(handler, "handler"), limit, after
+        )
+
+
+@dataclass(slots=True)
+class CancelTask:
+    """Cancel a task: a pending one at once, a running one is told to stop."""
+
+    OP: ClassVar[Op] = Op.CANCEL
+    id: str
+
+    def to_args(self) -> dict[str, Any]:
+        return {"id": self.id}
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> CancelTask:
+        return cls(fields.identifier(args.get("id"), "id"))
+
+
+@dataclass(slots=True)
+class Wait:
+    """A task's record once it is final, or when ``timeout`` passes."""
+
+    OP: ClassVar[Op] = Op.WAIT
+    id: str
+    timeout: float
+
+    def to_args(self) -> dict[str, Any]:
+        return {"id": self.id, "timeout": self.timeout}
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> Wait:
+        return cls(fields.identifier(args.get("id"), "id"), _wait(args.get("timeout"), "timeout"))
+
+
+@dataclass(slots=True)
+class WaitMany:
+    """Brief records of tasks once all are final, or of those final when ``timeout`` passes."""
+
+    OP: ClassVar[Op] = Op.WAIT_MANY
+    ids: list[str]
+    timeout: float
+
+    def to_args(self) -> dict[str, Any]:
+        return {"ids": self.ids, "timeout": self.timeout}
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> WaitMany:
+        ids = args.get("ids")
+        if not isinstance(ids, list) or len(ids) > MAX_WAIT_IDS:
+            raise InvalidInput(f"ids must be a list of at most {MAX_WAIT_IDS} task ids")
+        for i, task_id in enumerate(ids):
+            fields.identifier(task_id, f"ids[{i}]")
+        return cls(list(ids), _wait(args.get("timeout"), "timeout"))
+
+
+@dataclass(slots=True)
+class ListWorkers:
+    """Every worker's record."""
+
+    OP: ClassVar[Op] = Op.WORKERS
+
+    def to_args(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> ListWorkers:
+        return cls()
+
+
+@dataclass(slots=True)
+class GetWorker:
+    """One worker's record."""
+
+    OP: ClassVar[Op] = Op.WORKER
+    id: str
+
+    def to_args(self) -> dict[str, Any]:
+        return {"id": self.id}
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> GetWorker:
+        return cls(fields.identifier(args.get("id"), "id"))
+
+
+@dataclass(slots=True)
+class Health:
+    """The broker's counts and state."""
+
+    OP: ClassVar[Op] = Op.HEALTH
+
+    def to_args(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> Health:
+        return cls()
+
+
+@dataclass(slots=True)
+class HttpRegister:
+    """Register (or register again) a worker that pulls tasks over HTTP."""
+
+    OP: ClassVar[Op] = Op.HTTP_REGISTER
+    id: str
+    capabilities: list[str] = field(default_factory=list)
+    resources: dict[str, float] = field(default_factory=dict)
+
+    def to_args(self) -> dict[str, Any]:
+        return {"id": self.id, "capabilities": self.capabilities, "resources": self.resources}
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> HttpRegister:
+        return cls(
+            fields.identifier(args.get("id"), "id"),
+            fields.names(args.get("capabilities"), "capabilities", MAX_CAPABILITIES),
+            fields.resources(args.get("resources"), "resources"),
+        )
+
+
+@dataclass(slots=True)
+class HttpNext:
+    """Lease the next task to an HTTP worker, waiting up to ``wait`` seconds for one."""
+
+    OP: ClassVar[Op] = Op.HTTP_NEXT
+    id: str
+    wait: float = 0.0
+
+    def to_args(self) -> dict[str, Any]:
+        return {"id": self.id, "wait": self.wait}
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> HttpNext:
+        wait = args.get("wait")
+        if wait is not None and (isinstance(wait, bool) or not isinstance(wait, int | float)):
+            raise InvalidInput(f"wait must be a number of seconds from 0 to {MAX_HTTP_WAIT:g}")
+        try:
+            seconds = 0.0 if wait is None else fields.seconds(wait, "wait", MAX_HTTP_WAIT)
+        except InvalidInput:
+            raise InvalidInput(
+                f"wait must be a number of seconds from 0 to {MAX_HTTP_WAIT:g}"
+            ) from None
+        return cls(fields.identifier(args.get("id"), "id"), seconds)
+
+
+@dataclass(slots=True)
+class HttpHeartbeat:
+    """An HTTP worker is alive."""
+
+    OP: ClassVar[Op] = Op.HTTP_HEARTBEAT
+    id: str
+
+    def to_args(self) -> dict[str, Any]:
+        return {"id": self.id}
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> HttpHeartbeat:
+        return cls(fields.identifier(args.get("id"), "id"))
+
+
+@dataclass(slots=True)
+class HttpComplete:
+    """An HTTP worker reports how its run of a task ended."""
+
+    OP: ClassVar[Op] = Op.HTTP_COMPLETE
+    worker_id: str
+    task_id: str
+    status: TaskStatus
+    result: bytes | None = None
+    error: str | None = None
+
+    def to_args(self) -> dict[str, Any]:
+        return {
+            "worker_id": self.worker_id,
+            "task_id": self.task_id,
+            "status": self.status.value,
+            "result": self.result,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> HttpComplete:
+        status = args.get("status")
+        if status not in (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value):
+            raise InvalidInput("status must be 'completed' or 'failed'")
+        return cls(
+            fields.identifier(args.get("worker_id"), "worker_id"),
+            fields.identifier(args.get("task_id"), "task_id"),
+            TaskStatus(status),
+            fields.binary(args.get("result"), "result"),
+            fields.optional_text(args.get("error"), "error", MAX_ERROR_LENGTH),
+        )
+
+
+Request: TypeAlias = (
+    Submit
+    | Get
+    | ListTasks
+    | CancelTask
+    | Wait
+    | WaitMany
+    | ListWorkers
+    | GetWorker
+    | Health
+    | HttpRegister
+    | HttpNext
+    | HttpHeartbeat
+    | HttpComplete
+)
+
+#: The decoder of each op's arguments.
+_DECODERS: dict[str, Callable[[dict[str, Any]], Request]] = {
+    cls.OP.value: cls.from_args
+    for cls in (
+        Submit,
+        Get,
+        ListTasks,
+        CancelTask,
+        Wait,
+        WaitMany,
+        ListWorkers,
+        GetWorker,
+        Health,
+        HttpRegister,
+        HttpNext,
+        HttpHeartbeat,
+        HttpComplete,
+    )
+}
+
+
+#: The argument of each op that says how long the broker may hold its answer.
+_HOLDS = {Op.SUBMIT: "wait", Op.WAIT: "timeout", Op.WAIT_MANY: "timeout", Op.HTTP_NEXT: "wait"}
+
+
+def holds(op: Op, args: dict[str, Any]) -> float:
+    """How long the broker may hold the answer to these arguments, in seconds (a caller waits
+    that long on top of the usual time for an answer); 0 for a value it would refuse."""
+    key = _HOLDS.get(op)
+    value = args.get(key) if key is not None else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
+        return 0.0
+    return min(float(value), MAX_WAIT)
+
+
+def request_number(body: dict[str, Any]) -> int | None:
+    """A ``REQUEST``'s number, or None if it has no readable one (nothing can answer it)."""
+    req = body.get("req")
+    if type(req) is not int or not 0 <= req <= MAX_REQUEST_NUMBER:
+        return None
+    return req
+
+
+def decode_request(body: dict[str, Any]) -> Request:
+    """The typed request of a ``REQUEST`` body, or ``InvalidInput`` naming what is wrong."""
+    return decode_args(body.get("op"), body.get("args"))
+
+
+def decode_args(op: Any, args: Any) -> Request:
+    """The typed request of an op and its arguments, or ``InvalidInput`` naming what is wrong."""
+    decoder = _DECODERS.get(op) if isinstance(op, str) else None
+    if decoder is None:
+        shown = op[:64] if isinstance(op, str) else op
+        raise InvalidInput(f"unknown op {shown!r}")
+    if not isinstance(args, dict):
+        raise InvalidInput("args must be a map")
+    return decoder(args)
+
+
+def encode_request(req: int, op: Op, args: dict[str, Any]) -> dict[str, Any]:
+    """The body of a ``REQUEST``."""
+    return {"req": req, "op": op.value, "args": args}
+
+
+# -- broker -> client ----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ErrorInfo:
+    """Why a request failed: an HTTP status code, a short title and what was wrong."""
+
+    status: int
+    title: str
+    description: str
+
+    def to_body(self) -> dict[str, Any]:
+        return {"status": self.status, "title": self.title, "description": self.description}
+
+
+@dataclass(slots=True)
+class Reply:
+    """``REPLY``: the answer to request ``req``: a value, or an error."""
+
+    req: int
+    value: Any = None
+    error: ErrorInfo | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_body(self) -> dict[str, Any]:
+        if self.error is None:
+            return {"req": self.req, "ok": True, "value": self.value}
+        return {"req": self.req, "ok": False, "error": self.error.to_body()}
+
+    @classmethod
+    def decode(cls, body: dict[str, Any]) -> Reply:
+        req = request_number(body)
+        if req is None:
+            raise InvalidInput("req must be a request number")
+        ok = body.get("ok")
+        if ok is True:
+            return cls(req, body.get("value"))
+        if ok is not False:
+            raise InvalidInput("ok must be a boolean")
+        error = body.get("error")
+        if not isinstance(error, dict):
+            return cls(req, error=ErrorInfo(500, "Internal error", "the reply held no error"))
+        status = error.get("status")
+        title = error.get("title")
+        description = error.get("description")
+        return cls(
+            req,
+            error=ErrorInfo(
+                status if type(status) is int and 100 <= status <= 599 else 500,
+                title if isinstance(title, str) else "Internal error",
+                description if isinstance(description, str) else "",
+            ),
+        )
