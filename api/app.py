@@ -104,6 +104,8 @@ class Tasks:
         # ?wait=SECONDS answers once the task is final (or the time is up), with its record.
         wait = parse.query_float(req, "wait", 0.0, 0.0, MAX_HTTP_WAIT)
         args: dict[str, Any] = {"tasks": [spec], "wait": wait} if wait > 0 else {"tasks": [spec]}
+        if parse.query_bool(req, "refuse_unservable"):
+            args["refuse_unservable"] = True
         [entry] = self.client().request(Op.SUBMIT, args)["tasks"]
         if wait > 0:
             created = entry.pop("created", True)
@@ -123,8 +125,11 @@ class Tasks:
         for i, spec in enumerate(specs if isinstance(specs, list) else []):
             if isinstance(spec, dict) and "args" in spec:
                 spec["args"] = parse.decode_b64(spec["args"], f"tasks[{i}].args")
+        args: dict[str, Any] = {"tasks": specs}
+        if parse.query_bool(req, "refuse_unservable"):
+            args["refuse_unservable"] = True
         try:
-            entries = self.client().request(Op.SUBMIT, {"tasks": specs})["tasks"]
+            entries = self.client().request(Op.SUBMIT, args)["tasks"]
         except InvalidInput as exc:
             raise _naming_the_entry(exc, specs) from None
         resp.status = falcon.HTTP_201

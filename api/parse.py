@@ -133,6 +133,18 @@ def query_int(
     return value
 
 
+def query_bool(req: falcon.Request, name: str) -> bool:
+    """A yes/no query parameter (``true``/``false``, ``1``/``0``); false when absent."""
+    text = query(req, name)
+    if text is None:
+        return False
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise InvalidInput(f"query parameter {name} must be true or false")
+
+
 def query_float(req: falcon.Request, name: str, default: float, low: float, high: float) -> float:
     """A number query parameter in ``low..high``, or ``default`` when absent."""
     text = query(req, name)

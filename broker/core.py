@@ -25,6 +25,7 @@ from typing import Any
 
 from broker import dispatch
 from broker.lifecycle import MAX_LOST, Lifecycle, Outbox, Timing, no_cold_tasks
+from broker.queue import Shape
 from broker.state import Task, Worker
 from broker.timers import TimerKind
 from broker.waiters import Waiter
@@ -89,15 +90,14 @@ class Scheduler(Lifecycle):
 
     # -- submitting and inspecting ---------------------------------------------------
 
-    def submit(self, specs: list[TaskSpec], now: float) -> list[dict[str, Any]]:
-        """Add a batch of tasks, all or none (every dependency must name a known task)."""
-        prefix = len(specs) > 1
-        tasks = self.index.tasks
-        for i, spec in enumerate(specs):
-            for dep in spec.dependencies:
-                if dep not in tasks:
-                    where = f"tasks[{i}].dependencies" if prefix else "dependencies"
-                    raise InvalidInput(f"{where}: unknown task {dep!r}")
+    def submit(
+        self, specs: list[TaskSpec], now: float, *, refuse_unservable: bool = False
+    ) -> list[dict[str, Any]]:
+        """Add a batch of tasks, all or none: every dependency must name a known task, an
+        idempotency key used before must come with the same spec, and with
+        ``refuse_unservable`` some online worker must be able to run each task. A task no
+        online worker could run is logged, once for its shape until the workers change."""
+        shapes = self._check_submit(specs, refuse_unservable)
         out = []
         # Random ids, 128 bits each as uuid4 has, drawn in one call for the whole batch.
         ids = self.random_bytes(16 * len(specs)).hex()
@@ -109,6 +109,7 @@ class Scheduler(Lifecycle):
             if known is not None:
                 out.append({"id": known.id, "status": known.status.value, "created": False})
                 continue
+            _, requires, resources = shapes[i]
             task = Task(
                 ids[32 * i : 32 * i + 32],
                 self._next_seq,
@@ -119,8 +120,8 @@ class Scheduler(Lifecycle):
                 spec.priority,
                 spec.max_retries,
                 spec.timeout,
-                tuple(sorted(spec.requires)) if spec.requires else (),
-                tuple(sorted(spec.resources.items())) if spec.resources else (),
+                requires,
+                resources,
                 now,
                 idempotency_key=key,
             )
@@ -134,12 +135,59 @@ class Scheduler(Lifecycle):
             out.append({"id": task.id, "status": task.status.value, "created": True})
         return out
 
+    def _check_submit(self, specs: list[TaskSpec], refuse_unservable: bool) -> list[Shape]:
+        """What must hold before any task of a submit is made; returns each one's shape."""
+        prefix = len(specs) > 1
+        tasks, by_key, roster = self.index.tasks, self.index.by_key, self.roster
+        if self._warned_at != roster.generation:
+            self._warned.clear()
+            self._warned_at = roster.generation
+        shapes: list[Shape] = []
+        keyed: dict[str, dict[str, Any]] = {}
+        for i, spec in enumerate(specs):
+            where = f"tasks[{i}]." if prefix else ""
+            for dep in spec.dependencies:
+                if dep not in tasks:
+                    raise InvalidInput(f"{where}dependencies: unknown task {dep!r}")
+            shape: Shape = (
+                spec.handler,
+                tuple(sorted(spec.requires)) if spec.requires else (),
+                tuple(sorted(spec.resources.items())) if spec.resources else (),
+            )
+            shapes.append(shape)
+            key = spec.idempotency_key
+            if key is not None:
+                known = by_key.get(key)
+                if known is not None:
+                    self._warm_up([known])
+                    _same_spec(key, _spec_of(known), _spec_of(spec), f"task {known.id}", where)
+                    continue
+                if key in keyed:  # twice in one batch: the first makes the task
+                    _same_spec(key, keyed[key], _spec_of(spec), "an earlier entry", where)
+                    continue
+                keyed[key] = _spec_of(spec)
+            unserved = roster.why_unserved(shape)
+            if unserved is None:
+                continue
+            if refuse_unservable:
+                raise Conflict(f"{where}refused: {unserved}")
+            if shape not in self._warned:
+                self._warned.add(shape)
+                log.warning("tasks of handler %r will wait: %s", spec.handler, unserved)
+        return shapes
+
     def submit_and_wait(
-        self, specs: list[TaskSpec], wait: float, token: object, now: float
+        self,
+        specs: list[TaskSpec],
+        wait: float,
+        token: object,
+        now: float,
+        *,
+        refuse_unservable: bool = False,
     ) -> dict[str, Any] | None:
         """``submit``, then the full records of the tasks once all are final or ``wait``
         passes (each with ``created``); None after registering ``token`` to answer later."""
-        entries = self.submit(specs, now)
+        entries = self.submit(specs, now, refuse_unservable=refuse_unservable)
         ids, created = [e["id"] for e in entries], [e["created"] for e in entries]
         value: dict[str, Any] | None = self.deferred.value_or_wait(
             Waiter(token, now + wait, ids, True, created), wait
@@ -157,7 +205,7 @@ class Scheduler(Lifecycle):
         page, more = self.index.page(query)
         self._warm_up(page)
         return {
-            "tasks": [t.record() for t in page],
+            "tasks": [self.show(t) for t in page],
             "next": page[-1].seq if more and page else None,
         }
 
@@ -197,6 +245,12 @@ class Scheduler(Lifecycle):
             "status": "ok",
             "tasks": {s.value: counts.get(s, 0) for s in TaskStatus},
             "workers": self.roster.count_online(),
+            # Pending tasks that no online worker could ever run (docs/operations.md).
+            "unservable": sum(
+                count
+                for shape, count in self.index.pending_by_shape.items()
+                if count and self.roster.why_unserved(shape) is not None
+            ),
             "stale_outcomes": self.stale_outcomes,
             "dropped_messages": self.dropped_messages,
             "uptime": now - started,
@@ -401,3 +455,30 @@ class Scheduler(Lifecycle):
             self._lease(task, worker, now)
 
         return dispatch.match(self.ready, self.roster.online.values(), lease)
+
+
+def _spec_of(task: Task | TaskSpec) -> dict[str, Any]:
+    """What an idempotency key stands for: every field of a submission."""
+    return {
+        "name": task.name,
+        "handler": task.handler,
+        "args": task.args,
+        "dependencies": list(task.dependencies),
+        "priority": task.priority,
+        "max_retries": task.max_retries,
+        "timeout": task.timeout,
+        "requires": sorted(task.requires),
+        "resources": dict(task.resources),
+    }
+
+
+def _same_spec(
+    key: str, first: dict[str, Any], again: dict[str, Any], what: str, where: str
+) -> None:
+    """An idempotency key names the task it made: sent again with another spec, it is a
+    conflict, not the same request sent again."""
+    differ = [name for name in first if first[name] != again[name]]
+    if differ:
+        raise Conflict(
+            f"{where}idempotency_key {key!r} names {what}, submitted with another {differ[0]}"
+        )

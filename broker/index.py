@@ -12,7 +12,8 @@ and the sets by status can never disagree with the tasks. Invariants, which
   task to that task;
 - ``order`` holds every known task once, in increasing ``seq`` (and pruned ones until the
   next compaction);
-- ``finished`` holds every known finished task (and pruned ones), oldest completion first.
+- ``finished`` holds every known finished task (and pruned ones), oldest completion first;
+- ``pending_by_shape[shape]`` is the number of pending tasks of that shape.
 
 Nothing here decides anything about scheduling; ``list_page`` only reads.
 """
@@ -25,6 +26,7 @@ import itertools
 from collections import Counter, deque
 from operator import attrgetter
 
+from broker.queue import Shape
 from broker.state import Task
 from common.models import FINAL_STATUSES, TaskStatus
 from common.ops import ListTasks
@@ -47,6 +49,8 @@ class TaskIndex:
         self.order: list[Task] = []
         #: Finished tasks in order of completion, for pruning.
         self.finished: deque[Task] = deque()
+        #: Pending tasks by shape: what ``/health`` counts as waiting for no worker at all.
+        self.pending_by_shape: Counter[Shape] = Counter()
         self._dead_in_order = 0
 
     def load(self, tasks: list[Task]) -> None:
@@ -58,11 +62,13 @@ class TaskIndex:
         # A million tasks at a restart: one pass, with the statuses most tasks have first.
         completed, pending = TaskStatus.COMPLETED, TaskStatus.PENDING
         add_pending = self.by_status[pending].add
+        pending_by_shape = self.pending_by_shape
         finished: list[Task] = []
         for task in tasks:
             status = task.status
             if status is pending:
                 add_pending(task)
+                pending_by_shape[task.handler, task.requires, task.resources] += 1
             elif status is completed:
                 finished.append(task)
             else:
@@ -80,6 +86,8 @@ class TaskIndex:
         bucket = self.by_status.get(task.status)
         if bucket is not None:
             bucket.add(task)
+        if task.status is TaskStatus.PENDING:
+            self.pending_by_shape[task.handler, task.requires, task.resources] += 1
         if task.idempotency_key is not None:
             self.by_key[task.idempotency_key] = task
 
@@ -91,6 +99,10 @@ class TaskIndex:
         bucket = by_status.get(task.status)
         if bucket is not None:
             bucket.discard(task)
+        if task.status is TaskStatus.PENDING:
+            self.pending_by_shape[task.handler, task.requires, task.resources] -= 1
+        if status is TaskStatus.PENDING:
+            self.pending_by_shape[task.handler, task.requires, task.resources] += 1
         counts[status] += 1
         bucket = by_status.get(status)
         if bucket is not None:

@@ -66,6 +66,9 @@ def _index(core: Scheduler) -> None:
     missing = [t.id for t in tasks.values() if t.status in FINAL_STATUSES and t.id not in finished]
     if missing:
         _fail(f"finished tasks missing from the completion order: {missing[:3]}")
+    shapes = Counter(t.shape for t in tasks.values() if t.status is TaskStatus.PENDING)
+    if +index.pending_by_shape != shapes:
+        _fail(f"pending tasks by shape: counted {dict(index.pending_by_shape)}, are {dict(shapes)}")
     if any(task.seq >= core.next_seq for task in tasks.values()):
         _fail("a task's seq is not below the next one to give")
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker.index import TaskIndex
-from broker.queue import ReadyQueues
+from broker.queue import ReadyQueues, Shape
 from broker.roster import Roster
 from broker.state import Lease, Task, Worker
 from broker.timers import TimerKind, Timers
@@ -92,7 +92,9 @@ class Lifecycle:
         self.index = TaskIndex()
         self.roster = Roster(timing.ping_interval, timing.worker_window, timing.http_liveness)
         self.timers = Timers()
-        self.deferred = Deferred(self.index.tasks, self.timers, self._reply, self._warm_up)
+        self.deferred = Deferred(
+            self.index.tasks, self.timers, self._reply, self._warm_up, self.show
+        )
         #: Outcomes refused because their lease was no longer current.
         self.stale_outcomes = 0
         #: One-way messages (READY, DONE) dropped because they broke the protocol.
@@ -107,6 +109,9 @@ class Lifecycle:
         self.dependents: dict[str, list[Task]] = {}
         #: Leases recovered from the store after a restart, waiting for their worker to claim them.
         self.orphans: set[str] = set()
+        #: Shapes of tasks logged as waiting for no worker, since the roster's generation.
+        self._warned: set[Shape] = set()
+        self._warned_at = -1
         #: Reads the rest of cold tasks (``Task.cold``) into them: the store's ``warm``.
         self._warm: Callable[[Sequence[Task]], None] = no_cold_tasks
 
@@ -158,6 +163,31 @@ class Lifecycle:
 
     def _reply(self, token: object, value: Any) -> None:
         self.outbox.replies.append((token, value))
+
+    def show(self, task: Task) -> dict[str, Any]:
+        """The task's record as a client sees it, with why it waits if it is pending (the
+        caller has warmed it)."""
+        record = task.record()
+        if task.status is TaskStatus.PENDING:
+            record["waiting_for"] = self.waiting_for(task)
+        return record
+
+    def waiting_for(self, task: Task) -> dict[str, Any]:
+        """Why a pending task is not running: its dependencies, a delay or a retry's
+        back-off (and until when), no online worker that could run it (and why), or only a
+        free slot."""
+        if task.waiting_on:
+            tasks, completed = self.index.tasks, TaskStatus.COMPLETED
+            unfinished = [d for d in task.dependencies if (dep := tasks.get(d)) is not None
+                          and dep.status is not completed]  # fmt: skip
+            return {"reason": "dependencies", "tasks": unfinished}
+        if not task.queued:
+            reason = "back-off" if task.failures else "delay"
+            return {"reason": reason, "ready_at": task.not_before}
+        unserved = self.roster.why_unserved(task.shape)
+        if unserved is not None:
+            return {"reason": "no worker", "detail": unserved}
+        return {"reason": "slot", "detail": "every online worker that can run it is busy"}
 
     # -- leases and outcomes ----------------------------------------------------------
 

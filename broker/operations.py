@@ -28,14 +28,17 @@ def perform(
 
 
 def _submit(core: Scheduler, request: ops.Submit, token: object, now: float, started: float) -> Any:
+    refuse = request.refuse_unservable
     if request.wait is not None:
-        done = core.submit_and_wait(request.tasks, request.wait, token, now)
+        done = core.submit_and_wait(
+            request.tasks, request.wait, token, now, refuse_unservable=refuse
+        )
         return DEFERRED if done is None else done
-    return {"tasks": core.submit(request.tasks, now)}
+    return {"tasks": core.submit(request.tasks, now, refuse_unservable=refuse)}
 
 
 def _get(core: Scheduler, request: ops.Get, token: object, now: float, started: float) -> Any:
-    return core.get(request.id).record()
+    return core.show(core.get(request.id))
 
 
 def _list(
@@ -47,12 +50,12 @@ def _list(
 def _cancel(
     core: Scheduler, request: ops.CancelTask, token: object, now: float, started: float
 ) -> Any:
-    return core.cancel(request.id, now).record()
+    return core.show(core.cancel(request.id, now))
 
 
 def _wait(core: Scheduler, request: ops.Wait, token: object, now: float, started: float) -> Any:
     task = core.wait(request.id, request.timeout, token, now)
-    return DEFERRED if task is None else task.record()
+    return DEFERRED if task is None else core.show(task)
 
 
 def _wait_many(
@@ -101,7 +104,7 @@ def _http_heartbeat(
 def _http_complete(
     core: Scheduler, request: ops.HttpComplete, token: object, now: float, started: float
 ) -> Any:
-    return core.http_complete(request, now).record()
+    return core.show(core.http_complete(request, now))
 
 
 _OPS: dict[type, Callable[[Scheduler, Any, object, float, float], Any]] = {

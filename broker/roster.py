@@ -18,8 +18,14 @@ the roster only says who is silent and whom to ping.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from broker.queue import Shape
 from broker.state import Worker
 from common.models import WorkerKind, WorkerStatus
+
+#: Marker: servability of a shape not worked out since the roster last changed.
+_UNKNOWN = object()
 
 
 class Roster:
@@ -34,6 +40,10 @@ class Roster:
         #: (for ``GET /workers``) however many come and go.
         self.online: dict[str, Worker] = {}
         self.by_address: dict[bytes, Worker] = {}
+        #: Shape -> why no online worker can run it (None: one can), until the roster changes.
+        self._unserved: dict[Shape, object] = {}
+        #: Counts the changes of who is online or what they serve.
+        self.generation = 0
 
     def get(self, worker_id: str) -> Worker | None:
         return self.workers.get(worker_id)
@@ -59,12 +69,28 @@ class Roster:
     def go_online(self, worker: Worker) -> None:
         worker.status = WorkerStatus.ONLINE
         self.online[worker.id] = worker
+        self.changed()
+
+    def changed(self) -> None:
+        """Who is online, or what one serves, changed: servability is worked out again."""
+        self._unserved.clear()
+        self.generation += 1
+
+    def why_unserved(self, shape: Shape) -> str | None:
+        """Why no online worker could run a task of this shape even with all its slots free
+        (no worker serves the handler, has a tag, declares enough of a resource), or None."""
+        reason = self._unserved.get(shape, _UNKNOWN)
+        if reason is _UNKNOWN:
+            reason = self._unserved[shape] = unserved(shape, self.online.values())
+        assert reason is None or isinstance(reason, str)
+        return reason
 
     def go_offline(self, worker: Worker) -> None:
         """Mark it offline; its leases and polls are the caller's to end first or after."""
         worker.status = WorkerStatus.OFFLINE
         if self.online.get(worker.id) is worker:
             del self.online[worker.id]
+            self.changed()
         if worker.address is not None and self.by_address.get(worker.address) is worker:
             del self.by_address[worker.address]
 
@@ -86,3 +112,20 @@ class Roster:
                 worker.last_ping = now
                 pings.append(worker.address)
         return silent, pings
+
+
+def unserved(shape: Shape, workers: Iterable[Worker]) -> str | None:
+    """Why none of these workers could run a task of this shape, or None if one could."""
+    handler, requires, resources = shape
+    able = [worker for worker in workers if handler in worker.capabilities]
+    if not able:
+        return f"no online worker serves handler {handler!r}"
+    for tag in requires:
+        able = [worker for worker in able if tag in worker.capabilities]
+        if not able:
+            return f"no online worker serving {handler!r} has tag {tag!r}"
+    for kind, amount in resources:
+        able = [worker for worker in able if worker.resources.get(kind, 0.0) >= amount]
+        if not able:
+            return f"no online worker serving {handler!r} offers {amount:g} {kind}"
+    return None

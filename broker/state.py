@@ -135,6 +135,8 @@ class Task:
             "completed_at": self.completed_at,
             "idempotency_key": self.idempotency_key,
             "leases": [lease.record() for lease in self.leases],
+            # Why a pending task waits: the core fills it in (``Lifecycle.show``).
+            "waiting_for": None,
         }
 
     def current_lease(self) -> Lease | None:

@@ -50,11 +50,13 @@ class Deferred:
         timers: Timers,
         reply: Callable[[object, Any], None],
         warm: Callable[[list[Task]], None],
+        show: Callable[[Task], dict[str, Any]],
     ) -> None:
         self.tasks = tasks
         self.timers = timers
         self.reply = reply
         self.warm = warm
+        self.show = show
         self.by_task: dict[str, list[Waiter]] = {}
 
     # -- waits -----------------------------------------------------------------------
@@ -101,7 +103,7 @@ class Deferred:
     def _answer_of(self, waiter: Waiter) -> Any:
         tasks = self.tasks
         self.warm([tasks[i] for i in waiter.task_ids if i in tasks])
-        return answer(waiter, tasks)
+        return answer(waiter, tasks, self.show)
 
     # -- HTTP workers' long-polls ------------------------------------------------------
 
@@ -137,16 +139,16 @@ def brief(task: Task) -> dict[str, Any]:
     return {"id": task.id, "status": task.status.value, "result": task.result, "error": task.error}
 
 
-def answer(waiter: Waiter, tasks: dict[str, Task]) -> Any:
+def answer(waiter: Waiter, tasks: dict[str, Task], show: Callable[[Task], dict[str, Any]]) -> Any:
     """What the waiter's request is answered with, now (every task shown is warm)."""
     if not waiter.many:
-        return tasks[waiter.task_ids[0]].record()
+        return show(tasks[waiter.task_ids[0]])
     if waiter.created is not None:
         records = []
         for task_id, created in zip(waiter.task_ids, waiter.created, strict=True):
             task = tasks.get(task_id)
             if task is not None:
-                records.append({**task.record(), "created": created})
+                records.append({**show(task), "created": created})
         return {"tasks": records}
     briefs = []
     for task_id in waiter.task_ids:

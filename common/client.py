@@ -140,25 +140,45 @@ class Client:
 
     # -- tasks -------------------------------------------------------------------
 
-    def submit(self, handler: str, args: bytes = b"", **fields: Any) -> str:
+    def submit(
+        self, handler: str, args: bytes = b"", *, refuse_unservable: bool = False, **fields: Any
+    ) -> str:
         """Submit one task and return its id.
 
         ``fields``: name, dependencies, priority, max_retries, timeout, requires, resources,
         idempotency_key. With an ``idempotency_key``, submitting again after a timeout is
-        safe: the broker returns the task it already has for that key.
+        safe: the broker returns the task it already has for that key (and refuses, with
+        ``Conflict``, the same key with another spec). With ``refuse_unservable``, the
+        broker refuses the task (``Conflict``, saying why) when no online worker could run
+        it, instead of keeping it waiting for one.
         """
-        return self.submit_many([{"handler": handler, "args": args, **fields}])[0]
+        spec = {"handler": handler, "args": args, **fields}
+        return self.submit_many([spec], refuse_unservable=refuse_unservable)[0]
 
-    def submit_many(self, specs: list[dict[str, Any]], timeout: float | None = None) -> list[str]:
+    def submit_many(
+        self,
+        specs: list[dict[str, Any]],
+        timeout: float | None = None,
+        *,
+        refuse_unservable: bool = False,
+    ) -> list[str]:
         """Submit many tasks in one message, all or none; returns their ids in order."""
-        return [entry["id"] for entry in self.submit_entries(specs, timeout)]
+        entries = self.submit_entries(specs, timeout, refuse_unservable=refuse_unservable)
+        return [entry["id"] for entry in entries]
 
     def submit_entries(
-        self, specs: list[dict[str, Any]], timeout: float | None = None
+        self,
+        specs: list[dict[str, Any]],
+        timeout: float | None = None,
+        *,
+        refuse_unservable: bool = False,
     ) -> list[dict[str, Any]]:
         """Like ``submit_many``, returning ``{id, status, created}`` for each task;
         ``created`` is false when an idempotency key named a task that already existed."""
-        value = self.request(Op.SUBMIT, {"tasks": specs}, timeout)
+        args: dict[str, Any] = {"tasks": specs}
+        if refuse_unservable:
+            args["refuse_unservable"] = True
+        value = self.request(Op.SUBMIT, args, timeout)
         entries: list[dict[str, Any]] = value["tasks"]
         return entries
 

@@ -66,16 +66,20 @@ def _wait(value: Any, where: str) -> float:
 
 @dataclass(slots=True)
 class Submit:
-    """Add tasks, all or none; with ``wait``, answer once all are final or ``wait`` passes."""
+    """Add tasks, all or none; with ``wait``, answer once all are final or ``wait`` passes;
+    with ``refuse_unservable``, refuse them (409) if no online worker could run one."""
 
     OP: ClassVar[Op] = Op.SUBMIT
     tasks: list[TaskSpec]
     wait: float | None = None
+    refuse_unservable: bool = False
 
     def to_args(self) -> dict[str, Any]:
         args: dict[str, Any] = {"tasks": [spec.to_wire() for spec in self.tasks]}
         if self.wait is not None:
             args["wait"] = self.wait
+        if self.refuse_unservable:
+            args["refuse_unservable"] = True
         return args
 
     @classmethod
@@ -91,7 +95,10 @@ class Submit:
             TaskSpec.parse(spec, f"tasks[{i}]." if prefix else "") for i, spec in enumerate(raw)
         ]
         wait = args.get("wait")
-        return cls(specs, None if wait is None else _wait(wait, "wait"))
+        refuse = args.get("refuse_unservable", False)
+        if not isinstance(refuse, bool):
+            raise InvalidInput("refuse_unservable must be true or false")
+        return cls(specs, None if wait is None else _wait(wait, "wait"), refuse)
 
 
 @dataclass(slots=True)

@@ -20,6 +20,7 @@ def test_submit_many_and_wait_for_results(stack: Stack) -> None:
     stack.start_broker()
     stack.start_worker(worker_id="w1")
     stack.start_worker(worker_id="w2")
+    stack.wait_workers("w1", "w2")  # both registered, or the first may run everything
     client = stack.client()
     payloads = [f"payload {i}".encode() for i in range(200)]
     ids = client.submit_many([{"handler": "echo", "args": p} for p in payloads])
@@ -280,7 +281,8 @@ def test_finished_tasks_read_back_whole_after_a_restart(stack: Stack) -> None:
         assert client.list_tasks(limit=10) == (page, None)
         assert {task_id: client.get(task_id) for task_id in before} == before
         assert client.wait_many([done, failed, cancelled], timeout=1) == briefs
-        [again] = client.submit_and_wait([{"handler": "echo", "idempotency_key": "kept"}], 1)
+        same = {"handler": "echo", "args": b"kept", "idempotency_key": "kept"}
+        [again] = client.submit_and_wait([same], 1)
         assert again == {**before[done], "created": False}
         with pytest.raises(Conflict):
             client.cancel(done)

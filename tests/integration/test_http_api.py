@@ -23,7 +23,7 @@ from tests.conftest import Stack, wait_for
 TASK_KEYS = frozenset({"id", "name", "handler", "args", "dependencies", "priority", "status",
                        "worker_id", "attempts", "result", "error", "max_retries", "timeout",
                        "requires", "resources", "created_at", "started_at", "completed_at",
-                       "idempotency_key", "leases"})  # fmt: skip
+                       "idempotency_key", "leases", "waiting_for"})  # fmt: skip
 #: A lease's keys (one run of a task), as the README lists them.
 LEASE_KEYS = frozenset({"attempt", "worker_id", "started_at", "ended_at", "outcome", "error",
                         "refused"})  # fmt: skip
@@ -353,7 +353,8 @@ def test_idempotency_key_makes_one_task_however_often_it_is_sent(api: Stack) -> 
     again = api.http("POST", "/tasks", spec)
     assert (first[0], again[0]) == (201, 200)
     assert first[1]["id"] == again[1]["id"]
-    entries = api.client().submit_entries([{"handler": "echo", "idempotency_key": "invoice-42"}])
+    same = {"handler": "echo", "args": b"once", "idempotency_key": "invoice-42"}
+    entries = api.client().submit_entries([same])
     assert entries == [{"id": first[1]["id"], "status": "pending", "created": False}]
     _, tasks, _ = api.http("GET", "/tasks")
     assert [t["id"] for t in tasks] == [first[1]["id"]]

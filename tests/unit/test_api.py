@@ -274,6 +274,10 @@ def test_get_task_renders_the_full_record(http: Http) -> None:
         "completed_at": None,
         "idempotency_key": None,
         "leases": [],
+        "waiting_for": {
+            "reason": "no worker",
+            "detail": "no online worker serves handler 'fibonacci'",
+        },
     }
 
 

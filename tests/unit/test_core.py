@@ -11,6 +11,7 @@ from broker.invariants import CheckedScheduler
 from broker.store.memory import MemoryStore
 from common.errors import Conflict, InvalidInput, NotFound
 from common.models import TaskStatus, WorkerStatus
+from common.ops import Submit
 from tests import edge
 
 T0 = 1_000_000.0
@@ -614,7 +615,7 @@ def test_finished_tasks_come_back_cold_and_are_warmed_to_be_shown(core: Schedule
     again = CheckedScheduler(core.timing)
     again.load(store.load(), T0 + 300, store.warm)
     value = edge.submit_and_wait(
-        again, [{"handler": "echo", "idempotency_key": "k"}], 5, "t", T0 + 300
+        again, [{"handler": "echo", "args": b"in", "idempotency_key": "k"}], 5, "t", T0 + 300
     )
     assert value == {"tasks": [{**before[done], "created": False}]}
 
@@ -992,6 +993,7 @@ def test_health_counts_tasks_workers_and_every_refused_or_dropped_message(core: 
         "status": "ok",
         "tasks": {"pending": 1, "running": 1, "completed": 1, "failed": 0, "cancelled": 0},
         "workers": 1,
+        "unservable": 1,  # the task for nobody
         "stale_outcomes": 3,
         "dropped_messages": 1,
         "uptime": 30.0,
@@ -1199,3 +1201,97 @@ def test_an_open_long_poll_shows_when_its_worker_asked(core: Scheduler) -> None:
     core.schedule(T0 + 5)
     assert core.take_outbox().replies == []
     assert core.worker("h1").record()["last_seen"] == T0 + 5
+
+
+# -- why a task waits, and what no worker could ever run --------------------------------------
+
+
+def test_a_pending_task_says_what_it_waits_for(core: Scheduler) -> None:
+    parent = submit(core)
+    child = submit(core, dependencies=[parent])
+    address = add_worker(core, "w1", capabilities=["echo"], resources={"cpu": 2})
+    dispatched(core)
+    gpu = submit(core, requires=["gpu"])
+    big = submit(core, resources={"cpu": 8})
+    other = submit(core, handler="other")
+    busy = submit(core)
+
+    def why(task_id: str) -> Any:
+        return core.show(core.get(task_id))["waiting_for"]
+
+    assert why(parent) is None  # running
+    assert why(child) == {"reason": "dependencies", "tasks": [parent]}
+    assert why(gpu) == {"reason": "no worker",
+                        "detail": "no online worker serving 'echo' has tag 'gpu'"}  # fmt: skip
+    assert why(big) == {"reason": "no worker",
+                        "detail": "no online worker serving 'echo' offers 8 cpu"}  # fmt: skip
+    assert why(other) == {"reason": "no worker",
+                          "detail": "no online worker serves handler 'other'"}  # fmt: skip
+    assert why(busy) == {"reason": "slot",
+                         "detail": "every online worker that can run it is busy"}  # fmt: skip
+    finish(core, address, parent, status="failed", now=T0 + 1)
+    assert why(child) is None  # it failed with its parent
+    retried = submit(core, max_retries=1, now=T0 + 1)
+    assert dispatched(core, T0 + 1) == {address: [busy]}
+    finish(core, address, busy, now=T0 + 2)
+    assert dispatched(core, T0 + 2) == {address: [retried]}
+    finish(core, address, retried, status="failed", now=T0 + 3)
+    assert why(retried) == {"reason": "back-off", "ready_at": T0 + 4}
+
+
+def test_health_counts_the_tasks_no_online_worker_could_run(core: Scheduler) -> None:
+    submit(core, handler="a")
+    submit(core, handler="a")
+    submit(core, handler="b", requires=["gpu"])
+    assert core.health(T0, T0)["unservable"] == 3
+    add_worker(core, "wa", capabilities=["a"], slots=1)
+    assert core.health(T0, T0)["unservable"] == 1  # both a's can run, one waits for a slot
+    add_worker(core, "wb", capabilities=["b", "gpu"])
+    assert core.health(T0, T0)["unservable"] == 0
+    assert dispatched(core) == {b"wa": [core.index.order[0].id], b"wb": [core.index.order[2].id]}
+    assert core.health(T0, T0)["unservable"] == 0
+    core.tick(T0 + 10)  # both go silent: their runs are lost, and nobody is left
+    assert core.health(T0 + 10, T0)["unservable"] == 3
+    assert core.index.counts[TaskStatus.PENDING] == 3
+
+
+def test_a_submit_can_ask_to_be_refused_when_no_worker_could_run_it(core: Scheduler) -> None:
+    add_worker(core, "w1", capabilities=["echo"])
+    fine, lonely = {"handler": "echo"}, {"handler": "echo", "requires": ["gpu"]}
+    with pytest.raises(Conflict, match=r"tasks\[1\]\.refused: no online worker serving 'echo' "
+                                       r"has tag 'gpu'"):  # fmt: skip
+        core.submit(Submit.from_args({"tasks": [fine, lonely]}).tasks, T0,
+                    refuse_unservable=True)  # fmt: skip
+    assert core.tasks == {}  # all or none
+    entries = core.submit(Submit.from_args({"tasks": [fine]}).tasks, T0, refuse_unservable=True)
+    assert [e["created"] for e in entries] == [True]
+    core.submit(Submit.from_args({"tasks": [lonely]}).tasks, T0)  # without asking: it waits
+    assert core.index.counts[TaskStatus.PENDING] == 2
+
+
+def test_a_task_no_worker_could_run_is_logged_once_until_the_workers_change(
+    core: Scheduler, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("WARNING", logger="broker.core")
+    for _ in range(3):
+        submit(core, handler="rare")
+    add_worker(core, "w1", capabilities=["echo"])
+    submit(core, handler="rare")
+    warnings = [r.getMessage() for r in caplog.records if "will wait" in r.getMessage()]
+    assert warnings == ["tasks of handler 'rare' will wait: no online worker serves handler "
+                        "'rare'"] * 2  # fmt: skip
+
+
+def test_an_idempotency_key_sent_again_with_another_spec_is_a_conflict(core: Scheduler) -> None:
+    first = submit(core, handler="echo", args=b"a", idempotency_key="k", priority=2)
+    again = submit(core, handler="echo", args=b"a", idempotency_key="k", priority=2)
+    assert again == first
+    with pytest.raises(Conflict, match=f"idempotency_key 'k' names task {first}, submitted "
+                                       "with another args"):  # fmt: skip
+        submit(core, handler="echo", args=b"b", idempotency_key="k", priority=2)
+    with pytest.raises(Conflict, match="another priority"):
+        submit(core, handler="echo", args=b"a", idempotency_key="k")
+    twice = [{"handler": "x", "idempotency_key": "j"}, {"handler": "y", "idempotency_key": "j"}]
+    with pytest.raises(Conflict, match=r"tasks\[1\]\.idempotency_key 'j' names an earlier entry"):
+        edge.submit(core, twice, T0)
+    assert len(core.tasks) == 1
