@@ -332,6 +332,14 @@ class Scheduler(Lifecycle):
             )
         return [outcome.run for outcome in outcomes]
 
+    def drain(self, worker: Worker, now: float) -> None:
+        """A worker is stopping: nothing new goes to it; its runs may still finish (it says
+        BYE when they have, or when its grace is over)."""
+        if not worker.draining:
+            worker.draining = True
+            self.roster.changed()
+            log.info("worker %s is draining: %d runs left", worker.id, len(worker.running))
+
     def goodbye(self, worker: Worker, now: float) -> None:
         """A worker shut down cleanly: its tasks go back to the queue without counting as lost."""
         self._offline(worker, now, count_lost=False)

@@ -81,7 +81,8 @@ class Roster:
         (no worker serves the handler, has a tag, declares enough of a resource), or None."""
         reason = self._unserved.get(shape, _UNKNOWN)
         if reason is _UNKNOWN:
-            reason = self._unserved[shape] = unserved(shape, self.online.values())
+            taking = (worker for worker in self.online.values() if not worker.draining)
+            reason = self._unserved[shape] = unserved(shape, taking)
         assert reason is None or isinstance(reason, str)
         return reason
 

@@ -262,7 +262,7 @@ class BrokerServer:
             self._request(address, body, now)
         elif command is Command.READY:
             self._ready(address, body, now)
-        elif command in (Command.PONG, Command.DONE, Command.BYE):
+        elif command in (Command.PONG, Command.DONE, Command.DRAIN, Command.BYE):
             self._from_worker(address, command, body, now)
         else:
             log.warning("dropped %s: not a message a peer sends", command.name)
@@ -296,6 +296,8 @@ class BrokerServer:
             # A worker keeps its outcomes until ACKed and needs nothing else from the ACK,
             # so ACKs ride on the next commit a reply needs, or at most COMMIT_DELAY later.
             self._acks.setdefault(address, []).extend(self.core.report(worker, done.results, now))
+        elif command is Command.DRAIN:
+            self.core.drain(worker, now)
         elif command is Command.BYE:
             log.info("worker %s said goodbye", worker.id)
             self.core.goodbye(worker, now)

@@ -168,12 +168,14 @@ class Worker:
     #: Resources not taken by running tasks.
     free: dict[str, float] = field(default_factory=dict)
     last_ping: float = 0.0
+    #: It said it is stopping (DRAIN): nothing new is dispatched to it.
+    draining: bool = False
     #: Open long-polls of an HTTP worker, oldest first: (token, deadline).
     polls: list[tuple[object, float]] = field(default_factory=list)
 
     def capacity(self) -> int:
         """How many more tasks it can take now."""
-        if self.status is not WorkerStatus.ONLINE:
+        if self.status is not WorkerStatus.ONLINE or self.draining:
             return 0
         if self.kind is WorkerKind.HTTP:
             return len(self.polls)
@@ -213,4 +215,5 @@ class Worker:
             "last_seen": self.last_seen,
             "host": self.host,
             "pid": self.pid,
+            "draining": self.draining,
         }

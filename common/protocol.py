@@ -39,6 +39,8 @@ class Command(bytes, Enum):
     PONG = b"PONG"
     #: Outcomes of one or more runs: results = [{task_id, attempt, status, result, error}].
     DONE = b"DONE"
+    #: The worker is stopping: it takes nothing new and lets its runs finish, then says BYE.
+    DRAIN = b"DRAIN"
     #: The worker is shutting down cleanly; its running tasks go back to the queue.
     BYE = b"BYE"
 

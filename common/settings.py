@@ -74,6 +74,11 @@ class Settings:
     handlers: str = _opt("", "modules with handlers to load (repeatable)", "--handlers")
     #: How handlers run: ``thread`` (default) or ``process`` (CPU-bound handlers).
     pool: str = _opt("thread", "handler pool: thread or process", "--pool")
+    #: Seconds a stopping worker (SIGTERM, Ctrl-C) lets its runs finish before it gives the
+    #: rest back; a second signal stops it at once.
+    drain_grace: float = _opt(
+        30.0, "seconds a stopping worker lets its runs finish", "--drain-grace"
+    )
     #: Seconds a worker waits before reconnecting after a try that got no WELCOME; doubles
     #: with each such try (the first try after losing a broker is at once).
     reconnect_backoff: float = _opt(

@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 BACKOFF_INITIAL = 1.0
 #: Longest wait between reconnects, in seconds (``--reconnect-backoff-max``).
 BACKOFF_MAX = 32.0
+#: Seconds a stopping worker lets its runs finish before it gives the rest back.
+DRAIN_GRACE = 30.0
 #: Ping interval assumed until the first WELCOME says otherwise (seconds).
 DEFAULT_PING_INTERVAL = 1.0
 #: Silent ping intervals after which the broker is presumed gone, until WELCOME says otherwise.
@@ -77,6 +79,7 @@ class Agent:
         resources: Mapping[str, float] | None = None,
         host: str | None = None,
         pid: int | None = None,
+        drain_grace: float = DRAIN_GRACE,
         backoff_initial: float = BACKOFF_INITIAL,
         backoff_max: float = BACKOFF_MAX,
         ping_interval: float = DEFAULT_PING_INTERVAL,
@@ -95,6 +98,12 @@ class Agent:
         self._ping_interval = ping_interval
         self._liveness = liveness
 
+        self._drain_grace = drain_grace
+        #: A stop was asked for: take nothing new, let the runs finish (at most drain_grace).
+        self._drain_requested = False
+        #: When the runs left are given back (None: not draining yet).
+        self._drain_deadline: float | None = None
+        #: Stop now: drop the runs left, say BYE.
         self._stop_requested = False
         self._outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         # Reentrant: a signal handler may call request_stop while the main thread holds it.
@@ -121,12 +130,16 @@ class Agent:
     # -- called from other threads -------------------------------------------------
 
     def request_stop(self) -> None:
-        """Ask ``run`` to shut down and return.
+        """Ask ``run`` to shut down and return: the first call drains (the broker is told,
+        nothing new is started, the runs in progress get ``drain_grace`` seconds to finish
+        and report), a second stops at once (the runs left go back to the queue).
 
-        Safe from any thread and from a signal handler: it sets a flag and writes one
-        byte to a non-blocking pipe (the self-pipe trick), nothing else.
+        Safe from any thread and from a signal handler: it sets flags and writes one byte
+        to a non-blocking pipe (the self-pipe trick), nothing else.
         """
-        self._stop_requested = True
+        if self._drain_requested or self._drain_grace <= 0:
+            self._stop_requested = True
+        self._drain_requested = True
         self._wake()
 
     def _deliver(self, outcome: Outcome) -> None:
@@ -169,6 +182,8 @@ class Agent:
     def _turn(self) -> None:
         now = time.monotonic()
         due = self._reconnect_at if self._socket is None else self._last_heard + self._window
+        if self._drain_deadline is not None:
+            due = min(due, self._drain_deadline)
         timeout = min(max(due - now, 0.0), MAX_POLL)
         events = dict(self._poller.poll(math.ceil(timeout * 1000)))
         if self._wake_read in events:
@@ -183,11 +198,30 @@ class Agent:
         now = time.monotonic()
         if self._stop_requested:
             return
+        if self._drain_requested and self._drained(now):
+            self._stop_requested = True
+            return
         if self._socket is None:
             if now >= self._reconnect_at:
                 self._connect()
         elif now >= self._last_heard + self._window:
             self._lose_broker(now)
+
+    def _drained(self, now: float) -> bool:
+        """Drain: tell the broker, then wait until every run has finished and its outcome
+        is acknowledged, or the grace is over."""
+        assert self._runner is not None
+        if self._drain_deadline is None:
+            self._drain_deadline = now + self._drain_grace
+            logger.info(
+                "worker %s draining: %d runs get up to %g s to finish",
+                self.worker_id, len(self._runner.running()), self._drain_grace,
+            )  # fmt: skip
+            if self._registered:
+                self._send(Command.DRAIN)
+        if not self._runner.running() and not self._unacked:
+            return True
+        return now >= self._drain_deadline
 
     def _drain_wake_pipe(self) -> None:
         try:
@@ -316,12 +350,20 @@ class Agent:
             self._liveness,
         )
         self._ever_registered = True
+        if self._drain_deadline is not None:
+            self._send(Command.DRAIN)  # registered again while draining: still taking nothing
         if self._unacked:
             self._send_done(list(self._unacked.values()))
 
     def _on_dispatch(self, body: dict[str, Any]) -> None:
         assert self._runner is not None
         for entry in messages.Dispatch.decode(body):
+            if self._drain_deadline is not None:
+                # Sent before the broker heard of the drain: given back at once, to run
+                # elsewhere (a run reported cancelled unasked is requeued).
+                task_id, attempt = entry.run
+                self._deliver(Outcome(task_id, attempt, TaskStatus.CANCELLED))
+                continue
             if entry.run in self._unacked:
                 logger.debug("task %s attempt %d already finished", *entry.run)
                 continue

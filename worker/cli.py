@@ -41,6 +41,7 @@ SETTINGS = [
     "disk",
     "handlers",
     "pool",
+    "drain_grace",
     "reconnect_backoff",
     "reconnect_backoff_max",
     "log_level",
@@ -69,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--pool must be one of {', '.join(POOLS)}, got {settings.pool!r}")
     if not 0 < settings.reconnect_backoff <= settings.reconnect_backoff_max:
         parser.error("--reconnect-backoff must be > 0 and at most --reconnect-backoff-max")
+    if settings.drain_grace < 0:
+        parser.error("--drain-grace must be >= 0")
     if settings.concurrency < 0:
         parser.error(f"--concurrency must be >= 0, got {settings.concurrency}")
     resources = {kind: float(getattr(settings, kind)) for kind in RESOURCE_KINDS}
@@ -110,12 +113,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         make_runner=make_runner,
         capabilities=capabilities,
         resources=resources,
+        drain_grace=settings.drain_grace,
         backoff_initial=settings.reconnect_backoff,
         backoff_max=settings.reconnect_backoff_max,
     )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        agent.request_stop()  # a flag and a wake-up byte; no logging here
+        # The first signal drains, a second stops at once: a flag and a wake-up byte each,
+        # no logging here.
+        agent.request_stop()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -29,7 +29,7 @@ LEASE_KEYS = frozenset({"attempt", "worker_id", "started_at", "ended_at", "outco
                         "refused"})  # fmt: skip
 #: A worker's keys, as the README lists them (host and pid are for display).
 WORKER_KEYS = frozenset({"id", "kind", "status", "capabilities", "resources", "slots", "running",
-                         "last_seen", "host", "pid"})  # fmt: skip
+                         "last_seen", "host", "pid", "draining"})  # fmt: skip
 
 Response = tuple[int, Any, dict[str, str]]
 

@@ -291,9 +291,11 @@ def test_worker_reconnects_when_the_broker_goes_silent(
     assert done_results(done)[0]["status"] == "cancelled"
 
 
-def test_sigterm_says_bye_and_exits_zero(broker: FakeBroker, start_worker: StartWorker) -> None:
-    # given a registered worker with a run in progress
-    proc = start_worker()
+def test_sigterm_drains_then_gives_back_what_outlasts_the_grace(
+    broker: FakeBroker, start_worker: StartWorker
+) -> None:
+    # given a registered worker with a run that will outlast its grace
+    proc = start_worker("--drain-grace", "0.3")
     identity, _ = broker.expect(Command.READY)
     broker.send(identity, Command.WELCOME, PATIENT)
     broker.send(identity, Command.DISPATCH, {"tasks": [task("nap", "sleep", b'{"seconds": 600}')]})
@@ -301,17 +303,55 @@ def test_sigterm_says_bye_and_exits_zero(broker: FakeBroker, start_worker: Start
     broker.expect(Command.PONG)  # the dispatch has been handled
     # when it is asked to stop
     proc.send_signal(signal.SIGTERM)
-    # then it says BYE without reporting the run (the broker requeues it)
+    # then it says it is draining, and when the grace is over BYE, without reporting the run
+    # (the broker requeues it)
+    broker.expect(Command.DRAIN)
     broker.expect(Command.BYE)
     assert Command.DONE.name not in broker.commands()
     # and exits 0 (the patience is generous: this is not a speed test)
     assert proc.wait(PATIENCE) == 0
 
 
-def test_sigint_exits_zero_too(broker: FakeBroker, start_worker: StartWorker) -> None:
-    proc = start_worker()
+def test_a_draining_worker_finishes_its_runs_and_gives_back_new_ones(
+    broker: FakeBroker, start_worker: StartWorker
+) -> None:
+    # given a worker running a task that finishes well within its grace
+    proc = start_worker("--drain-grace", "60")
     identity, _ = broker.expect(Command.READY)
     broker.send(identity, Command.WELCOME, PATIENT)
+    broker.send(identity, Command.DISPATCH, {"tasks": [task("short", "sleep", b'{"seconds": 1}')]})
+    broker.send(identity, Command.PING)
+    broker.expect(Command.PONG)
+    # when it is stopped, and a dispatch sent before the broker heard it arrives
+    proc.send_signal(signal.SIGTERM)
+    broker.expect(Command.DRAIN)
+    broker.send(identity, Command.DISPATCH, {"tasks": [task("late", "echo", b"x")]})
+    # then the late one is given back at once, the running one finishes and is reported
+    reported: dict[str, dict[str, Any]] = {}
+    while len(reported) < 2:
+        _, done = broker.expect(Command.DONE)
+        reported.update({r["task_id"]: r for r in done_results(done)})
+    assert reported["late"]["status"] == "cancelled"
+    assert reported["short"]["status"] == "completed"
+    # and it says BYE only once its outcomes are acknowledged
+    assert proc.poll() is None
+    assert Command.BYE.name not in broker.commands()
+    broker.send(identity, Command.ACK, {"results": [["short", 1], ["late", 1]]})
+    broker.expect(Command.BYE)
+    assert proc.wait(PATIENCE) == 0
+
+
+def test_a_second_signal_stops_a_draining_worker_at_once(
+    broker: FakeBroker, start_worker: StartWorker
+) -> None:
+    proc = start_worker("--drain-grace", "600")
+    identity, _ = broker.expect(Command.READY)
+    broker.send(identity, Command.WELCOME, PATIENT)
+    broker.send(identity, Command.DISPATCH, {"tasks": [task("nap", "sleep", b'{"seconds": 600}')]})
+    broker.send(identity, Command.PING)
+    broker.expect(Command.PONG)
+    proc.send_signal(signal.SIGINT)
+    broker.expect(Command.DRAIN)
     proc.send_signal(signal.SIGINT)
     broker.expect(Command.BYE)
     assert proc.wait(PATIENCE) == 0

@@ -550,6 +550,7 @@ def test_register_is_201_then_200(http: Http, local: LocalClient) -> None:
         "last_seen": NOW_TEXT,
         "host": "",
         "pid": 0,
+        "draining": False,
     }
     assert again.json == first.json
     assert list(local.core.workers) == ["w1"]

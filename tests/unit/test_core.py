@@ -1295,3 +1295,25 @@ def test_an_idempotency_key_sent_again_with_another_spec_is_a_conflict(core: Sch
     with pytest.raises(Conflict, match=r"tasks\[1\]\.idempotency_key 'j' names an earlier entry"):
         edge.submit(core, twice, T0)
     assert len(core.tasks) == 1
+
+
+def test_a_draining_worker_is_sent_nothing_new_and_keeps_its_runs(core: Scheduler) -> None:
+    first, second = submit(core), submit(core)
+    stopping = add_worker(core, "stopping", slots=2)
+    assert dispatched(core) == {stopping: [first, second]}
+    core.drain(core.workers["stopping"], T0 + 1)
+    assert core.worker("stopping").record()["draining"] is True
+    finish(core, stopping, first, now=T0 + 2)  # its runs still count
+    third = submit(core, now=T0 + 2)
+    assert dispatched(core, T0 + 2) == {}  # a free slot, but it is stopping
+    assert core.show(core.get(third))["waiting_for"] == {
+        "reason": "no worker", "detail": "no online worker serves handler 'echo'",
+    }  # fmt: skip
+    fresh = add_worker(core, "fresh", now=T0 + 3)
+    assert dispatched(core, T0 + 3) == {fresh: [third]}
+    core.goodbye(core.workers["stopping"], T0 + 4)  # its grace is over: the rest goes back
+    task = core.tasks[second]
+    assert (task.status, task.lost, task.leases[-1].outcome) == (TaskStatus.PENDING, 0, "released")
+    add_worker(core, "stopping", now=T0 + 5)  # back, as a new process: it takes work again
+    assert core.worker("stopping").record()["draining"] is False
+    assert dispatched(core, T0 + 5) == {stopping: [second]}
