@@ -361,12 +361,15 @@ class Lifecycle:
         result: bytes | None = None,
         error: str | None = None,
     ) -> None:
-        """Record a final outcome, then release or fail the dependents (iteratively)."""
-        stack: list[tuple[Task, TaskStatus, bytes | None, str | None]] = [
-            (task, status, result, error)
+        """Record a final outcome, then release or fail the dependents (iteratively). A
+        dependent that fails names the dependency that ended it and, further down a chain,
+        the task whose failure started it."""
+        Root = tuple[str, TaskStatus] | None
+        stack: list[tuple[Task, TaskStatus, bytes | None, str | None, Root]] = [
+            (task, status, result, error, None)
         ]
         while stack:
-            current, final, res, err = stack.pop()
+            current, final, res, err, root = stack.pop()
             if current.status in FINAL_STATUSES:
                 continue
             current.result = res
@@ -383,8 +386,9 @@ class Lifecycle:
                     if child.waiting_on == 0:
                         self._make_ready(child, now)
                 else:
-                    reason = f"dependency {current.id} {final.value}"
-                    stack.append((child, TaskStatus.FAILED, None, reason))
+                    start = root or (current.id, final)
+                    reason = _dependency_failed(current.id, final, start)
+                    stack.append((child, TaskStatus.FAILED, None, reason, start))
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -396,15 +400,25 @@ class Lifecycle:
             if dep is None or dep.status is TaskStatus.COMPLETED:
                 continue  # a missing one can only be a dependency pruned after completing
             if dep.status in FINAL_STATUSES:
-                self._finish(
-                    task,
-                    TaskStatus.FAILED,
-                    task.created_at,
-                    error=f"dependency {dep_id} {dep.status.value}",
-                )
+                start = self._first_to_end(dep)
+                reason = _dependency_failed(dep_id, dep.status, (start.id, start.status))
+                self._finish(task, TaskStatus.FAILED, task.created_at, error=reason)
                 return
             task.waiting_on += 1
             self.dependents.setdefault(dep_id, []).append(task)
+
+    def _first_to_end(self, task: Task) -> Task:
+        """The task whose failure or cancellation started the chain that failed this one
+        (itself if it failed on its own), as far as the tasks in memory tell."""
+        tasks, seen = self.index.tasks, {task.id}
+        while task.error is not None and task.error.startswith("dependency ") and not task.cold:
+            ended = (tasks.get(dep_id) for dep_id in task.dependencies)
+            cause = next((d for d in ended if d is not None and d.status in _ENDED_BADLY), None)
+            if cause is None or cause.id in seen:
+                break
+            seen.add(cause.id)
+            task = cause
+        return task
 
     def _make_ready(self, task: Task, now: float) -> None:
         # No _touch: what makes a task ready (a submit, a status change) is stored by its
@@ -422,3 +436,16 @@ class Lifecycle:
     def _set_status(self, task: Task, status: TaskStatus) -> None:
         self.index.set_status(task, status)
         self._dirty[task.id] = task
+
+
+#: Final statuses that fail the dependents of a task.
+_ENDED_BADLY = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+
+def _dependency_failed(dep_id: str, status: TaskStatus, start: tuple[str, TaskStatus]) -> str:
+    """The error of a task failed by its dependency ``dep_id``: which one, and the task that
+    started the chain when it is another."""
+    reason = f"dependency {dep_id} {status.value}"
+    if start[0] != dep_id:
+        reason += f" (the first to end: task {start[0]} {start[1].value})"
+    return reason

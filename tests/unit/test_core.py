@@ -193,7 +193,15 @@ def test_failed_dependency_fails_dependents_transitively(core: Scheduler) -> Non
     assert core.tasks[child].status is TaskStatus.FAILED
     assert core.tasks[child].error == f"dependency {root} failed"
     assert core.tasks[grandchild].status is TaskStatus.FAILED
-    assert core.tasks[grandchild].error == f"dependency {child} failed"
+    # it names its own dependency, and the task whose failure started the chain
+    assert core.tasks[grandchild].error == (
+        f"dependency {child} failed (the first to end: task {root} failed)"
+    )
+    # as does a task submitted later on the failed chain
+    late = submit(core, dependencies=[grandchild])
+    assert core.tasks[late].error == (
+        f"dependency {grandchild} failed (the first to end: task {root} failed)"
+    )
 
 
 def test_cancelled_dependency_fails_dependents(core: Scheduler) -> None:
