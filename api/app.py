@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 HEALTH_TIMEOUT = 1.5
 
 WORKER_FIELDS = ("id", "capabilities", "resources")
-COMPLETE_FIELDS = ("status", "result", "error")
+COMPLETE_FIELDS = ("status", "result", "error", "traceback")
 
 
 class ClientLike(Protocol):

@@ -51,14 +51,19 @@ class Scheduler(Lifecycle):
         tasks: list[Task],
         now: float,
         warm: Callable[[Sequence[Task]], None] = no_cold_tasks,
+        workers: Sequence[Worker] = (),
     ) -> None:
-        """Rebuild state from stored tasks (after a restart), before any request.
+        """Rebuild state from stored tasks and workers (after a restart), before any request.
 
         Finished tasks may come cold (``Task.cold``): ``warm`` reads the rest of them, and
         is called before one is shown or changed. Runs once per task a million times for a
         million tasks, so the loops are kept plain and the ready queues are built in bulk.
+        The workers are listed, offline, until they speak: a ZeroMQ worker registers again,
+        an HTTP worker carries on where it was (``http_worker``).
         """
         self._warm = warm
+        for worker in workers:
+            self.roster.add_offline(worker)
         tasks.sort(key=attrgetter("seq"))
         self.index.load(tasks)
         self._next_seq = (tasks[-1].seq + 1) if tasks else 1
@@ -285,6 +290,7 @@ class Scheduler(Lifecycle):
             last_ping=now,
         )
         self.roster.put(worker)
+        self._worker_changed(worker)
         self._ready_changed = True
         refused: list[str] = []
         tasks = self.index.tasks
@@ -328,8 +334,9 @@ class Scheduler(Lifecycle):
         for outcome in outcomes:
             task_id, attempt = outcome.run
             self._outcome(
-                worker, task_id, attempt, outcome.status, outcome.result, outcome.error, now
-            )
+                worker, task_id, attempt, outcome.status, outcome.result, outcome.error, now,
+                outcome.traceback,
+            )  # fmt: skip
         return [outcome.run for outcome in outcomes]
 
     def drain(self, worker: Worker, now: float) -> None:
@@ -359,7 +366,7 @@ class Scheduler(Lifecycle):
                 if task is not None:
                     old.take(task.resources)
             old.last_seen = now
-            self._go_online(old)
+            self._http_online(old)
             return old, False
         worker = Worker(
             id=request.id,
@@ -371,6 +378,7 @@ class Scheduler(Lifecycle):
             free=dict(request.resources),
         )
         self.roster.workers[worker.id] = worker
+        self._worker_changed(worker)
         self._go_online(worker)
         return worker, True
 
@@ -381,8 +389,22 @@ class Scheduler(Lifecycle):
             raise Conflict(f"worker {worker.id} is a ZeroMQ worker")
         worker.last_seen = now
         if worker.status is not WorkerStatus.ONLINE:
-            self._go_online(worker)
+            self._http_online(worker)
         return worker
+
+    def _http_online(self, worker: Worker) -> None:
+        """An HTTP worker registered, or spoke while offline: it is online and, after a
+        restart of the broker, holds again the leases it held (it has no READY to claim
+        them with: a request of its own within the claim window is its claim)."""
+        self._go_online(worker)
+        self._worker_changed(worker)
+        tasks = self.index.tasks
+        for task_id in sorted(self.orphans, key=lambda i: tasks[i].seq):
+            task = tasks[task_id]
+            if task.worker_id == worker.id and task.status is TaskStatus.RUNNING:
+                self.orphans.discard(task_id)
+                worker.running[task_id] = task.attempts
+                worker.take(task.resources)
 
     def http_next(self, worker_id: str, wait: float, token: object, now: float) -> None:
         """Queue a long-poll; it is answered through the outbox, with a task or at its deadline."""
@@ -396,8 +418,9 @@ class Scheduler(Lifecycle):
         if task.status is not TaskStatus.RUNNING or task.worker_id != worker.id:
             raise Conflict(f"task {task.id} is not running on worker {worker.id}")
         self._outcome(
-            worker, task.id, task.attempts, request.status, request.result, request.error, now
-        )
+            worker, task.id, task.attempts, request.status, request.result, request.error, now,
+            request.traceback,
+        )  # fmt: skip
         return task
 
     # -- time ------------------------------------------------------------------------------
@@ -441,11 +464,16 @@ class Scheduler(Lifecycle):
                 self._lose(task, now)
 
     def prune(self, now: float, limit: int = PRUNE_BATCH) -> int:
-        """Forget up to ``limit`` tasks that finished more than ``retention`` seconds ago."""
-        pruned = self.index.prune(now - self.timing.retention, limit)
+        """Forget up to ``limit`` tasks that finished more than ``retention`` seconds ago,
+        and the workers offline for longer than that; returns how many tasks it forgot."""
+        before = now - self.timing.retention
+        pruned = self.index.prune(before, limit)
         for task in pruned:
             self._dirty.pop(task.id, None)
         self._pruned.extend(pruned)
+        for worker in self.roster.forget_offline(before):
+            self._dirty_workers.pop(worker.id, None)
+            self._forgotten_workers.append(worker.id)
         return len(pruned)
 
     # -- dispatching -------------------------------------------------------------------------

@@ -102,6 +102,10 @@ class Lifecycle:
         self.outbox = Outbox()
         self._dirty: dict[str, Task] = {}
         self._pruned: list[Task] = []
+        #: Workers whose stored fields changed (registered, went offline), and ids of
+        #: those forgotten, since the last ``take_workers``.
+        self._dirty_workers: dict[str, Worker] = {}
+        self._forgotten_workers: list[str] = []
         self._next_seq = 1
         self.ready = ReadyQueues()
         self._ready_changed = False
@@ -131,8 +135,9 @@ class Lifecycle:
         return self._next_seq
 
     def has_changes(self) -> bool:
-        """Whether anything changed (or was pruned) since the last ``take_dirty``."""
-        return bool(self._dirty or self._pruned)
+        """Whether anything changed (or was pruned) since the last ``take_dirty``,
+        ``take_pruned`` and ``take_workers``."""
+        return bool(self._dirty or self._pruned or self._dirty_workers or self._forgotten_workers)
 
     def take_dirty(self) -> list[Task]:
         """Tasks changed since the last call: the store writes these in one transaction."""
@@ -144,6 +149,18 @@ class Lifecycle:
         """Tasks pruned since the last call: the store deletes these."""
         pruned, self._pruned = self._pruned, []
         return pruned
+
+    def take_workers(self) -> tuple[list[Worker], list[str]]:
+        """Workers changed since the last call, and ids of those forgotten: the store
+        writes these with the tasks, in the same transaction."""
+        changed = list(self._dirty_workers.values())
+        self._dirty_workers.clear()
+        forgotten, self._forgotten_workers = self._forgotten_workers, []
+        return changed, forgotten
+
+    def _worker_changed(self, worker: Worker) -> None:
+        """What the store keeps of this worker changed: it is written with the next commit."""
+        self._dirty_workers[worker.id] = worker
 
     def take_outbox(self) -> Outbox:
         outbox, self.outbox = self.outbox, Outbox()
@@ -221,6 +238,7 @@ class Lifecycle:
         result: bytes | None,
         error: str | None,
         now: float,
+        traceback: str | None = None,
     ) -> None:
         """A worker reports how a run ended; only the current lease's report counts."""
         task = self.index.tasks.get(task_id)
@@ -242,7 +260,7 @@ class Lifecycle:
             self._close_lease(task, LeaseOutcome.COMPLETED, now)
             self._finish(task, TaskStatus.COMPLETED, now, result=result)
         elif status is TaskStatus.FAILED:
-            self._close_lease(task, LeaseOutcome.FAILED, now, error)
+            self._close_lease(task, LeaseOutcome.FAILED, now, error, traceback)
             self._fail_attempt(task, error or "failed", now)
         else:
             # The worker gave the run up without being asked (shutting down): run it again.
@@ -274,13 +292,19 @@ class Lifecycle:
         )  # fmt: skip
 
     def _close_lease(
-        self, task: Task, outcome: LeaseOutcome, now: float, error: str | None = None
+        self,
+        task: Task,
+        outcome: LeaseOutcome,
+        now: float,
+        error: str | None = None,
+        traceback: str | None = None,
     ) -> None:
         lease = task.current_lease()
         if lease is not None:
             lease.ended_at = now
             lease.outcome = outcome
             lease.error = error
+            lease.traceback = traceback
 
     def _fail_attempt(self, task: Task, error: str, now: float) -> None:
         task.failures += 1
@@ -333,6 +357,7 @@ class Lifecycle:
 
     def _offline(self, worker: Worker, now: float, *, count_lost: bool) -> None:
         self.roster.go_offline(worker)
+        self._worker_changed(worker)
         self.deferred.drop_polls(worker)
         running, worker.running = worker.running, {}
         worker.free = dict(worker.resources)

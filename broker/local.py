@@ -57,6 +57,7 @@ class LocalClient:
                 answer = self._answer(token)
             self.core.take_dirty()
             self.core.take_pruned()
+            self.core.take_workers()
         if value is not DEFERRED:
             return value
         if answer is _NO_ANSWER:

@@ -4,7 +4,8 @@ A ZeroMQ worker is online from its READY until it says BYE or falls silent for
 ``worker_window`` seconds (any message is a sign of life; the broker pings each online
 worker every ``ping_interval``). An HTTP worker is online from its registration or any
 request of its own until it is silent for ``http_liveness`` seconds, an open long-poll
-counting as presence. Offline workers stay listed (``GET /workers``) until a restart.
+counting as presence. Offline workers stay listed (``GET /workers``), across restarts of
+the broker (the store keeps them), until they have been offline for the retention.
 
 Invariants, which ``broker.invariants`` checks:
 
@@ -65,6 +66,24 @@ class Roster:
         if worker.address is not None:
             self.by_address[worker.address] = worker
         self.go_online(worker)
+
+    def add_offline(self, worker: Worker) -> None:
+        """List a worker known from before a restart: offline until it speaks."""
+        worker.status = WorkerStatus.OFFLINE
+        self.workers[worker.id] = worker
+
+    def forget_offline(self, before: float) -> list[Worker]:
+        """Forget the workers offline and last seen before this time; returns them."""
+        if len(self.workers) == len(self.online):
+            return []
+        gone = [
+            worker
+            for worker in self.workers.values()
+            if worker.status is not WorkerStatus.ONLINE and worker.last_seen < before
+        ]
+        for worker in gone:
+            del self.workers[worker.id]
+        return gone
 
     def go_online(self, worker: Worker) -> None:
         worker.status = WorkerStatus.ONLINE

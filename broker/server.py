@@ -117,7 +117,7 @@ class BrokerServer:
         gc.disable()
         try:
             tasks = self.store.load()
-            self.core.load(tasks, self.clock(), self.store.warm)
+            self.core.load(tasks, self.clock(), self.store.warm, self.store.load_workers())
         finally:
             gc.freeze()
             gc.enable()
@@ -151,10 +151,16 @@ class BrokerServer:
         finally:
             # Changes that no answer waited for yet: keep them, unless the store is failing.
             if clean and self.core.has_changes():
-                self.store.save(self.core.take_dirty(), self.core.take_pruned())
+                self._commit()
             socket.close(linger=0)
             self.store.close()
             log.info("broker stopped")
+
+    def _commit(self) -> None:
+        """Make every change of the core durable, in one transaction of the store."""
+        core = self.core
+        workers, forgotten = core.take_workers()
+        self.store.save(core.take_dirty(), core.take_pruned(), workers=workers, forgotten=forgotten)
 
     def _poll_timeout_ms(self) -> int:
         wait = MAX_POLL_SECONDS
@@ -210,7 +216,7 @@ class BrokerServer:
             if promises or now >= self._dirty_since + COMMIT_DELAY:
                 self._dirty_since = None
                 # Raises if the store fails: the loop stops and nothing here is sent.
-                self.store.save(core.take_dirty(), core.take_pruned())
+                self._commit()
             else:
                 return  # nothing is owed to a client yet: the ACKs wait for the commit
         for address, runs in self._acks.items():

@@ -7,7 +7,7 @@ because the broker holds one ``Task`` per task it knows.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from common.models import LeaseOutcome, TaskStatus, WorkerKind, WorkerStatus
 
@@ -29,6 +29,8 @@ class Lease:
     error: str | None = None
     #: An outcome the worker reported after the lease had ended: refused, shown for the record.
     refused: TaskStatus | None = None
+    #: Where the handler raised, when the run failed that way.
+    traceback: str | None = None
 
     def record(self) -> dict[str, Any]:
         return {
@@ -39,15 +41,21 @@ class Lease:
             "outcome": None if self.outcome is None else self.outcome.value,
             "error": self.error,
             "refused": None if self.refused is None else self.refused.value,
+            "traceback": self.traceback,
         }
 
     def to_row(self) -> list[Any]:
-        return [self.attempt, self.worker_id, self.started_at, self.ended_at, self.outcome,
-                self.error, self.refused]  # fmt: skip
+        """The lease as stored: seven fields, and its traceback as an eighth if it has one."""
+        row = [self.attempt, self.worker_id, self.started_at, self.ended_at, self.outcome,
+               self.error, self.refused]  # fmt: skip
+        if self.traceback is not None:
+            row.append(self.traceback)
+        return row
 
     @classmethod
     def from_row(cls, row: list[Any]) -> Lease:
-        attempt, worker_id, started_at, ended_at, outcome, error, refused = row
+        # Stores written before tracebacks were kept have seven fields a lease.
+        attempt, worker_id, started_at, ended_at, outcome, error, refused = row[:7]
         return cls(
             attempt,
             worker_id,
@@ -56,6 +64,7 @@ class Lease:
             None if outcome is None else LeaseOutcome(outcome),
             error,
             None if refused is None else TaskStatus(refused),
+            row[7] if len(row) > 7 else None,
         )
 
 
@@ -135,9 +144,19 @@ class Task:
             "completed_at": self.completed_at,
             "idempotency_key": self.idempotency_key,
             "leases": [lease.record() for lease in self.leases],
+            "traceback": self.traceback(),
             # Why a pending task waits: the core fills it in (``Lifecycle.show``).
             "waiting_for": None,
         }
+
+    def traceback(self) -> str | None:
+        """Where the run whose failure is the task's error raised (None when the error is
+        not a run's: a lease expired, a dependency failed, the task was cancelled)."""
+        if self.leases and self.status in (TaskStatus.FAILED, TaskStatus.PENDING):
+            last = self.leases[-1]
+            if last.outcome is LeaseOutcome.FAILED and last.error == self.error:
+                return last.traceback
+        return None
 
     def current_lease(self) -> Lease | None:
         """The lease of the current attempt, if it is still open."""
@@ -172,6 +191,11 @@ class Worker:
     draining: bool = False
     #: Open long-polls of an HTTP worker, oldest first: (token, deadline).
     polls: list[tuple[object, float]] = field(default_factory=list)
+
+    #: What a store keeps of a worker: the rest is derived, or lives only while it is online.
+    STORED: ClassVar[tuple[str, ...]] = (
+        "id", "kind", "capabilities", "resources", "slots", "host", "pid", "last_seen",
+    )  # fmt: skip
 
     def capacity(self) -> int:
         """How many more tasks it can take now."""

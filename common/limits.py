@@ -34,6 +34,9 @@ ID_PATTERN = re.compile(f"[{ID_CHARACTERS}]{{1,{MAX_ID_LENGTH}}}")
 MAX_NAME_LENGTH = 256
 #: Longest error text of an outcome, in characters (a worker cuts longer ones).
 MAX_ERROR_LENGTH = 16_384
+#: Longest traceback of a failed run, in characters (a worker keeps the end of a longer one:
+#: the innermost frames, where it failed).
+MAX_TRACEBACK_LENGTH = 32_768
 #: Longest host name a worker reports, in characters.
 MAX_HOST_LENGTH = 256
 

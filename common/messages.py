@@ -29,6 +29,7 @@ from common.limits import (
     MAX_PID,
     MAX_SLOTS,
     MAX_TIMEOUT,
+    MAX_TRACEBACK_LENGTH,
 )
 from common.models import FINAL_STATUSES, TaskStatus
 
@@ -122,15 +123,20 @@ class RunOutcome:
     status: TaskStatus
     result: bytes | None = None
     error: str | None = None
+    #: Where a failed run's handler raised (its end, at most ``MAX_TRACEBACK_LENGTH``).
+    traceback: str | None = None
 
     def to_body(self) -> dict[str, Any]:
-        return {
+        body = {
             "task_id": self.run.task_id,
             "attempt": self.run.attempt,
             "status": self.status.value,
             "result": self.result,
             "error": self.error,
         }
+        if self.traceback is not None:
+            body["traceback"] = self.traceback
+        return body
 
     @classmethod
     def decode(cls, entry: Any, index: int) -> RunOutcome:
@@ -139,8 +145,10 @@ class RunOutcome:
             task_id, attempt = entry.get("task_id"), entry.get("attempt")
             status = _REPORTED_BY_VALUE.get(entry.get("status"))  # type: ignore[arg-type]
             result, error = entry.get("result"), entry.get("error")
+            traceback = entry.get("traceback")
             if (
                 status is not None
+                and traceback is None
                 and type(task_id) is str
                 and type(attempt) is int
                 and 0 < attempt <= MAX_ATTEMPT
@@ -160,6 +168,9 @@ class RunOutcome:
             TaskStatus(status_value),
             fields.binary(entry.get("result"), f"{where}.result"),
             fields.optional_text(entry.get("error"), f"{where}.error", MAX_ERROR_LENGTH),
+            fields.optional_text(
+                entry.get("traceback"), f"{where}.traceback", MAX_TRACEBACK_LENGTH
+            ),
         )
 
 

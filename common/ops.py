@@ -26,6 +26,7 @@ from common.limits import (
     MAX_HTTP_WAIT,
     MAX_PAGE,
     MAX_REQUEST_NUMBER,
+    MAX_TRACEBACK_LENGTH,
     MAX_WAIT,
     MAX_WAIT_IDS,
 )
@@ -323,6 +324,7 @@ class HttpComplete:
     status: TaskStatus
     result: bytes | None = None
     error: str | None = None
+    traceback: str | None = None
 
     def to_args(self) -> dict[str, Any]:
         return {
@@ -331,6 +333,7 @@ class HttpComplete:
             "status": self.status.value,
             "result": self.result,
             "error": self.error,
+            "traceback": self.traceback,
         }
 
     @classmethod
@@ -344,6 +347,7 @@ class HttpComplete:
             TaskStatus(status),
             fields.binary(args.get("result"), "result"),
             fields.optional_text(args.get("error"), "error", MAX_ERROR_LENGTH),
+            fields.optional_text(args.get("traceback"), "traceback", MAX_TRACEBACK_LENGTH),
         )
 
 

@@ -406,6 +406,7 @@ class Agent:
                 o.status,
                 o.result,
                 o.error if o.error is None else o.error[:MAX_ERROR_LENGTH],
+                o.traceback,
             )
             for o in outcomes
         ]

@@ -67,7 +67,7 @@ def execute(request: Request) -> Reply:
     task_id, attempt, name, args, timeout = request
     fn = handlers.get(name)
     if fn is None:
-        return ("error", handlers.unknown(name))
+        return ("error", (handlers.unknown(name), None))
     # Cancellation is a kill, so this context is never cancelled; handlers still see
     # their task id and deadline through worker.context.
     deadline = time.monotonic() + timeout if timeout else None
@@ -77,6 +77,6 @@ def execute(request: Request) -> Reply:
         value = asyncio.run(fn(args)) if inspect.iscoroutinefunction(fn) else fn(args)
         return ("ok", handlers.to_bytes(value))
     except BaseException as exc:  # SystemExit from a handler is a failed run, not an exit
-        return ("error", handlers.describe_error(exc))
+        return ("error", (handlers.describe_error(exc), handlers.describe_traceback(exc)))
     finally:
         context.deactivate(token)

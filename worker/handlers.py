@@ -22,9 +22,12 @@ from __future__ import annotations
 import importlib
 import json
 import threading
+import traceback
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any, TypeVar
+
+from common.limits import MAX_TRACEBACK_LENGTH
 
 #: What a handler is: a function of the task's argument bytes (may be ``async def``).
 Handler = Callable[[bytes], Any]
@@ -109,6 +112,14 @@ def to_bytes(value: Any) -> bytes:
         return b""
     # allow_nan=False: NaN and Infinity are not JSON, and other languages cannot parse them.
     return json.dumps(value, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def describe_traceback(exc: BaseException) -> str:
+    """The traceback of a failed run, its end if it is longer than the protocol carries."""
+    text = "".join(traceback.format_exception(exc))
+    if len(text) > MAX_TRACEBACK_LENGTH:
+        text = "…" + text[len(text) - MAX_TRACEBACK_LENGTH + 1 :]
+    return text
 
 
 def describe_error(exc: BaseException) -> str:

@@ -72,6 +72,8 @@ class Outcome:
     result: bytes | None = None
     #: What went wrong (failed runs).
     error: str | None = None
+    #: Where it went wrong: the handler's traceback (failed runs whose handler raised).
+    traceback: str | None = None
 
     @property
     def key(self) -> RunKey:
@@ -211,6 +213,7 @@ class Runner:
         result: bytes | None = None,
         error: str | None = None,
         stop: bool = False,
+        traceback: str | None = None,
     ) -> bool:
         """Report the run's outcome unless another path already claimed it.
 
@@ -237,7 +240,8 @@ class Runner:
             logger.debug("task %s attempt %d completed", run.task_id, run.attempt)
         if not closed:
             try:
-                self._on_done(Outcome(run.task_id, run.attempt, status, result, error))
+                outcome = Outcome(run.task_id, run.attempt, status, result, error, traceback)
+                self._on_done(outcome)
             except Exception:
                 logger.exception("on_done failed for task %s", run.task_id)
         if self._processes is None:
@@ -305,12 +309,17 @@ class Runner:
         try:
             result = handlers.to_bytes(fn(run.args))
         except BaseException as exc:  # this thread is ours: SystemExit fails the run
-            self._finish(run, TaskStatus.FAILED, error=handlers.describe_error(exc))
+            self._failed(run, exc)
         else:
             self._finish(run, TaskStatus.COMPLETED, result=result)
         finally:
             context.deactivate(token)  # the thread serves other runs next
             thread.name = "runner"
+
+    def _failed(self, run: _Run, exc: BaseException) -> None:
+        """The handler raised: the run failed, saying what and where."""
+        error, traceback = handlers.describe_error(exc), handlers.describe_traceback(exc)
+        self._finish(run, TaskStatus.FAILED, error=error, traceback=traceback)
 
     async def _run_async(self, run: _Run, fn: handlers.Handler) -> None:
         # Each asyncio task has its own copy of the context: this stays in this run.
@@ -320,10 +329,10 @@ class Runner:
         except asyncio.CancelledError as exc:
             # Normally a cancel or timeout that already claimed the outcome; if the
             # handler's own awaitable was cancelled, that is a failure to report.
-            self._finish(run, TaskStatus.FAILED, error=handlers.describe_error(exc))
+            self._failed(run, exc)
             raise
         except BaseException as exc:  # never let SystemExit stop the shared loop
-            self._finish(run, TaskStatus.FAILED, error=handlers.describe_error(exc))
+            self._failed(run, exc)
         else:
             self._finish(run, TaskStatus.COMPLETED, result=result)
 
@@ -470,7 +479,7 @@ class _Child:
         self.process.kill()
 
     def execute(self, run: _Run) -> tuple[str, Any]:
-        """Send the run; ("ok", bytes), ("error", message) or ("died", exit code)."""
+        """Send the run; ("ok", bytes), ("error", (message, traceback)) or ("died", exit code)."""
         request = (run.task_id, run.attempt, run.handler, run.args, run.ctx.remaining())
         try:
             self.conn.send(request)
@@ -576,7 +585,8 @@ class _ProcessPool:
                 if kind == "ok":
                     runner._finish(run, TaskStatus.COMPLETED, result=payload)
                 elif kind == "error":
-                    runner._finish(run, TaskStatus.FAILED, error=payload)
+                    error, traceback = payload
+                    runner._finish(run, TaskStatus.FAILED, error=error, traceback=traceback)
                 else:
                     error = f"worker process died (exit code {payload})"
                     runner._finish(run, TaskStatus.FAILED, error=error)

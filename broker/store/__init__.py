@@ -1,10 +1,11 @@
 """Durable task state behind one small interface, and the choice of its backend.
 
 The broker hands its store the tasks that changed since the last commit, and those it
-pruned, once per loop turn (``Store.save``), and acknowledges nothing before that call
-returns; at a start it reads them all back (``Store.load``). The store speaks in
-``broker.state.Task`` and ``Lease`` only: how a backend encodes them (SQLite's rows, say)
-stays private to its module, and no other module may depend on it.
+pruned, with the workers that registered or went offline and those it forgot, once per
+loop turn (``Store.save``), and acknowledges nothing before that call returns; at a start
+it reads them all back (``Store.load``, ``Store.load_workers``). The store speaks in
+``broker.state.Task``, ``Lease`` and ``Worker`` only: how a backend encodes them (SQLite's
+rows, say) stays private to its module, and no other module may depend on it.
 
 A backend is a module of this package exposing ``open(location, sync) -> Store``;
 ``open_store`` finds it by the location's scheme, so adding one (``postgresql.py`` for
@@ -20,7 +21,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
-from broker.state import Task
+from broker.state import Task, Worker
 
 __all__ = ["MEMORY", "Store", "open_store"]
 
@@ -48,6 +49,11 @@ class Store(Protocol):
         (the backend's choice), any other whole. What the core derives (``waiting_on``,
         ``queued``) is left at its default."""
 
+    def load_workers(self) -> list[Worker]:
+        """Every worker saved and not forgotten, as new objects: its id, kind,
+        capabilities, resources, slots, host, pid and when it was last seen. Whether it is
+        online is not stored: after a restart every worker is offline until it speaks."""
+
     def warm(self, tasks: Sequence[Task]) -> None:
         """Read the rest of the cold ones among these tasks into them, and mark them warm.
 
@@ -55,9 +61,17 @@ class Store(Protocol):
         warmed all the same.
         """
 
-    def save(self, changed: Iterable[Task], deleted: Sequence[Task] = ()) -> None:
+    def save(
+        self,
+        changed: Iterable[Task],
+        deleted: Sequence[Task] = (),
+        *,
+        workers: Iterable[Worker] = (),
+        forgotten: Sequence[str] = (),
+    ) -> None:
         """Make these changes durable, all or none, before returning: every stored field
-        of each changed task as it is now, and the deleted tasks gone.
+        of each changed task as it is now, the deleted tasks gone, every stored field of
+        each of ``workers`` as it is now, and the workers of the ``forgotten`` ids gone.
 
         Once it returns, a crash of the process (or, as the backend's ``sync`` allows, of
         the machine) loses none of it; what is saved is a copy, which later changes to the

@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields, replace
 from typing import Any
 
-from broker.state import Lease, Task
+from broker.state import Lease, Task, Worker
 from broker.store import Store
-from common.models import FINAL_STATUSES
+from common.models import FINAL_STATUSES, WorkerStatus
 
 #: Fields of a task that the core derives from the others (at a load), or that belong
 #: to the store: never stored.
@@ -56,6 +56,15 @@ def _cold(task: Task) -> Task:
     )  # fmt: skip
 
 
+def _worker_copy(worker: Worker) -> Worker:
+    """A new, offline worker holding a copy of what a store keeps of this one."""
+    return Worker(
+        worker.id, worker.kind, frozenset(worker.capabilities), dict(worker.resources),
+        worker.slots, worker.last_seen, host=worker.host, pid=worker.pid,
+        status=WorkerStatus.OFFLINE, free=dict(worker.resources),
+    )  # fmt: skip
+
+
 def _whole(task: Task) -> Task:
     """A new task holding a copy of every stored field of this one."""
     copy = _cold(task)
@@ -70,6 +79,8 @@ class MemoryStore:
     def __init__(self) -> None:
         #: A copy of each task saved and not deleted, by seq, as it was last saved.
         self.tasks: dict[int, Task] = {}
+        #: A copy of each worker saved and not forgotten, by id, as it was last saved.
+        self.workers: dict[str, Worker] = {}
 
     def load(self) -> list[Task]:
         """As ``SqliteStore.load``: finished tasks come cold (here in seq order)."""
@@ -77,6 +88,10 @@ class MemoryStore:
             _cold(held) if held.status in FINAL_STATUSES else _whole(held)
             for held in (self.tasks[seq] for seq in sorted(self.tasks))
         ]
+
+    def load_workers(self) -> list[Worker]:
+        """As ``SqliteStore.load_workers``: new objects, offline."""
+        return [_worker_copy(held) for held in self.workers.values()]
 
     def warm(self, tasks: Sequence[Task]) -> None:
         missing = []
@@ -92,7 +107,14 @@ class MemoryStore:
         if missing:
             raise RuntimeError(f"tasks missing from the store: seq {sorted(missing)[:10]}")
 
-    def save(self, changed: Iterable[Task], deleted: Sequence[Task] = ()) -> None:
+    def save(
+        self,
+        changed: Iterable[Task],
+        deleted: Sequence[Task] = (),
+        *,
+        workers: Iterable[Worker] = (),
+        forgotten: Sequence[str] = (),
+    ) -> None:
         tasks = list(changed)
         for task in tasks:
             if task.cold:  # its placeholders would overwrite what is stored: a bug in the core
@@ -106,6 +128,10 @@ class MemoryStore:
                 _copy(task, held, _STATE)  # UPDATE of a row no longer there, nothing
         for task in deleted:
             self.tasks.pop(task.seq, None)
+        for worker in workers:
+            self.workers[worker.id] = _worker_copy(worker)
+        for worker_id in forgotten:
+            self.workers.pop(worker_id, None)
         for task in new:
             task.stored = True
 

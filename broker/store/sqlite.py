@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
 from typing import Any, cast
 
-from broker.state import Lease, ResourceKey, Task
+from broker.state import Lease, ResourceKey, Task, Worker
 from broker.store import Store
-from common.models import FINAL_STATUSES, TaskStatus
+from common.models import FINAL_STATUSES, TaskStatus, WorkerKind, WorkerStatus
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -51,13 +51,27 @@ CREATE TABLE IF NOT EXISTS tasks (
     not_before   REAL NOT NULL,
     leases       TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS workers (
+    id           TEXT PRIMARY KEY,
+    kind         TEXT NOT NULL,
+    capabilities TEXT NOT NULL,
+    resources    TEXT NOT NULL,
+    slots        INTEGER NOT NULL,
+    host         TEXT NOT NULL,
+    pid          INTEGER NOT NULL,
+    last_seen    REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 #: SQLite ``synchronous`` modes the store accepts; only ``full`` makes an acknowledgement durable.
 SYNC_MODES = ("full", "normal", "off")
-#: Version of the table layout above, kept in ``meta``.
-SCHEMA_VERSION = "2"
+#: Version of the table layout above, kept in ``meta``. 3 added the workers table and a
+#: lease's traceback (an eighth field of its JSON when it has one).
+SCHEMA_VERSION = "3"
+#: Versions this broker opens and brings up to ``SCHEMA_VERSION``: what each lacks is
+#: made by ``_SCHEMA`` (``CREATE TABLE IF NOT EXISTS``), and its rows read as they are.
+_UPGRADES_FROM = ("2",)
 
 # A task's spec never changes after it is submitted: it is written once, with an INSERT.
 # Later writes UPDATE only the state columns, by rowid (seq), which is the cheapest write
@@ -116,9 +130,15 @@ class _Batch:
     deletes: list[tuple[int]] = field(default_factory=list)
     #: The tasks inserted: marked ``stored`` once the rows are committed.
     new: list[Task] = field(default_factory=list)
+    #: Rows of the workers to write whole, and ids of those to delete.
+    workers: list[tuple[object, ...]] = field(default_factory=list)
+    forgotten: list[tuple[str]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.fresh or self.inserts or self.updates or self.deletes)
+        return bool(
+            self.fresh or self.inserts or self.updates or self.deletes or self.workers
+            or self.forgotten
+        )  # fmt: skip
 
 
 def _prepare(tasks: Iterable[Task], deleted: Sequence[Task] = ()) -> _Batch:
@@ -160,10 +180,11 @@ def _leases_json(leases: list[Lease]) -> str:
 
 
 def _lease_json(lease: Lease) -> str:
+    tail = "]" if lease.traceback is None else f",{_text(lease.traceback)}]"
     return (
         f"[{lease.attempt:d},{_text(lease.worker_id)},{_number(lease.started_at)},"
         f"{_number(lease.ended_at)},{_text(lease.outcome)},{_text(lease.error)},"
-        f"{_text(lease.refused)}]"
+        f"{_text(lease.refused)}{tail}"
     )
 
 
@@ -337,6 +358,35 @@ def _resource_key(text: str) -> ResourceKey:
     return tuple((kind, amount) for kind, amount in json.loads(text))
 
 
+_WORKER_UPSERT = (
+    "INSERT OR REPLACE INTO workers "
+    "(id, kind, capabilities, resources, slots, host, pid, last_seen) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _worker_row(worker: Worker) -> tuple[object, ...]:
+    return (
+        worker.id,
+        worker.kind.value,
+        json.dumps(sorted(worker.capabilities)),
+        json.dumps(worker.resources),
+        worker.slots,
+        worker.host,
+        worker.pid,
+        worker.last_seen,
+    )
+
+
+def _worker(row: Any) -> Worker:
+    worker_id, kind, capabilities, resources_json, slots, host, pid, last_seen = row
+    resources = {str(k): float(v) for k, v in json.loads(resources_json).items()}
+    return Worker(
+        worker_id, WorkerKind(kind), frozenset(json.loads(capabilities)), resources, slots,
+        last_seen, host=host, pid=pid, status=WorkerStatus.OFFLINE, free=dict(resources),
+    )  # fmt: skip
+
+
 #: Cold tasks warmed by one query (SQLite allows 999 bound parameters in older builds).
 _WARM_CHUNK = 500
 
@@ -357,7 +407,10 @@ class SqliteStore:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if row is None:
             self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        elif row[0] in _UPGRADES_FROM:
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
         elif row[0] != SCHEMA_VERSION:
+            self._db.close()
             raise RuntimeError(f"{path}: store schema {row[0]}, this broker needs {SCHEMA_VERSION}")
 
     def load(self) -> list[Task]:
@@ -385,6 +438,15 @@ class SqliteStore:
             db.execute("COMMIT")
         return tasks
 
+    def load_workers(self) -> list[Worker]:
+        """Every stored worker, offline."""
+        return [
+            _worker(row)
+            for row in self._db.execute(
+                "SELECT id, kind, capabilities, resources, slots, host, pid, last_seen FROM workers"
+            )
+        ]
+
     def warm(self, tasks: Sequence[Task]) -> None:
         """Read the rest of these cold tasks from the store into them (by rowid, in chunks
         within SQLite's limit of bound parameters)."""
@@ -400,9 +462,19 @@ class SqliteStore:
         if cold:
             raise RuntimeError(f"tasks missing from the store: seq {sorted(cold)[:10]}")
 
-    def save(self, changed: Iterable[Task], deleted: Sequence[Task] = ()) -> None:
+    def save(
+        self,
+        changed: Iterable[Task],
+        deleted: Sequence[Task] = (),
+        *,
+        workers: Iterable[Worker] = (),
+        forgotten: Sequence[str] = (),
+    ) -> None:
         """Commit these changes in one transaction (one fsync)."""
-        self._write(_prepare(changed, deleted))
+        batch = _prepare(changed, deleted)
+        batch.workers = [_worker_row(worker) for worker in workers]
+        batch.forgotten = [(worker_id,) for worker_id in forgotten]
+        self._write(batch)
 
     def _write(self, batch: _Batch) -> None:
         """Commit these rows in one transaction (one fsync)."""
@@ -415,6 +487,8 @@ class SqliteStore:
             db.executemany(_INSERT, batch.inserts)
             db.executemany(_UPDATE, batch.updates)
             db.executemany("DELETE FROM tasks WHERE seq = ?", batch.deletes)
+            db.executemany(_WORKER_UPSERT, batch.workers)
+            db.executemany("DELETE FROM workers WHERE id = ?", batch.forgotten)
         except BaseException:
             db.execute("ROLLBACK")
             raise

@@ -66,6 +66,28 @@ def test_retries_then_success_and_exhausted_retries(stack: Stack, tmp_path: Path
     assert "boom" in task["error"]
 
 
+def test_a_failed_run_keeps_where_its_handler_raised(stack: Stack) -> None:
+    # Given a thread-pool and a process-pool worker that load a handler that raises.
+    stack.start_broker()
+    for pool in ("thread", "process"):
+        stack.start_worker("--handlers", "flaky_handlers", "--pool", pool,
+                           "--capabilities", pool)  # fmt: skip
+    client = stack.client()
+    for pool in ("thread", "process"):
+        task_id = client.submit("always_fail", requires=[pool], max_retries=1)
+        task = client.wait(task_id, timeout=30)
+        # Then the task and each of its failed leases show the handler's traceback.
+        assert (task["status"], task["error"]) == ("failed", "RuntimeError: boom"), pool
+        traceback = task["traceback"]
+        assert traceback.startswith("Traceback (most recent call last):"), traceback
+        assert 'flaky_handlers.py", line' in traceback and "in always_fail" in traceback
+        assert traceback.rstrip().endswith("RuntimeError: boom")
+        assert [lease["traceback"] for lease in task["leases"]] == [traceback] * 2
+        # A task that failed another way (a dependency) has none.
+        [child] = client.submit_and_wait([{"handler": "echo", "dependencies": [task_id]}], 5)
+        assert (child["status"], child["traceback"]) == ("failed", None)
+
+
 def test_timeout_stops_the_run_and_fails_the_task(stack: Stack) -> None:
     stack.start_broker()
     stack.start_worker(slots=1)

@@ -23,10 +23,10 @@ from tests.conftest import Stack, wait_for
 TASK_KEYS = frozenset({"id", "name", "handler", "args", "dependencies", "priority", "status",
                        "worker_id", "attempts", "result", "error", "max_retries", "timeout",
                        "requires", "resources", "created_at", "started_at", "completed_at",
-                       "idempotency_key", "leases", "waiting_for"})  # fmt: skip
+                       "idempotency_key", "leases", "traceback", "waiting_for"})  # fmt: skip
 #: A lease's keys (one run of a task), as the README lists them.
 LEASE_KEYS = frozenset({"attempt", "worker_id", "started_at", "ended_at", "outcome", "error",
-                        "refused"})  # fmt: skip
+                        "refused", "traceback"})  # fmt: skip
 #: A worker's keys, as the README lists them (host and pid are for display).
 WORKER_KEYS = frozenset({"id", "kind", "status", "capabilities", "resources", "slots", "running",
                          "last_seen", "host", "pid", "draining"})  # fmt: skip
@@ -308,6 +308,23 @@ def test_http_worker_pulls_runs_and_completes(api: Stack) -> None:
     assert_error(api.http("POST", "/workers/py-http/tasks/next?wait=31"), 400, "wait")
 
 
+def test_an_http_worker_reports_where_its_run_failed(api: Stack) -> None:
+    api.http("POST", "/workers", {"id": "hw", "capabilities": ["resize"]})
+    _, submitted, _ = api.http("POST", "/tasks", {"handler": "resize"})
+    status, task, _ = api.http("POST", "/workers/hw/tasks/next")
+    assert (status, task["id"]) == (200, submitted["id"])
+    path = f"/workers/hw/tasks/{task['id']}/complete"
+    failed = {"status": "failed", "error": "OSError: disk full"}
+    too_long = {**failed, "traceback": "x" * 32769}
+    assert_error(api.http("POST", path, too_long), 400, "traceback")
+    assert_error(api.http("POST", path, {**failed, "traceback": 7}), 400, "traceback")
+    trace = 'Traceback (most recent call last):\n  File "resize.js", line 3\nOSError: disk full'
+    status, final, _ = api.http("POST", path, {**failed, "traceback": trace})
+    assert (status, final["status"], final["traceback"]) == (200, "failed", trace)
+    assert final["leases"][0]["traceback"] == trace
+    assert api.http("GET", f"/tasks/{task['id']}")[1]["traceback"] == trace
+
+
 def test_workers_listing_shows_zmq_and_http_workers(api: Stack) -> None:
     api.start_worker("--capabilities", "gpu", worker_id="zw", slots=3)
     api.http("POST", "/workers", {"id": "hw", "capabilities": ["x"]})
@@ -327,6 +344,46 @@ def test_workers_listing_shows_zmq_and_http_workers(api: Stack) -> None:
     assert set(one) == WORKER_KEYS, set(one) ^ WORKER_KEYS
     assert (one["status"], one["running"], one["resources"]) == ("online", [], {})
     assert one["host"] and isinstance(one["pid"], int) and one["pid"] > 0
+
+
+def test_workers_outlive_a_broker_restart_and_an_http_worker_carries_on(api: Stack) -> None:
+    # Given a ZeroMQ worker and an HTTP worker that holds a lease.
+    zmq_worker = api.start_worker("--capabilities", "gpu", worker_id="zw", slots=3)
+    status, _, _ = api.http("POST", "/workers", {"id": "hw", "capabilities": ["resize"],
+                                                "resources": {"cpu": 2}})  # fmt: skip
+    assert status == 201
+    api.wait_workers("zw", "hw")
+    _, submitted, _ = api.http("POST", "/tasks", {"handler": "resize", "resources": {"cpu": 2}})
+    status, task, _ = api.http("POST", "/workers/hw/tasks/next?wait=10")
+    assert (status, task["id"]) == (200, submitted["id"])
+    _, before, _ = api.http("GET", "/workers")
+
+    # When the broker is killed and started again, with the ZeroMQ worker gone meanwhile.
+    zmq_worker.kill9()
+    assert api.broker is not None
+    api.broker.kill9()
+    api.start_broker()
+
+    # Then both are listed as they registered, offline until they speak.
+    status, after, _ = api.http("GET", "/workers")
+    assert status == 200
+    assert {w["id"]: w["status"] for w in after} == {"zw": "offline", "hw": "offline"}
+    kept = ("kind", "capabilities", "resources", "slots", "host", "pid")
+    assert [{k: w[k] for k in kept} for w in after] == [{k: w[k] for k in kept} for w in before]
+    for worker in after:
+        assert set(worker) == WORKER_KEYS, set(worker) ^ WORKER_KEYS
+    # And the HTTP worker carries on without registering again: its heartbeat brings it
+    # back online holding its lease, which it completes.
+    status, worker, _ = api.http("PUT", "/workers/hw/heartbeat")
+    assert (status, worker["status"], worker["running"]) == (200, "online", [task["id"]])
+    _, second, _ = api.http("POST", "/tasks", {"handler": "resize", "resources": {"cpu": 2}})
+    assert api.http("POST", "/workers/hw/tasks/next")[0] == 204  # its lease holds the cpu
+    done = {"status": "completed", "result": b64(b"after the restart")}
+    status, final, _ = api.http("POST", f"/workers/hw/tasks/{task['id']}/complete", done)
+    assert (status, final["status"], final["attempts"]) == (200, "completed", 1)
+    assert [lease["outcome"] for lease in final["leases"]] == ["completed"]
+    status, task, _ = api.http("POST", "/workers/hw/tasks/next")
+    assert (status, task["id"]) == (200, second["id"])
 
 
 def test_a_broker_that_does_not_answer_is_a_503(stack: Stack) -> None:

@@ -170,6 +170,7 @@ def open_lease(attempt: int, worker_id: str, started_at: str) -> dict[str, Any]:
         "outcome": None,
         "error": None,
         "refused": None,
+        "traceback": None,
     }
 
 
@@ -274,6 +275,7 @@ def test_get_task_renders_the_full_record(http: Http) -> None:
         "completed_at": None,
         "idempotency_key": None,
         "leases": [],
+        "traceback": None,
         "waiting_for": {
             "reason": "no worker",
             "detail": "no online worker serves handler 'fibonacci'",

@@ -501,8 +501,98 @@ def test_restart_requeues_unclaimed_leases_after_the_window(core: Scheduler) -> 
 def restart(core: Scheduler, store: MemoryStore, now: float) -> Scheduler:
     """A broker killed now: a new one loads what was committed to ``store``, nothing else."""
     restarted = CheckedScheduler(core.timing)
-    restarted.load(store.load(), now, store.warm)
+    restarted.load(store.load(), now, store.warm, store.load_workers())
     return restarted
+
+
+def commit(core: Scheduler, store: MemoryStore) -> None:
+    """What the broker's loop does at the end of a turn that changed something."""
+    workers, forgotten = core.take_workers()
+    store.save(core.take_dirty(), core.take_pruned(), workers=workers, forgotten=forgotten)
+
+
+def test_a_restart_lists_every_worker_offline_and_an_http_worker_carries_on(
+    core: Scheduler,
+) -> None:
+    store = MemoryStore()
+    zmq_task, http_task, other = (
+        submit(core, handler=h, resources={"cpu": 1}) for h in ("echo", "resize", "resize")
+    )
+    address = add_worker(core, "z", ["echo"], slots=2, resources={"cpu": 4})
+    edge.http_register(core, {"id": "h", "capabilities": ["resize"], "resources": {"cpu": 1}}, T0)
+    edge.http_next(core, {"id": "h", "wait": 0}, "poll", T0)
+    assert dispatched(core) == {address: [zmq_task]}
+    assert core.tasks[http_task].worker_id == "h"
+    commit(core, store)
+
+    restarted = restart(core, store, T0 + 1)
+    assert {w.id: (w.kind.value, w.status) for w in restarted.workers.values()} == {
+        "z": ("zmq", WorkerStatus.OFFLINE), "h": ("http", WorkerStatus.OFFLINE)
+    }  # fmt: skip
+    assert [w.record() for w in restarted.workers.values()] == [
+        {**w.record(), "status": "offline", "running": [], "last_seen": T0}
+        for w in core.workers.values()
+    ]
+    assert restarted.health(T0 + 1, T0)["workers"] == 0
+    assert dispatched(restarted, T0 + 1) == {}  # offline: nothing goes to them
+    # The HTTP worker speaks (a heartbeat, say) within the claim window: its lease is its
+    # again, holding its resources, and outlives the window.
+    worker = restarted.http_worker("h", T0 + 2)
+    assert (worker.status, worker.running, worker.free) == (
+        WorkerStatus.ONLINE, {http_task: 1}, {"cpu": 0.0}
+    )  # fmt: skip
+    assert restarted.take_workers() == ([worker], [])  # online again: stored as last seen
+    restarted.tick(T0 + 1 + 4.5)  # past the window: the ZeroMQ worker claimed nothing
+    assert restarted.tasks[zmq_task].status is TaskStatus.PENDING
+    assert restarted.tasks[http_task].status is TaskStatus.RUNNING
+    done = {"worker_id": "h", "task_id": http_task, "status": "completed", "result": b"r"}
+    assert edge.http_complete(restarted, done, T0 + 6).status is TaskStatus.COMPLETED
+    edge.http_next(restarted, {"id": "h", "wait": 0}, "poll-2", T0 + 6)
+    restarted.schedule(T0 + 6)
+    assert restarted.tasks[other].worker_id == "h"
+    # The ZeroMQ worker registers again, as it does on any new broker.
+    add_worker(restarted, "z", ["echo"], now=T0 + 7, resources={"cpu": 4})
+    restarted.tick(T0 + 7)  # its back-off (the lease was lost) is over
+    assert dispatched(restarted, T0 + 7) == {address: [zmq_task]}
+
+
+def test_a_registration_is_stored_and_a_sign_of_life_is_not(core: Scheduler) -> None:
+    assert core.take_workers() == ([], [])
+    add_worker(core, "z")
+    edge.http_register(core, {"id": "h", "capabilities": ["x"]}, T0)
+    assert [w.id for w in core.take_workers()[0]] == ["z", "h"]
+    worker = core.worker_at(b"z")
+    assert worker is not None
+    core.seen(worker, T0 + 1)
+    core.tick(T0 + 1)
+    assert (core.take_workers(), core.has_changes()) == (([], []), False)
+    core.tick(T0 + 20)  # both silent past their windows: offline is stored
+    assert sorted(w.id for w in core.take_workers()[0]) == ["h", "z"]
+
+
+def test_offline_workers_are_forgotten_after_the_retention(core: Scheduler) -> None:
+    timing = Timing(ping_interval=1.0, liveness=3, retention=100.0)
+    core = CheckedScheduler(timing)
+    store = MemoryStore()
+    add_worker(core, "gone")
+    add_worker(core, "stays", now=T0 + 50)
+    edge.http_register(core, {"id": "h", "capabilities": ["x"]}, T0)
+    edge.http_next(core, {"id": "h", "wait": 30}, "poll", T0 + 90)  # present while it polls
+    core.tick(T0 + 10)  # "gone" and, later, "stays" fall silent
+    core.tick(T0 + 60)
+    commit(core, store)
+    assert {w.id for w in store.load_workers()} == {"gone", "stays", "h"}
+    core.prune(T0 + 100)
+    assert not core.has_changes()  # none was seen last more than the retention ago
+    core.prune(T0 + 100.5)
+    assert core.take_workers() == ([], ["gone"])
+    assert set(core.workers) == {"stays", "h"}
+    store.save([], forgotten=["gone"])
+    core.prune(T0 + 1000)  # "h" is online (its poll), however long ago it registered
+    assert set(core.workers) == {"h"}
+    commit(core, store)
+    assert [w.id for w in store.load_workers()] == ["h"]
+    assert restart(core, store, T0 + 1000).workers.keys() == {"h"}
 
 
 def test_restart_after_a_dispatch_that_was_never_committed_runs_the_task_again(
@@ -1325,3 +1415,26 @@ def test_a_draining_worker_is_sent_nothing_new_and_keeps_its_runs(core: Schedule
     add_worker(core, "stopping", now=T0 + 5)  # back, as a new process: it takes work again
     assert core.worker("stopping").record()["draining"] is False
     assert dispatched(core, T0 + 5) == {stopping: [second]}
+
+
+def test_a_failed_run_keeps_its_traceback_on_its_lease_and_its_task(core: Scheduler) -> None:
+    task_id = submit(core, max_retries=1)
+    address = add_worker(core, "w1")
+    dispatched(core)
+    entry = {"task_id": task_id, "attempt": 1, "status": "failed", "error": "KeyError: 'x'",
+             "traceback": "Traceback (most recent call last):\n  ...\nKeyError: 'x'\n"}  # fmt: skip
+    edge.report(core, core.workers["w1"], [entry], T0 + 1)
+    record = core.show(core.get(task_id))
+    assert record["leases"][0]["traceback"] == entry["traceback"]
+    assert (record["status"], record["traceback"]) == ("pending", entry["traceback"])
+    core.tick(T0 + 2)
+    assert dispatched(core, T0 + 2) == {address: [task_id]}
+    finish(core, address, task_id, now=T0 + 3)  # the retry succeeds: the task has no traceback
+    record = core.show(core.get(task_id))
+    assert (record["status"], record["error"], record["traceback"]) == ("completed", None, None)
+    assert record["leases"][0]["traceback"] == entry["traceback"]  # its lease keeps it
+    expired = submit(core, timeout=1, now=T0 + 3)
+    dispatched(core, T0 + 3)
+    core.seen(core.workers["w1"], T0 + 9)
+    core.tick(T0 + 9)
+    assert core.show(core.get(expired))["traceback"] is None  # no handler raised

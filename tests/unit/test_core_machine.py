@@ -91,7 +91,10 @@ class CoreMachine(RuleBasedStateMachine):
         for _, value in outbox.replies:
             if isinstance(value, dict) and value.get("status") == "running":
                 self.started_runs.append((value["id"], self.now))
-        self.store.save(self.core.take_dirty(), self.core.take_pruned())
+        workers, forgotten = self.core.take_workers()
+        self.store.save(
+            self.core.take_dirty(), self.core.take_pruned(), workers=workers, forgotten=forgotten
+        )
         STEPS_CHECKED[0] += 1
 
     @invariant()
@@ -288,13 +291,17 @@ class CoreMachine(RuleBasedStateMachine):
         """kill -9 and start again: only what was committed comes back. ``mid_turn``: the
         broker dies after sending a scheduling round's dispatches, before their commit."""
         committed = {task.id: _stored(task) for task in self.core.tasks.values()}
+        registered = {w.id: (w.kind, w.capabilities) for w in self.core.workers.values()}
         if mid_turn:
             self.core.tick(self.now)
             self.core.schedule(self.now)
             for address, entries in self.core.take_outbox().dispatch.items():
                 self.held[address.decode()].update(entry.run for entry in entries)
         self.core = CheckedScheduler(self.timing, self.random.randbytes)
-        self.core.load(self.store.load(), self.now, self.store.warm)
+        self.core.load(self.store.load(), self.now, self.store.warm, self.store.load_workers())
+        # Every worker registered is listed again, offline until it speaks.
+        assert {w.id: (w.kind, w.capabilities) for w in self.core.workers.values()} == registered
+        assert self.core.roster.online == {}
         for task_id, stored in committed.items():
             task = self.core.tasks.get(task_id)
             assert task is not None, f"committed task {task_id} lost in a restart"

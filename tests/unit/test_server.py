@@ -22,7 +22,7 @@ import pytest
 import zmq
 
 from broker.server import BrokerServer
-from broker.state import Task
+from broker.state import Task, Worker
 from broker.store.memory import MemoryStore
 from broker.store.sqlite import SqliteStore
 from common import protocol
@@ -65,9 +65,19 @@ class CheckedStore:
     def warm(self, tasks: Sequence[Task]) -> None:
         self.inner.warm(tasks)
 
-    def save(self, changed: Iterable[Task], deleted: Sequence[Task] = ()) -> None:
+    def load_workers(self) -> list[Worker]:
+        return self.inner.load_workers()
+
+    def save(
+        self,
+        changed: Iterable[Task],
+        deleted: Sequence[Task] = (),
+        *,
+        workers: Iterable[Worker] = (),
+        forgotten: Sequence[str] = (),
+    ) -> None:
         self.before_write()
-        self.inner.save(changed, deleted)
+        self.inner.save(changed, deleted, workers=workers, forgotten=forgotten)
         self.commits += 1
         self.after_write()
 

@@ -28,9 +28,9 @@ import broker.store
 from broker import cli
 from broker.core import Scheduler
 from broker.invariants import CheckedScheduler
-from broker.state import Lease, Task
+from broker.state import Lease, Task, Worker
 from broker.store import Store, open_store
-from common.models import FINAL_STATUSES, LeaseOutcome, TaskStatus
+from common.models import FINAL_STATUSES, LeaseOutcome, TaskStatus, WorkerKind, WorkerStatus
 from tests import edge
 
 #: Every backend: the modules of the package, each named as the scheme that opens it.
@@ -161,7 +161,8 @@ def _task(seq: int, status: TaskStatus, **state: Any) -> Task:
 #: A task of each status with every state field set (pending: waiting for its back-off).
 STATES: dict[TaskStatus, dict[str, Any]] = {
     TaskStatus.PENDING: dict(attempts=1, failures=1, error="first try", not_before=9.5,
-                             leases=[Lease(1, "w1", 7.0, 8.0, LeaseOutcome.FAILED, "boom")]),
+                             leases=[Lease(1, "w1", 7.0, 8.0, LeaseOutcome.FAILED, "boom",
+                                           None, "Traceback …\nKeyError: 'boom'\n")]),
     TaskStatus.RUNNING: dict(worker_id="w2", attempts=2, lost=1, started_at=8.25,
                              leases=[Lease(1, "w1", 7.0, 7.5, LeaseOutcome.LOST),
                                      Lease(2, "w2", 8.25)]),
@@ -210,6 +211,7 @@ def test_a_task_of_every_status_comes_back_whole(store: Store) -> None:
             Lease(4, "'; DROP TABLE tasks; --", -0.0, 5e-324, LeaseOutcome.RELEASED, "", None),
             Lease(5, "\u2028\ud7ff\U0010ffff", 1e300, None, LeaseOutcome.CANCELLED),
             Lease(6, "w", 0.1 + 0.2, 2**53 + 1.0, LeaseOutcome.EXPIRED, "x" * 10_000),
+            Lease(7, "w", 1.0, 2.0, LeaseOutcome.FAILED, "E", None, 'File "\x00", line 1\n'),
         ],
     ],
 )
@@ -375,14 +377,16 @@ def test_a_save_that_fails_midway_keeps_nothing_and_the_store_goes_on(opened: Op
     good, broken = _task(2, TaskStatus.PENDING), _task(3, TaskStatus.RUNNING)
     broken.name = None  # type: ignore[assignment]  # a value a store with a schema refuses
     known.status = TaskStatus.CANCELLED
+    worker = Worker("w", WorkerKind.HTTP, frozenset({"echo"}), {}, 0, 10.0)
     try:
-        store.save([good, known, broken], deleted=[known])
+        store.save([good, known, broken], deleted=[known], workers=[worker])
     except Exception:  # the backend's own error, whatever it is
         pass
     else:
         pytest.fail("a task with no name was saved")
     assert not good.stored and not broken.stored  # as they were
     assert {t.id: t.status for t in whole(store).values()} == {"task-1": TaskStatus.PENDING}
+    assert store.load_workers() == []
     store.save([good, known])
     assert {t.id: fields_of(t) for t in whole(store).values()} == {
         "task-1": fields_of(known),
@@ -487,6 +491,45 @@ def test_a_task_changed_and_deleted_in_one_save_is_gone(store: Store) -> None:
     pruned.status = TaskStatus.CANCELLED
     store.save([pruned, kept], deleted=[pruned])
     assert [t.id for t in store.load()] == [kept.id]
+
+
+def _stored_of(worker: Worker) -> dict[str, Any]:
+    return {name: getattr(worker, name) for name in Worker.STORED}
+
+
+def test_workers_come_back_offline_with_what_they_registered(opened: Opened) -> None:
+    busy = Worker(
+        "zmq-1", WorkerKind.ZMQ, frozenset({"echo", "gpu", "é \"x\""}), {"cpu": 8.0, "mem": 0.5},
+        4, 1234.5, address=b"\x00k", host="node-7", pid=4242, running={"t": 2},
+        free={"cpu": 7.0, "mem": 0.5}, last_ping=1234.0, draining=True,
+    )  # fmt: skip
+    http = Worker("http-1", WorkerKind.HTTP, frozenset(), {}, 0, 99.0)
+    kept = [_stored_of(busy), _stored_of(http)]
+    opened.store.save([], workers=[busy, http])
+    busy.capabilities, busy.slots, busy.last_seen = frozenset({"other"}), 1, 2000.0  # a copy
+    store = opened.again() if opened.backend != "memory" else opened.store
+    loaded = sorted(store.load_workers(), key=lambda w: w.id)
+    assert [w.kind for w in loaded] == [WorkerKind.HTTP, WorkerKind.ZMQ]
+    assert [_stored_of(w) for w in loaded] == sorted(kept, key=lambda w: w["id"])
+    for worker in loaded:
+        # Only what it registered: whether it is online, and what it holds, is not stored.
+        assert (worker.status, worker.address, worker.running, worker.draining, worker.polls) == (
+            WorkerStatus.OFFLINE, None, {}, False, []
+        )  # fmt: skip
+        assert worker.free == worker.resources and worker.free is not worker.resources
+    assert store.load_workers()[0] is not loaded[0]  # new objects at each load
+
+
+def test_a_worker_saved_again_is_replaced_and_a_forgotten_one_is_gone(store: Store) -> None:
+    first = Worker("w1", WorkerKind.ZMQ, frozenset({"echo"}), {}, 2, 10.0, host="a", pid=1)
+    second = Worker("w2", WorkerKind.HTTP, frozenset({"x"}), {"cpu": 1.0}, 0, 11.0)
+    store.save([], workers=[first, second])
+    again = Worker("w1", WorkerKind.ZMQ, frozenset({"sleep"}), {"gpu": 1.0}, 8, 20.0, host="b",
+                   pid=2)  # fmt: skip
+    store.save([], workers=[again], forgotten=["w2", "never-saved"])
+    assert [_stored_of(w) for w in store.load_workers()] == [_stored_of(again)]
+    store.save([], forgotten=["w1"])
+    assert store.load_workers() == []
 
 
 def test_a_store_opened_again_at_its_location_holds_what_was_saved(opened: Opened) -> None:

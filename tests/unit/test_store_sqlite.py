@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from broker.core import Scheduler
-from broker.state import Lease, Task
+from broker.state import Lease, Task, Worker
 from broker.store import open_store
 from broker.store.sqlite import (
     _COLUMNS,
@@ -32,7 +32,7 @@ from broker.store.sqlite import (
     _spec_row,
     _state_row,
 )
-from common.models import FINAL_STATUSES, LeaseOutcome, TaskStatus
+from common.models import FINAL_STATUSES, LeaseOutcome, TaskStatus, WorkerKind
 from tests import edge
 
 
@@ -104,6 +104,7 @@ def test_load_columns_follow_the_task_fields() -> None:
             Lease(
                 3, "", 1e-05, float("inf"), LeaseOutcome.LOST, "\x00\x1f\x7f", TaskStatus.CANCELLED
             ),
+            Lease(4, "w", 1.0, 2.0, LeaseOutcome.FAILED, "E", None, 'Traceback\n  "x"\n☃'),
         ],
     ],
 )
@@ -274,8 +275,9 @@ def test_a_store_is_opened_by_its_path_or_its_sqlite_url_with_its_sync_mode(
         open_store(str(tmp_path / "s.db"), "sometimes")
 
 
-def test_a_store_written_before_the_store_was_a_package_loads(tmp_path: Path) -> None:
-    # The format on disk is the same as ever: a file laid out by hand as schema 2 loads.
+def test_a_store_of_schema_2_loads_and_is_brought_to_schema_3(tmp_path: Path) -> None:
+    # A file laid out by hand as schema 2 (no workers table, leases of seven fields) loads,
+    # and gains what schema 3 added.
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)
     db.executescript(
@@ -304,19 +306,30 @@ def test_a_store_written_before_the_store_was_a_package_loads(tmp_path: Path) ->
     store = SqliteStore(str(path))
     loaded = sorted(store.load(), key=lambda t: t.seq)
     store.warm(loaded)
+    assert store.load_workers() == []
+    worker = Worker("w", WorkerKind.HTTP, frozenset({"fib"}), {"cpu": 2.0}, 0, 14.0)
+    store.save([], workers=[worker])
     store.close()
+    reopened = SqliteStore(str(path))
+    assert [w.record() for w in reopened.load_workers()] == [
+        {**worker.record(), "status": "offline"}
+    ]
+    assert reopened._db.execute("SELECT value FROM meta").fetchone() == (SCHEMA_VERSION,)
+    reopened.close()
+    assert SCHEMA_VERSION == "3"
     assert [t.record() for t in loaded] == [
         {"id": "a", "name": "echo", "handler": "echo", "args": b"\x00", "dependencies": [],
          "priority": 0, "status": "pending", "worker_id": None, "attempts": 0, "result": None,
          "error": None, "max_retries": 0, "timeout": None, "requires": [], "resources": {},
          "created_at": 10.0, "started_at": None, "completed_at": None, "idempotency_key": None,
-         "leases": [], "waiting_for": None},
+         "leases": [], "traceback": None, "waiting_for": None},
         {"id": "b", "name": "named", "handler": "fib", "args": b"\x01", "dependencies": ["a"],
          "priority": 5, "status": "completed", "worker_id": "w", "attempts": 1,
          "result": b"\x02", "error": None, "max_retries": 2, "timeout": 1.5,
          "requires": ["gpu"], "resources": {"cpu": 2.0}, "created_at": 11.0,
          "started_at": 12.0, "completed_at": 13.0, "idempotency_key": "key",
          "leases": [{"attempt": 1, "worker_id": "w", "started_at": 12.0, "ended_at": 13.0,
-                     "outcome": "completed", "error": None, "refused": None}],
+                     "outcome": "completed", "error": None, "refused": None,
+                     "traceback": None}], "traceback": None,
          "waiting_for": None},
     ]  # fmt: skip

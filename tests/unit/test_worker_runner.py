@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from common.limits import MAX_TRACEBACK_LENGTH
 from common.models import TaskStatus
 from worker import context, handlers
 from worker.handlers import handler
@@ -434,6 +435,25 @@ def test_a_raising_handler_fails_with_type_and_message(
     runner.start("f", 1, "fibonacci", b'{"n": -1}')
     assert outcomes.wait("b").error == "RuntimeError: disk on fire"
     assert outcomes.wait("f").error == "ValueError: field 'n' must be >= 0, got -1"
+    # and each says where: the handler's traceback, innermost frame last
+    traceback = outcomes.wait("b").traceback
+    assert traceback is not None
+    assert 'raise RuntimeError("disk on fire")' in traceback
+    assert traceback.rstrip().endswith("RuntimeError: disk on fire")
+    assert "in broken" in traceback
+
+
+def test_a_traceback_longer_than_the_protocol_carries_keeps_its_end(
+    make_runner: Callable[..., Runner], outcomes: Outcomes, registered: Register
+) -> None:
+    def wordy(args: bytes) -> None:
+        raise ValueError("x" * MAX_TRACEBACK_LENGTH + " the end")
+
+    registered("test-runner.wordy", wordy)
+    make_runner().start("w", 1, "test-runner.wordy", b"")
+    traceback = outcomes.wait("w").traceback
+    assert traceback is not None and len(traceback) == MAX_TRACEBACK_LENGTH
+    assert traceback.startswith("…") and traceback.rstrip().endswith("x the end")
 
 
 def test_a_run_already_in_progress_is_not_started_twice(
@@ -652,6 +672,9 @@ def test_process_pool_reports_errors_unknown_handlers_and_dead_children(
     assert str(outcomes.wait("bad").error).startswith("ValueError: field 'n' must be >= 2")
     assert outcomes.wait("unknown").error == "unknown handler 'nope'"
     assert outcomes.wait("exit").error == "worker process died (exit code 3)"
+    # a child's traceback comes back with its error; a missing handler raised nothing
+    assert "ValueError: field 'n' must be >= 2" in str(outcomes.wait("bad").traceback)
+    assert outcomes.wait("unknown").traceback is None
     # and the pool still works afterwards
     runner.start("ok", 1, "echo", b"ok")
     assert outcomes.wait("ok").result == b"ok"
