@@ -2,10 +2,11 @@
 
 A ``Client`` owns one DEALER socket and is not thread-safe: use one per thread
 (the REST API keeps one per thread). Every call takes a timeout and raises
-``Unavailable`` when the broker does not answer in time; errors the broker
-reports come back as the matching ``SchedulerError`` (``InvalidInput``,
-``NotFound``, ``Conflict``): a bad argument is ``InvalidInput`` naming the field,
-whether the broker refused it or it could not even be encoded (then nothing leaves).
+``Unavailable`` when the broker does not answer in time (its ``sent`` says whether the
+request left, and so may still take effect); errors the broker reports come back as
+the matching ``SchedulerError`` (``InvalidInput``, ``NotFound``, ``Conflict``): a bad
+argument is ``InvalidInput`` naming the field, whether the broker refused it or it
+could not even be encoded (then nothing leaves).
 
     with Client("tcp://127.0.0.1:5555") as client:
         task_id = client.submit("fibonacci", b'{"n": 10}')
@@ -94,7 +95,7 @@ class Client:
             raise InvalidInput(f"the arguments of {op.value} cannot be sent: {exc}") from None
         if not self._send(frames, limit):
             self._reset()
-            raise Unavailable(f"broker at {self.endpoint} is not reachable")
+            raise Unavailable(f"broker at {self.endpoint} is not reachable", sent=False)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._socket.poll(int(remaining * 1000) + 1, zmq.POLLIN):

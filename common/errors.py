@@ -57,3 +57,9 @@ class Unavailable(SchedulerError):
 
     status = 503
     title = "Broker unavailable"
+
+    def __init__(self, description: str, sent: bool = True) -> None:
+        super().__init__(description)
+        #: Whether the request left for the broker: one that did may still take effect, as
+        #: a broker that is slow rather than gone carries it out when it comes back.
+        self.sent = sent

@@ -166,6 +166,33 @@ def test_errors_unknown_ids_and_unreachable_broker(stack: Stack) -> None:
         nowhere.close()
 
 
+def test_unavailable_says_whether_the_request_left() -> None:
+    # given a "broker" that takes requests and never answers, and an address nothing is at
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    silent = context.socket(zmq.ROUTER)
+    silent.setsockopt(zmq.LINGER, 0)
+    port = silent.bind_to_random_port("tcp://127.0.0.1")
+    heard = Client(f"tcp://127.0.0.1:{port}", timeout=0.5)
+    unheard = Client(f"tcp://127.0.0.1:{free_port()}", timeout=0.5)
+    try:
+        # when a submit is sent to each
+        with pytest.raises(Unavailable, match="did not answer") as no_answer:
+            heard.submit("echo")
+        with pytest.raises(Unavailable, match="not reachable") as not_reached:
+            unheard.submit("echo")
+
+        # then the first left (the broker has it, and may still carry it out); the second did not
+        assert no_answer.value.sent is True
+        assert silent.poll(10_000), "the request that left never arrived"
+        assert protocol.unpack(silent.recv_multipart()[1:]).body["op"] == "submit"
+        assert not_reached.value.sent is False
+    finally:
+        heard.close()
+        unheard.close()
+        silent.close(linger=0)
+        context.term()
+
+
 def test_broker_survives_malformed_frames(stack: Stack) -> None:
     stack.start_broker()
     raw: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
