@@ -4,7 +4,8 @@ Serve it with ``gunicorn -c deploy/gunicorn.conf.py 'api.app:create_app()'`` or
 ``zmq-api``. The app holds no scheduling state: the broker owns tasks and workers, and
 this module only translates JSON to client calls and records back to JSON
 (``api.parse`` and ``api.render``). Errors are JSON objects with ``title`` and
-``description``; bad input is a 400, unknown ids 404, a silent broker 503.
+``description``; bad input is a 400, unknown ids 404, a silent broker 503 (which, for a
+request that changes state, says the request may still take effect).
 
 It must never open a socket at import time or in ``create_app``: gunicorn may fork
 after both, and ZeroMQ sockets do not survive a fork. Each thread gets its own client,
@@ -35,6 +36,27 @@ logger = logging.getLogger(__name__)
 #: Seconds ``GET /health`` waits for the broker, so a probe never hangs on a dead one.
 HEALTH_TIMEOUT = 1.5
 
+#: What a 503 adds for each op that changes state. The broker may have received the request
+#: and be slow rather than gone (frozen, swapping, a long commit): it then carries the
+#: request out when it comes back, after the 503 was sent.
+MAY_TAKE_EFFECT = {
+    Op.SUBMIT: (
+        "the request may still take effect: retry with the same idempotency_key, which "
+        "returns what the first request made instead of making it again (without an "
+        "idempotency_key, a retry may make the tasks twice)"
+    ),
+    Op.CANCEL: "the request may still take effect: cancelling again is safe",
+    Op.HTTP_REGISTER: "the request may still take effect: registering again is safe",
+    Op.HTTP_NEXT: (
+        "the request may still take effect: a task may be leased to this worker, and "
+        "GET /workers/{id} lists the tasks it holds"
+    ),
+    Op.HTTP_COMPLETE: (
+        "the request may still take effect: reporting the outcome again is safe "
+        "(a 409 then says the task is no longer running on this worker)"
+    ),
+}
+
 WORKER_FIELDS = ("id", "capabilities", "resources")
 COMPLETE_FIELDS = ("status", "result", "error", "traceback")
 
@@ -55,7 +77,7 @@ def create_app(
 ) -> falcon.App[falcon.Request, falcon.Response]:
     """Build the app; ``client`` returns the client for the calling thread."""
     settings = settings or load()
-    clients = client or thread_local_clients(settings)
+    clients = noting_effects(client or thread_local_clients(settings))
     app = falcon.App()
     # Every error is JSON whatever the Accept header says: Falcon's default sends no
     # body at all to a client that accepts neither JSON nor XML.
@@ -88,6 +110,30 @@ def thread_local_clients(settings: Settings) -> ClientFactory:
         return client
 
     return get
+
+
+def noting_effects(clients: ClientFactory) -> ClientFactory:
+    """The same clients, whose ``Unavailable`` for an op that changes state says that the
+    request may still take effect, and what to do about it (``MAY_TAKE_EFFECT``)."""
+
+    def get() -> ClientLike:
+        return _NotingEffects(clients())
+
+    return get
+
+
+class _NotingEffects:
+    def __init__(self, client: ClientLike) -> None:
+        self.client = client
+
+    def request(self, op: Op, args: dict[str, Any], timeout: float | None = None) -> Any:
+        try:
+            return self.client.request(op, args, timeout)
+        except Unavailable as exc:
+            note = MAY_TAKE_EFFECT.get(op)
+            if note is None or not exc.sent:
+                raise
+            raise Unavailable(f"{exc.description}; {note}") from None
 
 
 class Tasks:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import os
 import re
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +19,7 @@ import zmq
 
 from common import protocol
 from common.protocol import Command
-from tests.conftest import Stack, wait_for
+from tests.conftest import Proc, Stack, wait_for
 
 #: A task's keys, as the README's "REST API" section lists them.
 TASK_KEYS = frozenset({"id", "name", "handler", "args", "dependencies", "priority", "status",
@@ -402,6 +404,56 @@ def test_a_broker_that_does_not_answer_is_a_503(stack: Stack) -> None:
     assert_error(stack.http("GET", "/tasks/some-id"), 503)
     assert_error(stack.http("POST", "/tasks", {"handler": "echo"}), 503)
     assert_error(stack.http("GET", "/workers"), 503)
+
+
+@pytest.fixture
+def freeze() -> Iterator[list[Proc]]:
+    """Processes a test froze with SIGSTOP (by pid); each is sent SIGCONT at teardown, always,
+    so that a failing test leaves nothing stopped."""
+    frozen: list[Proc] = []
+    yield frozen
+    for proc in frozen:
+        with contextlib.suppress(ProcessLookupError):  # it died meanwhile
+            os.kill(proc.pid, signal.SIGCONT)
+
+
+def test_a_503_may_hide_a_submit_that_a_retry_with_its_key_finds(
+    stack: Stack, freeze: list[Proc]
+) -> None:
+    # Given the API in front of a broker, with a short broker timeout and one thread, whose
+    # client the health check connected: a client connecting to a frozen broker would wait
+    # for its handshake, send nothing, and answer a 503 that says so.
+    broker = stack.start_broker()
+    stack.start_api("--request-timeout", "1", "--threads", "1")
+    one = {"handler": "echo", "idempotency_key": "frozen-one"}
+    batch = {"tasks": [{"handler": "echo", "idempotency_key": f"frozen-{i}"} for i in range(3)]}
+
+    # When the broker is frozen while a submit and a batch are sent.
+    freeze.append(broker)
+    os.kill(broker.pid, signal.SIGSTOP)
+    for path, body in (("/tasks", one), ("/tasks/batch", batch)):
+        # Then each is a 503 saying it may still take effect, and how to retry.
+        error = assert_error(stack.http("POST", path, body), 503, "did not answer")
+        assert "the request may still take effect" in error["description"], error
+        assert "same idempotency_key" in error["description"], error
+
+    # When the broker resumes.
+    os.kill(broker.pid, signal.SIGCONT)
+
+    # Then it carries both out: the tasks exist, though the API answered 503...
+    def made() -> dict[str, str] | None:
+        _, tasks, _ = stack.http("GET", "/tasks")
+        keys = {t["idempotency_key"]: t["id"] for t in tasks}
+        return keys if len(keys) == 4 else None
+
+    ids = wait_for(made, what="the submits the broker received while frozen")
+    assert set(ids) == {"frozen-one", "frozen-0", "frozen-1", "frozen-2"}
+    # ...and a retry with the same keys returns them rather than making others.
+    status, again, _ = stack.http("POST", "/tasks", one)
+    assert (status, again["id"]) == (200, ids["frozen-one"])
+    status, again, _ = stack.http("POST", "/tasks/batch", batch)
+    assert (status, again["ids"]) == (201, [ids[f"frozen-{i}"] for i in range(3)])
+    assert len(stack.http("GET", "/tasks")[1]) == 4
 
 
 def test_idempotency_key_makes_one_task_however_often_it_is_sent(api: Stack) -> None:

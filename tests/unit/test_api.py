@@ -68,6 +68,14 @@ class DeadBroker:
         raise Unavailable(f"broker at tcp://x did not answer within {limit} s")
 
 
+class UnreachableBroker:
+    """A broker never connected: every request stays here, as ``Client.request`` raises
+    ``Unavailable`` with ``sent`` false when it cannot even queue one."""
+
+    def request(self, op: Op, args: dict[str, Any], timeout: float | None = None) -> Any:
+        raise Unavailable("broker at tcp://x is not reachable", sent=False)
+
+
 class BrokenClient:
     """A client with a bug: every call raises something no layer expects."""
 
@@ -973,6 +981,43 @@ def test_unavailable_broker_is_503_on_any_route() -> None:
         (ops.Get(id="t1"), None),
         (ops.Submit.from_args({"tasks": [{"handler": "x"}]}), None),
     ]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "advice"),
+    [
+        ("POST", "/tasks", {"handler": "x", "idempotency_key": "k"}, "same idempotency_key"),
+        ("POST", "/tasks/batch", {"tasks": [{"handler": "x"}]}, "same idempotency_key"),
+        ("DELETE", "/tasks/t1", None, "cancelling again is safe"),
+        ("POST", "/workers", {"id": "w1"}, "registering again is safe"),
+        ("POST", "/workers/w1/tasks/next", None, "GET /workers/{id}"),
+        ("POST", "/workers/w1/tasks/t1/complete", {"status": "failed"}, "again is safe"),
+    ],
+)
+def test_a_503_to_a_request_that_changes_state_says_it_may_still_take_effect(
+    method: str, path: str, body: dict[str, Any] | None, advice: str
+) -> None:
+    # given a broker that does not answer (it may have received the request all the same)
+    http = make_http(DeadBroker())
+
+    # when a request that changes state is sent, then the 503 says it may take effect later
+    result = http.simulate_request(method, path, json=body)
+    assert_error(result, 503, "did not answer", "the request may still take effect", advice)
+
+    # but not when the request never left
+    result = make_http(UnreachableBroker()).simulate_request(method, path, json=body)
+    assert_error(result, 503, "not reachable")
+    assert "effect" not in result.json["description"]
+
+
+@pytest.mark.parametrize(
+    "path", ["/tasks", "/tasks/t1", "/tasks/t1?wait=1", "/workers", "/workers/w1"]
+)
+def test_a_503_to_a_read_says_nothing_of_effects(path: str) -> None:
+    http = make_http(DeadBroker())
+    result = http.simulate_get(path)
+    assert_error(result, 503, "did not answer")
+    assert "effect" not in result.json["description"]
 
 
 def test_unexpected_errors_are_json_500_and_logged(caplog: pytest.LogCaptureFixture) -> None:
