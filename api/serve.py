@@ -18,6 +18,11 @@ from typing import Any
 from common.limits import MAX_HTTP_WAIT
 from common.settings import Settings
 
+#: Gunicorn's worker class, by name: importing it here would import gunicorn.
+WORKER_CLASS = "api.jsonworker.JSONErrorWorker"
+#: Longest request line (method, path and query) in bytes, gunicorn's default made ours:
+#: a longer one is a 414, which gunicorn answers before the app sees the request.
+MAX_REQUEST_LINE = 4094
 #: Seconds an idle keep-alive connection stays open (gunicorn's default is 2), so an HTTP
 #: worker that polls or reports in a loop keeps its connection between calls.
 KEEPALIVE = 5
@@ -64,12 +69,14 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "workers": settings.processes,
         # Threads, not sync workers: every long-poll of an HTTP worker holds one for up
         # to MAX_HTTP_WAIT seconds, and a sync worker would serve nothing else meanwhile.
-        "worker_class": "gthread",
+        # Gunicorn's gthread worker, whose own error answers (414, 431, 400) are JSON.
+        "worker_class": WORKER_CLASS,
         "threads": settings.threads,
         # A shutdown lets the longest request finish: a long-poll and its broker reply
         # (the client waits MAX_HTTP_WAIT + request_timeout), plus a second to answer.
         "graceful_timeout": math.ceil(MAX_HTTP_WAIT + settings.request_timeout) + 1,
         "keepalive": KEEPALIVE,
+        "limit_request_line": MAX_REQUEST_LINE,
         "accesslog": None,
         "errorlog": "-",
         "loglevel": settings.log_level.lower(),

@@ -3,7 +3,8 @@
 Starts the server both ways it is deployed (``python -m api`` and ``gunicorn -c
 deploy/gunicorn.conf.py``) on a free port, in its own process group so a failure
 never leaves it behind, and checks that ``/health`` is a 503 within seconds, that a
-chunked body over the limit is a 413, and that SIGTERM stops it cleanly.
+chunked body over the limit is a 413, that the errors gunicorn answers itself are JSON
+too, and that SIGTERM stops it cleanly.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import pytest
 
 from api.cli import APIServer, main
-from api.serve import bind_address, gunicorn_options, quit_once
+from api.serve import MAX_REQUEST_LINE, bind_address, gunicorn_options, quit_once
 from common.limits import MAX_HTTP_WAIT as MAX_WAIT
 from common.settings import Settings
 
@@ -88,10 +91,21 @@ def command(how: str, port: int, broker: str) -> tuple[list[str], dict[str, str]
     return [*argv, "api.app:create_app()"], env
 
 
-@pytest.mark.parametrize("how", ["cli", "gunicorn.conf"])
-def test_served_api_answers_503_fast_without_a_broker(how: str, tmp_path: Path) -> None:
+@dataclass
+class Served:
+    """The API under gunicorn, started one of the two ways it is deployed."""
+
+    server: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+
+@pytest.fixture(params=["cli", "gunicorn.conf"])
+def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
+    """The API served by ``zmq-api`` or by ``gunicorn -c deploy/gunicorn.conf.py``, with no
+    broker behind it; killed by process group afterwards."""
     port = free_port()
-    argv, env = command(how, port, f"tcp://127.0.0.1:{free_port()}")
+    argv, env = command(request.param, port, f"tcp://127.0.0.1:{free_port()}")
     log = tmp_path / "server.log"
     with log.open("wb") as out:
         server = subprocess.Popen(
@@ -99,25 +113,76 @@ def test_served_api_answers_503_fast_without_a_broker(how: str, tmp_path: Path) 
         )
     try:
         wait_until_serving(server, port, log)
-
-        started = time.monotonic()
-        status, body = request(port, "GET", "/health")
-        elapsed = time.monotonic() - started
-        assert status == 503, body
-        assert json.loads(body)["status"] == "unavailable"
-        assert elapsed < HEALTH_DEADLINE
-
-        # A chunked body has no Content-Length: the limit must hold while reading.
-        status, body = request(port, "POST", "/tasks", iter([b"[" * 600, b"]" * 600]))
-        assert status == 413, body
-        assert str(MAX_BODY) in json.loads(body)["description"]
-
-        os.killpg(server.pid, signal.SIGTERM)
-        assert server.wait(timeout=15) == 0, log.read_text()
+        yield Served(server, port, log)
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+
+
+def test_served_api_answers_503_fast_without_a_broker(served: Served) -> None:
+    server, port, log = served.server, served.port, served.log
+    started = time.monotonic()
+    status, body = request(port, "GET", "/health")
+    elapsed = time.monotonic() - started
+    assert status == 503, body
+    assert json.loads(body)["status"] == "unavailable"
+    assert elapsed < HEALTH_DEADLINE
+
+    # A chunked body has no Content-Length: the limit must hold while reading.
+    status, body = request(port, "POST", "/tasks", iter([b"[" * 600, b"]" * 600]))
+    assert status == 413, body
+    assert str(MAX_BODY) in json.loads(body)["description"]
+
+    os.killpg(server.pid, signal.SIGTERM)
+    assert server.wait(timeout=15) == 0, log.read_text()
+
+
+def raw_exchange(port: int, data: bytes) -> tuple[int, str, Any]:
+    """Send these bytes as they are; the answer's status, Content-Type and JSON body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        payload = response.read()
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        raise AssertionError(
+            f"answered {response.status} with a body that is not JSON: {payload[:200]!r}"
+        ) from None
+    return response.status, response.getheader("Content-Type", ""), body
+
+
+#: Requests gunicorn refuses before the app sees them, the status it answers and words its
+#: description must hold.
+REFUSED_BY_GUNICORN = [
+    # A request line over limit_request_line: the app never sees it.
+    (
+        b"GET /tasks?handler=" + b"x" * MAX_REQUEST_LINE + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        414,
+        [str(MAX_REQUEST_LINE)],
+    ),
+    # A header over limit_request_field_size (8190 bytes).
+    (b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * 9000 + b"\r\n\r\n", 431, []),
+    # No request line at all.
+    (b"this is not HTTP\r\n\r\n", 400, []),
+]
+
+
+def test_errors_gunicorn_answers_itself_are_json(served: Served) -> None:
+    for data, status, words in REFUSED_BY_GUNICORN:
+        # when a request gunicorn refuses before the app sees it is sent
+        got, content_type, body = raw_exchange(served.port, data)
+
+        # then the answer is JSON with a title and a description, as every error of the app
+        assert got == status, body
+        assert content_type == "application/json"
+        assert isinstance(body, dict), body
+        assert isinstance(body["title"], str) and body["title"], body
+        assert isinstance(body["description"], str) and body["description"], body
+        for word in words:
+            assert word in body["description"], body
 
 
 # -- options shared by zmq-api and deploy/gunicorn.conf.py --------------------------------
@@ -149,7 +214,8 @@ def test_gunicorn_options_follow_the_settings() -> None:
 
     assert options["bind"] == ["0.0.0.0:9090"]
     assert options["workers"] == 3
-    assert options["worker_class"] == "gthread"
+    assert options["worker_class"] == "api.jsonworker.JSONErrorWorker"
+    assert options["limit_request_line"] == MAX_REQUEST_LINE == 4094  # as the README says
     assert options["threads"] == 7
     assert options["loglevel"] == "debug"
     assert options["accesslog"] is None
