@@ -206,6 +206,10 @@ class Tasks:
         else:
             resp.media = render(client.request(Op.GET, {"id": task_id}))
 
+    # HEAD wherever GET: the same answer, whose body Falcon leaves out.
+    on_head = on_get
+    on_head_task = on_get_task
+
     def on_delete_task(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
         resp.media = render(self.client().request(Op.CANCEL, {"id": task_id}))
 
@@ -232,6 +236,9 @@ class Workers:
 
     def on_get_worker(self, req: falcon.Request, resp: falcon.Response, worker_id: str) -> None:
         resp.media = render(self.client().request(Op.WORKER, {"id": worker_id}))
+
+    on_head = on_get
+    on_head_worker = on_get_worker
 
     def on_put_heartbeat(self, req: falcon.Request, resp: falcon.Response, worker_id: str) -> None:
         resp.media = render(self.client().request(Op.HTTP_HEARTBEAT, {"id": worker_id}))
@@ -276,6 +283,8 @@ class Health:
             }
             return
         resp.media = {"status": "ok", **render(health)}
+
+    on_head = on_get
 
 
 def _naming_the_entry(error: InvalidInput, specs: Any) -> InvalidInput:

@@ -388,6 +388,18 @@ def test_workers_outlive_a_broker_restart_and_an_http_worker_carries_on(api: Sta
     assert (status, task["id"]) == (200, second["id"])
 
 
+def test_head_answers_wherever_get_does(api: Stack) -> None:
+    _, task, _ = api.http("POST", "/tasks", {"handler": "echo"})
+    api.http("POST", "/workers", {"id": "hw"})
+    for path in ("/health", "/tasks", f"/tasks/{task['id']}", "/workers", "/workers/hw"):
+        status, body, headers = api.http("HEAD", path)
+        assert (status, body) == (200, None), path
+        assert headers["content-type"] == "application/json", path
+        assert int(headers["content-length"]) > 0, path  # the length GET's body would have
+    status, body, _ = api.http("HEAD", "/tasks/nope")
+    assert (status, body) == (404, None)
+
+
 def test_a_broker_that_does_not_answer_is_a_503(stack: Stack) -> None:
     # Given the API in front of a broker, with a short broker timeout.
     stack.start_broker()

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import falcon
+import falcon.inspect
 import falcon.testing
 import pytest
 
@@ -1040,6 +1041,32 @@ def test_framework_errors_are_json_whatever_the_accept_header(http: Http) -> Non
     assert_error(http.simulate_patch("/tasks", headers=html), 405, "PATCH")
     assert_error(http.simulate_post("/tasks", body=b"[", headers=html), 400, "JSON")
     assert_error(http.simulate_get("/tasks/nope", headers=html), 404, "nope")
+
+
+def test_every_route_that_answers_get_answers_head() -> None:
+    app = create_app(client=DeadBroker, settings=Settings())
+    for route in falcon.inspect.inspect_routes(app):
+        methods = {m.method for m in route.methods if not m.internal}
+        assert "HEAD" in methods or "GET" not in methods, route.path
+
+
+def test_head_answers_as_get_without_a_body(http: Http) -> None:
+    # given a task and a worker
+    task_id = submit(http, handler="echo")
+    register(http, "w1", "echo")
+
+    # when each path that answers GET is asked for with HEAD (a known thing, then an unknown)
+    for path in (
+        "/health", "/tasks", f"/tasks/{task_id}", f"/tasks/{task_id}?wait=1", "/workers",
+        "/workers/w1", "/tasks/nope", "/workers/nope",
+    ):  # fmt: skip
+        got, head = http.simulate_get(path), http.simulate_head(path)
+
+        # then the answer is GET's, status and headers, with no body
+        assert head.status_code == got.status_code, path
+        assert head.headers == got.headers, path
+        assert head.content == b"", path
+    assert http.simulate_head("/health").status_code == 200
 
 
 # -- rendering -------------------------------------------------------------------------
