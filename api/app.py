@@ -79,6 +79,8 @@ def create_app(
     settings = settings or load()
     clients = noting_effects(client or thread_local_clients(settings))
     app = falcon.App()
+    # /tasks/ is /tasks, as most APIs have it, rather than a task with an empty id.
+    app.req_options.strip_url_path_trailing_slash = True
     # Every error is JSON whatever the Accept header says: Falcon's default sends no
     # body at all to a client that accepts neither JSON nor XML.
     app.set_error_serializer(_serialize_error)

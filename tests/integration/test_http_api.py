@@ -179,6 +179,17 @@ def test_list_filters_and_paginates_with_link_header(api: Stack) -> None:
     assert len(pending) == 5
 
 
+def test_a_trailing_slash_is_the_path_without_it(api: Stack) -> None:
+    status, made, headers = api.http("POST", "/tasks/", {"handler": "echo"})
+    assert status == 201
+    assert headers["location"] == f"/tasks/{made['id']}"
+    status, tasks, _ = api.http("GET", "/tasks/")
+    assert (status, [t["id"] for t in tasks]) == (200, [made["id"]])
+    status, task, _ = api.http("GET", f"/tasks/{made['id']}/")
+    assert (status, task["id"]) == (200, made["id"])
+    assert api.http("GET", "/workers/")[:2] == (200, [])
+
+
 def test_cancel_over_http_stops_the_run_and_frees_its_slot(api: Stack) -> None:
     # Given a one-slot worker running a long sleep, and a task waiting behind it.
     api.start_worker(worker_id="w1", slots=1)

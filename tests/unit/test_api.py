@@ -505,6 +505,21 @@ def test_link_header_escapes_the_handler(http: Http) -> None:
     )
 
 
+def test_a_trailing_slash_names_the_same_resource(http: Http, local: LocalClient) -> None:
+    # when a task is submitted to /tasks/, it is made as by /tasks
+    made = http.simulate_post("/tasks/", json={"handler": "echo"})
+    assert made.status_code == 201, made.text
+    task_id = made.json["id"]
+
+    # and every path answers with or without a trailing slash alike
+    for path in ("/tasks", f"/tasks/{task_id}", "/workers", "/health"):
+        assert http.simulate_get(path + "/").json == http.simulate_get(path).json, path
+    assert [t["id"] for t in http.simulate_get("/tasks/").json] == [task_id]
+    assert http.simulate_get("/tasks/?status=pending").json[0]["id"] == task_id
+    assert_error(http.simulate_get("/tasks/nope/"), 404, "nope")
+    assert list(local.core.tasks) == [task_id]
+
+
 @pytest.mark.parametrize(
     ("query", "field"),
     [
