@@ -1,8 +1,9 @@
 """Request parsing for the REST API: JSON bodies, base64 fields and query parameters.
 
 Only what JSON cannot express or HTTP carries is checked here: the body's size, that it
-parses and is an object, that binary fields are base64 and that query parameters have
-the right form. Every failure raises ``InvalidInput`` (400) naming the field, or
+parses and is an object, that its Content-Type (if any) is JSON, that binary fields are
+base64 and that query parameters have the right form. Every failure raises
+``InvalidInput`` (400) naming the field, ``HTTPUnsupportedMediaType`` (415) or
 ``HTTPContentTooLarge`` (413).
 
 This module must never validate what the broker validates (task spec fields,
@@ -25,10 +26,13 @@ from common.errors import InvalidInput
 
 #: Bytes read at a time from a body without a Content-Length (chunked).
 READ_CHUNK = 64 * 1024
+#: The one media type of a request body (a charset parameter, if any, must be UTF-8).
+JSON_TYPE = "application/json"
 
 
 def read_object(req: falcon.Request, max_body: int) -> dict[str, Any]:
     """The request body as a JSON object; at most ``max_body`` bytes are read."""
+    _require_json(req)
     data = _read_body(req, max_body)
     if not data.strip():
         raise InvalidInput("request body is empty: expected a JSON object")
@@ -41,6 +45,27 @@ def read_object(req: falcon.Request, max_body: int) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidInput(f"request body must be a JSON object, not {_json_type(value)}")
     return value
+
+
+def _require_json(req: falcon.Request) -> None:
+    """Refuse a body that says it is something else than JSON (415), before reading it.
+
+    ``application/json`` with any parameters but a charset other than UTF-8 (the only
+    one JSON has) is JSON. A request without a Content-Type is read as JSON too: it
+    claims no other type, some HTTP libraries send none, and a body that is not JSON
+    is then a 400 saying so. ``curl -d`` without ``-H`` sends a form type, and is
+    refused here with the type to send instead.
+    """
+    header = req.content_type
+    if not header or not header.strip():
+        return
+    media_type, params = falcon.parse_header(header)
+    charset = params.get("charset", "utf-8").lower()
+    if media_type.lower() != JSON_TYPE or charset != "utf-8":
+        raise falcon.HTTPUnsupportedMediaType(
+            title="Unsupported media type",
+            description=f"request body must be {JSON_TYPE}, not {header.strip()[:100]!r}",
+        )
 
 
 def _read_body(req: falcon.Request, max_body: int) -> bytes:

@@ -249,6 +249,15 @@ def test_bad_input_is_a_400_naming_the_field(api: Stack, body: bytes, field: str
     assert_error(api.http("POST", "/tasks", raw=body), 400, field)
 
 
+def test_a_body_that_is_not_json_by_its_type_is_a_415(api: Stack) -> None:
+    form = {"Content-Type": "application/x-www-form-urlencoded"}  # curl -d without -H
+    error = assert_error(api.http("POST", "/tasks", {"handler": "echo"}, headers=form), 415)
+    assert "application/json" in error["description"], error
+    charset = {"Content-Type": "application/json; charset=utf-8"}
+    assert api.http("POST", "/tasks", {"handler": "echo"}, headers=charset)[0] == 201
+    assert len(api.http("GET", "/tasks")[1]) == 1
+
+
 def test_unknown_ids_and_oversized_bodies(api: Stack) -> None:
     assert_error(api.http("GET", "/tasks/does-not-exist"), 404, "does-not-exist")
     assert_error(api.http("GET", "/tasks/does-not-exist?wait=1"), 404, "does-not-exist")

@@ -405,6 +405,51 @@ def test_malformed_bodies_are_400(
     assert_untouched(local)
 
 
+#: Every route that reads a body, with a body it accepts.
+BODIES = [
+    ("/tasks", {"handler": "echo"}),
+    ("/tasks/batch", {"tasks": [{"handler": "echo"}]}),
+    ("/workers", {"id": "w2"}),
+    ("/workers/w1/tasks/t1/complete", {"status": "failed"}),
+]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/plain",
+        "application/x-www-form-urlencoded",  # what curl -d sends without -H
+        "application/xml",
+        "application/merge-patch+json",
+        "application/json; charset=latin-1",
+        "multipart/form-data; boundary=x",
+    ],
+)
+def test_a_body_of_another_type_is_415_naming_json(
+    http: Http, local: LocalClient, content_type: str
+) -> None:
+    for path, body in BODIES:
+        result = http.simulate_post(
+            path, body=json.dumps(body), headers={"Content-Type": content_type}
+        )
+        assert_error(result, 415, "application/json", repr(content_type))
+    assert_untouched(local)
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json", "Application/JSON", "application/json; charset=UTF-8",
+     'application/json;charset="utf-8"', None],
+)  # fmt: skip
+def test_a_json_body_is_read_with_or_without_parameters_or_a_type(
+    http: Http, local: LocalClient, content_type: str | None
+) -> None:
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    result = http.simulate_post("/tasks", body=json.dumps({"handler": "echo"}), headers=headers)
+    assert result.status_code == 201, result.text
+    assert [t.handler for t in local.core.tasks.values()] == ["echo"]
+
+
 def test_body_over_max_body_is_413(http: Http, local: LocalClient) -> None:
     body = {"handler": "x", "args": b64(b"x" * MAX_BODY)}
 
