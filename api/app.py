@@ -166,14 +166,17 @@ class Tasks:
         resp.location = f"/tasks/{entry['id']}"
 
     def on_post_batch(self, req: falcon.Request, resp: falcon.Response) -> None:
-        """Many tasks in one request, all or none: ``{"tasks": [...]}`` -> ``{"ids": [...]}``."""
+        """Many tasks in one request, all or none: ``{"tasks": [...]}`` -> ``{"ids": [...]}``;
+        with ``?wait=SECONDS``, also ``"tasks"``: their records once all are final (or the
+        time is up)."""
         body = parse.read_object(req, self.max_body)
         parse.reject_unknown(body, frozenset({"tasks"}))
         specs = body.get("tasks")
         for i, spec in enumerate(specs if isinstance(specs, list) else []):
             if isinstance(spec, dict) and "args" in spec:
                 spec["args"] = parse.decode_b64(spec["args"], f"tasks[{i}].args")
-        args: dict[str, Any] = {"tasks": specs}
+        wait = parse.query_float(req, "wait", 0.0, 0.0, MAX_HTTP_WAIT)
+        args: dict[str, Any] = {"tasks": specs, "wait": wait} if wait > 0 else {"tasks": specs}
         if parse.query_bool(req, "refuse_unservable"):
             args["refuse_unservable"] = True
         try:
@@ -182,6 +185,10 @@ class Tasks:
             raise _naming_the_entry(exc, specs) from None
         resp.status = falcon.HTTP_201
         resp.media = {"ids": [entry["id"] for entry in entries]}
+        if wait > 0:
+            for entry in entries:
+                entry.pop("created", None)
+            resp.media["tasks"] = render(entries)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         status = parse.query_choice(req, "status", [s.value for s in TaskStatus])

@@ -514,6 +514,21 @@ def test_batch_submit_over_http(api: Stack) -> None:
     assert_error(api.http("POST", "/tasks/batch", {"tasks": bad}), 400, "tasks[1].priority")
 
 
+def test_batch_submit_with_wait_answers_with_the_results(api: Stack) -> None:
+    api.start_worker(slots=4)
+    tasks = [{"handler": "echo", "args": b64(f"item {i}".encode())} for i in range(20)]
+    status, body, _ = api.http("POST", "/tasks/batch?wait=30", {"tasks": tasks})
+    assert status == 201
+    assert [t["id"] for t in body["tasks"]] == body["ids"]
+    assert [t["status"] for t in body["tasks"]] == ["completed"] * 20
+    assert [base64.b64decode(t["result"]) for t in body["tasks"]] == [
+        f"item {i}".encode() for i in range(20)
+    ]
+    for task in body["tasks"]:
+        assert_task_shape(task)
+    assert_error(api.http("POST", "/tasks/batch?wait=31", {"tasks": tasks}), 400, "wait")
+
+
 def test_a_late_outcome_is_refused_and_counted_in_health(api: Stack) -> None:
     # Given a worker that registered and was handed a task.
     raw = RawWorker(api.endpoint, "raw", "resize")

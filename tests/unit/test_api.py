@@ -1327,3 +1327,37 @@ def test_batch_submit_is_all_or_none_and_names_the_bad_entry(
     assert_error(http.simulate_post("/tasks/batch", json={"tasks": "x"}), 400, "tasks")
     assert_error(http.simulate_post("/tasks/batch", json={"task": tasks}), 400, "task")
     assert sorted(local.core.tasks) == sorted(ids)
+
+
+def test_batch_submit_with_wait_answers_with_the_records(http: Http, local: LocalClient) -> None:
+    # given a cancelled task
+    dead = submit(http, handler="echo")
+    http.simulate_delete(f"/tasks/{dead}")
+
+    # when a batch is submitted with ?wait, one of whose tasks depends on it
+    tasks = [{"handler": "echo", "args": b64(b"a")}, {"handler": "echo", "dependencies": [dead]}]
+    result = http.simulate_post("/tasks/batch", json={"tasks": tasks}, params={"wait": "2.5"})
+
+    # then the answer holds the ids and each task's whole record, as GET shows it, given once
+    # the time was up (the first is still pending; the second failed at once)
+    assert result.status_code == 201, result.text
+    ids = result.json["ids"]
+    assert [t["id"] for t in result.json["tasks"]] == ids
+    assert result.json["tasks"] == [task(http, i) for i in ids]
+    assert [t["status"] for t in result.json["tasks"]] == ["pending", "failed"]
+    assert result.json["tasks"][0]["args"] == b64(b"a")
+    assert local.now == NOW + 2.5
+
+    # and a batch whose tasks are all final is answered at once
+    failing = [{"handler": "echo", "dependencies": [dead]}]
+    result = http.simulate_post("/tasks/batch", json={"tasks": failing}, params={"wait": "9"})
+    assert [t["status"] for t in result.json["tasks"]] == ["failed"]
+    assert local.now == NOW + 2.5
+
+    # and a wait out of range is refused, with nothing made
+    made = len(local.core.tasks)
+    for bad in ("31", "-1", "soon", "nan"):
+        result = http.simulate_post("/tasks/batch", json={"tasks": tasks}, params={"wait": bad})
+        assert_error(result, 400, "wait")
+    assert len(local.core.tasks) == made
+    assert local.now == NOW + 2.5
