@@ -420,6 +420,36 @@ def test_head_answers_wherever_get_does(api: Stack) -> None:
     assert (status, body) == (404, None)
 
 
+def resource_amounts(records: list[dict[str, Any]]) -> list[Any]:
+    return [amount for record in records for amount in record["resources"].values()]
+
+
+def test_every_resource_amount_is_shown_the_same_way(api: Stack) -> None:
+    # Given a ZeroMQ worker and an HTTP worker whose resources were given as integers,
+    api.start_worker("--cpu", "8", "--memory", "512", worker_id="zw")
+    body = {"id": "hw", "capabilities": ["x"], "resources": {"cpu": 2}}
+    _, registered, _ = api.http("POST", "/workers", body)
+    api.wait_workers("zw", "hw")
+    # and a task asking for an integer amount, leased to the HTTP worker.
+    api.http("POST", "/tasks", {"handler": "x", "resources": {"cpu": 1}})
+    _, leased, _ = api.http("POST", "/workers/hw/tasks/next")
+
+    # Then every amount, wherever it shows, is a number with a fraction (8.0, not 8).
+    _, workers, _ = api.http("GET", "/workers")
+    _, tasks, _ = api.http("GET", "/tasks")
+    shown = [registered, leased, *workers, *tasks, api.http("GET", "/workers/zw")[1]]
+    amounts = resource_amounts(shown)
+    assert sorted(amounts) == [1.0, 1.0, 2.0, 2.0, 8.0, 8.0, 512.0, 512.0], shown
+    assert {type(amount) for amount in amounts} == {float}, shown
+
+    # And so after a restart, the tasks read back from the store.
+    assert api.broker is not None
+    api.broker.stop()
+    api.start_broker()
+    _, tasks, _ = api.http("GET", "/tasks")
+    assert [type(a) for a in resource_amounts(tasks)] == [float], tasks
+
+
 def test_a_broker_that_does_not_answer_is_a_503(stack: Stack) -> None:
     # Given the API in front of a broker, with a short broker timeout.
     stack.start_broker()
