@@ -23,7 +23,7 @@ from typing import Any
 
 import zmq
 
-from common import ops, protocol
+from common import endpoints, ops, protocol
 from common.errors import InvalidInput, SchedulerError, Unavailable
 from common.limits import DEFAULT_PAGE
 from common.models import TaskStatus
@@ -95,11 +95,13 @@ class Client:
             raise InvalidInput(f"the arguments of {op.value} cannot be sent: {exc}") from None
         if not self._send(frames, limit):
             self._reset()
-            raise Unavailable(f"broker at {self.endpoint} is not reachable", sent=False)
+            raise Unavailable(self._why(f"broker at {self.endpoint} is not reachable"), sent=False)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._socket.poll(int(remaining * 1000) + 1, zmq.POLLIN):
-                raise Unavailable(f"broker at {self.endpoint} did not answer within {limit:g} s")
+                raise Unavailable(
+                    self._why(f"broker at {self.endpoint} did not answer within {limit:g} s")
+                )
             frames = self._socket.recv_multipart()
             try:
                 message = protocol.unpack(frames)
@@ -133,6 +135,12 @@ class Client:
         except zmq.Again:
             return False
         return True
+
+    def _why(self, problem: str) -> str:
+        """``problem``, and that the broker's host name does not resolve when it does not:
+        ZeroMQ never says so, and the name is the likeliest mistake in an endpoint."""
+        cause = endpoints.unresolved(self.endpoint)
+        return problem if cause is None else f"{problem}: {cause}"
 
     def _reset(self) -> None:
         # A request queued on a half-open connection must not be sent later.

@@ -6,7 +6,8 @@ until the broker acknowledges them (ACK); unacknowledged outcomes are sent again
 after every registration. When the broker falls silent for ``ping_interval ×
 liveness`` seconds the agent drops the socket and reconnects with back-off, the
 Paranoid Pirate way, registering again with the leases it holds (runs in progress,
-and finished runs whose outcome is not acknowledged yet).
+and finished runs whose outcome is not acknowledged yet). The warning it logs then says
+when the broker's host name does not resolve (``common.endpoints``).
 
 Runner threads hand outcomes over through a queue and wake the loop by writing a
 byte to a pipe whose read end sits in the same ``zmq.Poller`` as the socket.
@@ -31,7 +32,7 @@ from typing import Any
 
 import zmq
 
-from common import messages, protocol
+from common import endpoints, messages, protocol
 from common.errors import InvalidInput
 from common.limits import MAX_ERROR_LENGTH
 from common.messages import RunKey
@@ -248,8 +249,14 @@ class Agent:
         # broker holds our leases for one liveness window only, and the new socket's READY
         # waits in its queue until the broker binds again. Later tries back off.
         delay = 0.0 if self._registered else self._backoff
+        # ZeroMQ never says that the broker's host name does not resolve; a lookup does.
+        cause = endpoints.unresolved(self.endpoint)
         logger.warning(
-            "no message from the broker for %g s; reconnecting in %g s", self._window, delay
+            "no message from the broker at %s for %g s%s; reconnecting in %g s",
+            self.endpoint,
+            self._window,
+            "" if cause is None else f": {cause}",
+            delay,
         )
         self._close_socket(linger=0)
         self._reconnect_at = now + delay

@@ -193,6 +193,19 @@ def test_unavailable_says_whether_the_request_left() -> None:
         context.term()
 
 
+def test_a_broker_host_that_does_not_resolve_is_named_in_the_error() -> None:
+    # given a client of a broker whose name never resolves (.invalid is reserved for that)
+    client = Client("tcp://no-such-host.invalid:5555", timeout=0.5)
+    try:
+        # when it calls the broker, then the error says the name does not resolve
+        with pytest.raises(Unavailable) as error:
+            client.submit("echo")
+        assert "host 'no-such-host.invalid' does not resolve" in error.value.description
+        assert error.value.sent is False
+    finally:
+        client.close()
+
+
 def test_broker_survives_malformed_frames(stack: Stack) -> None:
     stack.start_broker()
     raw: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)

@@ -291,6 +291,24 @@ def test_worker_reconnects_when_the_broker_goes_silent(
     assert done_results(done)[0]["status"] == "cancelled"
 
 
+def test_a_broker_host_that_does_not_resolve_is_named_in_the_log(
+    start_worker: StartWorker, tmp_path: Path
+) -> None:
+    # given a worker pointed at a name that never resolves (.invalid is reserved for that)
+    proc = start_worker("--broker", "tcp://no-such-host.invalid:5555")
+    log = tmp_path / "worker-0.log"
+
+    # when it has waited its liveness window for a broker, then its warning says why
+    line = wait_for(
+        lambda: next((ln for ln in log.read_text().splitlines() if "does not resolve" in ln), None),
+        PATIENCE,
+        what="the warning that the broker's host does not resolve",
+    )
+    assert "no message from the broker at tcp://no-such-host.invalid:5555" in line, line
+    assert "host 'no-such-host.invalid' does not resolve" in line, line
+    assert proc.poll() is None  # and it keeps trying
+
+
 def test_sigterm_drains_then_gives_back_what_outlasts_the_grace(
     broker: FakeBroker, start_worker: StartWorker
 ) -> None:

@@ -1029,6 +1029,23 @@ def test_health_is_503_when_the_broker_is_unavailable() -> None:
     assert dead.calls == [(ops.Health(), HEALTH_TIMEOUT)]
 
 
+def test_health_says_when_the_brokers_host_does_not_resolve() -> None:
+    # given an app whose real client points at a name that never resolves
+    settings = Settings(broker="tcp://no-such-host.invalid:5555", request_timeout=0.5)
+    get = thread_local_clients(settings)
+    http = Http(create_app(client=get, settings=settings))
+    try:
+        # when health is asked for, then the 503 says why
+        result = http.simulate_get("/health")
+        assert result.status_code == 503
+        assert result.json["status"] == "unavailable"
+        assert "host 'no-such-host.invalid' does not resolve" in result.json["description"]
+    finally:
+        client = get()  # this thread's, the one the request used
+        assert isinstance(client, Client)
+        client.close()
+
+
 def test_unavailable_broker_is_503_on_any_route() -> None:
     # given a broker that never answers
     dead = DeadBroker()
