@@ -1,0 +1,26 @@
+"""pyproject.toml declares its license the way setuptools no longer warns about (PEP 639)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_license_is_an_spdx_expression_with_its_file() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    project = pyproject["project"]
+
+    # A table ({text = "MIT"}) is deprecated: setuptools warned on every install.
+    assert project["license"] == "MIT"
+    for pattern in project["license-files"]:
+        assert list(ROOT.glob(pattern)), f"license-files {pattern!r} matches no file"
+    # and the build uses a setuptools that reads both (77 is the first).
+    [setuptools] = [
+        Requirement(r) for r in pyproject["build-system"]["requires"] if r.startswith("setuptools")
+    ]
+    assert not setuptools.specifier.contains(Version("76.9")), setuptools
