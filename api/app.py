@@ -57,7 +57,7 @@ MAY_TAKE_EFFECT = {
     ),
 }
 
-WORKER_FIELDS = ("id", "capabilities", "resources")
+WORKER_FIELDS = ("id", "capabilities", "resources", "tags")
 COMPLETE_FIELDS = ("status", "result", "error", "traceback")
 
 

@@ -279,7 +279,7 @@ class Scheduler(Lifecycle):
         worker = Worker(
             id=worker_id,
             kind=WorkerKind.ZMQ,
-            capabilities=frozenset(ready.capabilities),
+            capabilities=frozenset(ready.capabilities).union(ready.tags),
             resources=ready.resources,
             slots=ready.slots,
             last_seen=now,
@@ -288,6 +288,7 @@ class Scheduler(Lifecycle):
             pid=ready.pid,
             free=dict(ready.resources),
             last_ping=now,
+            tags=frozenset(ready.tags),
         )
         self.roster.put(worker)
         self._worker_changed(worker)
@@ -358,7 +359,8 @@ class Scheduler(Lifecycle):
         if old is not None and old.kind is WorkerKind.ZMQ:
             raise Conflict(f"worker id {request.id!r} is taken by a ZeroMQ worker")
         if old is not None:
-            old.capabilities = frozenset(request.capabilities)
+            old.capabilities = frozenset(request.capabilities).union(request.tags)
+            old.tags = frozenset(request.tags)
             old.resources = request.resources
             old.free = dict(request.resources)
             for task_id in old.running:
@@ -371,11 +373,12 @@ class Scheduler(Lifecycle):
         worker = Worker(
             id=request.id,
             kind=WorkerKind.HTTP,
-            capabilities=frozenset(request.capabilities),
+            capabilities=frozenset(request.capabilities).union(request.tags),
             resources=request.resources,
             slots=0,
             last_seen=now,
             free=dict(request.resources),
+            tags=frozenset(request.tags),
         )
         self.roster.workers[worker.id] = worker
         self._worker_changed(worker)

@@ -191,10 +191,13 @@ class Worker:
     draining: bool = False
     #: Open long-polls of an HTTP worker, oldest first: (token, deadline).
     polls: list[tuple[object, float]] = field(default_factory=list)
+    #: Which capabilities are tags, not handlers: a task's handler and its ``requires`` are
+    #: both matched against all of ``capabilities``; these are only shown apart.
+    tags: frozenset[str] = frozenset()
 
     #: What a store keeps of a worker: the rest is derived, or lives only while it is online.
     STORED: ClassVar[tuple[str, ...]] = (
-        "id", "kind", "capabilities", "resources", "slots", "host", "pid", "last_seen",
+        "id", "kind", "capabilities", "resources", "slots", "host", "pid", "last_seen", "tags",
     )  # fmt: skip
 
     def capacity(self) -> int:
@@ -233,6 +236,8 @@ class Worker:
             "kind": self.kind.value,
             "status": self.status.value,
             "capabilities": sorted(self.capabilities),
+            "handlers": sorted(self.capabilities - self.tags),
+            "tags": sorted(self.tags),
             "resources": dict(self.resources),
             "slots": self.slots if self.kind is WorkerKind.ZMQ else None,
             "running": sorted(self.running),

@@ -71,6 +71,8 @@ class Ready:
     running: list[RunKey] = field(default_factory=list)
     host: str = ""
     pid: int = 0
+    #: Which of its capabilities are tags (``zmq-worker --capabilities``), not handlers.
+    tags: list[str] = field(default_factory=list)
 
     def to_body(self) -> dict[str, Any]:
         return {
@@ -81,6 +83,7 @@ class Ready:
             "running": [{"task_id": r.task_id, "attempt": r.attempt} for r in self.running],
             "host": self.host,
             "pid": self.pid,
+            "tags": self.tags,
         }
 
     @classmethod
@@ -108,6 +111,7 @@ class Ready:
             running=running,
             host="" if host is None else fields.text(host, "host", MAX_HOST_LENGTH, empty=True),
             pid=0 if pid is None else fields.integer(pid, "pid", 0, MAX_PID),
+            tags=fields.names(body.get("tags"), "tags", MAX_CAPABILITIES),
         )
 
 

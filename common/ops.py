@@ -261,9 +261,12 @@ class HttpRegister:
     id: str
     capabilities: list[str] = field(default_factory=list)
     resources: dict[str, float] = field(default_factory=dict)
+    #: Which of its capabilities are tags rather than handlers (shown apart).
+    tags: list[str] = field(default_factory=list)
 
     def to_args(self) -> dict[str, Any]:
-        return {"id": self.id, "capabilities": self.capabilities, "resources": self.resources}
+        return {"id": self.id, "capabilities": self.capabilities, "resources": self.resources,
+                "tags": self.tags}  # fmt: skip
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> HttpRegister:
@@ -271,6 +274,7 @@ class HttpRegister:
             fields.identifier(args.get("id"), "id"),
             fields.names(args.get("capabilities"), "capabilities", MAX_CAPABILITIES),
             fields.resources(args.get("resources"), "resources"),
+            fields.names(args.get("tags"), "tags", MAX_CAPABILITIES),
         )
 
 

@@ -77,6 +77,7 @@ class Agent:
         slots: int,
         make_runner: RunnerFactory,
         capabilities: Sequence[str] = (),
+        tags: Sequence[str] = (),
         resources: Mapping[str, float] | None = None,
         host: str | None = None,
         pid: int | None = None,
@@ -90,6 +91,8 @@ class Agent:
         self.worker_id = worker_id
         self.slots = slots
         self.capabilities = list(capabilities)
+        #: Which of the capabilities are tags rather than handler names.
+        self.tags = list(tags)
         self.resources = {k: float(v) for k, v in (resources or {}).items() if v > 0}
         self.host = host if host is not None else platform.node()
         self.pid = pid if pid is not None else os.getpid()
@@ -296,6 +299,7 @@ class Agent:
             [RunKey(task_id, attempt) for task_id, attempt in held],
             self.host,
             self.pid,
+            self.tags,
         )
         self._send(Command.READY, ready.to_body())
 

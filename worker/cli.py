@@ -93,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker_id = settings.worker_id or default_worker_id()
     names = handlers.names()
     # Handler names first, then extra tags; a tag naming a handler is not repeated.
-    capabilities = list(dict.fromkeys([*names, *config.split_list(settings.capabilities)]))
+    tags = config.split_list(settings.capabilities)
+    capabilities = list(dict.fromkeys([*names, *tags]))
     slots = settings.slots
     logger.info(
         "worker %s: %d slots (%s pool), handlers: %s",
@@ -112,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         slots=slots,
         make_runner=make_runner,
         capabilities=capabilities,
+        tags=tags,
         resources=resources,
         drain_grace=settings.drain_grace,
         backoff_initial=settings.reconnect_backoff,

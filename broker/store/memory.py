@@ -61,7 +61,7 @@ def _worker_copy(worker: Worker) -> Worker:
     return Worker(
         worker.id, worker.kind, frozenset(worker.capabilities), dict(worker.resources),
         worker.slots, worker.last_seen, host=worker.host, pid=worker.pid,
-        status=WorkerStatus.OFFLINE, free=dict(worker.resources),
+        status=WorkerStatus.OFFLINE, free=dict(worker.resources), tags=frozenset(worker.tags),
     )  # fmt: skip
 
 

@@ -59,7 +59,8 @@ CREATE TABLE IF NOT EXISTS workers (
     slots        INTEGER NOT NULL,
     host         TEXT NOT NULL,
     pid          INTEGER NOT NULL,
-    last_seen    REAL NOT NULL
+    last_seen    REAL NOT NULL,
+    tags         TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -360,8 +361,8 @@ def _resource_key(text: str) -> ResourceKey:
 
 _WORKER_UPSERT = (
     "INSERT OR REPLACE INTO workers "
-    "(id, kind, capabilities, resources, slots, host, pid, last_seen) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "(id, kind, capabilities, resources, slots, host, pid, last_seen, tags) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -375,15 +376,17 @@ def _worker_row(worker: Worker) -> tuple[object, ...]:
         worker.host,
         worker.pid,
         worker.last_seen,
+        json.dumps(sorted(worker.tags)),
     )
 
 
 def _worker(row: Any) -> Worker:
-    worker_id, kind, capabilities, resources_json, slots, host, pid, last_seen = row
+    worker_id, kind, capabilities, resources_json, slots, host, pid, last_seen, tags = row
     resources = {str(k): float(v) for k, v in json.loads(resources_json).items()}
     return Worker(
         worker_id, WorkerKind(kind), frozenset(json.loads(capabilities)), resources, slots,
         last_seen, host=host, pid=pid, status=WorkerStatus.OFFLINE, free=dict(resources),
+        tags=frozenset(json.loads(tags)),
     )  # fmt: skip
 
 
@@ -443,7 +446,8 @@ class SqliteStore:
         return [
             _worker(row)
             for row in self._db.execute(
-                "SELECT id, kind, capabilities, resources, slots, host, pid, last_seen FROM workers"
+                "SELECT id, kind, capabilities, resources, slots, host, pid, last_seen, tags "
+                "FROM workers"
             )
         ]
 

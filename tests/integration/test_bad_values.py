@@ -135,9 +135,10 @@ def test_a_bad_ready_or_done_is_dropped_whole_and_counted(stack: Stack) -> None:
 
     try:
         ready = {"id": "w", "slots": 1, "capabilities": ["echo"], "running": []}
-        for bad in ({**ready, "id": "a/b"}, {**ready, "slots": 2**62}, {**ready, "id": ""}):
+        for bad in ({**ready, "id": "a/b"}, {**ready, "slots": 2**62}, {**ready, "id": ""},
+                    {**ready, "tags": "gpu"}):  # fmt: skip
             send(Command.READY, bad)
-        wait_for(lambda: client.health()["dropped_messages"] == 3, what="3 READYs dropped")
+        wait_for(lambda: client.health()["dropped_messages"] == 4, what="4 READYs dropped")
         assert client.workers() == []
 
         send(Command.READY, ready)

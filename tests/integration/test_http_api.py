@@ -30,8 +30,8 @@ TASK_KEYS = frozenset({"id", "name", "handler", "args", "dependencies", "priorit
 LEASE_KEYS = frozenset({"attempt", "worker_id", "started_at", "ended_at", "outcome", "error",
                         "refused", "traceback"})  # fmt: skip
 #: A worker's keys, as the README lists them (host and pid are for display).
-WORKER_KEYS = frozenset({"id", "kind", "status", "capabilities", "resources", "slots", "running",
-                         "last_seen", "host", "pid", "draining"})  # fmt: skip
+WORKER_KEYS = frozenset({"id", "kind", "status", "capabilities", "handlers", "tags", "resources",
+                         "slots", "running", "last_seen", "host", "pid", "draining"})  # fmt: skip
 
 Response = tuple[int, Any, dict[str, str]]
 
@@ -349,7 +349,7 @@ def test_an_http_worker_reports_where_its_run_failed(api: Stack) -> None:
 
 def test_workers_listing_shows_zmq_and_http_workers(api: Stack) -> None:
     api.start_worker("--capabilities", "gpu", worker_id="zw", slots=3)
-    api.http("POST", "/workers", {"id": "hw", "capabilities": ["x"]})
+    api.http("POST", "/workers", {"id": "hw", "capabilities": ["x"], "tags": ["fast"]})
     api.wait_workers("zw", "hw")
     _, workers, _ = api.http("GET", "/workers")
     by_id = {w["id"]: w for w in workers}
@@ -358,7 +358,13 @@ def test_workers_listing_shows_zmq_and_http_workers(api: Stack) -> None:
     assert {"echo", "sleep", "fibonacci", "prime_factorization", "gpu"} <= set(
         by_id["zw"]["capabilities"]
     )
+    # Handlers and tags are listed apart; a task is matched against both (capabilities).
+    assert by_id["zw"]["handlers"] == ["echo", "fibonacci", "prime_factorization", "sleep"]
+    assert by_id["zw"]["tags"] == ["gpu"]
     assert by_id["hw"]["kind"] == "http"
+    assert (by_id["hw"]["handlers"], by_id["hw"]["tags"]) == (["x"], ["fast"])
+    _, submitted, _ = api.http("POST", "/tasks", {"handler": "x", "requires": ["fast"]})
+    assert api.http("POST", "/workers/hw/tasks/next")[1]["id"] == submitted["id"]
     assert by_id["hw"]["slots"] is None  # an HTTP worker takes one task per poll
     for worker in workers:
         assert set(worker) == WORKER_KEYS, set(worker) ^ WORKER_KEYS
@@ -371,8 +377,8 @@ def test_workers_listing_shows_zmq_and_http_workers(api: Stack) -> None:
 def test_workers_outlive_a_broker_restart_and_an_http_worker_carries_on(api: Stack) -> None:
     # Given a ZeroMQ worker and an HTTP worker that holds a lease.
     zmq_worker = api.start_worker("--capabilities", "gpu", worker_id="zw", slots=3)
-    status, _, _ = api.http("POST", "/workers", {"id": "hw", "capabilities": ["resize"],
-                                                "resources": {"cpu": 2}})  # fmt: skip
+    hw = {"id": "hw", "capabilities": ["resize"], "resources": {"cpu": 2}, "tags": ["big"]}
+    status, _, _ = api.http("POST", "/workers", hw)
     assert status == 201
     api.wait_workers("zw", "hw")
     _, submitted, _ = api.http("POST", "/tasks", {"handler": "resize", "resources": {"cpu": 2}})
@@ -390,7 +396,7 @@ def test_workers_outlive_a_broker_restart_and_an_http_worker_carries_on(api: Sta
     status, after, _ = api.http("GET", "/workers")
     assert status == 200
     assert {w["id"]: w["status"] for w in after} == {"zw": "offline", "hw": "offline"}
-    kept = ("kind", "capabilities", "resources", "slots", "host", "pid")
+    kept = ("kind", "capabilities", "handlers", "tags", "resources", "slots", "host", "pid")
     assert [{k: w[k] for k in kept} for w in after] == [{k: w[k] for k in kept} for w in before]
     for worker in after:
         assert set(worker) == WORKER_KEYS, set(worker) ^ WORKER_KEYS

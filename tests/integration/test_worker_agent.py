@@ -175,6 +175,7 @@ def test_worker_registers_with_its_handlers_and_resources(
     assert {"echo", "sleep", "fibonacci", "prime_factorization", "gpu", "ssd"} <= set(
         body["capabilities"]
     )
+    assert body["tags"] == ["gpu", "ssd"]  # which of them are tags, not handlers
     assert body["resources"] == {"cpu": 2.0}  # zero amounts are not declared
     assert body["running"] == []
     assert body["pid"] == proc.pid

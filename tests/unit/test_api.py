@@ -599,7 +599,8 @@ def test_list_tasks_accepts_the_largest_page(http: Http) -> None:
 
 def test_register_is_201_then_200(http: Http, local: LocalClient) -> None:
     # given a worker's registration
-    body = {"id": "w1", "capabilities": ["echo"], "resources": {"cpu": 2, "memory": 512}}
+    body = {"id": "w1", "capabilities": ["echo"], "resources": {"cpu": 2, "memory": 512},
+            "tags": ["gpu"]}  # fmt: skip
 
     # when it is sent twice
     first = http.simulate_post("/workers", json=body)
@@ -614,7 +615,9 @@ def test_register_is_201_then_200(http: Http, local: LocalClient) -> None:
         "id": "w1",
         "kind": "http",
         "status": "online",
-        "capabilities": ["echo"],
+        "capabilities": ["echo", "gpu"],
+        "handlers": ["echo"],
+        "tags": ["gpu"],
         "resources": {"cpu": 2.0, "memory": 512.0},
         "slots": None,
         "running": [],

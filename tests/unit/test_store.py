@@ -502,6 +502,7 @@ def test_workers_come_back_offline_with_what_they_registered(opened: Opened) -> 
         "zmq-1", WorkerKind.ZMQ, frozenset({"echo", "gpu", "é \"x\""}), {"cpu": 8.0, "mem": 0.5},
         4, 1234.5, address=b"\x00k", host="node-7", pid=4242, running={"t": 2},
         free={"cpu": 7.0, "mem": 0.5}, last_ping=1234.0, draining=True,
+        tags=frozenset({"gpu", "é \"x\""}),
     )  # fmt: skip
     http = Worker("http-1", WorkerKind.HTTP, frozenset(), {}, 0, 99.0)
     kept = [_stored_of(busy), _stored_of(http)]
