@@ -131,6 +131,10 @@ def test_dependencies_run_in_order_and_failures_propagate(stack: Stack) -> None:
     assert client.wait(grandchild, timeout=30)["status"] == "failed"
     assert client.get(orphan)["error"] == f"dependency {broken} failed"
     assert client.get(orphan)["started_at"] is None
+    # Further down the chain, the error names the task whose failure started it.
+    assert client.get(grandchild)["error"] == (
+        f"dependency {orphan} failed (the first to end: task {broken} failed)"
+    )
     with pytest.raises(InvalidInput, match="unknown task"):
         client.submit("echo", dependencies=["no-such-task"])
 
