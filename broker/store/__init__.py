@@ -11,6 +11,10 @@ A backend is a module of this package exposing ``open(location, sync) -> Store``
 ``open_store`` finds it by the location's scheme, so adding one (``postgresql.py`` for
 ``postgresql://...``) is that module and nothing else. ``memory`` keeps tasks in the
 process (tests); ``sqlite`` keeps them in a file, addressed by its path.
+
+A store serves one broker at a time: a backend whose state outlives the process refuses
+to open a store another process has open (``StoreInUse``), so a second broker started by
+mistake stops before it reads a task instead of scheduling them twice.
 """
 
 from __future__ import annotations
@@ -23,12 +27,17 @@ from typing import Protocol
 
 from broker.state import Task, Worker
 
-__all__ = ["MEMORY", "Store", "open_store"]
+__all__ = ["MEMORY", "Store", "StoreInUse", "open_store"]
 
 #: The location of a store that keeps nothing beyond its process (tests).
 MEMORY = "memory:"
 #: A location that starts with a scheme (RFC 3986), which names the backend's module.
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+class StoreInUse(RuntimeError):
+    """The store is open in another process (another broker): raised by a backend's
+    ``open``, naming who holds it."""
 
 
 class Store(Protocol):
@@ -82,7 +91,7 @@ class Store(Protocol):
         """
 
     def close(self) -> None:
-        """Release what the store holds open; it is not used again."""
+        """Release what the store holds open, its lock included; it is not used again."""
 
 
 def open_store(location: str, sync: str) -> Store:
@@ -90,7 +99,8 @@ def open_store(location: str, sync: str) -> Store:
     backend module of that name), or else the path of an SQLite file.
 
     ``sync`` is how durable a commit is (``full``: fsynced before ``save`` returns), as
-    the backend understands it. Raises ValueError for a scheme no module serves.
+    the backend understands it. Raises ValueError for a scheme no module serves, and
+    ``StoreInUse`` when another process has the store open.
     """
     if location == MEMORY:
         backend = "memory"

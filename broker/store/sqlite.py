@@ -5,7 +5,8 @@ one transaction: a burst of submits shares one fsync (group commit). Only after
 ``save`` returns does the broker acknowledge anything. How a task is laid out in rows
 (the schema, the spec and state columns, the JSON of leases, the cold and fresh reads)
 is this module's own: nothing outside it may read or write the file but through
-``SqliteStore``.
+``SqliteStore``, and one ``SqliteStore`` at a time: it locks the file (``<path>.lock``,
+``broker.store._lock``) before it opens it, until it is closed or its process ends.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from json.encoder import encode_basestring_ascii
 from typing import Any, cast
 
 from broker.state import Lease, ResourceKey, Task, Worker
-from broker.store import Store
+from broker.store import Store, _lock
 from common.models import FINAL_STATUSES, TaskStatus, WorkerKind, WorkerStatus
 
 _SCHEMA = """
@@ -403,7 +404,20 @@ class SqliteStore:
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None)
+        # Before SQLite opens the file: a second broker must not read, let alone write, it.
+        self._lock = _lock.acquire(path)
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None)
+        except BaseException:
+            self._lock.release()
+            raise
+        try:
+            self._open(sync)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, sync: str) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={sync.upper()}")
         self._db.executescript(_SCHEMA)
@@ -413,8 +427,9 @@ class SqliteStore:
         elif row[0] in _UPGRADES_FROM:
             self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
         elif row[0] != SCHEMA_VERSION:
-            self._db.close()
-            raise RuntimeError(f"{path}: store schema {row[0]}, this broker needs {SCHEMA_VERSION}")
+            raise RuntimeError(
+                f"{self.path}: store schema {row[0]}, this broker needs {SCHEMA_VERSION}"
+            )
 
     def load(self) -> list[Task]:
         """Every stored task, in no particular order, finished ones cold (the three reads
@@ -502,6 +517,7 @@ class SqliteStore:
 
     def close(self) -> None:
         self._db.close()
+        self._lock.release()
 
 
 #: The scheme of an SQLite store's location as a URL: ``sqlite:///var/x.db`` is /var/x.db.

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import re
 import sqlite3
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import pytest
 
 from broker.core import Scheduler
 from broker.state import Lease, Task, Worker
-from broker.store import open_store
+from broker.store import StoreInUse, open_store
 from broker.store.sqlite import (
     _COLUMNS,
     _FRESH_STATE,
@@ -245,6 +247,42 @@ def test_a_store_of_another_schema_version_is_refused(tmp_path: Path) -> None:
     db.commit()
     db.close()
     with pytest.raises(RuntimeError, match=f"store schema 1, this broker needs {SCHEMA_VERSION}"):
+        SqliteStore(path)
+
+
+def test_a_store_open_in_one_place_is_refused_in_another_until_it_is_closed(
+    tmp_path: Path,
+) -> None:
+    # Given a store open (as by a running broker).
+    path = str(tmp_path / "s.db")
+    first = SqliteStore(path)
+    core = Scheduler()
+    [held] = edge.submit(core, [{"handler": "echo"}], 100.0)
+    first.save(core.take_dirty())
+
+    # When it is opened a second time, then that is refused, naming who holds it.
+    with pytest.raises(StoreInUse, match=re.escape(f"{path} is in use by pid {os.getpid()}")):
+        SqliteStore(path)
+    with pytest.raises(StoreInUse, match=re.escape(f"its lock {path}.lock")):
+        open_store(path, "full")
+
+    # Once the first is closed, the store opens again, with what the first saved.
+    first.close()
+    second = SqliteStore(path)
+    assert [task.id for task in second.load()] == [held["id"]]
+    second.close()
+
+
+def test_a_store_that_fails_to_open_leaves_it_unlocked(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.db")
+    SqliteStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
+    db.commit()
+    db.close()
+    with pytest.raises(RuntimeError, match="store schema 1"):
+        SqliteStore(path)
+    with pytest.raises(RuntimeError, match="store schema 1"):  # not StoreInUse
         SqliteStore(path)
 
 
