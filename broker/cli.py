@@ -1,4 +1,9 @@
-"""``zmq-broker``: run the broker until SIGINT or SIGTERM."""
+"""``zmq-broker``: run the broker until SIGINT or SIGTERM.
+
+It binds its address, then opens (and locks) its store, then loads it: a broker whose
+address is taken, or whose store another broker holds, exits 1 at once saying so, having
+read nothing.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,9 @@ import signal
 import sys
 from types import FrameType
 
-from broker.server import BrokerServer
+import zmq
+
+from broker.server import BrokerServer, listen
 from broker.store import open_store
 from common import settings as config
 
@@ -44,12 +51,21 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s broker %(levelname)s %(name)s: %(message)s",
     )
+    # The socket before the store: a broker whose address is taken (by another broker,
+    # most likely) stops before it so much as opens the store.
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    try:
+        socket = listen(context, settings.broker)
+    except zmq.ZMQError as exc:
+        print(f"zmq-broker: cannot bind {settings.broker}: {exc}", file=sys.stderr)
+        return 1
     try:
         store = open_store(settings.data, settings.sync)
     except (ValueError, RuntimeError, OSError) as exc:
+        socket.close(linger=0)
         print(f"zmq-broker: cannot open the store: {exc}", file=sys.stderr)
         return 1
-    server = BrokerServer(settings, store)
+    server = BrokerServer(settings, store, context, socket=socket)
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 

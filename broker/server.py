@@ -76,6 +76,21 @@ def timing_from(settings: Settings) -> Timing:
     )
 
 
+def listen(context: zmq.Context[Any], endpoint: str) -> zmq.Socket[bytes]:
+    """The broker's ROUTER socket, bound to ``endpoint`` (raises ``zmq.ZMQError`` when it
+    cannot be, an address in use above all)."""
+    socket: zmq.Socket[bytes] = context.socket(zmq.ROUTER)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
+    socket.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+    try:
+        socket.bind(endpoint)
+    except BaseException:
+        socket.close(linger=0)
+        raise
+    return socket
+
+
 class BrokerServer:
     """The ROUTER loop around a ``Scheduler`` and a ``Store``."""
 
@@ -85,7 +100,10 @@ class BrokerServer:
         store: Store,
         context: zmq.Context[Any] | None = None,
         clock: Callable[[], float] = time.time,
+        socket: zmq.Socket[bytes] | None = None,
     ) -> None:
+        """``socket``: a ROUTER bound already (``listen``), for a caller that binds before it
+        opens the store; ``bind`` binds one otherwise."""
         self.settings = settings
         self.store = store
         self.core = Scheduler(timing_from(settings))
@@ -93,7 +111,7 @@ class BrokerServer:
         self.clock = clock
         self.started = clock()
         self._context = context or zmq.Context.instance()
-        self._socket: zmq.Socket[bytes] | None = None
+        self._socket = socket
         self._stopping = threading.Event()
         #: Replies of this turn: sent once its changes are committed.
         self._promises: list[Frames] = []
@@ -109,7 +127,14 @@ class BrokerServer:
         self.endpoint = ""
 
     def bind(self) -> str:
-        """Load the store and bind the socket; returns the bound endpoint."""
+        """Bind the socket, then load the store; returns the bound endpoint.
+
+        The socket first: a broker whose address is taken (another broker's, most likely)
+        fails at once, before it reads the store. Messages that arrive while the store
+        loads wait on the socket.
+        """
+        if self._socket is None:
+            self._socket = listen(self._context, self.settings.broker)
         began = time.monotonic()
         # A million loaded tasks would make the collector walk them all, more than once,
         # while they load, and again at every full collection after: they live as long
@@ -123,13 +148,7 @@ class BrokerServer:
             gc.enable()
         self._frozen_at = self.core.next_seq
         log.info("loaded %d tasks in %.2f s", len(tasks), time.monotonic() - began)
-        socket: zmq.Socket[bytes] = self._context.socket(zmq.ROUTER)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
-        socket.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
-        socket.bind(self.settings.broker)
-        self._socket = socket
-        self.endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         log.info("broker listening on %s", self.endpoint)
         return self.endpoint
 
@@ -138,7 +157,7 @@ class BrokerServer:
         self._stopping.set()
 
     def run(self) -> None:
-        if self._socket is None:
+        if not self.endpoint:  # not bound and loaded yet
             self.bind()
         socket = self._socket
         assert socket is not None

@@ -1,15 +1,15 @@
-"""One broker per store.
+"""One broker per store, and a broker that cannot bind touches no store.
 
-A second broker started on a live broker's store must stop at once, non-zero, saying
-why, and leave the live broker and its store alone; a broker killed with SIGKILL must not
-keep its store from the next one.
+A second broker started on a live broker's store, or on its address, must stop at once,
+non-zero, saying why, and leave the live broker and its store alone; a broker killed with
+SIGKILL must not keep its store from the next one.
 """
 
 from __future__ import annotations
 
 import sys
 
-from tests.conftest import Proc, Stack, alive, free_port
+from tests.conftest import Proc, Stack, alive, free_port, wait_for
 
 #: Seconds a broker that cannot start may take to say so and exit (a loaded machine is slow
 #: to start Python; this bounds a hang, it is no measure of speed).
@@ -60,3 +60,20 @@ def test_a_store_whose_broker_was_killed_with_sigkill_opens_for_the_next(stack: 
     client = stack.client()
     assert client.health()["pid"] == second.pid
     assert client.get(task_id)["status"] == "pending"
+
+
+def test_a_broker_whose_address_is_taken_exits_before_it_opens_its_store(stack: Stack) -> None:
+    # Given a broker bound to its address.
+    first = stack.start_broker()
+    fresh = stack.tmp_path / "fresh" / "scheduler.db"
+
+    # When a second broker is started on the same address, with a store of its own.
+    second = start_second(stack, stack.endpoint, str(fresh))
+
+    # Then it exits non-zero having never made (or locked) its store, saying it cannot bind.
+    assert second.popen.wait(timeout=EXIT_DEADLINE) != 0
+    output = second.output()
+    assert not fresh.parent.exists(), sorted(fresh.parent.rglob("*"))
+    assert f"cannot bind {stack.endpoint}" in output, output
+    # The first is untouched.
+    wait_for(lambda: stack.client().health(timeout=1)["pid"] == first.pid, what="first serves")
