@@ -3,20 +3,30 @@
 Starts the broker, the HTTP API under gunicorn and N local workers as child
 processes, restarts any child that dies, and stops them all on Ctrl-C or
 SIGTERM. Signal handlers only set a flag; the supervision loop does the work.
+
+A child that fails as it starts (its port taken, its store held by another broker, a
+handler module missing) would fail again at once: such quick failures are restarted
+after a back-off (1 s, doubling), and after ``MAX_QUICK_FAILURES`` in a row ``up`` stops
+everything and exits 1, printing the last lines the child wrote. A child that ran for
+``STARTUP_WINDOW`` seconds before it died is restarted as soon as ever. Children's
+standard error passes through ``up`` (which keeps each one's last lines for that).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import logging
 import os
+import selectors
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import IO, cast
 
 from common import settings as config
 from common.settings import Settings
@@ -25,8 +35,37 @@ log = logging.getLogger("zmq-scheduler")
 
 #: Seconds children get to stop after SIGTERM before they are killed.
 STOP_GRACE = 10.0
-#: Seconds to wait before restarting a child that died.
+#: Seconds to wait before restarting a child that died; the first back-off of a child
+#: that keeps failing as it starts, doubled at each failure in a row.
 RESTART_DELAY = 1.0
+#: A child that exits within this many seconds of its start failed at start-up (gunicorn
+#: tries a taken port for 5 s before it gives up).
+STARTUP_WINDOW = 10.0
+#: Start-up failures in a row of one child after which ``up`` stops everything.
+MAX_QUICK_FAILURES = 5
+#: Lines of a child's standard error kept, to print when ``up`` gives up on it.
+TAIL_LINES = 20
+#: Seconds the supervision loop waits for children's output before it looks at them.
+POLL_SECONDS = 0.2
+
+
+@dataclass
+class Backoff:
+    """When to restart a child that exited: a policy with no clock of its own."""
+
+    #: Start-up failures in a row.
+    failures: int = 0
+
+    def delay(self, ran_for: float) -> float | None:
+        """Seconds to wait before restarting a child that ran ``ran_for`` seconds, or None
+        to give up on it."""
+        if ran_for >= STARTUP_WINDOW:
+            self.failures = 0
+            return RESTART_DELAY
+        self.failures += 1
+        if self.failures >= MAX_QUICK_FAILURES:
+            return None
+        return RESTART_DELAY * 2.0 ** (self.failures - 1)
 
 
 @dataclass
@@ -37,12 +76,43 @@ class Child:
     argv: list[str]
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
-    died_at: float | None = field(default=None)
+    #: ``time.monotonic()`` of the last start.
+    started_at: float = 0.0
+    #: When to start it again, once it has died (None: it runs, or is not to be restarted).
+    restart_at: float | None = None
+    backoff: Backoff = field(default_factory=Backoff)
+    #: The last lines it wrote to standard error.
+    tail: collections.deque[str] = field(
+        default_factory=lambda: collections.deque(maxlen=TAIL_LINES)
+    )
+    #: What it wrote after its last newline.
+    partial: bytes = b""
 
-    def start(self) -> None:
-        self.process = subprocess.Popen(self.argv)
-        self.died_at = None
+    def start(self, selector: selectors.BaseSelector) -> None:
+        self.process = subprocess.Popen(self.argv, stderr=subprocess.PIPE)
+        pipe = self.process.stderr
+        assert pipe is not None
+        os.set_blocking(pipe.fileno(), False)
+        selector.register(pipe, selectors.EVENT_READ, (self, pipe))
+        self.started_at = time.monotonic()
+        self.restart_at = None
+        self.tail.clear()  # the last lines of this run, not of the one before
         log.info("started %s (pid %d)", self.name, self.process.pid)
+
+    def exited(self) -> bool:
+        """Whether it was started and has exited."""
+        return self.process is not None and self.process.poll() is not None
+
+    def relay(self, data: bytes) -> None:
+        """Pass what it wrote to standard error on, whole lines at a time, keeping the last."""
+        self.partial += data
+        if not data and self.partial:  # the end of the pipe: a last line with no newline
+            self.partial += b"\n"
+        *lines, self.partial = self.partial.split(b"\n")
+        if lines:
+            sys.stderr.buffer.write(b"".join(line + b"\n" for line in lines))
+            sys.stderr.buffer.flush()
+            self.tail.extend(line.decode("utf-8", "replace") for line in lines)
 
 
 def local_endpoint(endpoint: str) -> str:
@@ -87,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def supervise(procs: list[Child]) -> int:
+    """Run the children until a signal (exit status 0) or one of them keeps failing as it
+    starts (1)."""
     stopping = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -95,45 +167,92 @@ def supervise(procs: list[Child]) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    selector = selectors.DefaultSelector()
+    failed: Child | None = None
     for child in procs:
-        child.start()
+        child.start(selector)
     try:
-        while True:
-            time.sleep(0.2)
+        while failed is None:
+            relay_output(selector, POLL_SECONDS)
             if stopping:  # Ctrl-C reaches the children too: their exits are no crash
                 break
             now = time.monotonic()
             for child in procs:
-                if child.process is None or child.process.poll() is None:
-                    continue
-                if child.died_at is None:
-                    child.died_at = now
-                    log.warning(
-                        "%s (pid %d) exited with %s; restarting",
-                        child.name,
-                        child.process.pid,
-                        child.process.returncode,
-                    )
-                elif now - child.died_at >= RESTART_DELAY:
+                if child.restart_at is not None and now >= child.restart_at:
                     child.restarts += 1
-                    child.start()
+                    child.start(selector)
+                elif child.restart_at is None and child.exited() and not restart_later(child, now):
+                    failed = child
+                    break
     finally:
-        stop_all(procs)
-    return 0
+        stop_all(procs, selector)
+    if failed is None:
+        return 0
+    print(
+        f"zmq-scheduler: {failed.name} exited {MAX_QUICK_FAILURES} times in a row within "
+        f"{STARTUP_WINDOW:g} s of its start; stopped everything. The last lines it wrote:",
+        *(f"    {line}" for line in failed.tail),
+        sep="\n",
+        file=sys.stderr,
+    )
+    return 1
 
 
-def stop_all(procs: list[Child]) -> None:
+def restart_later(child: Child, now: float) -> bool:
+    """Set when to restart a child that exited; False when it is to be given up on."""
+    assert child.process is not None
+    ran_for = now - child.started_at
+    delay = child.backoff.delay(ran_for)
+    status = child.process.returncode
+    if delay is None:
+        log.error(
+            "%s (pid %d) exited with %s after %.1f s, its start-up failure %d in a row",
+            child.name, child.process.pid, status, ran_for, child.backoff.failures,
+        )  # fmt: skip
+        return False
+    child.restart_at = now + delay
+    log.warning(
+        "%s (pid %d) exited with %s after %.1f s; restarting in %g s",
+        child.name, child.process.pid, status, ran_for, delay,
+    )  # fmt: skip
+    return True
+
+
+def relay_output(selector: selectors.BaseSelector, timeout: float) -> None:
+    """Pass on what children wrote to standard error, waiting up to ``timeout`` for some."""
+    for key, _ in selector.select(timeout):
+        child, pipe = cast(tuple[Child, IO[bytes]], key.data)
+        try:
+            data = os.read(pipe.fileno(), 65536)
+        except BlockingIOError:
+            continue
+        child.relay(data)
+        if not data:  # every process holding the pipe (gunicorn's workers too) is gone
+            selector.unregister(pipe)
+            pipe.close()
+
+
+def stop_all(procs: list[Child], selector: selectors.BaseSelector) -> None:
     live = [c.process for c in procs if c.process is not None and c.process.poll() is None]
     for process in live:
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + STOP_GRACE
+    while any(p.poll() is None for p in live) and time.monotonic() < deadline:
+        relay_output(selector, 0.1)  # a child blocked on a full pipe would never stop
     for process in live:
-        try:
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
+        if process.poll() is None:
             process.kill()
             process.wait()
+    # What they wrote last, gunicorn's workers' included, up to a moment after.
+    deadline = time.monotonic() + 1.0
+    while selector.get_map() and time.monotonic() < deadline:
+        relay_output(selector, 0.1)
+    for key in list(selector.get_map().values()):
+        _, pipe = cast(tuple[Child, IO[bytes]], key.data)
+        selector.unregister(pipe)
+        pipe.close()
+    selector.close()
     log.info("all stopped")
 
 

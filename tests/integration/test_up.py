@@ -1,9 +1,11 @@
 """``zmq-scheduler up`` supervises its children: it "restarts a child that dies; Ctrl-C or
-SIGTERM stops them all" (README, "Commands")."""
+SIGTERM stops them all" (README, "Commands"), and gives up on a child that keeps failing as
+it starts."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -22,6 +24,14 @@ from tests.conftest import (
 )
 
 
+def up_argv(stack: Stack, port: int, *extra: str) -> list[str]:
+    """``zmq-scheduler up`` on the stack's broker endpoint and ``port``, state under its
+    directory, with the tests' quick liveness."""
+    return [sys.executable, "-m", "common.up", "up", "--listen", f"127.0.0.1:{port}",
+            "--broker-bind", stack.endpoint, "--data", str(stack.tmp_path / "db.sqlite"),
+            "--ping-interval", str(PING_INTERVAL), "--liveness", str(LIVENESS), *extra]  # fmt: skip
+
+
 def online_workers(client: Client) -> dict[int, str]:
     """pid -> id of the online workers."""
     return {w["pid"]: w["id"] for w in client.workers(timeout=2) if w["status"] == "online"}
@@ -31,10 +41,7 @@ def test_up_restarts_a_killed_worker_and_ctrl_c_stops_every_child(tmp_path: Path
     # Given `zmq-scheduler up` with two one-slot workers, answering on free ports.
     stack = Stack(tmp_path)
     port = free_port()
-    argv = [sys.executable, "-m", "common.up", "up", "--listen", f"127.0.0.1:{port}",
-            "--broker-bind", stack.endpoint, "--data", str(tmp_path / "db.sqlite"),
-            "--workers", "2", "--concurrency", "1", "--processes", "1",
-            "--ping-interval", str(PING_INTERVAL), "--liveness", str(LIVENESS)]  # fmt: skip
+    argv = up_argv(stack, port, "--workers", "2", "--concurrency", "1", "--processes", "1")
     up = Proc("up", argv, tmp_path)
     try:
         stack.api_url = f"http://127.0.0.1:{port}"
@@ -78,3 +85,40 @@ def test_up_restarts_a_killed_worker_and_ctrl_c_stops_every_child(tmp_path: Path
     finally:
         up.stop()
         stack.close()
+
+
+def test_up_gives_up_on_a_broker_whose_address_is_taken_and_stops_everything(
+    stack: Stack,
+) -> None:
+    # Given a live broker with a task in its store.
+    live = stack.start_broker()
+    client = stack.client()
+    task_id = client.submit("echo", b"mine")
+
+    # When `zmq-scheduler up` is started on the same address and the same store.
+    argv = up_argv(stack, free_port(), "--workers", "1", "--processes", "1")
+    argv[argv.index("--data") + 1] = stack.data
+    up = Proc("up", argv, stack.tmp_path)
+    try:
+        # Then it exits 1 once its broker failed 5 times in a row, backing off in between,
+        # and says why with the broker's own last words (it could not bind: it never got
+        # as far as the live broker's store).
+        assert up.popen.wait(timeout=90) == 1
+        output = up.output()
+        assert len(re.findall(r"started broker \(pid \d+\)", output)) == 5, output
+        assert re.findall(r"broker \(pid \d+\) exited with 1 .*restarting in (\S+) s", output) == [
+            "1", "2", "4", "8"
+        ], output  # fmt: skip
+        summary = output.split("zmq-scheduler: broker exited 5 times in a row", 1)
+        assert len(summary) == 2, output
+        assert f"zmq-broker: cannot bind {stack.endpoint}" in summary[1], output
+        # Every process it started is gone...
+        started = pids_started(output)
+        assert set(started) == {"broker", "api", "worker-1"}
+        wait_for(lambda: not any(alive(pid) for pid in started.values()), what="children gone")
+        # ...and the live broker serves its store as before.
+        assert alive(live.pid)
+        assert client.health()["pid"] == live.pid
+        assert client.get(task_id)["id"] == task_id
+    finally:
+        up.stop()
