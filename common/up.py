@@ -10,6 +10,11 @@ after a back-off (1 s, doubling), and after ``MAX_QUICK_FAILURES`` in a row ``up
 everything and exits 1, printing the last lines the child wrote. A child that ran for
 ``STARTUP_WINDOW`` seconds before it died is restarted as soon as ever. Children's
 standard error passes through ``up`` (which keeps each one's last lines for that).
+
+The children die with ``up`` however it ends: on Linux each is started with the
+parent-death signal set to SIGTERM, so even ``kill -9`` of ``up`` leaves no broker or
+API holding its ports. This module must never start a child from a thread other than
+the main one: the parent-death signal fires when the thread that started the child ends.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import ctypes
 import logging
 import os
 import selectors
@@ -24,6 +30,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import IO, cast
@@ -47,6 +54,8 @@ MAX_QUICK_FAILURES = 5
 TAIL_LINES = 20
 #: Seconds the supervision loop waits for children's output before it looks at them.
 POLL_SECONDS = 0.2
+#: ``prctl`` option that sets the signal a process gets when its parent dies (Linux).
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -89,7 +98,9 @@ class Child:
     partial: bytes = b""
 
     def start(self, selector: selectors.BaseSelector) -> None:
-        self.process = subprocess.Popen(self.argv, stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(
+            self.argv, stderr=subprocess.PIPE, preexec_fn=die_with_parent()
+        )
         pipe = self.process.stderr
         assert pipe is not None
         os.set_blocking(pipe.fileno(), False)
@@ -113,6 +124,26 @@ class Child:
             sys.stderr.buffer.write(b"".join(line + b"\n" for line in lines))
             sys.stderr.buffer.flush()
             self.tail.extend(line.decode("utf-8", "replace") for line in lines)
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """What a child runs between fork and exec so that it gets SIGTERM when ``up`` dies
+    (Linux); None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+    parent = os.getpid()
+
+    def set_signal() -> None:
+        # up's own handlers would catch a SIGTERM that comes before exec, and exec would
+        # forget it: the default action until exec, which resets them anyway.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGTERM), *[ctypes.c_ulong(0)] * 3)
+        if os.getppid() != parent:  # up died before the signal was set, which never comes
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return set_signal
 
 
 def local_endpoint(endpoint: str) -> str:

@@ -1,6 +1,6 @@
 """``zmq-scheduler up`` supervises its children: it "restarts a child that dies; Ctrl-C or
-SIGTERM stops them all" (README, "Commands"), and gives up on a child that keeps failing as
-it starts."""
+SIGTERM stops them all" (README, "Commands"), gives up on a child that keeps failing as it
+starts, and takes its children with it however it dies."""
 
 from __future__ import annotations
 
@@ -120,5 +120,34 @@ def test_up_gives_up_on_a_broker_whose_address_is_taken_and_stops_everything(
         assert alive(live.pid)
         assert client.health()["pid"] == live.pid
         assert client.get(task_id)["id"] == task_id
+    finally:
+        up.stop()
+
+
+def test_killing_up_with_sigkill_takes_every_process_it_started_with_it(stack: Stack) -> None:
+    # Given `zmq-scheduler up` serving, with gunicorn's master and two workers of its own.
+    port = free_port()
+    up = Proc("up", up_argv(stack, port, "--workers", "2", "--processes", "2"), stack.tmp_path)
+    try:
+        stack.api_url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: stack.http("GET", "/health")[0] == 200, what="API up")
+        wait_for(lambda: len(stack.online_workers()) == 2, what="two workers online")
+        # Broker, gunicorn and its 2 workers (which may still be booting), 2 zmq-workers.
+        family = wait_for(
+            lambda: family if len(family := descendants(up.pid)) >= 6 else None,
+            what="six processes under up",
+        )
+        assert set(pids_started(up.output()).values()) <= family
+
+        # When up alone is killed with SIGKILL (its pid, not its process group).
+        os.kill(up.pid, signal.SIGKILL)
+        up.popen.wait(timeout=10)
+
+        # Then every process under it goes too, gunicorn's workers included.
+        wait_for(
+            lambda: not [pid for pid in family if alive(pid)],
+            timeout=60,
+            what=f"every process up started gone: {sorted(family)}",
+        )
     finally:
         up.stop()
