@@ -17,10 +17,8 @@ from gunicorn.app.base import BaseApplication
 
 from api.app import create_app
 from api.serve import gunicorn_options
-from common.settings import Settings, add_arguments, load
-
-#: Settings ``zmq-api`` takes as flags.
-FLAGS = ["listen", "broker", "processes", "threads", "request_timeout", "max_body", "log_level"]
+from common import settings as config
+from common.settings import Settings
 
 
 class APIServer(BaseApplication):  # type: ignore[misc]
@@ -44,9 +42,14 @@ class APIServer(BaseApplication):  # type: ignore[misc]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="zmq-api", description="Serve the REST API.")
-    add_arguments(parser, FLAGS)
-    settings = load(parser.parse_args(argv))
+    parser = argparse.ArgumentParser(
+        prog="zmq-api",
+        description="Serve the REST API under gunicorn: each request becomes one broker "
+        "request. Every flag can be set from the environment instead (ZMQS_<NAME>); a "
+        "flag wins.",
+    )
+    config.add_command(parser, config.API)
+    settings = config.from_args(parser, parser.parse_args(argv), config.API)
     try:
         server = APIServer(settings)
     except ValueError as exc:  # a bad listen address, count or log level

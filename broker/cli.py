@@ -28,25 +28,14 @@ GC_YOUNG_THRESHOLD = 10_000
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="zmq-broker", description="Run the scheduler's broker.")
-    config.add_arguments(
-        parser,
-        [
-            "broker",
-            "data",
-            "sync",
-            "ping_interval",
-            "liveness",
-            "http_liveness",
-            "retry_backoff",
-            "retry_backoff_max",
-            "timeout_grace",
-            "retention",
-            "log_level",
-        ],
-        flags={"broker": "--bind"},
+    parser = argparse.ArgumentParser(
+        prog="zmq-broker",
+        description="Run the scheduler's broker: one ROUTER socket for workers and clients, "
+        "its state in one store. Every flag can be set from the environment instead "
+        "(ZMQS_<NAME>); a flag wins.",
     )
-    settings = config.load(parser.parse_args(argv))
+    config.add_command(parser, config.BROKER)
+    settings = config.from_args(parser, parser.parse_args(argv), config.BROKER)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s broker %(levelname)s %(name)s: %(message)s",

@@ -1,26 +1,50 @@
 """Configuration in one place: every setting has a default, a flag and an environment variable.
 
 Precedence: command-line flag, then environment variable ``ZMQS_<NAME>``, then default.
-Each command (``zmq-broker``, ``zmq-worker``, ``zmq-api``, ``zmq-scheduler up``) exposes
-the subset of settings it uses; ``python -m common.settings`` prints the full table.
+Each setting names the commands that take it (``zmq-broker``, ``zmq-worker``,
+``zmq-api``); ``zmq-scheduler up`` takes them all and passes each on to the children
+that use it. Every command gets its flags, their checks and ``--version`` from here
+(``add_arguments`` and ``from_args``), so what a command accepts is what the table says;
+``python -m common.settings`` prints that table, which the README shows.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import logging
+import math
 import os
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
+
+from common.limits import ID_PATTERN
 
 ENV_PREFIX = "ZMQS_"
 #: Default retention of finished tasks, in days (the setting itself is in seconds).
 RETENTION_DAYS = 7
+#: The distribution whose version ``--version`` shows.
+DISTRIBUTION = "zmq-scheduler"
+
+#: The commands that take a subset of the settings, by the names the table shows.
+BROKER, WORKER, API = "broker", "worker", "api"
+#: ``zmq-scheduler up``, which takes every setting.
+UP = "up"
+#: The store's fsync modes (SQLite's ``synchronous``); only ``full`` makes an
+#: acknowledgement durable.
+SYNC_MODES = ("full", "normal", "off")
+#: How a worker runs handlers (``worker.runner.POOLS``).
+POOLS = ("thread", "process")
+#: Flags a command names its own way: the broker binds the endpoint the others connect to.
+RENAMED = {BROKER: {"broker": "--bind"}, UP: {"broker": "--broker-bind"}}
 
 
-def _opt(default: Any, help: str, flag: str, note: str = "", **kwargs: Any) -> Any:
-    """A setting: ``help`` and ``flag`` for the command line, ``note`` for the README table."""
-    metadata = {"help": help, "flag": flag, "note": note}
+def _opt(default: Any, help: str, flag: str, *commands: str, note: str = "", **kwargs: Any) -> Any:
+    """A setting: ``help`` and ``flag`` for the command line, the ``commands`` besides
+    ``zmq-scheduler up`` that take it, and ``note`` for the README table."""
+    metadata = {"help": help, "flag": flag, "commands": commands, "note": note}
     if "default_factory" in kwargs:
         return field(default_factory=kwargs["default_factory"], metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -36,77 +60,86 @@ class Settings:
 
     # Where things are.
     #: ZeroMQ endpoint the broker binds (broker) or connects to (workers, API, clients).
-    broker: str = _opt("tcp://127.0.0.1:5555", "broker ZeroMQ endpoint", "--broker")
+    broker: str = _opt(
+        "tcp://127.0.0.1:5555", "broker ZeroMQ endpoint", "--broker", BROKER, WORKER, API
+    )
     #: Where the broker's state is: an SQLite file's path, ``memory:`` (nothing durable) or
     #: another backend's ``scheme://`` location (``broker.store.open_store``).
-    data: str = _opt("./var/scheduler.db", "path of the SQLite store", "--data")
+    data: str = _opt("./var/scheduler.db", "path of the SQLite store", "--data", BROKER)
     #: SQLite ``synchronous`` mode of the store: ``full`` (every commit fsynced, so
     #: acknowledged means durable), ``normal`` or ``off`` (benchmarks only: a crash may lose
     #: acknowledged work).
     sync: str = _opt(
-        "full", "store fsync mode: full, normal or off (off for benchmarks only)", "--sync"
+        "full", "store fsync mode: full, normal or off (off for benchmarks only)", "--sync", BROKER
     )
     #: HOST:PORT the HTTP API listens on (``:8080`` means all interfaces).
-    listen: str = _opt(":8080", "HTTP listen address HOST:PORT", "--listen")
+    listen: str = _opt(":8080", "HTTP listen address HOST:PORT", "--listen", API)
 
     # Local stack (zmq-scheduler up).
     #: Number of local zmq-worker processes started by ``zmq-scheduler up``.
     workers: int = _opt(2, "number of local workers", "--workers")
     #: Gunicorn worker processes serving the API.
-    processes: int = _opt(2, "API server processes", "--processes")
+    processes: int = _opt(2, "API server processes", "--processes", API)
     #: Threads per API process (each long-poll holds one).
-    threads: int = _opt(16, "API threads per process", "--threads")
+    threads: int = _opt(16, "API threads per process", "--threads", API)
 
     # Worker.
     #: Task slots per worker: how many tasks it runs at once.
-    concurrency: int = _opt(0, "task slots per worker (0: CPU count)", "--concurrency")
-    #: Worker id; generated from host name and pid when empty.
-    worker_id: str = _opt("", "worker id (generated when empty)", "--id")
+    concurrency: int = _opt(0, "task slots per worker (0: CPU count)", "--concurrency", WORKER)
+    #: Worker id; generated from host name and pid when empty. ``zmq-scheduler up`` gives
+    #: its N workers this id followed by ``-1`` to ``-N``.
+    worker_id: str = _opt("", "worker id (generated when empty)", "--id", WORKER)
     #: Extra capability tags, comma-separated, besides the handler names.
-    capabilities: str = _opt("", "extra capability tags, comma-separated", "--capabilities")
+    capabilities: str = _opt("", "extra capability tags, comma-separated", "--capabilities", WORKER)
     #: CPUs the worker offers to tasks that ask for resources (0: not declared).
-    cpu: float = _opt(0.0, "CPUs offered to tasks", "--cpu")
+    cpu: float = _opt(0.0, "CPUs offered to tasks", "--cpu", WORKER)
     #: Memory in MB the worker offers (0: not declared).
-    memory: float = _opt(0.0, "memory in MB offered to tasks", "--memory")
+    memory: float = _opt(0.0, "memory in MB offered to tasks", "--memory", WORKER)
     #: Disk in MB the worker offers (0: not declared).
-    disk: float = _opt(0.0, "disk in MB offered to tasks", "--disk")
-    #: Modules to import for custom handlers, comma-separated (flag may repeat).
-    handlers: str = _opt("", "modules with handlers to load (repeatable)", "--handlers")
+    disk: float = _opt(0.0, "disk in MB offered to tasks", "--disk", WORKER)
+    #: Modules to import for custom handlers, comma-separated (flag may repeat); looked for
+    #: in the current directory too.
+    handlers: str = _opt("", "modules with handlers to load (repeatable)", "--handlers", WORKER)
     #: How handlers run: ``thread`` (default) or ``process`` (CPU-bound handlers).
-    pool: str = _opt("thread", "handler pool: thread or process", "--pool")
+    pool: str = _opt("thread", "handler pool: thread or process", "--pool", WORKER)
     #: Seconds a stopping worker (SIGTERM, Ctrl-C) lets its runs finish before it gives the
     #: rest back; a second signal stops it at once.
     drain_grace: float = _opt(
-        30.0, "seconds a stopping worker lets its runs finish", "--drain-grace"
+        30.0, "seconds a stopping worker lets its runs finish", "--drain-grace", WORKER
     )
     #: Seconds a worker waits before reconnecting after a try that got no WELCOME; doubles
     #: with each such try (the first try after losing a broker is at once).
     reconnect_backoff: float = _opt(
-        1.0, "first reconnect back-off of a worker in seconds", "--reconnect-backoff"
+        1.0, "first reconnect back-off of a worker in seconds", "--reconnect-backoff", WORKER
     )
     #: Longest wait between a worker's reconnect tries, in seconds.
     reconnect_backoff_max: float = _opt(
-        32.0, "longest reconnect back-off of a worker in seconds", "--reconnect-backoff-max"
+        32.0,
+        "longest reconnect back-off of a worker in seconds",
+        "--reconnect-backoff-max",
+        WORKER,
     )
 
     # Liveness and timing.
     #: Seconds between broker pings to each ZeroMQ worker.
-    ping_interval: float = _opt(1.0, "seconds between pings", "--ping-interval")
+    ping_interval: float = _opt(1.0, "seconds between pings", "--ping-interval", BROKER)
     #: Missed ping intervals after which a ZeroMQ worker is offline.
-    liveness: int = _opt(3, "ping intervals of silence before a worker is offline", "--liveness")
+    liveness: int = _opt(
+        3, "ping intervals of silence before a worker is offline", "--liveness", BROKER
+    )
     #: Seconds without a heartbeat after which an HTTP worker is offline.
     http_liveness: float = _opt(
-        15.0, "seconds of silence before an HTTP worker is offline", "--http-liveness"
+        15.0, "seconds of silence before an HTTP worker is offline", "--http-liveness", BROKER
     )
     #: First retry back-off in seconds; doubles with each attempt.
-    retry_backoff: float = _opt(1.0, "first retry back-off in seconds", "--retry-backoff")
+    retry_backoff: float = _opt(1.0, "first retry back-off in seconds", "--retry-backoff", BROKER)
     #: Longest retry back-off in seconds.
     retry_backoff_max: float = _opt(
-        60.0, "longest retry back-off in seconds", "--retry-backoff-max"
+        60.0, "longest retry back-off in seconds", "--retry-backoff-max", BROKER
     )
     #: Seconds past a task's timeout after which the broker itself expires the lease.
     timeout_grace: float = _opt(
-        5.0, "seconds past a timeout before the broker expires a lease", "--timeout-grace"
+        5.0, "seconds past a timeout before the broker expires a lease", "--timeout-grace", BROKER
     )
 
     #: Seconds finished tasks and their results are kept before they are pruned.
@@ -114,17 +147,20 @@ class Settings:
         RETENTION_DAYS * 24 * 3600.0,
         "seconds finished tasks are kept",
         "--retention",
+        BROKER,
         note=f"{RETENTION_DAYS} days",
     )
 
     # API.
     #: Largest accepted request body in bytes.
-    max_body: int = _opt(8 * 1024 * 1024, "largest request body in bytes", "--max-body")
+    max_body: int = _opt(8 * 1024 * 1024, "largest request body in bytes", "--max-body", API)
     #: Seconds the API (or a client) waits for a broker reply.
-    request_timeout: float = _opt(5.0, "seconds to wait for a broker reply", "--request-timeout")
+    request_timeout: float = _opt(
+        5.0, "seconds to wait for a broker reply", "--request-timeout", API
+    )
 
     #: Logging level.
-    log_level: str = _opt("INFO", "logging level", "--log-level")
+    log_level: str = _opt("INFO", "logging level", "--log-level", BROKER, WORKER, API)
 
     @property
     def slots(self) -> int:
@@ -141,14 +177,29 @@ def env_name(name: str) -> str:
     return ENV_PREFIX + name.upper()
 
 
-def _convert(name: str, kind: Any, value: str) -> Any:
+class SettingError(ValueError):
+    """A setting's value that cannot be used, named by its flag and variable."""
+
+
+def _source(name: str, flags: Mapping[str, str] | None) -> str:
+    """How a setting is given: ``--flag (ZMQS_NAME)``."""
+    by_name = {f.name: f for f in fields(Settings)}
+    flag = (flags or {}).get(name, by_name[name].metadata["flag"])
+    return f"{flag} ({env_name(name)})"
+
+
+def _convert(name: str, kind: Any, value: str, flags: Mapping[str, str] | None = None) -> Any:
     try:
         if kind in ("int", int):
             return int(value)
         if kind in ("float", float):
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError
+            return number
     except ValueError:
-        raise SystemExit(f"setting {name}: {value!r} is not a number") from None
+        what = "a whole number" if kind in ("int", int) else "a finite number"
+        raise SettingError(f"{_source(name, flags)}: {value!r} is not {what}") from None
     return value
 
 
@@ -170,24 +221,152 @@ def add_arguments(
             parser.add_argument(flag, dest=name, default=None, help=help_text)
 
 
+def _load(
+    args: argparse.Namespace | None,
+    environ: Mapping[str, str],
+    flags: Mapping[str, str] | None = None,
+) -> Settings:
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        if env_name(f.name) in environ:
+            values[f.name] = _convert(f.name, f.type, environ[env_name(f.name)], flags)
+        flag_value = getattr(args, f.name, None) if args is not None else None
+        if flag_value is not None:
+            if isinstance(flag_value, list):
+                flag_value = ",".join(flag_value)
+            values[f.name] = _convert(f.name, f.type, flag_value, flags)
+    return replace(Settings(), **values)
+
+
 def load(
     args: argparse.Namespace | None = None,
     environ: Mapping[str, str] | None = None,
     **overrides: Any,
 ) -> Settings:
-    """Build settings from defaults, then the environment, then parsed flags, then overrides."""
-    env = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    for f in fields(Settings):
-        if env_name(f.name) in env:
-            values[f.name] = _convert(f.name, f.type, env[env_name(f.name)])
-        flag_value = getattr(args, f.name, None) if args is not None else None
-        if flag_value is not None:
-            if isinstance(flag_value, list):
-                flag_value = ",".join(flag_value)
-            values[f.name] = _convert(f.name, f.type, flag_value)
-    values.update(overrides)
-    return replace(Settings(), **values)
+    """Build settings from defaults, then the environment, then parsed flags, then overrides.
+
+    A value that is not a number where one is needed stops the program with a message
+    naming it (SystemExit); commands use ``from_args``, which checks every value.
+    """
+    try:
+        settings = _load(args, os.environ if environ is None else environ)
+    except SettingError as exc:
+        raise SystemExit(str(exc)) from None
+    return replace(settings, **overrides)
+
+
+def names_for(command: str) -> list[str]:
+    """The settings ``command`` takes (``BROKER``, ``WORKER``, ``API``, or ``UP``: all)."""
+    return [f.name for f in fields(Settings) if command == UP or command in f.metadata["commands"]]
+
+
+def version() -> str:
+    """The installed package's version, which ``--version`` shows."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def add_command(parser: argparse.ArgumentParser, command: str) -> None:
+    """Give ``parser`` the flags of every setting ``command`` takes, and ``--version``."""
+    add_arguments(parser, names_for(command), RENAMED.get(command))
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+
+
+def from_args(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    command: str,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """The settings of ``command`` from its parsed flags and the environment, every one
+    checked: a bad value is a usage error (``parser.error``, exit status 2) that names it,
+    raised before the command starts anything."""
+    flags = RENAMED.get(command)
+    try:
+        settings = _load(args, os.environ if environ is None else environ, flags)
+    except SettingError as exc:
+        parser.error(str(exc))
+    found = problems(settings, names_for(command), flags)
+    if found:
+        parser.error("; ".join(found))
+    return settings
+
+
+def to_argv(settings: Settings, command: str) -> list[str]:
+    """The flags that give ``command`` these settings, each it takes (empty ones left out:
+    they are the default, or the environment it inherits says the same)."""
+    by_name = {f.name: f for f in fields(Settings)}
+    renamed = RENAMED.get(command, {})
+    argv: list[str] = []
+    for name in names_for(command):
+        value = getattr(settings, name)
+        if value != "":
+            argv += [renamed.get(name, by_name[name].metadata["flag"]), str(value)]
+    return argv
+
+
+#: A ZeroMQ endpoint: ``transport://address``.
+_ENDPOINT = re.compile(r"[a-z]+://\S+")
+#: A dotted module name.
+_MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def _listen_ok(listen: str) -> bool:
+    host, sep, port = listen.rpartition(":")
+    return bool(sep) and port.isdigit() and 0 < int(port) < 65536 and " " not in host
+
+
+#: What each setting must be: (name, test, what the test asks for).
+_RULES: list[tuple[str, Callable[[Settings], bool], str]] = [
+    ("broker", lambda s: bool(_ENDPOINT.fullmatch(s.broker)),
+     "must be a ZeroMQ endpoint such as tcp://127.0.0.1:5555"),
+    ("data", lambda s: s.data != "", "must not be empty"),
+    ("sync", lambda s: s.sync.lower() in SYNC_MODES, f"must be one of {', '.join(SYNC_MODES)}"),
+    ("listen", lambda s: _listen_ok(s.listen),
+     "must be HOST:PORT with a port from 1 to 65535 (:8080 for every interface)"),
+    ("workers", lambda s: s.workers >= 0, "must be >= 0"),
+    ("processes", lambda s: s.processes >= 1, "must be >= 1"),
+    ("threads", lambda s: s.threads >= 1, "must be >= 1"),
+    ("concurrency", lambda s: s.concurrency >= 0, "must be >= 0 (0: CPU count)"),
+    ("worker_id", lambda s: s.worker_id == "" or bool(ID_PATTERN.fullmatch(s.worker_id)),
+     "must be 1 to 128 of A-Za-z0-9._:-"),
+    ("cpu", lambda s: s.cpu >= 0, "must be >= 0"),
+    ("memory", lambda s: s.memory >= 0, "must be >= 0"),
+    ("disk", lambda s: s.disk >= 0, "must be >= 0"),
+    ("handlers", lambda s: all(_MODULE.fullmatch(m) for m in split_list(s.handlers)),
+     "must be module names such as myapp.tasks, comma-separated"),
+    ("pool", lambda s: s.pool in POOLS, f"must be one of {', '.join(POOLS)}"),
+    ("drain_grace", lambda s: s.drain_grace >= 0, "must be >= 0"),
+    ("reconnect_backoff", lambda s: s.reconnect_backoff > 0, "must be > 0"),
+    ("reconnect_backoff_max", lambda s: s.reconnect_backoff_max >= s.reconnect_backoff,
+     "must be at least --reconnect-backoff"),
+    ("ping_interval", lambda s: s.ping_interval > 0, "must be > 0"),
+    ("liveness", lambda s: s.liveness >= 1, "must be >= 1"),
+    ("http_liveness", lambda s: s.http_liveness > 0, "must be > 0"),
+    ("retry_backoff", lambda s: s.retry_backoff >= 0, "must be >= 0"),
+    ("retry_backoff_max", lambda s: s.retry_backoff_max >= s.retry_backoff,
+     "must be at least --retry-backoff"),
+    ("timeout_grace", lambda s: s.timeout_grace >= 0, "must be >= 0"),
+    ("retention", lambda s: s.retention >= 0, "must be >= 0"),
+    ("max_body", lambda s: s.max_body >= 1, "must be >= 1"),
+    ("request_timeout", lambda s: s.request_timeout > 0, "must be > 0"),
+    ("log_level", lambda s: s.log_level.upper() in logging.getLevelNamesMapping(),
+     "must be a logging level such as DEBUG, INFO or WARNING"),
+]  # fmt: skip
+
+
+def problems(
+    settings: Settings, names: Sequence[str], flags: Mapping[str, str] | None = None
+) -> list[str]:
+    """What is wrong with the named settings, one message each, naming its flag and
+    variable; empty when nothing is."""
+    return [
+        f"{_source(name, flags)} {wants}, got {getattr(settings, name)!r}"
+        for name, test, wants in _RULES
+        if name in names and not test(settings)
+    ]
 
 
 def split_list(value: str) -> list[str]:
@@ -197,13 +376,18 @@ def split_list(value: str) -> list[str]:
 
 def table() -> str:
     """The settings table of the README, which a test holds to this output."""
-    rows = ["| setting | flag | environment | default |", "| --- | --- | --- | --- |"]
+    rows = [
+        "| setting | flag | environment | default | taken by |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for f in fields(Settings):
         default = f"`{f.default}`" if f.default != "" else "empty"
         if f.metadata["note"]:
             default += f" ({f.metadata['note']})"
+        commands = ", ".join(f.metadata["commands"]) or f"{UP} only"
         rows.append(
-            f"| {f.metadata['help']} | `{f.metadata['flag']}` | `{env_name(f.name)}` | {default} |"
+            f"| {f.metadata['help']} | `{f.metadata['flag']}` | `{env_name(f.name)}` "
+            f"| {default} | {commands} |"
         )
     return "\n".join(rows)
 

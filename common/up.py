@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import IO, cast
 
@@ -155,32 +155,41 @@ def local_endpoint(endpoint: str) -> str:
 
 
 def children(settings: Settings) -> list[Child]:
+    """The broker, the API and the workers, each given every setting it takes."""
     python = sys.executable
-    connect = local_endpoint(settings.broker)
-    logging_flags = ["--log-level", settings.log_level]
-    broker = [python, "-m", "broker", "--bind", settings.broker, "--data", settings.data]
-    broker += ["--ping-interval", str(settings.ping_interval), "--liveness", str(settings.liveness)]
-    api = [python, "-m", "api", "--listen", settings.listen, "--broker", connect]
-    api += ["--processes", str(settings.processes)]
-    out = [Child("broker", broker + logging_flags), Child("api", api + logging_flags)]
-    for i in range(settings.workers):
-        worker = [python, "-m", "worker", "--broker", connect, "--concurrency", str(settings.slots)]
-        out.append(Child(f"worker-{i + 1}", worker + logging_flags))
+    broker = config.to_argv(settings, config.BROKER)
+    local = replace(settings, broker=local_endpoint(settings.broker))
+    api = config.to_argv(local, config.API)
+    out = [
+        Child("broker", [python, "-m", "broker", *broker]),
+        Child("api", [python, "-m", "api", *api]),
+    ]
+    for i in range(1, settings.workers + 1):
+        worker_id = f"{settings.worker_id}-{i}" if settings.worker_id else ""
+        worker = config.to_argv(replace(local, worker_id=worker_id), config.WORKER)
+        out.append(Child(f"worker-{i}", [python, "-m", "worker", *worker]))
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="zmq-scheduler", description="zmq-scheduler commands.")
+    parser = argparse.ArgumentParser(
+        prog="zmq-scheduler",
+        description="A distributed task scheduler over ZeroMQ. 'zmq-scheduler up' runs a "
+        "whole local one.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {config.version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="run broker, API and local workers until Ctrl-C")
-    config.add_arguments(
-        up,
-        ["listen", "broker", "data", "workers", "concurrency", "processes", "ping_interval",
-         "liveness", "log_level"],
-        flags={"broker": "--broker-bind"},
-    )  # fmt: skip
-    args = parser.parse_args(argv)
-    settings = config.load(args)
+    up = sub.add_parser(
+        "up",
+        help="run broker, API and local workers until Ctrl-C",
+        description="Run a broker, the REST API under gunicorn and N local workers as child "
+        "processes until Ctrl-C or SIGTERM. It takes every setting and passes each on to the "
+        "children that use it; every flag can be set from the environment instead "
+        "(ZMQS_<NAME>), a flag wins. A child that dies is restarted; one that keeps failing "
+        "as it starts makes up stop everything and exit 1.",
+    )
+    config.add_command(up, config.UP)
+    settings = config.from_args(up, parser.parse_args(argv), config.UP)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s zmq-scheduler %(message)s"
     )

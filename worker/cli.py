@@ -26,26 +26,9 @@ from common import settings as config
 from common.models import RESOURCE_KINDS
 from worker import handlers
 from worker.agent import Agent
-from worker.runner import POOLS, OnDone, Runner
+from worker.runner import OnDone, Runner
 
 logger = logging.getLogger("worker")
-
-#: Settings the worker reads (flags it accepts).
-SETTINGS = [
-    "broker",
-    "worker_id",
-    "concurrency",
-    "capabilities",
-    "cpu",
-    "memory",
-    "disk",
-    "handlers",
-    "pool",
-    "drain_grace",
-    "reconnect_backoff",
-    "reconnect_backoff_max",
-    "log_level",
-]
 
 
 def default_worker_id(host: str | None = None, pid: int | None = None) -> str:
@@ -58,26 +41,15 @@ def default_worker_id(host: str | None = None, pid: int | None = None) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a worker; returns the exit status."""
     parser = argparse.ArgumentParser(
-        prog="zmq-worker", description="Run tasks dispatched by a zmq-scheduler broker."
+        prog="zmq-worker",
+        description="Run tasks dispatched by a zmq-scheduler broker: the built-in handlers "
+        "and those of the --handlers modules. Every flag can be set from the environment "
+        "instead (ZMQS_<NAME>); a flag wins.",
     )
-    config.add_arguments(parser, SETTINGS)
-    settings = config.load(parser.parse_args(argv))
-
+    config.add_command(parser, config.WORKER)
+    settings = config.from_args(parser, parser.parse_args(argv), config.WORKER)
     level = logging.getLevelName(settings.log_level.upper())
-    if not isinstance(level, int):
-        parser.error(f"unknown log level {settings.log_level!r}")
-    if settings.pool not in POOLS:
-        parser.error(f"--pool must be one of {', '.join(POOLS)}, got {settings.pool!r}")
-    if not 0 < settings.reconnect_backoff <= settings.reconnect_backoff_max:
-        parser.error("--reconnect-backoff must be > 0 and at most --reconnect-backoff-max")
-    if settings.drain_grace < 0:
-        parser.error("--drain-grace must be >= 0")
-    if settings.concurrency < 0:
-        parser.error(f"--concurrency must be >= 0, got {settings.concurrency}")
     resources = {kind: float(getattr(settings, kind)) for kind in RESOURCE_KINDS}
-    for kind, amount in resources.items():
-        if amount < 0:
-            parser.error(f"--{kind} must be >= 0, got {amount:g}")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     import worker.builtin  # noqa: F401  (registers the built-in handlers)

@@ -24,6 +24,7 @@ from typing import Any, cast
 from broker.state import Lease, ResourceKey, Task, Worker
 from broker.store import Store, _lock
 from common.models import FINAL_STATUSES, TaskStatus, WorkerKind, WorkerStatus
+from common.settings import SYNC_MODES
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -66,8 +67,6 @@ CREATE TABLE IF NOT EXISTS workers (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-#: SQLite ``synchronous`` modes the store accepts; only ``full`` makes an acknowledgement durable.
-SYNC_MODES = ("full", "normal", "off")
 #: Version of the table layout above, kept in ``meta``. 3 added the workers table and a
 #: lease's traceback (an eighth field of its JSON when it has one).
 SCHEMA_VERSION = "3"

@@ -11,6 +11,7 @@ import pytest
 
 from common import settings as config
 from tests.conftest import ROOT, child_env
+from worker.runner import POOLS
 
 
 def parse(argv: list[str], names: list[str]) -> argparse.Namespace:
@@ -70,3 +71,40 @@ def test_python_m_common_settings_prints_the_readme_table() -> None:
     assert printed.stdout.splitlines() == readme
     envs = [row.split("|")[3].strip() for row in readme[2:]]
     assert envs == [f"`{config.env_name(f.name)}`" for f in fields(config.Settings)]
+
+
+def test_the_pools_checked_are_those_the_worker_knows() -> None:
+    assert config.POOLS == POOLS
+
+
+def test_every_problem_is_found_and_names_the_flag_as_the_command_calls_it() -> None:
+    bad = config.Settings(broker="5555", workers=-1, reconnect_backoff=64.0, log_level="LOUD")
+
+    found = config.problems(bad, config.names_for(config.UP), config.RENAMED[config.UP])
+
+    assert found == [
+        "--broker-bind (ZMQS_BROKER) must be a ZeroMQ endpoint such as tcp://127.0.0.1:5555, "
+        "got '5555'",
+        "--workers (ZMQS_WORKERS) must be >= 0, got -1",
+        "--reconnect-backoff-max (ZMQS_RECONNECT_BACKOFF_MAX) must be at least "
+        "--reconnect-backoff, got 32.0",
+        "--log-level (ZMQS_LOG_LEVEL) must be a logging level such as DEBUG, INFO or WARNING, "
+        "got 'LOUD'",
+    ]
+    # A command is held only to the settings it takes, each flag named as it calls it.
+    assert config.problems(bad, config.names_for(config.API)) == [
+        found[0].replace("--broker-bind", "--broker"),
+        found[-1],
+    ]
+    assert config.problems(config.Settings(), config.names_for(config.UP)) == []
+
+
+def test_the_arguments_up_passes_on_give_back_the_same_settings() -> None:
+    settings = config.Settings(broker="tcp://127.0.0.1:1", handlers="a,b", cpu=1.5, threads=3)
+    for command in (config.BROKER, config.WORKER, config.API):
+        parser = argparse.ArgumentParser()
+        config.add_command(parser, command)
+        args = parser.parse_args(config.to_argv(settings, command))
+        again = config.from_args(parser, args, command, environ={})
+        for name in config.names_for(command):
+            assert getattr(again, name) == getattr(settings, name), (command, name)

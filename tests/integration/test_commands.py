@@ -1,0 +1,194 @@
+"""Every command takes the settings the README's table gives it, checks them before it starts
+anything, and has ``--help`` and ``--version``; ``zmq-scheduler up`` takes them all and passes
+each on to the children that use it.
+
+The commands run as the installed console scripts, the table is read from README.md.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, Proc, Stack, child_env, free_port, pids_started, wait_for
+
+BIN = Path(sys.executable).parent
+#: Each command as it is typed, and its name in the table's "taken by" column.
+COMMANDS = {
+    "zmq-broker": "broker",
+    "zmq-worker": "worker",
+    "zmq-api": "api",
+    "zmq-scheduler up": "up",
+}
+#: The endpoint flag as each command calls it (README: "`zmq-broker` calls the endpoint flag
+#: `--bind` and `zmq-scheduler up` calls it `--broker-bind`").
+ENDPOINT_FLAG = {"broker": "--bind", "up": "--broker-bind"}
+
+
+def table() -> list[tuple[str, str, set[str]]]:
+    """(flag, environment variable, commands taking it) of each row of the README's table."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")][2:]
+    out = []
+    for row in rows:
+        _, flag, env, _, taken = (cell.strip() for cell in row.strip("|").split("|"))
+        out.append((flag.strip("`"), env.strip("`"), set(taken.split(", ")) - {"up only"}))
+    return out
+
+
+def flags_of(command: str) -> set[str]:
+    """The flags the README's table gives ``command`` (``up``: every one)."""
+    flags = {flag for flag, _, taken in table() if command == "up" or command in taken}
+    if "--broker" in flags and command in ENDPOINT_FLAG:
+        flags = (flags - {"--broker"}) | {ENDPOINT_FLAG[command]}
+    return flags
+
+
+def run(
+    command: str, *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
+    """Run a command to its end; one still running after a minute fails the test, and is
+    killed with every process it started (its process group)."""
+    program, *sub = command.split()
+    argv = [str(BIN / program), *sub, *args]
+    with subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        env={**child_env(), **(env or {})},
+        start_new_session=True,
+    ) as process:
+        try:
+            out, err = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            pytest.fail(f"{command} {' '.join(args)} still ran after 60 s")
+    return subprocess.CompletedProcess(argv, process.returncode, out, err)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_describes_the_command_and_lists_every_setting_it_takes(command: str) -> None:
+    shown = run(command, "--help")
+
+    assert shown.returncode == 0, shown.stderr
+    usage, description, *_ = shown.stdout.split("\n\n")
+    assert usage.startswith(f"usage: {command}")
+    assert not description.startswith("options:") and len(description.split()) > 5
+    listed = set(re.findall(r"(?m)^\s+(?:-\w, )?(--[a-z-]+)", shown.stdout))
+    assert listed == flags_of(COMMANDS[command]) | {"--help", "--version"}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_version_is_the_installed_packages(command: str) -> None:
+    shown = run(command, "--version")
+
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == f"{command} {importlib.metadata.version('zmq-scheduler')}\n"
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "env", "refused"),
+    [
+        ("zmq-scheduler up", ["--workers", "-1"], {}, "--workers (ZMQS_WORKERS) must be >= 0"),
+        ("zmq-scheduler up", ["--concurrency", "-2"], {}, "--concurrency (ZMQS_CONCURRENCY)"),
+        ("zmq-scheduler up", ["--processes", "0"], {}, "--processes (ZMQS_PROCESSES) must be"),
+        ("zmq-scheduler up", ["--sync", "sometimes"], {}, "must be one of full, normal, off"),
+        ("zmq-scheduler up", ["--pool", "fork"], {}, "--pool (ZMQS_POOL) must be one of"),
+        ("zmq-scheduler up", ["--listen", "8080"], {}, "--listen (ZMQS_LISTEN) must be HOST:"),
+        ("zmq-scheduler up", ["--handlers", "my-app"], {}, "--handlers (ZMQS_HANDLERS)"),
+        ("zmq-scheduler up", [], {"ZMQS_WORKERS": "two"}, "'two' is not a whole number"),
+        ("zmq-scheduler up", [], {"ZMQS_CPU": "nan"}, "'nan' is not a finite number"),
+        ("zmq-broker", ["--sync", "sometimes"], {}, "--sync (ZMQS_SYNC) must be one of"),
+        ("zmq-broker", ["--liveness", "0"], {}, "--liveness (ZMQS_LIVENESS) must be >= 1"),
+        ("zmq-broker", ["--bind", "5555"], {}, "--bind (ZMQS_BROKER) must be a ZeroMQ endpoint"),
+        ("zmq-worker", ["--pool", "fork"], {}, "--pool (ZMQS_POOL) must be one of thread"),
+        ("zmq-worker", ["--cpu", "-1"], {}, "--cpu (ZMQS_CPU) must be >= 0, got -1.0"),
+        ("zmq-api", ["--listen", "nope"], {}, "--listen (ZMQS_LISTEN) must be HOST:PORT"),
+        ("zmq-api", ["--threads", "0"], {}, "--threads (ZMQS_THREADS) must be >= 1"),
+    ],
+)
+def test_a_bad_setting_is_refused_with_status_2_before_anything_starts(
+    command: str, args: list[str], env: dict[str, str], refused: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "var" / "scheduler.db"
+    if command in ("zmq-broker", "zmq-scheduler up"):
+        args = [*args, "--data", str(data)]
+
+    shown = run(command, *args, env=env, cwd=tmp_path)
+
+    assert shown.returncode == 2, shown.stderr
+    assert f"{command}: error: " in shown.stderr
+    assert refused in shown.stderr
+    assert "started" not in shown.stderr  # up started no child
+    assert not data.parent.exists()  # and no broker made a store
+
+
+def cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+
+
+def test_up_passes_every_setting_on_to_the_children_that_take_it(tmp_path: Path) -> None:
+    # Given a value other than the default for every setting but the number of workers.
+    stack = Stack(tmp_path)
+    port = free_port()
+    given = {
+        "--broker": stack.endpoint, "--data": str(tmp_path / "s.db"), "--sync": "normal",
+        "--listen": f"127.0.0.1:{port}", "--workers": "1", "--processes": "1",
+        "--threads": "3", "--concurrency": "2", "--id": "w", "--capabilities": "gpu",
+        "--cpu": "2.0", "--memory": "512.0", "--disk": "1024.0",
+        "--handlers": "flaky_handlers", "--pool": "process", "--reconnect-backoff": "0.5",
+        "--reconnect-backoff-max": "4.0", "--ping-interval": "0.2", "--liveness": "4",
+        "--http-liveness": "9.0", "--retry-backoff": "0.5", "--retry-backoff-max": "30.0",
+        "--timeout-grace": "2.0", "--retention": "3600.0", "--max-body": "65536",
+        "--request-timeout": "4.0", "--log-level": "info",
+    }  # fmt: skip
+    assert set(given) == {flag for flag, _, _ in table()}
+    argv = [sys.executable, "-m", "common.up", "up"]
+    for flag, value in given.items():
+        argv += [ENDPOINT_FLAG["up"] if flag == "--broker" else flag, value]
+
+    # When `zmq-scheduler up` runs with them.
+    up = Proc("up", argv, tmp_path)
+    try:
+        stack.api_url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: stack.http("GET", "/health")[0] == 200, what="API up")
+        client = stack.client()
+        [worker] = wait_for(lambda: client.workers(timeout=2), what="the worker registered")
+
+        # Then each child was given every setting it takes, as given...
+        started = pids_started(up.output())
+        assert set(started) == {"broker", "api", "worker-1"}
+        for child, command in (("broker", "broker"), ("api", "api"), ("worker-1", "worker")):
+            args = cmdline(started[child])
+            passed = dict(zip(args[3::2], args[4::2], strict=True))
+            expected = {
+                ENDPOINT_FLAG.get(command, flag) if flag == "--broker" else flag: given[flag]
+                for flag, _, taken in table()
+                if command in taken
+            }
+            if command == "worker":
+                expected["--id"] = "w-1"  # up's workers are its --id, numbered
+            assert passed == expected, child
+        # ...and the worker shows them.
+        assert worker["id"] == "w-1"
+        assert {"gpu", "fail_times"} <= set(worker["capabilities"])
+        assert worker["resources"] == {"cpu": 2.0, "memory": 512.0, "disk": 1024.0}
+        assert worker["slots"] == 2
+
+        # SIGTERM stops it cleanly.
+        os.kill(up.pid, signal.SIGTERM)
+        assert up.popen.wait(timeout=60) == 0
+    finally:
+        up.stop()
+        stack.close()
