@@ -115,7 +115,9 @@ def descendants(pid: int) -> set[int]:
 
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(SUPPORT), str(ROOT), env.get("PYTHONPATH", "")])
+    # No empty entry: Python would read it as the working directory.
+    paths = [str(SUPPORT), str(ROOT), *filter(None, [env.get("PYTHONPATH")])]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -123,7 +125,14 @@ def child_env() -> dict[str, str]:
 class Proc:
     """A child process in its own process group, logging to a file."""
 
-    def __init__(self, name: str, argv: list[str], log_dir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        log_dir: Path,
+        cwd: Path = ROOT,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.argv = argv
         self.log_path = log_dir / f"{name}.log"
@@ -132,8 +141,8 @@ class Proc:
             argv,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env=child_env(),
-            cwd=ROOT,
+            env=child_env() if env is None else env,
+            cwd=cwd,
             start_new_session=True,
         )
 

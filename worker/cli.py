@@ -2,10 +2,11 @@
 
     zmq-worker --broker tcp://10.0.0.5:5555 --concurrency 4 --handlers myapp.tasks
 
-It loads the built-in handlers and each ``--handlers`` module, registers with the
-broker under its id (generated from host name and pid when not given) and runs
-tasks until signalled; it then stops its runs, says BYE and exits 0. Settings come
-from ``common.settings`` (flag, then ``ZMQS_*`` environment variable, then default).
+It loads the built-in handlers and each ``--handlers`` module (from the current
+directory too), registers with the broker under its id (generated from host name and
+pid when not given) and runs tasks until signalled; it then stops its runs, says BYE
+and exits 0. Settings come from ``common.settings`` (flag, then ``ZMQS_*`` environment
+variable, then default).
 
 This module must never do the agent's work: it reads settings, sets up logging
 and signals, and hands over to ``Agent``. Signal handlers only set a flag.
@@ -19,6 +20,7 @@ import os
 import platform
 import secrets
 import signal
+import sys
 from collections.abc import Sequence
 from types import FrameType
 
@@ -43,8 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="zmq-worker",
         description="Run tasks dispatched by a zmq-scheduler broker: the built-in handlers "
-        "and those of the --handlers modules. Every flag can be set from the environment "
-        "instead (ZMQS_<NAME>); a flag wins.",
+        "and those of the --handlers modules (looked for in the current directory too). "
+        "Every flag can be set from the environment instead (ZMQS_<NAME>); a flag wins.",
     )
     config.add_command(parser, config.WORKER)
     settings = config.from_args(parser, parser.parse_args(argv), config.WORKER)
@@ -55,6 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     import worker.builtin  # noqa: F401  (registers the built-in handlers)
 
     modules = config.split_list(settings.handlers)
+    if modules and os.getcwd() not in sys.path:
+        # `zmq-worker --handlers myapp.tasks` run where myapp/ is finds it, as `python -m`
+        # would and as celery and dramatiq do: a console script's path holds only its own
+        # directory. The process pool's children are given this path too.
+        sys.path.insert(0, os.getcwd())
     for module in modules:
         try:
             handlers.load_module(module)

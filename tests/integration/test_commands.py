@@ -192,3 +192,37 @@ def test_up_passes_every_setting_on_to_the_children_that_take_it(tmp_path: Path)
     finally:
         up.stop()
         stack.close()
+
+
+@pytest.mark.parametrize("pool", ["thread", "process"])
+def test_zmq_worker_finds_handler_modules_in_the_directory_it_runs_in(
+    pool: str, stack: Stack
+) -> None:
+    # Given a module of handlers in a directory of its own, on no path Python searches.
+    stack.start_broker()
+    app = stack.tmp_path / "app"
+    (app / "jobs").mkdir(parents=True)
+    (app / "jobs" / "shout.py").write_text(
+        "from worker import handler\n\n\n"
+        "@handler('shout')\n"
+        "def shout(args: bytes) -> bytes:\n"
+        "    return args.upper()\n"
+    )
+    env = {k: v for k, v in child_env().items() if k != "PYTHONPATH"}
+
+    # When zmq-worker is run from that directory with --handlers naming the module.
+    argv = [str(BIN / "zmq-worker"), "--broker", stack.endpoint, "--handlers", "jobs.shout",
+            "--pool", pool, "--concurrency", "1"]  # fmt: skip
+    worker = Proc("worker", argv, stack.tmp_path, cwd=app, env=env)
+    stack.procs.append(worker)
+
+    # Then it serves the module's handler, in its pool's children too.
+    client = stack.client()
+
+    def serving() -> bool:
+        assert worker.popen.poll() is None, worker.output()
+        online = [w for w in client.workers(timeout=2) if w["status"] == "online"]
+        return any("shout" in w["capabilities"] for w in online)
+
+    wait_for(serving, what="the worker serving shout")
+    assert client.run("shout", b"hi", wait=30) == b"HI"
