@@ -26,6 +26,7 @@ import ctypes
 import logging
 import os
 import selectors
+import shlex
 import signal
 import subprocess
 import sys
@@ -40,7 +41,8 @@ from common.settings import Settings
 
 log = logging.getLogger("zmq-scheduler")
 
-#: Seconds children get to stop after SIGTERM before they are killed.
+#: Seconds children get to stop after SIGTERM before they are killed; a worker gets its
+#: drain grace (``--drain-grace``) besides.
 STOP_GRACE = 10.0
 #: Seconds to wait before restarting a child that died; the first back-off of a child
 #: that keeps failing as it starts, doubled at each failure in a row.
@@ -96,6 +98,10 @@ class Child:
     )
     #: What it wrote after its last newline.
     partial: bytes = b""
+    #: Seconds it gets to stop after SIGTERM before it is killed.
+    grace: float = STOP_GRACE
+    #: A worker: stopped before the others, so that the broker takes what its drain reports.
+    drains: bool = False
 
     def start(self, selector: selectors.BaseSelector) -> None:
         self.process = subprocess.Popen(
@@ -108,7 +114,7 @@ class Child:
         self.started_at = time.monotonic()
         self.restart_at = None
         self.tail.clear()  # the last lines of this run, not of the one before
-        log.info("started %s (pid %d)", self.name, self.process.pid)
+        log.info("started %s (pid %d): %s", self.name, self.process.pid, shlex.join(self.argv))
 
     def exited(self) -> bool:
         """Whether it was started and has exited."""
@@ -167,7 +173,9 @@ def children(settings: Settings) -> list[Child]:
     for i in range(1, settings.workers + 1):
         worker_id = f"{settings.worker_id}-{i}" if settings.worker_id else ""
         worker = config.to_argv(replace(local, worker_id=worker_id), config.WORKER)
-        out.append(Child(f"worker-{i}", [python, "-m", "worker", *worker]))
+        argv = [python, "-m", "worker", *worker]
+        grace = settings.drain_grace + STOP_GRACE
+        out.append(Child(f"worker-{i}", argv, grace=grace, drains=True))
     return out
 
 
@@ -273,18 +281,39 @@ def relay_output(selector: selectors.BaseSelector, timeout: float) -> None:
 
 
 def stop_all(procs: list[Child], selector: selectors.BaseSelector) -> None:
-    live = [c.process for c in procs if c.process is not None and c.process.poll() is None]
-    for process in live:
+    """Stop the workers, each within its grace, while the broker still takes what their
+    drain reports; then the others."""
+    stop([c for c in procs if c.drains], selector)
+    stop([c for c in procs if not c.drains], selector)
+    close_output(selector)
+    log.info("all stopped")
+
+
+def stop(procs: list[Child], selector: selectors.BaseSelector) -> None:
+    """SIGTERM to each of these children, then SIGKILL to those still there past their grace."""
+    live = [c for c in procs if c.process is not None and c.process.poll() is None]
+    now = time.monotonic()
+    deadlines = {id(c): now + c.grace for c in live}
+    for child in live:
+        assert child.process is not None
         with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE
-    while any(p.poll() is None for p in live) and time.monotonic() < deadline:
+            child.process.send_signal(signal.SIGTERM)
+    while live:
         relay_output(selector, 0.1)  # a child blocked on a full pipe would never stop
-    for process in live:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    # What they wrote last, gunicorn's workers' included, up to a moment after.
+        now = time.monotonic()
+        for child in list(live):
+            assert child.process is not None
+            if child.process.poll() is not None:
+                live.remove(child)
+            elif now >= deadlines[id(child)]:
+                child.process.kill()
+                child.process.wait()
+                live.remove(child)
+
+
+def close_output(selector: selectors.BaseSelector) -> None:
+    """Pass on what the children wrote last, gunicorn's workers' included, up to a moment
+    after they stopped; then close their pipes."""
     deadline = time.monotonic() + 1.0
     while selector.get_map() and time.monotonic() < deadline:
         relay_output(selector, 0.1)
@@ -293,7 +322,6 @@ def stop_all(procs: list[Child], selector: selectors.BaseSelector) -> None:
         selector.unregister(pipe)
         pipe.close()
     selector.close()
-    log.info("all stopped")
 
 
 if __name__ == "__main__":

@@ -149,7 +149,7 @@ def test_a_bad_ready_or_done_is_dropped_whole_and_counted(stack: Stack) -> None:
         # Without a status, or with one a worker never reports: dropped, not "released".
         send(Command.DONE, {"results": [run]})
         send(Command.DONE, {"results": [{**run, "status": "released"}]})
-        wait_for(lambda: client.health()["dropped_messages"] == 5, what="2 DONEs dropped")
+        wait_for(lambda: client.health()["dropped_messages"] == 6, what="2 DONEs dropped")
         task = client.get(task_id)
         assert (task["status"], task["attempts"], task["result"]) == ("running", 1, None)
         send(Command.DONE, {"results": [{**run, "status": "completed", "result": b"real"}]})

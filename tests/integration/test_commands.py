@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -134,8 +135,11 @@ def test_a_bad_setting_is_refused_with_status_2_before_anything_starts(
     assert not data.parent.exists()  # and no broker made a store
 
 
-def cmdline(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+def argv_started(log: str) -> dict[str, list[str]]:
+    """The command line ``zmq-scheduler up`` last started each child with, from its log (the
+    API's own, in ``/proc``, is gunicorn's process title once it has set it)."""
+    found = re.finditer(r"started (\S+) \(pid \d+\): (.*)", log)
+    return {m[1]: shlex.split(m[2]) for m in found}
 
 
 def test_up_passes_every_setting_on_to_the_children_that_take_it(tmp_path: Path) -> None:
@@ -147,7 +151,8 @@ def test_up_passes_every_setting_on_to_the_children_that_take_it(tmp_path: Path)
         "--listen": f"127.0.0.1:{port}", "--workers": "1", "--processes": "1",
         "--threads": "3", "--concurrency": "2", "--id": "w", "--capabilities": "gpu",
         "--cpu": "2.0", "--memory": "512.0", "--disk": "1024.0",
-        "--handlers": "flaky_handlers", "--pool": "process", "--reconnect-backoff": "0.5",
+        "--handlers": "flaky_handlers", "--pool": "process", "--drain-grace": "7.0",
+        "--reconnect-backoff": "0.5",
         "--reconnect-backoff-max": "4.0", "--ping-interval": "0.2", "--liveness": "4",
         "--http-liveness": "9.0", "--retry-backoff": "0.5", "--retry-backoff-max": "30.0",
         "--timeout-grace": "2.0", "--retention": "3600.0", "--max-body": "65536",
@@ -170,7 +175,7 @@ def test_up_passes_every_setting_on_to_the_children_that_take_it(tmp_path: Path)
         started = pids_started(up.output())
         assert set(started) == {"broker", "api", "worker-1"}
         for child, command in (("broker", "broker"), ("api", "api"), ("worker-1", "worker")):
-            args = cmdline(started[child])
+            args = argv_started(up.output())[child]
             passed = dict(zip(args[3::2], args[4::2], strict=True))
             expected = {
                 ENDPOINT_FLAG.get(command, flag) if flag == "--broker" else flag: given[flag]
