@@ -8,7 +8,6 @@ broker connection in the master process: ZeroMQ sockets do not survive a fork.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -42,14 +41,12 @@ class APIServer(BaseApplication):  # type: ignore[misc]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="zmq-api",
-        description="Serve the REST API under gunicorn: each request becomes one broker "
-        "request. Every flag can be set from the environment instead (ZMQS_<NAME>); a "
-        "flag wins.",
+    parser, settings = config.command_line(
+        "zmq-api",
+        "Serve the REST API under gunicorn: each request becomes one broker request.",
+        config.API,
+        argv,
     )
-    config.add_command(parser, config.API)
-    settings = config.from_args(parser, parser.parse_args(argv), config.API)
     try:
         server = APIServer(settings)
     except ValueError as exc:  # a bad listen address, count or log level

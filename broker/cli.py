@@ -7,7 +7,6 @@ read nothing.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import logging
 import signal
@@ -28,14 +27,13 @@ GC_YOUNG_THRESHOLD = 10_000
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="zmq-broker",
-        description="Run the scheduler's broker: one ROUTER socket for workers and clients, "
-        "its state in one store. Every flag can be set from the environment instead "
-        "(ZMQS_<NAME>); a flag wins.",
+    _, settings = config.command_line(
+        "zmq-broker",
+        "Run the scheduler's broker: one ROUTER socket for workers and clients, its state in "
+        "one store.",
+        config.BROKER,
+        argv,
     )
-    config.add_command(parser, config.BROKER)
-    settings = config.from_args(parser, parser.parse_args(argv), config.BROKER)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s broker %(levelname)s %(name)s: %(message)s",

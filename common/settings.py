@@ -274,6 +274,20 @@ def add_command(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
 
 
+def command_line(
+    prog: str, description: str, command: str, argv: Sequence[str] | None
+) -> tuple[argparse.ArgumentParser, Settings]:
+    """Parse ``argv`` as ``prog``, which takes the settings of ``command``: its parser (for
+    errors found later) and its settings, checked."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=f"{description} Every flag can be set from the environment instead "
+        "(ZMQS_<NAME>); a flag wins.",
+    )
+    add_command(parser, command)
+    return parser, from_args(parser, parser.parse_args(argv), command)
+
+
 def from_args(
     parser: argparse.ArgumentParser,
     args: argparse.Namespace,

@@ -14,7 +14,6 @@ and signals, and hands over to ``Agent``. Signal handlers only set a flag.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import platform
@@ -42,14 +41,13 @@ def default_worker_id(host: str | None = None, pid: int | None = None) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a worker; returns the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="zmq-worker",
-        description="Run tasks dispatched by a zmq-scheduler broker: the built-in handlers "
-        "and those of the --handlers modules (looked for in the current directory too). "
-        "Every flag can be set from the environment instead (ZMQS_<NAME>); a flag wins.",
+    _, settings = config.command_line(
+        "zmq-worker",
+        "Run tasks dispatched by a zmq-scheduler broker: the built-in handlers and those of "
+        "the --handlers modules (looked for in the current directory too).",
+        config.WORKER,
+        argv,
     )
-    config.add_command(parser, config.WORKER)
-    settings = config.from_args(parser, parser.parse_args(argv), config.WORKER)
     level = logging.getLevelName(settings.log_level.upper())
     resources = {kind: float(getattr(settings, kind)) for kind in RESOURCE_KINDS}
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -239,13 +239,18 @@ def test_a_failed_write_keeps_nothing_of_its_batch_and_the_store_goes_on(tmp_pat
     store.close()
 
 
-def test_a_store_of_another_schema_version_is_refused(tmp_path: Path) -> None:
-    path = str(tmp_path / "s.db")
+def _store_of_schema(path: str, version: str) -> None:
+    """An empty store at ``path`` that says it is of this schema version."""
     SqliteStore(path).close()
     db = sqlite3.connect(path)
-    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
+    db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (version,))
     db.commit()
     db.close()
+
+
+def test_a_store_of_another_schema_version_is_refused(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.db")
+    _store_of_schema(path, "1")
     with pytest.raises(RuntimeError, match=f"store schema 1, this broker needs {SCHEMA_VERSION}"):
         SqliteStore(path)
 
@@ -275,11 +280,7 @@ def test_a_store_open_in_one_place_is_refused_in_another_until_it_is_closed(
 
 def test_a_store_that_fails_to_open_leaves_it_unlocked(tmp_path: Path) -> None:
     path = str(tmp_path / "s.db")
-    SqliteStore(path).close()
-    db = sqlite3.connect(path)
-    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
-    db.commit()
-    db.close()
+    _store_of_schema(path, "1")
     with pytest.raises(RuntimeError, match="store schema 1"):
         SqliteStore(path)
     with pytest.raises(RuntimeError, match="store schema 1"):  # not StoreInUse
