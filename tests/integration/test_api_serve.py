@@ -33,8 +33,6 @@ from common.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 #: Seconds the server may take to start answering (a loaded CI machine is slow to fork).
 START_DEADLINE = 30.0
-#: Seconds a health probe may take with the broker down (the API waits 1.5 s for it).
-HEALTH_DEADLINE = 3.0
 MAX_BODY = 1024
 
 
@@ -120,14 +118,13 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
             server.wait()
 
 
-def test_served_api_answers_503_fast_without_a_broker(served: Served) -> None:
+def test_served_api_answers_503_without_a_broker(served: Served) -> None:
+    # (That it waits HEALTH_TIMEOUT, not the request timeout, is test_api's to show: no
+    # test here measures the wall clock.)
     server, port, log = served.server, served.port, served.log
-    started = time.monotonic()
     status, body = request(port, "GET", "/health")
-    elapsed = time.monotonic() - started
     assert status == 503, body
     assert json.loads(body)["status"] == "unavailable"
-    assert elapsed < HEALTH_DEADLINE
 
     # A chunked body has no Content-Length: the limit must hold while reading.
     status, body = request(port, "POST", "/tasks", iter([b"[" * 600, b"]" * 600]))
