@@ -150,10 +150,7 @@ class Tasks:
         if "args" in spec:
             spec["args"] = parse.decode_b64(spec["args"], "args")
         # ?wait=SECONDS answers once the task is final (or the time is up), with its record.
-        wait = parse.query_float(req, "wait", 0.0, 0.0, MAX_HTTP_WAIT)
-        args: dict[str, Any] = {"tasks": [spec], "wait": wait} if wait > 0 else {"tasks": [spec]}
-        if parse.query_bool(req, "refuse_unservable"):
-            args["refuse_unservable"] = True
+        args, wait = _submit_args(req, [spec])
         [entry] = self.client().request(Op.SUBMIT, args)["tasks"]
         if wait > 0:
             created = entry.pop("created", True)
@@ -175,10 +172,7 @@ class Tasks:
         for i, spec in enumerate(specs if isinstance(specs, list) else []):
             if isinstance(spec, dict) and "args" in spec:
                 spec["args"] = parse.decode_b64(spec["args"], f"tasks[{i}].args")
-        wait = parse.query_float(req, "wait", 0.0, 0.0, MAX_HTTP_WAIT)
-        args: dict[str, Any] = {"tasks": specs, "wait": wait} if wait > 0 else {"tasks": specs}
-        if parse.query_bool(req, "refuse_unservable"):
-            args["refuse_unservable"] = True
+        args, wait = _submit_args(req, specs)
         try:
             entries = self.client().request(Op.SUBMIT, args)["tasks"]
         except InvalidInput as exc:
@@ -294,6 +288,18 @@ class Health:
         resp.media = {"status": "ok", **render(health)}
 
     on_head = on_get
+
+
+def _submit_args(req: falcon.Request, specs: Any) -> tuple[dict[str, Any], float]:
+    """The arguments of a submit of these specs, with what its query asks (``?wait``,
+    ``?refuse_unservable``), and the wait (0: answer at once)."""
+    wait = parse.query_float(req, "wait", 0.0, 0.0, MAX_HTTP_WAIT)
+    args: dict[str, Any] = {"tasks": specs}
+    if wait > 0:
+        args["wait"] = wait
+    if parse.query_bool(req, "refuse_unservable"):
+        args["refuse_unservable"] = True
+    return args, wait
 
 
 def _naming_the_entry(error: InvalidInput, specs: Any) -> InvalidInput:

@@ -263,9 +263,7 @@ class Lifecycle:
             self._close_lease(task, LeaseOutcome.FAILED, now, error, traceback)
             self._fail_attempt(task, error or "failed", now)
         else:
-            # The worker gave the run up without being asked (shutting down): run it again.
-            self._close_lease(task, LeaseOutcome.RELEASED, now)
-            self._requeue(task, now)
+            self._release(task, now)  # given up without being asked (its worker is stopping)
 
     def _refuse(self, worker: Worker, task: Task | None, attempt: int, status: TaskStatus) -> None:
         """An outcome for a lease that is no longer current: never recorded."""
@@ -313,10 +311,8 @@ class Lifecycle:
             backoff = min(
                 self.timing.retry_backoff * 2 ** (task.failures - 1), self.timing.retry_backoff_max
             )
-            self._set_status(task, TaskStatus.PENDING)
-            task.worker_id = None  # a pending task has no worker: its leases say where it ran
             task.not_before = now + backoff
-            self._make_ready(task, now)
+            self._requeue(task, now)
         else:
             self._finish(task, TaskStatus.FAILED, now, error=error)
 
@@ -346,9 +342,16 @@ class Lifecycle:
             self._requeue(task, now)
 
     def _requeue(self, task: Task, now: float) -> None:
+        """Back to pending, ready at ``not_before``: a pending task has no worker (its leases
+        say where it ran)."""
         self._set_status(task, TaskStatus.PENDING)
         task.worker_id = None
         self._make_ready(task, now)
+
+    def _release(self, task: Task, now: float) -> None:
+        """Its worker gave the run back (stopping): run it again, counting no failure or loss."""
+        self._close_lease(task, LeaseOutcome.RELEASED, now)
+        self._requeue(task, now)
 
     def _go_online(self, worker: Worker) -> None:
         """Mark a worker online: every turn watches it, and dispatch may use its slots."""
@@ -369,8 +372,7 @@ class Lifecycle:
             if count_lost:
                 self._lose(task, now)
             else:
-                self._close_lease(task, LeaseOutcome.RELEASED, now)
-                self._requeue(task, now)
+                self._release(task, now)
 
     def _end_lease(self, worker: Worker, task: Task) -> None:
         if worker.running.pop(task.id, None) is not None:
@@ -446,8 +448,8 @@ class Lifecycle:
         return task
 
     def _make_ready(self, task: Task, now: float) -> None:
-        # No _touch: what makes a task ready (a submit, a status change) is stored by its
-        # caller; waiting_on and the queues are derived, so a restart rewrites nothing.
+        # Nothing to store: what makes a task ready (a submit, a status change) is stored by
+        # its caller; waiting_on and the queues are derived, so a restart rewrites nothing.
         if task.not_before > now:
             self.timers.add(task.not_before, TimerKind.READY, task)
         else:

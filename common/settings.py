@@ -181,11 +181,18 @@ class SettingError(ValueError):
     """A setting's value that cannot be used, named by its flag and variable."""
 
 
+#: Every setting's field, by name.
+_FIELDS = {f.name: f for f in fields(Settings)}
+
+
+def _flag(name: str, flags: Mapping[str, str] | None) -> str:
+    """A setting's flag, as a command that renames some (``flags``) calls it."""
+    return (flags or {}).get(name, _FIELDS[name].metadata["flag"])
+
+
 def _source(name: str, flags: Mapping[str, str] | None) -> str:
     """How a setting is given: ``--flag (ZMQS_NAME)``."""
-    by_name = {f.name: f for f in fields(Settings)}
-    flag = (flags or {}).get(name, by_name[name].metadata["flag"])
-    return f"{flag} ({env_name(name)})"
+    return f"{_flag(name, flags)} ({env_name(name)})"
 
 
 def _convert(name: str, kind: Any, value: str, flags: Mapping[str, str] | None = None) -> Any:
@@ -209,10 +216,9 @@ def add_arguments(
     flags: Mapping[str, str] | None = None,
 ) -> None:
     """Add the flags of the named settings; ``flags`` renames some for this command."""
-    by_name = {f.name: f for f in fields(Settings)}
     for name in names:
-        f = by_name[name]
-        flag = (flags or {}).get(name, f.metadata["flag"])
+        f = _FIELDS[name]
+        flag = _flag(name, flags)
         default = f.default if f.default is not MISSING else None
         help_text = f"{f.metadata['help']} (env {env_name(name)}, default {default!r})"
         if name == "handlers":
@@ -311,13 +317,11 @@ def from_args(
 def to_argv(settings: Settings, command: str) -> list[str]:
     """The flags that give ``command`` these settings, each it takes (empty ones left out:
     they are the default, or the environment it inherits says the same)."""
-    by_name = {f.name: f for f in fields(Settings)}
-    renamed = RENAMED.get(command, {})
     argv: list[str] = []
     for name in names_for(command):
         value = getattr(settings, name)
         if value != "":
-            argv += [renamed.get(name, by_name[name].metadata["flag"]), str(value)]
+            argv += [_flag(name, RENAMED.get(command)), str(value)]
     return argv
 
 

@@ -369,21 +369,19 @@ class Agent:
     def _on_dispatch(self, body: dict[str, Any]) -> None:
         assert self._runner is not None
         for entry in messages.Dispatch.decode(body):
+            task_id, attempt = entry.run
             if self._drain_deadline is not None:
                 # Sent before the broker heard of the drain: given back at once, to run
                 # elsewhere (a run reported cancelled unasked is requeued).
-                task_id, attempt = entry.run
                 self._deliver(Outcome(task_id, attempt, TaskStatus.CANCELLED))
                 continue
             if entry.run in self._unacked:
-                logger.debug("task %s attempt %d already finished", *entry.run)
+                logger.debug("task %s attempt %d already finished", task_id, attempt)
                 continue
             if isinstance(entry, messages.Unreadable):
                 # Report it, or the lease would sit until the broker expires it.
-                task_id, attempt = entry.run
                 self._deliver(Outcome(task_id, attempt, TaskStatus.FAILED, error=entry.problem))
                 continue
-            task_id, attempt = entry.run
             self._runner.start(task_id, attempt, entry.handler, entry.args, entry.timeout)
 
     def _on_cancel(self, body: dict[str, Any]) -> None:

@@ -195,26 +195,25 @@ def test_a_task_of_every_status_comes_back_whole(store: Store) -> None:
     assert not any(task.cold for task in loaded.values())
 
 
-@pytest.mark.parametrize(
-    "leases",
+#: Lease histories whose strings and floats a store must keep exactly (``test_store_sqlite``
+#: checks its JSON of them too).
+ODD_LEASES = [
+    [],
+    [Lease(1, "w-1", 1795754805.1748843)],
     [
-        [],
-        [Lease(1, "w-1", 1795754805.1748843)],
-        [
-            Lease(
-                1, 'w "quoted" \\ back', 10.0, 11.5, LeaseOutcome.FAILED, "boom\nline two\t", None
-            ),
-            Lease(2, "wörker-☃-🚀", 12, 13, LeaseOutcome.COMPLETED, None, TaskStatus.FAILED),
-            Lease(
-                3, "", 1e-05, float("inf"), LeaseOutcome.LOST, "\x00\x1f\x7f", TaskStatus.CANCELLED
-            ),
-            Lease(4, "'; DROP TABLE tasks; --", -0.0, 5e-324, LeaseOutcome.RELEASED, "", None),
-            Lease(5, "\u2028\ud7ff\U0010ffff", 1e300, None, LeaseOutcome.CANCELLED),
-            Lease(6, "w", 0.1 + 0.2, 2**53 + 1.0, LeaseOutcome.EXPIRED, "x" * 10_000),
-            Lease(7, "w", 1.0, 2.0, LeaseOutcome.FAILED, "E", None, 'File "\x00", line 1\n'),
-        ],
+        Lease(1, 'w "quoted" \\ back', 10.0, 11.5, LeaseOutcome.FAILED, "boom\nline two\t", None),
+        Lease(2, "wörker-☃-🚀", 12, 13, LeaseOutcome.COMPLETED, None, TaskStatus.FAILED),
+        Lease(3, "", 1e-05, float("inf"), LeaseOutcome.LOST, "\x00\x1f\x7f", TaskStatus.CANCELLED),
+        Lease(4, "'; DROP TABLE tasks; --", -0.0, 5e-324, LeaseOutcome.RELEASED, "", None),
+        Lease(5, "\u2028\ud7ff\U0010ffff", 1e300, None, LeaseOutcome.CANCELLED),
+        Lease(6, "w", 0.1 + 0.2, 2**53 + 1.0, LeaseOutcome.EXPIRED, "x" * 10_000),
+        Lease(7, "w", 1.0, 2.0, LeaseOutcome.FAILED, "E", None, 'File "\x00", line 1\n'),
+        Lease(8, "w", 1.0, 2.0, LeaseOutcome.FAILED, "E", None, 'Traceback\n  "x"\n☃'),
     ],
-)
+]
+
+
+@pytest.mark.parametrize("leases", ODD_LEASES)
 @pytest.mark.parametrize("status", [TaskStatus.RUNNING, TaskStatus.FAILED])
 def test_leases_with_odd_strings_and_floats_come_back_as_they_were(
     store: Store, leases: list[Lease], status: TaskStatus

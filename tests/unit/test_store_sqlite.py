@@ -36,6 +36,7 @@ from broker.store.sqlite import (
 )
 from common.models import FINAL_STATUSES, LeaseOutcome, TaskStatus, WorkerKind
 from tests import edge
+from tests.unit.test_store import ODD_LEASES
 
 
 def test_tasks_round_trip_through_sqlite(tmp_path: Path) -> None:
@@ -93,23 +94,7 @@ def test_load_columns_follow_the_task_fields() -> None:
     assert {name: defaults[name] for name in _FRESH_STATE} == _FRESH_STATE
 
 
-@pytest.mark.parametrize(
-    "leases",
-    [
-        [],
-        [Lease(1, "w-1", 1795754805.1748843)],
-        [
-            Lease(
-                1, 'w "quoted" \\ back', 10.0, 11.5, LeaseOutcome.FAILED, "boom\nline two\t", None
-            ),
-            Lease(2, "wörker-☃-🚀", 12, 13, LeaseOutcome.COMPLETED, None, TaskStatus.FAILED),
-            Lease(
-                3, "", 1e-05, float("inf"), LeaseOutcome.LOST, "\x00\x1f\x7f", TaskStatus.CANCELLED
-            ),
-            Lease(4, "w", 1.0, 2.0, LeaseOutcome.FAILED, "E", None, 'Traceback\n  "x"\n☃'),
-        ],
-    ],
-)
+@pytest.mark.parametrize("leases", ODD_LEASES)
 def test_leases_are_stored_as_the_json_encoder_would(leases: list[Lease]) -> None:
     text = _leases_json(leases)
     expected = [lease.to_row() for lease in leases]
