@@ -7,7 +7,7 @@ MUTATE_STAMP := $(VENV)/.installed-mutate
 #: Mutant names or globs for `make mutate` (e.g. MUTANTS='broker.store.*'); empty: all of them.
 MUTANTS ?=
 
-.PHONY: install run test test-fast lint format fuzz-core chaos bench mutate clean
+.PHONY: install run test test-fast lint format fuzz-core chaos attack bench mutate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ fuzz-core: $(STAMP)
 
 chaos: $(STAMP)
 	ZMQS_CHAOS_TASKS=5000 $(BIN)/pytest -m chaos tests/chaos -s
+
+# The attacks of tests/integration/test_attacks.py at the sizes they were first measured at.
+attack: $(STAMP)
+	ZMQS_ATTACK_SCALE=full $(BIN)/pytest -q tests/integration/test_attacks.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

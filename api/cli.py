@@ -8,7 +8,6 @@ broker connection in the master process: ZeroMQ sockets do not survive a fork.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +15,7 @@ from gunicorn.app.base import BaseApplication
 
 from api.app import create_app
 from api.serve import gunicorn_options
+from common import logs
 from common import settings as config
 from common.settings import Settings
 
@@ -51,9 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         server = APIServer(settings)
     except ValueError as exc:  # a bad listen address, count or log level
         parser.error(str(exc))
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+    logs.configure(
+        settings.log_level, "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
     )
     server.run()  # returns only through SystemExit, with gunicorn's exit status
     return 0

@@ -8,7 +8,6 @@ read nothing.
 from __future__ import annotations
 
 import gc
-import logging
 import signal
 import sys
 from types import FrameType
@@ -17,6 +16,7 @@ import zmq
 
 from broker.server import BrokerServer, listen
 from broker.store import open_store
+from common import logs
 from common import settings as config
 
 #: Allocations between two young garbage collections (Python's default is 700). The broker
@@ -34,10 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         config.BROKER,
         argv,
     )
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s broker %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(settings.log_level, "%(asctime)s broker %(levelname)s %(name)s: %(message)s")
     # The socket before the store: a broker whose address is taken (by another broker,
     # most likely) stops before it so much as opens the store.
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()

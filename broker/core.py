@@ -30,17 +30,22 @@ from broker.state import Task, Worker
 from broker.timers import TimerKind
 from broker.waiters import Waiter
 from common.errors import Conflict, InvalidInput, NotFound
+from common.limits import MAX_PAGE_BYTES
+from common.logs import listing
 from common.messages import Ready, RunKey, RunOutcome
 from common.models import FINAL_STATUSES, LeaseOutcome, TaskStatus, WorkerKind, WorkerStatus
 from common.ops import HttpComplete, HttpRegister, ListTasks
 from common.spec import TaskSpec
 
-__all__ = ["MAX_LOST", "PRUNE_BATCH", "Outbox", "Scheduler", "Timing"]
+__all__ = ["MAX_LOST", "PRUNE_BATCH", "WORKER_PRUNE_BATCH", "Outbox", "Scheduler", "Timing"]
 
 log = logging.getLogger(__name__)
 
 #: Most finished tasks pruned in one call of ``prune``, so pruning never stalls the loop.
 PRUNE_BATCH = 1000
+#: Most offline workers forgotten in one round: each may have thousands of capabilities,
+#: which the store deletes with it.
+WORKER_PRUNE_BATCH = 100
 
 
 class Scheduler(Lifecycle):
@@ -206,9 +211,22 @@ class Scheduler(Lifecycle):
         return task
 
     def list_tasks(self, query: ListTasks) -> dict[str, Any]:
-        """A page of tasks in submission order, optionally filtered by status and handler."""
+        """A page of tasks in submission order, optionally filtered by status and handler:
+        at most ``query.limit`` tasks and about ``MAX_PAGE_BYTES`` (at least one task)."""
         page, more = self.index.page(query)
-        self._warm_up(page)
+        # Warmed a few at a time, doubling: a page of large cold tasks reads from the store
+        # about what it shows, not ``limit`` tasks' worth.
+        size, start, chunk = 0, 0, 8
+        while start < len(page):
+            self._warm_up(page[start : start + chunk])
+            for i in range(start, min(start + chunk, len(page))):
+                size += page[i].size()
+                if size > MAX_PAGE_BYTES and i > 0:
+                    del page[i:]
+                    more = True
+                    break
+            start += chunk
+            chunk *= 2
         return {
             "tasks": [self.show(t) for t in page],
             "next": page[-1].seq if more and page else None,
@@ -258,6 +276,7 @@ class Scheduler(Lifecycle):
             ),
             "stale_outcomes": self.stale_outcomes,
             "dropped_messages": self.dropped_messages,
+            "refused_replies": self.refused_replies,
             "uptime": now - started,
         }
 
@@ -268,6 +287,11 @@ class Scheduler(Lifecycle):
         return worker
 
     # -- ZeroMQ workers ------------------------------------------------------------
+
+    def _registered(self) -> int:
+        """The number of a new registration."""
+        self._registrations += 1
+        return self._registrations
 
     def register(self, address: bytes, ready: Ready, now: float) -> Worker:
         """A worker said READY: (re)register it and take back the leases it still holds."""
@@ -289,6 +313,7 @@ class Scheduler(Lifecycle):
             free=dict(ready.resources),
             last_ping=now,
             tags=frozenset(ready.tags),
+            registration=self._registered(),
         )
         self.roster.put(worker)
         self._worker_changed(worker)
@@ -318,7 +343,7 @@ class Scheduler(Lifecycle):
             self.outbox.cancel.setdefault(address, []).extend(refused)
         log.info(
             "worker %s registered: %d slots, serves %s",
-            worker_id, ready.slots, sorted(worker.capabilities),
+            worker_id, ready.slots, listing(sorted(worker.capabilities)),
         )  # fmt: skip
         return worker
 
@@ -363,6 +388,7 @@ class Scheduler(Lifecycle):
             old.tags = frozenset(request.tags)
             old.resources = request.resources
             old.free = dict(request.resources)
+            old.registration = self._registered()
             for task_id in old.running:
                 task = self.index.tasks.get(task_id)
                 if task is not None:
@@ -379,6 +405,7 @@ class Scheduler(Lifecycle):
             last_seen=now,
             free=dict(request.resources),
             tags=frozenset(request.tags),
+            registration=self._registered(),
         )
         self.roster.workers[worker.id] = worker
         self._worker_changed(worker)
@@ -468,13 +495,15 @@ class Scheduler(Lifecycle):
 
     def prune(self, now: float, limit: int = PRUNE_BATCH) -> int:
         """Forget up to ``limit`` tasks that finished more than ``retention`` seconds ago,
-        and the workers offline for longer than that; returns how many tasks it forgot."""
+        and up to ``WORKER_PRUNE_BATCH`` workers offline for longer than
+        ``worker_retention``; returns how many tasks it forgot."""
         before = now - self.timing.retention
         pruned = self.index.prune(before, limit)
         for task in pruned:
             self._dirty.pop(task.id, None)
         self._pruned.extend(pruned)
-        for worker in self.roster.forget_offline(before):
+        forget = self.roster.forget_offline(now - self.timing.worker_retention, WORKER_PRUNE_BATCH)
+        for worker in forget:
             self._dirty_workers.pop(worker.id, None)
             self._forgotten_workers.append(worker.id)
         return len(pruned)

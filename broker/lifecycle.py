@@ -57,6 +57,7 @@ class Timing:
     retry_backoff_max: float = 60.0
     timeout_grace: float = 5.0
     retention: float = 7 * 24 * 3600.0
+    worker_retention: float = 3600.0
 
     @property
     def worker_window(self) -> float:
@@ -99,12 +100,16 @@ class Lifecycle:
         self.stale_outcomes = 0
         #: One-way messages (READY, DONE) dropped because they broke the protocol.
         self.dropped_messages = 0
+        #: Large replies refused because their peer had too much unread on the broker.
+        self.refused_replies = 0
         self.outbox = Outbox()
         self._dirty: dict[str, Task] = {}
         self._pruned: list[Task] = []
         #: Workers whose stored fields changed (registered, went offline), and ids of
         #: those forgotten, since the last ``take_workers``.
         self._dirty_workers: dict[str, Worker] = {}
+        #: Registrations so far (``Worker.registration``).
+        self._registrations = 0
         self._forgotten_workers: list[str] = []
         self._next_seq = 1
         self.ready = ReadyQueues()

@@ -5,7 +5,8 @@ A ZeroMQ worker is online from its READY until it says BYE or falls silent for
 worker every ``ping_interval``). An HTTP worker is online from its registration or any
 request of its own until it is silent for ``http_liveness`` seconds, an open long-poll
 counting as presence. Offline workers stay listed (``GET /workers``), across restarts of
-the broker (the store keeps them), until they have been offline for the retention.
+the broker (the store keeps them), until they have been offline for the worker retention
+(``--worker-retention``).
 
 Invariants, which ``broker.invariants`` checks:
 
@@ -19,6 +20,7 @@ the roster only says who is silent and whom to ping.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 
 from broker.queue import Shape
@@ -72,15 +74,21 @@ class Roster:
         worker.status = WorkerStatus.OFFLINE
         self.workers[worker.id] = worker
 
-    def forget_offline(self, before: float) -> list[Worker]:
-        """Forget the workers offline and last seen before this time; returns them."""
+    def forget_offline(self, before: float, limit: int) -> list[Worker]:
+        """Forget up to ``limit`` of the workers offline and last seen before this time;
+        returns them."""
         if len(self.workers) == len(self.online):
             return []
-        gone = [
-            worker
-            for worker in self.workers.values()
-            if worker.status is not WorkerStatus.ONLINE and worker.last_seen < before
-        ]
+        gone = list(
+            itertools.islice(
+                (
+                    worker
+                    for worker in self.workers.values()
+                    if worker.status is not WorkerStatus.ONLINE and worker.last_seen < before
+                ),
+                limit,
+            )
+        )
         for worker in gone:
             del self.workers[worker.id]
         return gone

@@ -29,6 +29,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -36,17 +37,25 @@ import zmq
 
 from broker.core import Scheduler, Timing
 from broker.operations import DEFERRED, perform
+from broker.outflow import HIGH_WATER_MARK, Outflow
 from broker.store import Store
 from common import messages, ops, protocol
-from common.errors import InvalidInput, SchedulerError
+from common.errors import InvalidInput, SchedulerError, TooLarge
+from common.models import TaskStatus
 from common.protocol import Command
 from common.settings import Settings
-from common.transport import send_frames
 
 log = logging.getLogger(__name__)
 
 #: Most messages handled in one loop turn before committing and sending.
 MAX_MESSAGES_PER_TURN = 2000
+#: Longest a loop turn takes messages in, in seconds, before it commits and answers: a
+#: flood of costly requests leaves room for others' turns.
+TURN_SECONDS = 0.025
+#: Bytes of replies a turn packs, about: it takes no more messages in once its replies
+#: hold this much, and sends no more than this (and one more reply) of the answers that
+#: are due; the rest wait for the next turn, which comes at once.
+TURN_REPLY_BYTES = 16 * 1024 * 1024
 #: Longest sleep of the loop in seconds: the resolution of liveness checks and pings.
 MAX_POLL_SECONDS = 0.1
 #: Longest time in seconds a change that nothing waits for stays uncommitted.
@@ -58,8 +67,11 @@ PRUNE_INTERVAL = 1.0
 #: tracks, about 1.5 s with a million tasks held, stalling the loop; this bounds what it
 #: walks to about this many tasks' objects.
 FREEZE_AFTER = 100_000
-#: Messages a peer's socket may queue on the broker before ZeroMQ drops more.
-HIGH_WATER_MARK = 100_000
+#: Messages from one peer ZeroMQ queues for the loop before it stops reading that peer.
+RECEIVE_HIGH_WATER_MARK = 1000
+#: Largest frame a peer may send, at least: ZeroMQ drops the connection of a peer that sends
+#: a larger one, before reading it. A task's args (``--max-payload``) and 16 MiB more fit.
+MIN_FRAME_BYTES = 64 * 1024 * 1024
 
 Frames = list[bytes]
 
@@ -73,16 +85,25 @@ def timing_from(settings: Settings) -> Timing:
         retry_backoff_max=settings.retry_backoff_max,
         timeout_grace=settings.timeout_grace,
         retention=settings.retention,
+        worker_retention=settings.worker_retention,
     )
 
 
-def listen(context: zmq.Context[Any], endpoint: str) -> zmq.Socket[bytes]:
+def max_frame(settings: Settings) -> int:
+    """The largest frame the broker reads from a peer."""
+    return max(MIN_FRAME_BYTES, settings.max_payload + 16 * 1024 * 1024)
+
+
+def listen(
+    context: zmq.Context[Any], endpoint: str, max_frame: int = MIN_FRAME_BYTES
+) -> zmq.Socket[bytes]:
     """The broker's ROUTER socket, bound to ``endpoint`` (raises ``zmq.ZMQError`` when it
     cannot be, an address in use above all)."""
     socket: zmq.Socket[bytes] = context.socket(zmq.ROUTER)
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
-    socket.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+    socket.setsockopt(zmq.RCVHWM, RECEIVE_HIGH_WATER_MARK)
+    socket.setsockopt(zmq.MAXMSGSIZE, max_frame)
     try:
         socket.bind(endpoint)
     except BaseException:
@@ -113,8 +134,14 @@ class BrokerServer:
         self._context = context or zmq.Context.instance()
         self._socket = socket
         self._stopping = threading.Event()
-        #: Replies of this turn: sent once its changes are committed.
-        self._promises: list[Frames] = []
+        #: Replies of this turn, by address, packed or not: sent once its changes are
+        #: committed.
+        self._promises: list[tuple[bytes, ops.Reply, Frames | None]] = []
+        #: Bytes of the replies this turn packed.
+        self._packed = 0
+        #: Replies committed and due, not sent yet: what one turn did not get to.
+        self._due: deque[tuple[bytes, ops.Reply, Frames | None]] = deque()
+        self._outflow: Outflow | None = None
         #: Outcomes to acknowledge, by worker address: one ACK each with the next commit,
         #: which they do not hurry.
         self._acks: dict[bytes, list[messages.RunKey]] = {}
@@ -134,7 +161,7 @@ class BrokerServer:
         loads wait on the socket.
         """
         if self._socket is None:
-            self._socket = listen(self._context, self.settings.broker)
+            self._socket = listen(self._context, self.settings.broker, max_frame(self.settings))
         began = time.monotonic()
         # A million loaded tasks would make the collector walk them all, more than once,
         # while they load, and again at every full collection after: they live as long
@@ -182,6 +209,8 @@ class BrokerServer:
         self.store.save(core.take_dirty(), core.take_pruned(), workers=workers, forgotten=forgotten)
 
     def _poll_timeout_ms(self) -> int:
+        if self._due:
+            return 0
         wait = MAX_POLL_SECONDS
         timer = self.core.next_timer()
         if timer is not None:
@@ -191,6 +220,7 @@ class BrokerServer:
         return math.ceil(wait * 1000)
 
     def _turn(self, socket: zmq.Socket[bytes]) -> None:
+        ends = time.monotonic() + TURN_SECONDS
         for _ in range(MAX_MESSAGES_PER_TURN):
             try:
                 frames = socket.recv_multipart(zmq.NOBLOCK)
@@ -201,6 +231,8 @@ class BrokerServer:
                 self._handle(frames, now)
             except Exception:  # never let one message take the broker down
                 log.exception("error handling a message; dropped")
+            if self._packed >= TURN_REPLY_BYTES or time.monotonic() >= ends:
+                break
         now = self.clock()
         core = self.core
         core.schedule(now)
@@ -228,7 +260,8 @@ class BrokerServer:
         self._promises = []
         for token, value in outbox.replies:
             address, req_id = cast(tuple[bytes, int], token)
-            promises.append([address, *protocol.reply(ops.Reply(req_id, value))])
+            promises.append((address, ops.Reply(req_id, value), None))
+        self._packed = 0
         if core.has_changes():
             if self._dirty_since is None:
                 self._dirty_since = now
@@ -237,12 +270,15 @@ class BrokerServer:
                 # Raises if the store fails: the loop stops and nothing here is sent.
                 self._commit()
             else:
-                return  # nothing is owed to a client yet: the ACKs wait for the commit
+                # Nothing this turn made is owed to a client yet: the ACKs wait for the
+                # commit, and only what earlier turns committed goes out.
+                self._send_due(socket)
+                return
         for address, runs in self._acks.items():
             self._send(socket, [address, *protocol.pack(Command.ACK, messages.Ack(runs).to_body())])
         self._acks = {}
-        for message in promises:
-            self._send(socket, message)
+        self._due.extend(promises)
+        self._send_due(socket)
 
     def _freeze(self) -> None:
         """Move the objects that survived so far out of the collector's sight.
@@ -256,16 +292,56 @@ class BrokerServer:
         gc.collect(1)
         gc.freeze()
 
-    @staticmethod
-    def _send(socket: zmq.Socket[bytes], frames: Frames) -> None:
+    def _outflow_of(self, socket: zmq.Socket[bytes]) -> Outflow:
+        if self._outflow is None or self._outflow.socket is not socket:
+            self._outflow = Outflow(socket)
+        return self._outflow
+
+    def _send(self, socket: zmq.Socket[bytes], frames: Frames) -> None:
         try:
-            send_frames(socket, frames)
+            self._outflow_of(socket).send(frames)
         except zmq.ZMQError as exc:  # peer gone or its queue full: it will resync
             log.debug("send failed: %s", exc)
 
-    def _promise(self, address: bytes, frames: Frames) -> None:
-        """Send once this turn's changes are committed."""
-        self._promises.append([address, *frames])
+    def _send_due(self, socket: zmq.Socket[bytes]) -> None:
+        """Send the committed replies that are due, about ``TURN_REPLY_BYTES`` of them (a
+        deferred answer is packed now); a large one goes as a short error instead while its
+        peer, or every peer, has too much unread on the broker already."""
+        outflow = self._outflow_of(socket)
+        due = self._due
+        sent = 0
+        while due and sent < TURN_REPLY_BYTES:
+            address, answer, frames = due.popleft()
+            if frames is None:
+                if outflow.queued(address) >= outflow.peer_bytes:
+                    # Not even packed: a peer this far behind gets errors until it reads.
+                    self._send(socket, self._refusal(outflow, address, answer.req))
+                    continue
+                frames = [address, *protocol.reply(answer)]
+            size = len(frames[-1])
+            sent += size
+            if size >= outflow.track_bytes and outflow.over(address):
+                frames = self._refusal(outflow, address, answer.req)
+            self._send(socket, frames)
+
+    def _refusal(self, outflow: Outflow, address: bytes, req: int) -> Frames:
+        """The reply to request ``req`` of a peer whose replies are not read fast enough."""
+        queued = outflow.queued(address)
+        description = (
+            f"the broker holds {queued} bytes of replies you have not read"
+            if queued >= outflow.peer_bytes
+            else "the broker holds too many bytes of replies its peers have not read"
+        )
+        self.core.refused_replies += 1
+        error = ops.ErrorInfo(TooLarge.status, "Replies not read", description)
+        return [address, *protocol.reply(ops.Reply(req, error=error))]
+
+    def _promise(self, address: bytes, answer: ops.Reply) -> None:
+        """Send once this turn's changes are committed (packed now: the turn counts its
+        replies' bytes)."""
+        frames = [address, *protocol.reply(answer)]
+        self._packed += len(frames[-1])
+        self._promises.append((address, answer, frames))
 
     def _command(self, address: bytes, frames: Frames) -> None:
         """Send at the end of this turn, before its commit."""
@@ -300,7 +376,9 @@ class BrokerServer:
             self._drop(Command.READY, exc)
             return
         timing = self.core.timing
-        welcome = messages.Welcome(worker.id, timing.ping_interval, timing.liveness)
+        welcome = messages.Welcome(
+            worker.id, timing.ping_interval, timing.liveness, self.settings.max_payload
+        )
         self._command(address, protocol.pack(Command.WELCOME, welcome.to_body()))
 
     def _from_worker(
@@ -318,6 +396,13 @@ class BrokerServer:
             except SchedulerError as exc:
                 self._drop(Command.DONE, exc, worker.id)
                 return
+            limit = self.settings.max_payload
+            for i, outcome in enumerate(done.results):
+                if outcome.result is not None and len(outcome.result) > limit:
+                    error = f"its result is {len(outcome.result)} bytes, more than --max-payload"
+                    done.results[i] = messages.RunOutcome(
+                        outcome.run, TaskStatus.FAILED, error=f"{error} ({limit})"
+                    )
             # A worker keeps its outcomes until ACKed and needs nothing else from the ACK,
             # so ACKs ride on the next commit a reply needs, or at most COMMIT_DELAY later.
             self._acks.setdefault(address, []).extend(self.core.report(worker, done.results, now))
@@ -326,6 +411,22 @@ class BrokerServer:
         elif command is Command.BYE:
             log.info("worker %s said goodbye", worker.id)
             self.core.goodbye(worker, now)
+
+    def _check_payloads(self, request: ops.Request) -> None:
+        """Refuse a request that carries args or a result over ``--max-payload``: the store
+        is never asked to write a value it cannot, nor a reply to carry one."""
+        limit = self.settings.max_payload
+        if isinstance(request, ops.Submit):
+            for i, spec in enumerate(request.tasks):
+                if len(spec.args) > limit:
+                    where = f"tasks[{i}].args" if len(request.tasks) > 1 else "args"
+                    raise TooLarge(f"{where} is {len(spec.args)} bytes, more than {limit}")
+        elif (
+            isinstance(request, ops.HttpComplete)
+            and request.result is not None
+            and len(request.result) > limit
+        ):
+            raise TooLarge(f"result is {len(request.result)} bytes, more than {limit}")
 
     def _drop(self, command: Command, exc: SchedulerError, sender: str = "") -> None:
         """A one-way message that breaks the protocol: never acted on, counted."""
@@ -340,15 +441,16 @@ class BrokerServer:
             return
         try:
             request = ops.decode_request(body)
+            self._check_payloads(request)
             value = perform(self.core, request, (address, req), now, self.started)
         except SchedulerError as exc:
             error = ops.ErrorInfo(exc.status, exc.title, exc.description)
-            self._promise(address, protocol.reply(ops.Reply(req, error=error)))
+            self._promise(address, ops.Reply(req, error=error))
             return
         except Exception:
             log.exception("request %r failed", body.get("op"))
             error = ops.ErrorInfo(500, "Internal error", "the broker hit a bug")
-            self._promise(address, protocol.reply(ops.Reply(req, error=error)))
+            self._promise(address, ops.Reply(req, error=error))
             return
         if value is not DEFERRED:
-            self._promise(address, protocol.reply(ops.Reply(req, value)))
+            self._promise(address, ops.Reply(req, value))

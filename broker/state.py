@@ -68,6 +68,12 @@ class Lease:
         )
 
 
+#: Bytes a task's record takes on the wire besides its variable-length fields, about.
+RECORD_BYTES = 400
+#: Bytes a lease's record takes besides its error and traceback, about.
+LEASE_BYTES = 150
+
+
 @dataclass(slots=True, eq=False)
 class Task:
     """One task and everything the broker knows about it."""
@@ -113,6 +119,15 @@ class Task:
     #: idempotency_key): a finished task read at a restart, until the core warms it from the
     #: store to show or change it. Everything else holds a placeholder meanwhile.
     cold: bool = False
+
+    def size(self) -> int:
+        """About how many bytes its record takes on the wire: its variable-length fields,
+        and a fixed allowance for the rest (a warm task)."""
+        size = RECORD_BYTES + len(self.args) + len(self.name) + len(self.error or "")
+        size += len(self.result or b"") + 40 * len(self.dependencies)
+        for lease in self.leases:
+            size += LEASE_BYTES + len(lease.error or "") + len(lease.traceback or "")
+        return size
 
     @property
     def shape(self) -> tuple[str, tuple[str, ...], ResourceKey]:
@@ -189,11 +204,15 @@ class Worker:
     last_ping: float = 0.0
     #: It said it is stopping (DRAIN): nothing new is dispatched to it.
     draining: bool = False
-    #: Open long-polls of an HTTP worker, oldest first: (token, deadline).
-    polls: list[tuple[object, float]] = field(default_factory=list)
+    #: Open long-polls of an HTTP worker, oldest first: token -> deadline.
+    polls: dict[object, float] = field(default_factory=dict)
     #: Which capabilities are tags, not handlers: a task's handler and its ``requires`` are
     #: both matched against all of ``capabilities``; these are only shown apart.
     tags: frozenset[str] = frozenset()
+    #: Which registration this is, of any worker's since the broker started (0: read from
+    #: the store): a store rewrites a worker whole only when it changes, and otherwise
+    #: only when it was last seen.
+    registration: int = 0
 
     #: What a store keeps of a worker: the rest is derived, or lives only while it is online.
     STORED: ClassVar[tuple[str, ...]] = (

@@ -4,8 +4,9 @@
   records of the final ones) or a submit with ``wait`` (answered with each task's record
   and whether the submit made it) is a ``Waiter``: answered once every task it waits for
   is final, or at its deadline, whichever comes first, and exactly once.
-- An HTTP worker's long-poll is a token in the worker's ``polls``: answered with a task
-  leased to it, or empty at its deadline, or empty when the worker goes offline.
+- An HTTP worker's long-poll is a token in the worker's ``polls`` (oldest first):
+  answered with a task leased to it, or empty at its deadline, or empty when the worker
+  goes offline.
 
 Invariants, which ``broker.invariants`` checks: a waiter that is not done is listed under
 every one of its tasks that is not final, and ``pending`` counts those; a done waiter is
@@ -57,7 +58,9 @@ class Deferred:
         self.reply = reply
         self.warm = warm
         self.show = show
-        self.by_task: dict[str, list[Waiter]] = {}
+        #: Task id -> the waiters listed under it (a dict as an ordered set: a waiter that
+        #: expires leaves each of its tasks' entries in O(1), however many wait there).
+        self.by_task: dict[str, dict[Waiter, None]] = {}
 
     # -- waits -----------------------------------------------------------------------
 
@@ -70,11 +73,14 @@ class Deferred:
         return None
 
     def add(self, waiter: Waiter) -> None:
-        """Wait for those of its tasks that are not final yet, until its deadline."""
+        """Wait for those of its tasks that are not final yet, until its deadline (a task
+        named twice is waited for once)."""
         for task_id in waiter.task_ids:
             if self.tasks[task_id].status not in FINAL_STATUSES:
-                self.by_task.setdefault(task_id, []).append(waiter)
-                waiter.pending += 1
+                waiters = self.by_task.setdefault(task_id, {})
+                if waiter not in waiters:
+                    waiters[waiter] = None
+                    waiter.pending += 1
         self.timers.add(waiter.deadline, TimerKind.WAIT, waiter)
 
     def finished(self, task_id: str) -> None:
@@ -91,8 +97,8 @@ class Deferred:
         self._answer(waiter)
         for task_id in waiter.task_ids:
             waiters = self.by_task.get(task_id)
-            if waiters and waiter in waiters:
-                waiters.remove(waiter)
+            if waiters is not None and waiter in waiters:
+                del waiters[waiter]
                 if not waiters:
                     del self.by_task[task_id]
 
@@ -109,27 +115,25 @@ class Deferred:
 
     def open_poll(self, worker: Worker, token: object, deadline: float) -> None:
         """An HTTP worker asks for a task, to be answered by ``deadline``."""
-        worker.polls.append((token, deadline))
+        worker.polls[token] = deadline
         self.timers.add(deadline, TimerKind.POLL, worker, token)
 
     def answer_poll(self, worker: Worker, task: Task, now: float) -> None:
         """Answer the worker's oldest open poll with a task just leased to it."""
-        token, _ = worker.polls.pop(0)
+        token = next(iter(worker.polls))
+        del worker.polls[token]
         worker.last_seen = now  # it was waiting on its poll until now
         self.reply(token, task.record())
 
     def poll_due(self, worker: Worker, token: object, now: float) -> None:
         """A poll's deadline came: answer it empty, unless it was answered."""
-        for i, (open_token, _) in enumerate(worker.polls):
-            if open_token is token:
-                del worker.polls[i]
-                worker.last_seen = now  # it was waiting on its poll until now
-                self.reply(token, None)
-                return
+        if worker.polls.pop(token, None) is not None:
+            worker.last_seen = now  # it was waiting on its poll until now
+            self.reply(token, None)
 
     def drop_polls(self, worker: Worker) -> None:
         """The worker is offline: its open polls are answered empty."""
-        for token, _ in worker.polls:
+        for token in worker.polls:
             self.reply(token, None)
         worker.polls.clear()
 

@@ -22,7 +22,7 @@ class SchedulerError(Exception):
     @staticmethod
     def of(status: int, title: str, description: str) -> SchedulerError:
         """The error a broker reply carries, as the class of its status code."""
-        for cls in (InvalidInput, NotFound, Conflict, Unavailable):
+        for cls in (InvalidInput, NotFound, Conflict, TooLarge, Unavailable):
             if cls.status == status:
                 return cls(description)
         exc = SchedulerError(description)
@@ -50,6 +50,14 @@ class Conflict(SchedulerError):
 
     status = 409
     title = "Conflict"
+
+
+class TooLarge(SchedulerError):
+    """A value larger than the broker takes (``--max-payload``), or a reply larger than
+    the peer's queue on the broker has room for."""
+
+    status = 413
+    title = "Too large"
 
 
 class Unavailable(SchedulerError):

@@ -25,6 +25,13 @@ MAX_HTTP_WAIT = 30.0
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 
+#: Highest ``--max-payload``: SQLite stores a value of at most 1,000,000,000 bytes, and a
+#: task's args and result travel together in one reply.
+MAX_PAYLOAD = 256 * 1024 * 1024
+#: Largest page of a task listing in bytes (about: the records' sizes as ``Task.size``
+#: counts them); a page holds at least one task however large.
+MAX_PAGE_BYTES = 4 * 1024 * 1024
+
 #: Ids a client or a worker chooses (worker ids) and ids the broker makes (task ids) are
 #: 1 to ``MAX_ID_LENGTH`` of these characters: safe in a URL path, a log line and a file name.
 ID_CHARACTERS = "A-Za-z0-9._:-"

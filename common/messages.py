@@ -208,20 +208,25 @@ class Welcome:
     worker_id: str
     ping_interval: float
     liveness: int
+    #: Largest result the broker takes, in bytes (0: not said, by a broker older than it).
+    max_payload: int = 0
 
     def to_body(self) -> dict[str, Any]:
         return {
             "worker_id": self.worker_id,
             "ping_interval": self.ping_interval,
             "liveness": self.liveness,
+            "max_payload": self.max_payload,
         }
 
     @classmethod
     def decode(cls, body: dict[str, Any]) -> Welcome:
+        max_payload = body.get("max_payload")
         return cls(
             fields.identifier(body.get("worker_id"), "worker_id"),
             fields.number(body.get("ping_interval"), "ping_interval", 0.0, 3600.0, above=True),
             fields.integer(body.get("liveness"), "liveness", 1, 1000),
+            0 if max_payload is None else fields.integer(max_payload, "max_payload", 0, 2**62),
         )
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
-from common.limits import ID_PATTERN
+from common.limits import ID_PATTERN, MAX_PAYLOAD
 
 ENV_PREFIX = "ZMQS_"
 #: Default retention of finished tasks, in days (the setting itself is in seconds).
@@ -149,6 +149,25 @@ class Settings:
         "--retention",
         BROKER,
         note=f"{RETENTION_DAYS} days",
+    )
+
+    #: Seconds an offline worker stays listed (``GET /workers``) before it is forgotten.
+    worker_retention: float = _opt(
+        3600.0,
+        "seconds an offline worker stays listed",
+        "--worker-retention",
+        BROKER,
+        note="1 hour",
+    )
+    #: Largest ``args`` of a task and largest result of a run, in bytes, through either door
+    #: (a direct client, the HTTP API): a larger one is refused (413), a larger result makes
+    #: its run fail.
+    max_payload: int = _opt(
+        8 * 1024 * 1024,
+        "largest task args or result in bytes",
+        "--max-payload",
+        BROKER,
+        note="8 MiB",
     )
 
     # API.
@@ -369,6 +388,8 @@ _RULES: list[tuple[str, Callable[[Settings], bool], str]] = [
     ("timeout_grace", lambda s: s.timeout_grace >= 0, "must be >= 0"),
     ("retention", lambda s: s.retention >= 0, "must be >= 0"),
     ("max_body", lambda s: s.max_body >= 1, "must be >= 1"),
+    ("max_payload", lambda s: 1 <= s.max_payload <= MAX_PAYLOAD, f"must be 1 to {MAX_PAYLOAD}"),
+    ("worker_retention", lambda s: s.worker_retention >= 0, "must be >= 0"),
     ("request_timeout", lambda s: s.request_timeout > 0, "must be > 0"),
     ("log_level", lambda s: s.log_level.upper() in logging.getLevelNamesMapping(),
      "must be a logging level such as DEBUG, INFO or WARNING"),

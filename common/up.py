@@ -36,6 +36,7 @@ from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import IO, cast
 
+from common import logs
 from common import settings as config
 from common.settings import Settings
 
@@ -198,9 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     config.add_command(up, config.UP)
     settings = config.from_args(up, parser.parse_args(argv), config.UP)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s zmq-scheduler %(message)s"
-    )
+    logs.configure(settings.log_level, "%(asctime)s zmq-scheduler %(message)s")
     return supervise(children(settings))
 
 

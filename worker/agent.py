@@ -62,6 +62,9 @@ SHUTDOWN_LINGER_MS = 500
 MAX_POLL = 1.0
 #: Most messages handled per loop turn, so outcomes are flushed under a flood of messages.
 RECEIVE_BATCH = 1000
+#: Result bytes in one DONE past which the next outcome goes in another: the broker reads
+#: no frame larger than its ``--max-payload`` and 16 MiB, nor 64 MiB.
+DONE_BYTES = 16 * 1024 * 1024
 
 RunnerFactory = Callable[[OnDone], Runner]
 
@@ -101,6 +104,8 @@ class Agent:
         self._backoff_max = backoff_max
         self._ping_interval = ping_interval
         self._liveness = liveness
+        #: Largest result the broker takes (its WELCOME says; 0 until then, or never said).
+        self._max_payload = 0
 
         self._drain_grace = drain_grace
         #: A stop was asked for: take nothing new, let the runs finish (at most drain_grace).
@@ -350,6 +355,7 @@ class Agent:
         welcome = messages.Welcome.decode(body)
         self._ping_interval = welcome.ping_interval
         self._liveness = welcome.liveness
+        self._max_payload = welcome.max_payload
         self._registered = True
         self._backoff = self._backoff_initial
         logger.info(
@@ -409,17 +415,27 @@ class Agent:
             self._send_done(fresh)
 
     def _send_done(self, outcomes: list[Outcome]) -> None:
-        results = [
-            messages.RunOutcome(
-                o.key,
-                o.status,
-                o.result,
-                o.error if o.error is None else o.error[:MAX_ERROR_LENGTH],
-                o.traceback,
-            )
-            for o in outcomes
-        ]
-        self._send(Command.DONE, messages.Done(results).to_body())
+        """Report outcomes, in DONEs of about ``DONE_BYTES`` of results each (the broker
+        reads no frame much larger); a result over the broker's ``--max-payload`` is
+        reported as a failed run instead."""
+        limit = self._max_payload
+        results: list[messages.RunOutcome] = []
+        size = 0
+        for o in outcomes:
+            result = o.result
+            if result is not None and limit and len(result) > limit:
+                too_large = f"its result is {len(result)} bytes, more than --max-payload ({limit})"
+                outcome = messages.RunOutcome(o.key, TaskStatus.FAILED, error=too_large)
+            else:
+                error = o.error if o.error is None else o.error[:MAX_ERROR_LENGTH]
+                outcome = messages.RunOutcome(o.key, o.status, result, error, o.traceback)
+            if results and size + len(outcome.result or b"") > DONE_BYTES:
+                self._send(Command.DONE, messages.Done(results).to_body())
+                results, size = [], 0
+            results.append(outcome)
+            size += len(outcome.result or b"")
+        if results:
+            self._send(Command.DONE, messages.Done(results).to_body())
 
     # -- shutdown ------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
+from common import logs
 from common import settings as config
 from common.models import RESOURCE_KINDS
 from worker import handlers
@@ -50,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     level = logging.getLevelName(settings.log_level.upper())
     resources = {kind: float(getattr(settings, kind)) for kind in RESOURCE_KINDS}
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(level, "%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     import worker.builtin  # noqa: F401  (registers the built-in handlers)
 

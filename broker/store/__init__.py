@@ -81,6 +81,8 @@ class Store(Protocol):
         """Make these changes durable, all or none, before returning: every stored field
         of each changed task as it is now, the deleted tasks gone, every stored field of
         each of ``workers`` as it is now, and the workers of the ``forgotten`` ids gone.
+        A worker saved with the ``registration`` it was last saved (or loaded) with has
+        changed only its ``last_seen``: a backend may write only that.
 
         Once it returns, a crash of the process (or, as the backend's ``sync`` allows, of
         the machine) loses none of it; what is saved is a copy, which later changes to the

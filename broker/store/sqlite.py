@@ -131,14 +131,16 @@ class _Batch:
     deletes: list[tuple[int]] = field(default_factory=list)
     #: The tasks inserted: marked ``stored`` once the rows are committed.
     new: list[Task] = field(default_factory=list)
-    #: Rows of the workers to write whole, and ids of those to delete.
+    #: Rows of the workers to write whole, when the others were last seen, and ids of those
+    #: to delete.
     workers: list[tuple[object, ...]] = field(default_factory=list)
+    seen: list[tuple[float, str]] = field(default_factory=list)
     forgotten: list[tuple[str]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
             self.fresh or self.inserts or self.updates or self.deletes or self.workers
-            or self.forgotten
+            or self.seen or self.forgotten
         )  # fmt: skip
 
 
@@ -403,6 +405,8 @@ class SqliteStore:
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
         self.path = path
+        #: Worker id -> the registration whose row was written whole (``Worker.registration``).
+        self._registrations: dict[str, int] = {}
         # Before SQLite opens the file: a second broker must not read, let alone write, it.
         self._lock = _lock.acquire(path)
         try:
@@ -457,13 +461,15 @@ class SqliteStore:
 
     def load_workers(self) -> list[Worker]:
         """Every stored worker, offline."""
-        return [
+        workers = [
             _worker(row)
             for row in self._db.execute(
                 "SELECT id, kind, capabilities, resources, slots, host, pid, last_seen, tags "
                 "FROM workers"
             )
         ]
+        self._registrations = {worker.id: worker.registration for worker in workers}
+        return workers
 
     def warm(self, tasks: Sequence[Task]) -> None:
         """Read the rest of these cold tasks from the store into them (by rowid, in chunks
@@ -490,9 +496,21 @@ class SqliteStore:
     ) -> None:
         """Commit these changes in one transaction (one fsync)."""
         batch = _prepare(changed, deleted)
-        batch.workers = [_worker_row(worker) for worker in workers]
+        written = self._registrations
+        whole: dict[str, int] = {}
+        for worker in workers:
+            if written.get(worker.id) == worker.registration:
+                # Only when it was last seen changed: its capabilities, possibly thousands
+                # of names, are not written again.
+                batch.seen.append((worker.last_seen, worker.id))
+            else:
+                batch.workers.append(_worker_row(worker))
+                whole[worker.id] = worker.registration
         batch.forgotten = [(worker_id,) for worker_id in forgotten]
         self._write(batch)
+        written.update(whole)
+        for worker_id in forgotten:
+            written.pop(worker_id, None)
 
     def _write(self, batch: _Batch) -> None:
         """Commit these rows in one transaction (one fsync)."""
@@ -506,6 +524,7 @@ class SqliteStore:
             db.executemany(_UPDATE, batch.updates)
             db.executemany("DELETE FROM tasks WHERE seq = ?", batch.deletes)
             db.executemany(_WORKER_UPSERT, batch.workers)
+            db.executemany("UPDATE workers SET last_seen = ? WHERE id = ?", batch.seen)
             db.executemany("DELETE FROM workers WHERE id = ?", batch.forgotten)
         except BaseException:
             db.execute("ROLLBACK")

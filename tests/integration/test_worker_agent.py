@@ -25,10 +25,11 @@ import pytest
 import zmq
 
 from common import protocol
+from common.models import TaskStatus
 from common.protocol import Command, Message
 from tests.conftest import wait_for
 from worker.agent import Agent
-from worker.runner import Runner
+from worker.runner import Outcome, Runner
 
 #: Seconds any wait for a message may take before it counts as a failure.
 PATIENCE = 15.0
@@ -193,6 +194,26 @@ def test_dispatched_echo_comes_back_in_done(broker: FakeBroker, start_worker: St
     assert done_results(done) == [
         {"task_id": "t1", "attempt": 1, "status": "completed", "result": payload, "error": None}
     ]
+
+
+def test_a_result_over_the_brokers_payload_limit_is_reported_as_a_failed_run(
+    broker: FakeBroker, start_worker: StartWorker
+) -> None:
+    # given a worker welcomed by a broker that takes results of 1,000 bytes at most
+    start_worker()
+    identity, _ = broker.expect(Command.READY)
+    broker.send(identity, Command.WELCOME, {**PATIENT, "max_payload": 1000})
+    # when one run's result is over the limit and another's is not
+    tasks = [task("big", "echo", b"x" * 1001), task("fits", "echo", b"x" * 1000)]
+    broker.send(identity, Command.DISPATCH, {"tasks": tasks})
+    # then the first is reported failed, saying why, and the second as it ended
+    results: dict[str, dict[str, Any]] = {}
+    while len(results) < 2:
+        _, done = broker.expect(Command.DONE)
+        results.update((r["task_id"], r) for r in done_results(done))
+    assert (results["big"]["status"], results["big"]["result"]) == ("failed", None)
+    assert results["big"]["error"] == "its result is 1001 bytes, more than --max-payload (1000)"
+    assert (results["fits"]["status"], results["fits"]["result"]) == ("completed", b"x" * 1000)
 
 
 def test_ping_gets_pong_and_malformed_messages_are_dropped(
@@ -578,3 +599,29 @@ def test_agent_retries_at_once_after_losing_a_broker_that_welcomed_it(
 def after_welcome(events: list[float | str]) -> list[float | str]:
     """The events after the first WELCOME (none before it)."""
     return events[events.index(WELCOMED) + 1 :] if WELCOMED in events else []
+
+
+def test_outcomes_go_in_dones_of_about_16_mib_of_results_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given an agent (not running: its DONEs are only recorded) and four 10 MiB results
+    agent = Agent(
+        endpoint="tcp://127.0.0.1:1",
+        worker_id="w-in-process",
+        slots=4,
+        make_runner=lambda on_done: Runner("thread", 1, on_done),
+    )
+    sent: list[list[str]] = []
+    monkeypatch.setattr(
+        agent,
+        "_send",
+        lambda command, body=None: sent.append([r["task_id"] for r in body["results"]]),
+    )
+    big = b"r" * (10 * 1024 * 1024)
+    outcomes = [Outcome(f"t{i}", 1, TaskStatus.COMPLETED, big) for i in range(4)]
+    outcomes.insert(2, Outcome("small", 1, TaskStatus.COMPLETED, b"s"))
+    # when it reports them
+    agent._send_done(outcomes)
+    # then no DONE carries more than one of them (the broker reads no frame over 64 MiB,
+    # and two would pass 16 MiB), and the small one rides along
+    assert sent == [["t0"], ["t1", "small"], ["t2"], ["t3"]]

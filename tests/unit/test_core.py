@@ -6,10 +6,11 @@ from typing import Any
 
 import pytest
 
-from broker.core import MAX_LOST, Scheduler, Timing
+from broker.core import MAX_LOST, WORKER_PRUNE_BATCH, Scheduler, Timing
 from broker.invariants import CheckedScheduler
 from broker.store.memory import MemoryStore
 from common.errors import Conflict, InvalidInput, NotFound
+from common.limits import MAX_PAGE_BYTES
 from common.models import TaskStatus, WorkerStatus
 from common.ops import Submit
 from tests import edge
@@ -570,8 +571,9 @@ def test_a_registration_is_stored_and_a_sign_of_life_is_not(core: Scheduler) -> 
     assert sorted(w.id for w in core.take_workers()[0]) == ["h", "z"]
 
 
-def test_offline_workers_are_forgotten_after_the_retention(core: Scheduler) -> None:
-    timing = Timing(ping_interval=1.0, liveness=3, retention=100.0)
+def test_offline_workers_are_forgotten_after_the_worker_retention(core: Scheduler) -> None:
+    # Finished tasks are kept ten times as long: the workers' own retention counts.
+    timing = Timing(ping_interval=1.0, liveness=3, retention=1000.0, worker_retention=100.0)
     core = CheckedScheduler(timing)
     store = MemoryStore()
     add_worker(core, "gone")
@@ -593,6 +595,18 @@ def test_offline_workers_are_forgotten_after_the_retention(core: Scheduler) -> N
     commit(core, store)
     assert [w.id for w in store.load_workers()] == ["h"]
     assert restart(core, store, T0 + 1000).workers.keys() == {"h"}
+
+
+def test_offline_workers_are_forgotten_a_bounded_batch_a_round() -> None:
+    core = CheckedScheduler(Timing(ping_interval=1.0, liveness=3, worker_retention=10.0))
+    for i in range(WORKER_PRUNE_BATCH + 50):
+        add_worker(core, f"w{i}")
+    core.tick(T0 + 5)  # every one silent past its window: offline
+    core.take_workers()
+    core.prune(T0 + 20)
+    assert len(core.take_workers()[1]) == WORKER_PRUNE_BATCH
+    core.prune(T0 + 21)
+    assert len(core.take_workers()[1]) == 50 and core.workers == {}
 
 
 def test_restart_after_a_dispatch_that_was_never_committed_runs_the_task_again(
@@ -1035,6 +1049,39 @@ def test_wait_many_times_out_with_what_is_final(core: Scheduler) -> None:
         core.wait_many([a, "nope"], 1, "x", T0)
 
 
+def test_a_task_named_many_times_in_one_wait_is_waited_for_once(core: Scheduler) -> None:
+    a, b = submit(core, handler="nobody"), submit(core, handler="nobody")
+    assert core.wait_many([a] * 10_000 + [b], 5, "many", T0) is None
+    assert core.wait(a, 5, "one", T0) is None
+    # One entry a waiter under each task, however often it named it.
+    assert [len(core.deferred.by_task[i]) for i in (a, b)] == [2, 1]
+    core.cancel(b, T0)
+    core.tick(T0 + 5)  # both expire: each leaves its tasks' entries
+    assert core.deferred.by_task == {}
+    replies = dict(core.take_outbox().replies)
+    assert [t["id"] for t in replies["many"]["tasks"]] == [b]
+    assert replies["one"]["status"] == "pending"
+
+
+def test_a_list_page_holds_about_its_byte_bound_of_tasks_and_at_least_one(
+    core: Scheduler,
+) -> None:
+    big = b"x" * (MAX_PAGE_BYTES // 3)
+    ids = [submit(core, handler="nobody", args=big) for _ in range(5)]
+    ids += [submit(core, handler="nobody") for _ in range(5)]
+    pages = []
+    after = 0
+    while after is not None:
+        page = edge.list_tasks(core, {"limit": 1000, "after": after})
+        pages.append([t["id"] for t in page["tasks"]])
+        after = page["next"]
+    # Three large tasks pass the bound: two a page, then the last with the small ones.
+    assert pages == [ids[:2], ids[2:4], ids[4:]]
+    huge = submit(core, handler="nobody", args=b"y" * (MAX_PAGE_BYTES + 1))
+    page = edge.list_tasks(core, {"limit": 1000, "after": core.get(ids[-1]).seq})
+    assert [t["id"] for t in page["tasks"]] == [huge] and page["next"] is None
+
+
 def test_submit_and_wait_answers_with_whole_records_once_all_are_final(core: Scheduler) -> None:
     address = add_worker(core, "w1", slots=2)
     specs = [{"handler": "echo", "args": b"a", "idempotency_key": "k"}, {"handler": "echo"}]
@@ -1094,6 +1141,7 @@ def test_health_counts_tasks_workers_and_every_refused_or_dropped_message(core: 
         "unservable": 1,  # the task for nobody
         "stale_outcomes": 3,
         "dropped_messages": 1,
+        "refused_replies": 0,
         "uptime": 30.0,
     }
 

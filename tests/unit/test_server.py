@@ -21,11 +21,12 @@ from typing import Any
 import pytest
 import zmq
 
+from broker.outflow import Outflow
 from broker.server import BrokerServer
 from broker.state import Task, Worker
 from broker.store.memory import MemoryStore
 from broker.store.sqlite import SqliteStore
-from common import protocol
+from common import ops, protocol
 from common.models import FINAL_STATUSES
 from common.protocol import Command
 from common.settings import Settings
@@ -252,13 +253,17 @@ class Wire:
         self.events = events
         self.inbox: deque[list[bytes]] = deque()
         self._frames: list[bytes] = []
+        #: One for every large message sent, in order.
+        self.trackers: list[Tracker] = []
 
     def recv_multipart(self, flags: int = 0) -> list[bytes]:
         if not self.inbox:
             raise zmq.Again()
         return self.inbox.popleft()
 
-    def send(self, frame: bytes, flags: int = 0) -> None:
+    def send(
+        self, frame: bytes, flags: int = 0, copy: bool = True, track: bool = False
+    ) -> Tracker | None:
         self._frames.append(bytes(frame))
         if not flags & zmq.SNDMORE:
             address, *payload = self._frames
@@ -266,6 +271,18 @@ class Wire:
             self.events.append(
                 ("sent", (address, protocol.unpack(payload), self.store.committed()))
             )
+        if not track:
+            return None
+        tracker = Tracker()
+        self.trackers.append(tracker)
+        return tracker
+
+
+@dataclass
+class Tracker:
+    """Stands in for ``zmq.MessageTracker``: the test says when a message is written."""
+
+    done: bool = False
 
 
 @dataclass
@@ -452,3 +469,98 @@ def test_pruning_forgets_at_most_1000_finished_tasks_a_second(turn: Turn) -> Non
         left.append(len(core.tasks))
     assert left == [1500, 1500, 1500, 500, 0]
     assert turn.store.committed() == {}
+
+
+# -- bounds: what one peer can make the broker hold ---------------------------------------
+
+
+def errors(turn: Turn, sent: list[tuple[bytes, protocol.Message]]) -> list[int]:
+    return [m.body["error"]["status"] for _, m in sent if m.command is Command.REPLY
+            and not m.body["ok"]]  # fmt: skip
+
+
+def test_args_or_a_result_over_the_payload_limit_are_refused_at_the_edge(
+    tmp_path: Path,
+) -> None:
+    store = CheckedStore("sqlite", tmp_path)
+    store.load()
+    settings = Settings(broker="tcp://127.0.0.1:0", ping_interval=60.0, max_payload=100)
+    turn = Turn(store, [], settings)
+    register(turn)
+    big = turn.request(b"client", "submit", tasks=[{"handler": "echo", "args": b"x" * 101}])
+    batch = turn.request(b"client", "submit", tasks=[{"handler": "echo"}] * 2
+                         + [{"handler": "echo", "args": b"x" * 101}])  # fmt: skip
+    fits = turn.request(b"client", "submit", tasks=[{"handler": "echo", "args": b"x" * 100}])
+    sent = turn.run()
+    replies = {m.body["req"]: m.body for _, m in sent if m.command is Command.REPLY}
+    assert replies[big]["error"]["status"] == 413
+    assert replies[big]["error"]["description"] == "args is 101 bytes, more than 100"
+    assert replies[batch]["error"]["description"] == "tasks[2].args is 101 bytes, more than 100"
+    [task_id] = [t["id"] for t in replies[fits]["value"]["tasks"]]
+    assert len(turn.store.committed()) == 1  # nothing of the refused submits was kept
+    # A result over the limit fails its run, saying why; the broker stores none of it.
+    turn.queue(WORKER, Command.DONE, done(task_id, result=b"r" * 101))
+    turn.run(T0 + 1)
+    task = turn.server.core.get(task_id)
+    assert (task.status.value, task.result) == ("failed", None)
+    assert task.error == "its result is 101 bytes, more than --max-payload (100)"
+    store.close()
+
+
+def test_a_peer_that_does_not_read_gets_errors_for_large_replies_until_it_does(
+    turn: Turn,
+) -> None:
+    core = turn.server.core
+    [record] = edge.submit(core, [{"handler": "nobody", "args": b"a" * 40_000}], T0)
+    outflow = Outflow(turn.wire, peer_bytes=100_000)  # type: ignore[arg-type]
+    turn.server._outflow = outflow
+    reader, slow = b"reader", b"slow"
+    # The slow peer's first three replies go out, and stay unwritten (its trackers are not
+    # done): 120,000 bytes, over its bound; the next large reply is refused, a small one
+    # still goes, and another peer's large reply too.
+    asked = [turn.request(slow, "get", id=record["id"]) for _ in range(4)]
+    small = turn.request(slow, "health")
+    other = turn.request(reader, "get", id=record["id"])
+    sent = turn.run()
+    replies = {m.body["req"]: m.body for _, m in sent if m.command is Command.REPLY}
+    assert [replies[req]["ok"] for req in asked] == [True, True, True, False]
+    assert replies[asked[3]]["error"]["status"] == 413
+    assert "bytes of replies you have not read" in replies[asked[3]]["error"]["description"]
+    assert replies[small]["ok"] and replies[other]["ok"]
+    assert outflow.queued(slow) == 3 * len(protocol.reply(ops_reply(replies[asked[0]]))[-1])
+    assert core.refused_replies == 1
+    # Once ZeroMQ has written them, the peer gets its replies again.
+    for tracker in turn.wire.trackers:
+        tracker.done = True
+    again = turn.request(slow, "get", id=record["id"])
+    sent = turn.run(T0 + 1)
+    assert [m.body["ok"] for _, m in sent if m.body.get("req") == again] == [True]
+    assert outflow.queued(slow) > 0 and outflow.queued(reader) == 0
+
+
+def ops_reply(body: dict[str, Any]) -> ops.Reply:
+    return ops.Reply(body["req"], body.get("value"))
+
+
+def test_a_turn_packs_about_its_byte_budget_of_replies_and_the_next_turn_the_rest(
+    turn: Turn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("broker.server.TURN_REPLY_BYTES", 100_000)
+    core = turn.server.core
+    [record] = edge.submit(core, [{"handler": "nobody", "args": b"a" * 30_000}], T0)
+    for i in range(10):
+        turn.request(b"peer-%d" % i, "get", id=record["id"])
+    # Four replies fill the budget: the turn takes no more messages in.
+    assert len(turn.run()) == 4 and len(turn.wire.inbox) == 6
+    assert len(turn.run()) == 4 and len(turn.run()) == 2
+    # Ten answers due at once (waiters of one task that ends): about the budget a turn, and
+    # the loop does not sleep while some are left.
+    waits = [turn.request(b"waiter-%d" % i, "wait", id=record["id"], timeout=60)
+             for i in range(10)]  # fmt: skip
+    assert turn.run() == []
+    core.cancel(record["id"], T0)
+    assert len(turn.run()) == 4 and turn.server._poll_timeout_ms() == 0
+    assert len(turn.run()) == 4 and turn.server._poll_timeout_ms() == 0
+    assert len(turn.run()) == 2 and turn.server._poll_timeout_ms() > 0
+    assert sorted(req for req in turn.replies() if req in waits) == waits
+    assert_every_answer_was_durable(turn.events)

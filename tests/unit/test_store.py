@@ -514,7 +514,7 @@ def test_workers_come_back_offline_with_what_they_registered(opened: Opened) -> 
     for worker in loaded:
         # Only what it registered: whether it is online, and what it holds, is not stored.
         assert (worker.status, worker.address, worker.running, worker.draining, worker.polls) == (
-            WorkerStatus.OFFLINE, None, {}, False, []
+            WorkerStatus.OFFLINE, None, {}, False, {}
         )  # fmt: skip
         assert worker.free == worker.resources and worker.free is not worker.resources
     assert store.load_workers()[0] is not loaded[0]  # new objects at each load
@@ -525,8 +525,12 @@ def test_a_worker_saved_again_is_replaced_and_a_forgotten_one_is_gone(store: Sto
     second = Worker("w2", WorkerKind.HTTP, frozenset({"x"}), {"cpu": 1.0}, 0, 11.0)
     store.save([], workers=[first, second])
     again = Worker("w1", WorkerKind.ZMQ, frozenset({"sleep"}), {"gpu": 1.0}, 8, 20.0, host="b",
-                   pid=2)  # fmt: skip
+                   pid=2, registration=7)  # fmt: skip
     store.save([], workers=[again], forgotten=["w2", "never-saved"])
+    assert [_stored_of(w) for w in store.load_workers()] == [_stored_of(again)]
+    # The same registration saved again: it was last seen later, and nothing else changed.
+    again.last_seen = 30.0
+    store.save([], workers=[again])
     assert [_stored_of(w) for w in store.load_workers()] == [_stored_of(again)]
     store.save([], forgotten=["w1"])
     assert store.load_workers() == []
