@@ -38,6 +38,7 @@ from typing import IO, cast
 
 from common import settings as config
 from common.settings import Settings
+from common.tokens import TokenFileError, read_tokens
 
 log = logging.getLogger("zmq-scheduler")
 
@@ -198,6 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     config.add_command(up, config.UP)
     settings = config.from_args(up, parser.parse_args(argv), config.UP)
+    try:  # the API would refuse it as it starts: refused before anything starts
+        if settings.api_tokens:
+            read_tokens(settings.api_tokens)
+    except TokenFileError as exc:
+        up.error(str(exc))
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s zmq-scheduler %(message)s"
     )
