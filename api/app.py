@@ -5,7 +5,9 @@ Serve it with ``gunicorn -c deploy/gunicorn.conf.py 'api.app:create_app()'`` or
 this module only translates JSON to client calls and records back to JSON
 (``api.parse`` and ``api.render``). Errors are JSON objects with ``title`` and
 ``description``; bad input is a 400, unknown ids 404, a silent broker 503 (which, for a
-request that changes state, says the request may still take effect).
+request that changes state, says the request may still take effect). With a tokens file
+(``--api-tokens``) every request but ``/health`` needs a token whose role the route grants
+(``api.auth``); without one the API is open, and only on loopback unless ``--insecure``.
 
 It must never open a socket at import time or in ``create_app``: gunicorn may fork
 after both, and ZeroMQ sockets do not survive a fork. Each thread gets its own client,
@@ -23,13 +25,15 @@ from urllib.parse import urlencode
 import falcon
 
 from api import parse
+from api.auth import Authorization
 from api.render import render
 from common.client import Client
 from common.errors import InvalidInput, SchedulerError, Unavailable
 from common.limits import DEFAULT_PAGE, MAX_CURSOR, MAX_HTTP_WAIT, MAX_PAGE
 from common.models import TaskStatus
 from common.ops import Op
-from common.settings import Settings, load
+from common.settings import Settings, exposed_open, load
+from common.tokens import Tokens, read_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -74,11 +78,32 @@ ClientFactory = Callable[[], ClientLike]
 def create_app(
     client: ClientFactory | None = None,
     settings: Settings | None = None,
+    tokens: Tokens | None = None,
 ) -> falcon.App[falcon.Request, falcon.Response]:
-    """Build the app; ``client`` returns the client for the calling thread."""
+    """Build the app; ``client`` returns the client for the calling thread, ``tokens`` are
+    the known tokens (by default those of ``settings.api_tokens``, if any).
+
+    Raises ``ValueError`` for a tokens file that cannot be used, or for an open API (no
+    tokens) set to listen beyond loopback without ``settings.insecure``: ``zmq-api``
+    refuses both before it starts, a plain gunicorn deployment when its workers boot.
+    """
     settings = settings or load()
+    if tokens is None and settings.api_tokens:
+        tokens = read_tokens(settings.api_tokens)
+    if tokens is None:
+        if exposed_open(settings):
+            raise ValueError(
+                f"the API is open (no --api-tokens) and would listen on {settings.listen}, "
+                "beyond loopback: give it a tokens file, a loopback --listen, or --insecure"
+            )
+        logger.warning(
+            "the API is open: no --api-tokens given, so anyone who reaches %s may submit, "
+            "read and cancel any task and act as any worker",
+            settings.listen,
+        )
     clients = noting_effects(client or thread_local_clients(settings))
-    app = falcon.App()
+    middleware = [] if tokens is None else [Authorization(tokens, settings.max_body)]
+    app = falcon.App(middleware=middleware)
     # /tasks/ is /tasks, as most APIs have it, rather than a task with an empty id.
     app.req_options.strip_url_path_trailing_slash = True
     # Every error is JSON whatever the Accept header says: Falcon's default sends no
@@ -225,7 +250,8 @@ class Workers:
         self.max_body = max_body
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = parse.read_object(req, self.max_body)
+        # A worker's token has had the body read already, to check the id (api.auth).
+        body = req.context.get("body") or parse.read_object(req, self.max_body)
         parse.reject_unknown(body, WORKER_FIELDS)
         record = self.client().request(Op.HTTP_REGISTER, body)
         # The broker says whether the id was new; the flag is the status code, not a field.

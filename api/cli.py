@@ -2,7 +2,8 @@
 
 Runs gunicorn in-process with the same options as ``deploy/gunicorn.conf.py``
 (``api.serve``). The app is built in each worker after the fork, from the settings
-given here, so flags reach the workers. This module must never build the app or open a
+given here, so flags reach the workers; the tokens file is read here, once, so a bad one
+stops the command before gunicorn starts. This module must never build the app or open a
 broker connection in the master process: ZeroMQ sockets do not survive a fork.
 """
 
@@ -18,14 +19,16 @@ from api.serve import gunicorn_options
 from common import logs
 from common import settings as config
 from common.settings import Settings
+from common.tokens import TokenFileError, Tokens, read_tokens
 
 
 class APIServer(BaseApplication):  # type: ignore[misc]
     """Gunicorn with its options and app taken from ``Settings`` instead of its own argv."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tokens: Tokens | None = None) -> None:
         # Set first: BaseApplication.__init__ calls load_config, which needs them.
         self.settings = settings
+        self.tokens = tokens
         self.options = gunicorn_options(settings)
         super().__init__()
 
@@ -37,7 +40,7 @@ class APIServer(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Any:
         # Called in each worker after the fork: the app's clients are made there.
-        return create_app(settings=self.settings)
+        return create_app(settings=self.settings, tokens=self.tokens)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,7 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv,
     )
     try:
-        server = APIServer(settings)
+        tokens = read_tokens(settings.api_tokens) if settings.api_tokens else None
+    except TokenFileError as exc:
+        parser.error(str(exc))
+    try:
+        server = APIServer(settings, tokens)
     except ValueError as exc:  # a bad listen address, count or log level
         parser.error(str(exc))
     logs.configure(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import ipaddress
 import logging
 import math
 import os
@@ -72,8 +73,23 @@ class Settings:
     sync: str = _opt(
         "full", "store fsync mode: full, normal or off (off for benchmarks only)", "--sync", BROKER
     )
-    #: HOST:PORT the HTTP API listens on (``:8080`` means all interfaces).
-    listen: str = _opt(":8080", "HTTP listen address HOST:PORT", "--listen", API)
+    #: HOST:PORT the HTTP API listens on (``:8080`` means all interfaces). Only loopback
+    #: while the API is open (no ``api_tokens``), unless ``insecure`` says otherwise.
+    listen: str = _opt("127.0.0.1:8080", "HTTP listen address HOST:PORT", "--listen", API)
+    #: File of the REST API's tokens, one ``TOKEN ROLE`` a line (``common.tokens``); empty:
+    #: the API is open, anyone who reaches it may do anything.
+    api_tokens: str = _opt(
+        "", "file of API tokens and their roles (empty: the API is open)", "--api-tokens", API
+    )
+    #: Serve without authentication on an address other hosts can reach: the API without
+    #: ``api_tokens`` on a non-loopback ``listen``. A flag without a value.
+    insecure: bool = _opt(
+        False,
+        "serve without authentication on a non-loopback address",
+        "--insecure",
+        BROKER,
+        API,
+    )
 
     # Local stack (zmq-scheduler up).
     #: Number of local zmq-worker processes started by ``zmq-scheduler up``.
@@ -214,7 +230,18 @@ def _source(name: str, flags: Mapping[str, str] | None) -> str:
     return f"{_flag(name, flags)} ({env_name(name)})"
 
 
-def _convert(name: str, kind: Any, value: str, flags: Mapping[str, str] | None = None) -> Any:
+#: What the environment may say for a yes-or-no setting, and what it means.
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True,
+             "0": False, "false": False, "no": False, "off": False, "": False}  # fmt: skip
+
+
+def _convert(name: str, kind: Any, value: Any, flags: Mapping[str, str] | None = None) -> Any:
+    if kind in ("bool", bool):
+        if isinstance(value, bool):  # a flag given, which has no value
+            return value
+        if value.strip().lower() not in _BOOLEANS:
+            raise SettingError(f"{_source(name, flags)}: {value!r} is not one of 1, 0, true, false")
+        return _BOOLEANS[value.strip().lower()]
     try:
         if kind in ("int", int):
             return int(value)
@@ -242,6 +269,9 @@ def add_arguments(
         help_text = f"{f.metadata['help']} (env {env_name(name)}, default {default!r})"
         if name == "handlers":
             parser.add_argument(flag, dest=name, action="append", default=None, help=help_text)
+        elif f.type in ("bool", bool):
+            help_text = f"{f.metadata['help']} (env {env_name(name)}=1)"
+            parser.add_argument(flag, dest=name, action="store_true", default=None, help=help_text)
         else:
             parser.add_argument(flag, dest=name, default=None, help=help_text)
 
@@ -339,7 +369,9 @@ def to_argv(settings: Settings, command: str) -> list[str]:
     argv: list[str] = []
     for name in names_for(command):
         value = getattr(settings, name)
-        if value != "":
+        if isinstance(value, bool):  # a flag without a value, given when true
+            argv += [_flag(name, RENAMED.get(command))] if value else []
+        elif value != "":
             argv += [_flag(name, RENAMED.get(command)), str(value)]
     return argv
 
@@ -355,6 +387,25 @@ def _listen_ok(listen: str) -> bool:
     return bool(sep) and port.isdigit() and 0 < int(port) < 65536 and " " not in host
 
 
+def is_loopback(listen: str) -> bool:
+    """Whether ``HOST:PORT`` listens on loopback alone: ``localhost``, ``127.0.0.0/8`` or
+    ``[::1]``. An empty host is every interface; a host name other than ``localhost`` may
+    resolve to anything, so it is not."""
+    host = listen.rpartition(":")[0].removeprefix("[").removesuffix("]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def exposed_open(settings: Settings) -> bool:
+    """Whether these settings would serve the API with no tokens where other hosts reach
+    it, which only ``insecure`` allows."""
+    return not settings.api_tokens and not settings.insecure and not is_loopback(settings.listen)
+
+
 #: What each setting must be: (name, test, what the test asks for).
 _RULES: list[tuple[str, Callable[[Settings], bool], str]] = [
     ("broker", lambda s: bool(_ENDPOINT.fullmatch(s.broker)),
@@ -363,6 +414,9 @@ _RULES: list[tuple[str, Callable[[Settings], bool], str]] = [
     ("sync", lambda s: s.sync.lower() in SYNC_MODES, f"must be one of {', '.join(SYNC_MODES)}"),
     ("listen", lambda s: _listen_ok(s.listen),
      "must be HOST:PORT with a port from 1 to 65535 (:8080 for every interface)"),
+    ("listen", lambda s: not _listen_ok(s.listen) or not exposed_open(s),
+     "must be a loopback address such as 127.0.0.1:8080 while the API is open (no "
+     "--api-tokens), unless --insecure is given"),
     ("workers", lambda s: s.workers >= 0, "must be >= 0"),
     ("processes", lambda s: s.processes >= 1, "must be >= 1"),
     ("threads", lambda s: s.threads >= 1, "must be >= 1"),

@@ -39,6 +39,7 @@ from typing import IO, cast
 from common import logs
 from common import settings as config
 from common.settings import Settings
+from common.tokens import TokenFileError, read_tokens
 
 log = logging.getLogger("zmq-scheduler")
 
@@ -199,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     config.add_command(up, config.UP)
     settings = config.from_args(up, parser.parse_args(argv), config.UP)
+    try:  # the API would refuse it as it starts: refused before anything starts
+        if settings.api_tokens:
+            read_tokens(settings.api_tokens)
+    except TokenFileError as exc:
+        up.error(str(exc))
     logs.configure(settings.log_level, "%(asctime)s zmq-scheduler %(message)s")
     return supervise(children(settings))
 

@@ -108,6 +108,9 @@ def test_version_is_the_installed_packages(command: str) -> None:
         ("zmq-scheduler up", ["--pool", "fork"], {}, "--pool (ZMQS_POOL) must be one of"),
         ("zmq-scheduler up", ["--listen", "8080"], {}, "--listen (ZMQS_LISTEN) must be HOST:"),
         ("zmq-scheduler up", ["--handlers", "my-app"], {}, "--handlers (ZMQS_HANDLERS)"),
+        ("zmq-scheduler up", ["--listen", ":8080"], {}, "must be a loopback address such as"),
+        ("zmq-scheduler up", ["--api-tokens", "gone"], {}, "tokens file gone: cannot be read"),
+        ("zmq-scheduler up", [], {"ZMQS_INSECURE": "maybe"}, "'maybe' is not one of 1, 0"),
         ("zmq-scheduler up", [], {"ZMQS_WORKERS": "two"}, "'two' is not a whole number"),
         ("zmq-scheduler up", [], {"ZMQS_CPU": "nan"}, "'nan' is not a finite number"),
         ("zmq-broker", ["--sync", "sometimes"], {}, "--sync (ZMQS_SYNC) must be one of"),
@@ -117,6 +120,7 @@ def test_version_is_the_installed_packages(command: str) -> None:
         ("zmq-worker", ["--cpu", "-1"], {}, "--cpu (ZMQS_CPU) must be >= 0, got -1.0"),
         ("zmq-api", ["--listen", "nope"], {}, "--listen (ZMQS_LISTEN) must be HOST:PORT"),
         ("zmq-api", ["--threads", "0"], {}, "--threads (ZMQS_THREADS) must be >= 1"),
+        ("zmq-api", [], {"ZMQS_LISTEN": "0.0.0.0:8080"}, "while the API is open (no --api-"),
     ],
 )
 def test_a_bad_setting_is_refused_with_status_2_before_anything_starts(
@@ -133,6 +137,10 @@ def test_a_bad_setting_is_refused_with_status_2_before_anything_starts(
     assert refused in shown.stderr
     assert "started" not in shown.stderr  # up started no child
     assert not data.parent.exists()  # and no broker made a store
+
+
+#: The value of a flag that has none (``--insecure``) in the tables of flags and values.
+FLAG_ONLY = "(given)"
 
 
 def argv_started(log: str) -> dict[str, list[str]]:
@@ -157,11 +165,14 @@ def test_up_passes_every_setting_on_to_the_children_that_take_it(tmp_path: Path)
         "--http-liveness": "9.0", "--retry-backoff": "0.5", "--retry-backoff-max": "30.0",
         "--timeout-grace": "2.0", "--retention": "3600.0", "--max-body": "65536",
         "--request-timeout": "4.0", "--log-level": "info",
+        "--api-tokens": str(tmp_path / "tokens"), "--insecure": FLAG_ONLY,
     }  # fmt: skip
+    (tmp_path / "tokens").write_text("a-token-of-the-test-0123456789 admin\n")
     assert set(given) == {flag for flag, _, _ in table()}
     argv = [sys.executable, "-m", "common.up", "up"]
     for flag, value in given.items():
         argv += [ENDPOINT_FLAG["up"] if flag == "--broker" else flag, value]
+    argv.remove(FLAG_ONLY)
 
     # When `zmq-scheduler up` runs with them.
     up = Proc("up", argv, tmp_path)
@@ -176,6 +187,8 @@ def test_up_passes_every_setting_on_to_the_children_that_take_it(tmp_path: Path)
         assert set(started) == {"broker", "api", "worker-1"}
         for child, command in (("broker", "broker"), ("api", "api"), ("worker-1", "worker")):
             args = argv_started(up.output())[child]
+            if "--insecure" in args:  # a flag without a value
+                args[args.index("--insecure") + 1 : 0] = [FLAG_ONLY]
             passed = dict(zip(args[3::2], args[4::2], strict=True))
             expected = {
                 ENDPOINT_FLAG.get(command, flag) if flag == "--broker" else flag: given[flag]

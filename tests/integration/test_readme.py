@@ -39,7 +39,7 @@ BIN = Path(sys.executable).parent
 
 #: Blocks that do not run here, by their first line, and why.
 NOT_RUN = {
-    "make run     # broker + REST API on :8080 + 2 local workers, state in ./var/scheduler.db": (
+    "make run     # broker, REST API on localhost:8080, 2 workers; state in ./var/scheduler.db": (
         "make run is `zmq-scheduler up`, which runs until Ctrl-C: the test starts that stack "
         "itself, on free ports; make test runs this very suite"
     ),

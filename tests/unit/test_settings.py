@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import pytest
 
@@ -100,7 +100,9 @@ def test_every_problem_is_found_and_names_the_flag_as_the_command_calls_it() -> 
 
 
 def test_the_arguments_up_passes_on_give_back_the_same_settings() -> None:
-    settings = config.Settings(broker="tcp://127.0.0.1:1", handlers="a,b", cpu=1.5, threads=3)
+    settings = config.Settings(
+        broker="tcp://127.0.0.1:1", handlers="a,b", cpu=1.5, threads=3, insecure=True
+    )
     for command in (config.BROKER, config.WORKER, config.API):
         parser = argparse.ArgumentParser()
         config.add_command(parser, command)
@@ -108,3 +110,40 @@ def test_the_arguments_up_passes_on_give_back_the_same_settings() -> None:
         again = config.from_args(parser, args, command, environ={})
         for name in config.names_for(command):
             assert getattr(again, name) == getattr(settings, name), (command, name)
+
+
+def test_a_yes_or_no_setting_is_a_flag_without_a_value_or_a_word_in_the_environment() -> None:
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser, ["insecure"])
+
+    assert config.load(parser.parse_args([]), {}).insecure is False
+    assert config.load(parser.parse_args(["--insecure"]), {}).insecure is True
+    for word, meaning in [("1", True), ("TRUE", True), ("yes", True), ("0", False), ("", False)]:
+        assert config.load(parser.parse_args([]), {"ZMQS_INSECURE": word}).insecure is meaning
+    # The flag wins over the environment, as every flag does.
+    assert config.load(parser.parse_args(["--insecure"]), {"ZMQS_INSECURE": "0"}).insecure
+    assert config.to_argv(config.Settings(insecure=False), config.API).count("--insecure") == 0
+    assert config.to_argv(config.Settings(insecure=True), config.API).count("--insecure") == 1
+
+
+@pytest.mark.parametrize(
+    ("listen", "loopback"),
+    [("127.0.0.1:8080", True), ("127.1.2.3:1", True), ("localhost:80", True),
+     ("[::1]:80", True), (":8080", False), ("0.0.0.0:8080", False), ("[::]:80", False),
+     ("10.0.0.1:80", False), ("api.example.com:80", False)],
+)  # fmt: skip
+def test_is_loopback(listen: str, loopback: bool) -> None:
+    assert config.is_loopback(listen) is loopback
+
+
+def test_an_open_api_beyond_loopback_is_a_problem_unless_tokens_or_insecure() -> None:
+    names = config.names_for(config.API)
+    public = config.Settings(listen=":8080")
+
+    [problem] = config.problems(public, names)
+    assert problem.startswith("--listen (ZMQS_LISTEN) must be a loopback address")
+    assert "--insecure" in problem and "got ':8080'" in problem
+    assert config.problems(replace(public, insecure=True), names) == []
+    assert config.problems(replace(public, api_tokens="tokens"), names) == []
+    # A listen address that is not HOST:PORT is one problem, not two.
+    assert len(config.problems(config.Settings(listen="nope"), names)) == 1
