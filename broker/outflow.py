@@ -50,6 +50,9 @@ class Outflow:
         track_bytes: int = TRACK_BYTES,
     ) -> None:
         self.socket = socket
+        # pyzmq copies a message smaller than this despite copy=False, and its tracker is
+        # then done at once: every message from TRACK_BYTES up must be sent uncopied.
+        socket.copy_threshold = track_bytes
         self.peer_bytes = peer_bytes
         self.total_bytes = total_bytes
         self.track_bytes = track_bytes
