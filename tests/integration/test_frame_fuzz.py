@@ -12,7 +12,7 @@ After every batch:
 - the broker's log holds no traceback (an exception the loop caught is a bug even
   though the broker survives it).
 
-``make test`` runs a few batches, the same ones every time; ``make fuzz`` runs
+``make test`` runs a few batches, the same ones every time; ``make fuzz-frames`` runs
 ``ZMQS_FUZZ_FRAMES`` batches drawn afresh, and prints how many messages it sent.
 """
 
@@ -42,8 +42,8 @@ from tests.conftest import Stack, alive
 PEERS = 8
 #: Most messages one peer sends in a batch.
 MESSAGES = 10
-#: Batches (hypothesis examples); ``make fuzz`` raises it.
-BATCHES = int(os.environ.get("ZMQS_FUZZ_FRAMES", "60"))
+#: Batches (hypothesis examples); ``make fuzz-frames`` raises it.
+BATCHES = int(os.environ.get("ZMQS_FUZZ_FRAMES", "40"))
 #: Seconds a batch's answers and the health checks may take, however loaded the machine.
 PATIENCE = 30.0
 #: What the broker logs when something it did not expect raised.
@@ -195,7 +195,7 @@ def test_no_frames_from_many_peers_break_the_broker(stack: Stack, tmp_path: Path
     @settings(
         max_examples=BATCHES,
         deadline=None,
-        # make test sends the same batches every time; make fuzz draws new ones.
+        # make test sends the same batches every time; make fuzz-frames draws new ones.
         derandomize="ZMQS_FUZZ_FRAMES" not in os.environ,
         database=None,
         suppress_health_check=list(HealthCheck),
