@@ -7,7 +7,7 @@ MUTATE_STAMP := $(VENV)/.installed-mutate
 #: Mutant names or globs for `make mutate` (e.g. MUTANTS='broker.store.*'); empty: all of them.
 MUTANTS ?=
 
-.PHONY: install run test test-fast lint format fuzz-core chaos attack bench mutate clean
+.PHONY: install run test test-fast lint format fuzz-core fuzz-frames fuzz chaos attack bench mutate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,15 @@ test-fast: $(STAMP)
 fuzz-core: $(STAMP)
 	ZMQS_FUZZ_EXAMPLES=$${ZMQS_FUZZ_EXAMPLES:-3000} $(BIN)/pytest -q -s -p no:logging \
 		tests/unit/test_core_machine.py
+
+# Generated frames from 8 peers at once against a real broker and worker, in many more
+# batches than make test sends, drawn afresh each time (ZMQS_FUZZ_FRAMES batches).
+fuzz-frames: $(STAMP)
+	ZMQS_FUZZ_FRAMES=$${ZMQS_FUZZ_FRAMES:-2000} $(BIN)/pytest -q -s -p no:cacheprovider \
+		--timeout=0 tests/integration/test_frame_fuzz.py
+
+# Both fuzzers at their large sizes.
+fuzz: fuzz-core fuzz-frames
 
 chaos: $(STAMP)
 	ZMQS_CHAOS_TASKS=5000 $(BIN)/pytest -m chaos tests/chaos -s

@@ -147,7 +147,9 @@ class RunOutcome:
         """Entry ``index`` of a ``DONE``'s results."""
         if type(entry) is dict:  # the usual case, in one pass (as RunKey.decode)
             task_id, attempt = entry.get("task_id"), entry.get("attempt")
-            status = _REPORTED_BY_VALUE.get(entry.get("status"))  # type: ignore[arg-type]
+            status_value = entry.get("status")
+            # Only a string is looked up: a list or a map is no key of a dict (it would raise).
+            status = _REPORTED_BY_VALUE.get(status_value) if type(status_value) is str else None
             result, error = entry.get("result"), entry.get("error")
             traceback = entry.get("traceback")
             if (
@@ -165,7 +167,7 @@ class RunOutcome:
         where = f"results[{index}]"
         entry = fields.mapping(entry, where)
         status_value = entry.get("status")
-        if status_value not in _REPORTED_BY_VALUE:
+        if type(status_value) is not str or status_value not in _REPORTED_BY_VALUE:
             raise InvalidInput(f"{where}.status must be one of completed, failed, cancelled")
         return cls(
             RunKey.decode(entry.get("task_id"), entry.get("attempt"), where),

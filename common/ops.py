@@ -10,6 +10,7 @@ error ever reaches a caller). ``docs/protocol.md`` lists every op.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -398,12 +399,15 @@ _HOLDS = {Op.SUBMIT: "wait", Op.WAIT: "timeout", Op.WAIT_MANY: "timeout", Op.HTT
 
 def holds(op: Op, args: dict[str, Any]) -> float:
     """How long the broker may hold the answer to these arguments, in seconds (a caller waits
-    that long on top of the usual time for an answer); 0 for a value it would refuse."""
+    that long on top of the usual time for an answer); 0 for a value it would refuse.
+
+    As ``_wait`` does, a finite wait beyond ``MAX_WAIT``, however large, holds ``MAX_WAIT``
+    (compared, never converted: an integer beyond a float's range is no error here)."""
     key = _HOLDS.get(op)
     value = args.get(key) if key is not None else None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
         return 0.0
-    return min(float(value), MAX_WAIT)
+    return MAX_WAIT if value >= MAX_WAIT else float(value)
 
 
 def request_number(body: dict[str, Any]) -> int | None:

@@ -1,12 +1,18 @@
-"""The wire protocol: round trips and every way a frame can be wrong."""
+"""The wire protocol: round trips, every way a frame can be wrong, and the decoders of bodies
+at its edge."""
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import msgpack
 import pytest
 
-from common import protocol
-from common.ops import ErrorInfo, Reply
+from common import messages, ops, protocol
+from common.errors import InvalidInput
+from common.limits import MAX_WAIT
+from common.ops import ErrorInfo, Op, Reply
 from common.protocol import Command, ProtocolError
 
 
@@ -40,3 +46,29 @@ def test_replies_carry_the_request_number() -> None:
 def test_malformed_frames_raise_protocol_error_only(frames: list[bytes], message: str) -> None:
     with pytest.raises(ProtocolError, match=message):
         protocol.unpack(frames)
+
+
+@pytest.mark.parametrize("status", [["completed"], {"completed": 1}, msgpack.ExtType(1, b"")])
+def test_a_done_whose_status_is_a_list_or_a_map_is_refused_naming_it(status: Any) -> None:
+    # A list or a map is no key of a dict: looking it up raised TypeError, which the broker's
+    # loop caught and logged as a bug instead of dropping and counting the DONE.
+    entry = {"task_id": "t", "attempt": 1, "status": status, "result": None, "error": None}
+    for slow in (False, True):  # with a traceback, the decoder takes its field-by-field path
+        body = {"results": [{**entry, "traceback": "tb"} if slow else entry]}
+        with pytest.raises(InvalidInput, match=r"^results\[0\]\.status must be one of"):
+            messages.Done.decode(body)
+
+
+@pytest.mark.parametrize(
+    ("wait", "held"),
+    [(5, 5.0), (MAX_WAIT, MAX_WAIT), (1e10, MAX_WAIT), (2**63 - 1, MAX_WAIT),
+     pytest.param(10**400, MAX_WAIT, id="10**400"),
+     (math.inf, 0.0), (math.nan, 0.0), (-1, 0.0), (0, 0.0), (True, 0.0), ("5", 0.0)],
+)  # fmt: skip
+def test_a_client_waits_as_long_as_the_broker_holds_its_answer(wait: Any, held: float) -> None:
+    # The broker cuts a wait beyond MAX_WAIT to it; a caller that took 1e10 for a value it
+    # would refuse gave up after its usual timeout while the broker still held the answer.
+    assert ops.holds(Op.WAIT, {"id": "t", "timeout": wait}) == held
+    assert ops.holds(Op.SUBMIT, {"tasks": [], "wait": wait}) == held
+    if held:
+        assert ops.Wait.from_args({"id": "t", "timeout": wait}).timeout == held
