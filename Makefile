@@ -7,7 +7,7 @@ MUTATE_STAMP := $(VENV)/.installed-mutate
 #: Mutant names or globs for `make mutate` (e.g. MUTANTS='broker.store.*'); empty: all of them.
 MUTANTS ?=
 
-.PHONY: install run test test-fast lint format fuzz-core chaos bench mutate clean
+.PHONY: install run test test-fast lint format fuzz-core fuzz-api chaos bench mutate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ test-fast: $(STAMP)
 fuzz-core: $(STAMP)
 	ZMQS_FUZZ_EXAMPLES=$${ZMQS_FUZZ_EXAMPLES:-3000} $(BIN)/pytest -q -s -p no:logging \
 		tests/unit/test_core_machine.py
+
+# schemathesis against a local stack, from the API's OpenAPI document, with many more
+# requests an operation than make test sends (ZMQS_SCHEMATHESIS_EXAMPLES), new each run.
+fuzz-api: $(STAMP)
+	ZMQS_SCHEMATHESIS_EXAMPLES=$${ZMQS_SCHEMATHESIS_EXAMPLES:-1000} $(BIN)/pytest -q -p no:logging --timeout=3600 \
+		tests/integration/test_api_fuzz.py
 
 chaos: $(STAMP)
 	ZMQS_CHAOS_TASKS=5000 $(BIN)/pytest -m chaos tests/chaos -s

@@ -419,7 +419,11 @@ def paths(max_body: int) -> dict[str, Any]:
     task_id = _path("task_id", "task")
     worker_id = _path("worker_id", "worker")
     location = _header("the task's path, /tasks/{id}")
-    unknown_task = {"404": _error("no task has this id")}
+    unknown_task = {
+        "404": _error("no task has this id"),
+        # The broker's task ids are 32 hex digits; this path is another route's.
+        "405": _error("the id is 'batch': /tasks/batch answers only POST"),
+    }
     unknown_worker = {"404": _error("no worker has this id")}
     submit = _operation(
         "submit a task",

@@ -138,6 +138,7 @@ def test_answers_of_every_operation_match_the_document(api: Described) -> None:
     api("GET", "/tasks/{task_id}", f"/tasks/{stuck['id']}?wait=0.1")
     api("GET", "/tasks/{task_id}", "/tasks/no-such-task")
     api("GET", "/tasks/{task_id}", "/tasks/not%20an%20id")
+    api("GET", "/tasks/{task_id}", "/tasks/batch")
     api("HEAD", "/tasks/{task_id}", f"/tasks/{made['id']}")
     api("HEAD", "/tasks/{task_id}", "/tasks/no-such-task")
     api("DELETE", "/tasks/{task_id}", f"/tasks/{after['id']}")
