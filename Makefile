@@ -7,7 +7,7 @@ MUTATE_STAMP := $(VENV)/.installed-mutate
 #: Mutant names or globs for `make mutate` (e.g. MUTANTS='broker.store.*'); empty: all of them.
 MUTANTS ?=
 
-.PHONY: install run test test-fast lint format fuzz-core fuzz-frames fuzz chaos attack bench mutate clean
+.PHONY: install run test test-fast lint format fuzz-core fuzz-frames fuzz fuzz-api chaos attack bench mutate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,8 +50,14 @@ fuzz-frames: $(STAMP)
 	ZMQS_FUZZ_FRAMES=$${ZMQS_FUZZ_FRAMES:-2000} $(BIN)/pytest -q -s -p no:cacheprovider \
 		--timeout=0 tests/integration/test_frame_fuzz.py
 
-# Both fuzzers at their large sizes.
-fuzz: fuzz-core fuzz-frames
+# schemathesis against a local stack, from the API's OpenAPI document, with many more
+# requests an operation than make test sends (ZMQS_SCHEMATHESIS_EXAMPLES), new each run.
+fuzz-api: $(STAMP)
+	ZMQS_SCHEMATHESIS_EXAMPLES=$${ZMQS_SCHEMATHESIS_EXAMPLES:-1000} $(BIN)/pytest -q -p no:logging --timeout=3600 \
+		tests/integration/test_api_fuzz.py
+
+# Every fuzzer at its large size.
+fuzz: fuzz-core fuzz-frames fuzz-api
 
 chaos: $(STAMP)
 	ZMQS_CHAOS_TASKS=5000 $(BIN)/pytest -m chaos tests/chaos -s

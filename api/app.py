@@ -16,6 +16,7 @@ made on first use, because sockets are not thread-safe.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from urllib.parse import urlencode
 
 import falcon
 
-from api import parse
+from api import openapi, parse
 from api.auth import Authorization
 from api.render import render
 from common.client import Client
@@ -123,6 +124,7 @@ def create_app(
     app.add_route("/workers/{worker_id}/tasks/next", workers, suffix="next")
     app.add_route("/workers/{worker_id}/tasks/{task_id}/complete", workers, suffix="complete")
     app.add_route("/health", Health(clients))
+    app.add_route(openapi.PATH, Document(openapi.document(settings.max_body)))
     return app
 
 
@@ -312,6 +314,19 @@ class Health:
             }
             return
         resp.media = {"status": "ok", **render(health)}
+
+    on_head = on_get
+
+
+class Document:
+    """``/openapi.json``: the API's OpenAPI document (``api.openapi``), open to anyone."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.body = json.dumps(document, separators=(",", ":")).encode()
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = self.body
 
     on_head = on_get
 
