@@ -17,6 +17,7 @@ from gunicorn.app.base import BaseApplication
 from api.app import create_app
 from api.serve import gunicorn_options
 from common import settings as config
+from common.curve import ClientKeys
 from common.settings import Settings
 
 
@@ -49,7 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         server = APIServer(settings)
-    except ValueError as exc:  # a bad listen address, count or log level
+        # Read here as well as in each process after the fork: a bad key stops the command.
+        ClientKeys.load(settings.curve_server_key, settings.curve_secret)
+    except (ValueError, OSError) as exc:  # a bad listen address, count, log level or key
         parser.error(str(exc))
     logging.basicConfig(
         level=settings.log_level.upper(),

@@ -194,6 +194,9 @@ class Worker:
     #: Which capabilities are tags, not handlers: a task's handler and its ``requires`` are
     #: both matched against all of ``capabilities``; these are only shown apart.
     tags: frozenset[str] = frozenset()
+    #: The session token of its READY (ZeroMQ workers): another connection's READY for this
+    #: id is a reconnect of the same process only with the same token.
+    session: bytes = b""
 
     #: What a store keeps of a worker: the rest is derived, or lives only while it is online.
     STORED: ClassVar[tuple[str, ...]] = (

@@ -159,6 +159,30 @@ class Settings:
         5.0, "seconds to wait for a broker reply", "--request-timeout", API
     )
 
+    # Security (docs/security.md).
+    #: This process's own CURVE certificate, the secret one (``zmq-scheduler keygen``): the
+    #: broker's turns CURVE on; a worker's or client's is how the broker knows it.
+    curve_secret: str = _opt(
+        "", "own secret CURVE certificate file", "--curve-secret", BROKER, WORKER, API
+    )
+    #: Folder of the public CURVE certificates the broker lets in, each naming a role; read
+    #: again on SIGHUP and when the folder changes.
+    curve_allow: str = _opt(
+        "", "folder of public CURVE certificates let in", "--curve-allow", BROKER
+    )
+    #: The broker's public CURVE certificate, which workers and clients check it by.
+    curve_server_key: str = _opt(
+        "", "broker's public CURVE certificate file", "--curve-server-key", WORKER, API
+    )
+    #: ``zmq-scheduler up`` makes CURVE keys (under the data folder's ``keys/``) for its
+    #: broker, workers, API and one client, and starts its children with them.
+    secure: bool = _opt(False, "run the local stack with CURVE keys", "--secure")
+    #: Serve without authentication beyond the loopback interface: the broker binds a
+    #: non-loopback address in plain mode (no CURVE keys) only with this.
+    insecure: bool = _opt(
+        False, "allow plain mode on non-loopback addresses", "--insecure", BROKER, API
+    )
+
     #: Logging level.
     log_level: str = _opt("INFO", "logging level", "--log-level", BROKER, WORKER, API)
 
@@ -195,7 +219,18 @@ def _source(name: str, flags: Mapping[str, str] | None) -> str:
     return f"{_flag(name, flags)} ({env_name(name)})"
 
 
+#: How a yes/no setting may be spelled in the environment.
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
 def _convert(name: str, kind: Any, value: str, flags: Mapping[str, str] | None = None) -> Any:
+    if kind in ("bool", bool):
+        if value.lower() in _TRUE:
+            return True
+        if value.lower() in _FALSE:
+            return False
+        raise SettingError(f"{_source(name, flags)}: {value!r} is not yes or no (1 or 0)")
     try:
         if kind in ("int", int):
             return int(value)
@@ -223,6 +258,10 @@ def add_arguments(
         help_text = f"{f.metadata['help']} (env {env_name(name)}, default {default!r})"
         if name == "handlers":
             parser.add_argument(flag, dest=name, action="append", default=None, help=help_text)
+        elif f.type in ("bool", bool):
+            parser.add_argument(
+                flag, dest=name, action="store_const", const="1", default=None, help=help_text
+            )
         else:
             parser.add_argument(flag, dest=name, default=None, help=help_text)
 
@@ -320,7 +359,9 @@ def to_argv(settings: Settings, command: str) -> list[str]:
     argv: list[str] = []
     for name in names_for(command):
         value = getattr(settings, name)
-        if value != "":
+        if isinstance(value, bool):
+            argv += [_flag(name, RENAMED.get(command))] if value else []
+        elif value != "":
             argv += [_flag(name, RENAMED.get(command)), str(value)]
     return argv
 
@@ -400,6 +441,8 @@ def table() -> str:
     ]
     for f in fields(Settings):
         default = f"`{f.default}`" if f.default != "" else "empty"
+        if isinstance(f.default, bool):
+            default = "on" if f.default else "off"
         if f.metadata["note"]:
             default += f" ({f.metadata['note']})"
         commands = ", ".join(f.metadata["commands"]) or f"{UP} only"

@@ -135,6 +135,11 @@ def test_a_bad_setting_is_refused_with_status_2_before_anything_starts(
     assert not data.parent.exists()  # and no broker made a store
 
 
+#: The CURVE settings, which ``zmq-scheduler up --secure`` gives each child its own of
+#: (tests/integration/test_curve.py), and ``--insecure``.
+SECURITY = {"--curve-secret", "--curve-allow", "--curve-server-key", "--secure", "--insecure"}
+
+
 def argv_started(log: str) -> dict[str, list[str]]:
     """The command line ``zmq-scheduler up`` last started each child with, from its log (the
     API's own, in ``/proc``, is gunicorn's process title once it has set it)."""
@@ -158,7 +163,7 @@ def test_up_passes_every_setting_on_to_the_children_that_take_it(tmp_path: Path)
         "--timeout-grace": "2.0", "--retention": "3600.0", "--max-body": "65536",
         "--request-timeout": "4.0", "--log-level": "info",
     }  # fmt: skip
-    assert set(given) == {flag for flag, _, _ in table()}
+    assert set(given) | SECURITY == {flag for flag, _, _ in table()}
     argv = [sys.executable, "-m", "common.up", "up"]
     for flag, value in given.items():
         argv += [ENDPOINT_FLAG["up"] if flag == "--broker" else flag, value]
@@ -180,7 +185,7 @@ def test_up_passes_every_setting_on_to_the_children_that_take_it(tmp_path: Path)
             expected = {
                 ENDPOINT_FLAG.get(command, flag) if flag == "--broker" else flag: given[flag]
                 for flag, _, taken in table()
-                if command in taken
+                if command in taken and flag not in SECURITY
             }
             if command == "worker":
                 expected["--id"] = "w-1"  # up's workers are its --id, numbered
