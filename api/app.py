@@ -29,6 +29,7 @@ from api import openapi, parse
 from api.auth import Authorization
 from api.render import render
 from common.client import Client
+from common.curve import ClientKeys
 from common.errors import InvalidInput, SchedulerError, Unavailable
 from common.limits import DEFAULT_PAGE, MAX_CURSOR, MAX_HTTP_WAIT, MAX_PAGE
 from common.models import TaskStatus
@@ -129,13 +130,17 @@ def create_app(
 
 
 def thread_local_clients(settings: Settings) -> ClientFactory:
-    """A factory giving each thread its own ``Client``, connected on the thread's first call."""
+    """A factory giving each thread its own ``Client``, connected on the thread's first call
+    (with the CURVE keys of the settings, read here once, when they are given)."""
     local = threading.local()
+    keys = ClientKeys.load(settings.curve_server_key, settings.curve_secret)
 
     def get() -> ClientLike:
         client: Client | None = getattr(local, "client", None)
         if client is None:
-            client = local.client = Client(settings.broker, timeout=settings.request_timeout)
+            client = local.client = Client(
+                settings.broker, timeout=settings.request_timeout, curve=keys
+            )
         return client
 
     return get

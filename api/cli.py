@@ -18,6 +18,7 @@ from api.app import create_app
 from api.serve import gunicorn_options
 from common import logs
 from common import settings as config
+from common.curve import ClientKeys
 from common.settings import Settings
 from common.tokens import TokenFileError, Tokens, read_tokens
 
@@ -56,7 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     try:
         server = APIServer(settings, tokens)
-    except ValueError as exc:  # a bad listen address, count or log level
+        # Read here as well as in each process after the fork: a bad key stops the command.
+        ClientKeys.load(settings.curve_server_key, settings.curve_secret)
+    except (ValueError, OSError) as exc:  # a bad listen address, count, log level or key
         parser.error(str(exc))
     logs.configure(
         settings.log_level, "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"

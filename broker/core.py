@@ -18,7 +18,9 @@ and every deadline (``broker.timers``).
 
 from __future__ import annotations
 
+import hmac
 import logging
+import os
 from collections.abc import Callable, Sequence
 from operator import attrgetter
 from typing import Any
@@ -37,7 +39,15 @@ from common.models import FINAL_STATUSES, LeaseOutcome, TaskStatus, WorkerKind, 
 from common.ops import HttpComplete, HttpRegister, ListTasks
 from common.spec import TaskSpec
 
-__all__ = ["MAX_LOST", "PRUNE_BATCH", "WORKER_PRUNE_BATCH", "Outbox", "Scheduler", "Timing"]
+__all__ = [
+    "MAX_LOST",
+    "PRUNE_BATCH",
+    "WORKER_PRUNE_BATCH",
+    "IdentityTaken",
+    "Outbox",
+    "Scheduler",
+    "Timing",
+]
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +58,20 @@ PRUNE_BATCH = 1000
 WORKER_PRUNE_BATCH = 100
 
 
+class IdentityTaken(Conflict):
+    """A READY names a worker that is online on another connection."""
+
+
 class Scheduler(Lifecycle):
     """Tasks, workers and leases; priority, matching, dependencies, retries and liveness."""
+
+    def __init__(
+        self, timing: Timing | None = None, random_bytes: Callable[[int], bytes] = os.urandom
+    ) -> None:
+        super().__init__(timing, random_bytes)
+        #: Per worker id, the connection whose refused READY was logged last (an online
+        #: worker's only): a connection that keeps trying is logged once.
+        self._refused_from: dict[str, bytes] = {}
 
     def load(
         self,
@@ -294,11 +316,34 @@ class Scheduler(Lifecycle):
         return self._registrations
 
     def register(self, address: bytes, ready: Ready, now: float) -> Worker:
-        """A worker said READY: (re)register it and take back the leases it still holds."""
+        """A worker said READY: (re)register it and take back the leases it still holds.
+
+        An id is bound to its connection while it is online: a READY naming it from
+        another (a second process given the same id, or one posing as it) is refused with
+        ``IdentityTaken``, logged once per id and address, until the first is offline
+        (BYE, or silent for the liveness window). The same connection may register again,
+        and so may another whose READY carries the registration's session token (the
+        same worker process, reconnected after a network blip: ``worker.agent``)."""
         worker_id = ready.id
         old = self.roster.get(worker_id)
         if old is not None and old.kind is WorkerKind.HTTP:
             raise Conflict(f"worker id {worker_id!r} is taken by an HTTP worker")
+        if (
+            old is not None
+            and old.status is WorkerStatus.ONLINE
+            and old.address != address
+            and not (ready.session and hmac.compare_digest(ready.session, old.session))
+        ):
+            if self._refused_from.get(worker_id) != address:
+                if len(self._refused_from) >= len(self.roster.online) + 1000:
+                    self._refused_from.clear()  # ids long offline: at worst one more line each
+                self._refused_from[worker_id] = address
+                log.warning(
+                    "refused READY as %s from a new connection: the worker is online on "
+                    "another; accepted once that one is offline", worker_id,
+                )  # fmt: skip
+            raise IdentityTaken(f"worker {worker_id} is online on another connection")
+        self._refused_from.pop(worker_id, None)
         held = old.running if old is not None and old.status is WorkerStatus.ONLINE else {}
         worker = Worker(
             id=worker_id,
@@ -314,6 +359,7 @@ class Scheduler(Lifecycle):
             last_ping=now,
             tags=frozenset(ready.tags),
             registration=self._registered(),
+            session=ready.session,
         )
         self.roster.put(worker)
         self._worker_changed(worker)

@@ -213,6 +213,9 @@ class Worker:
     #: the store): a store rewrites a worker whole only when it changes, and otherwise
     #: only when it was last seen.
     registration: int = 0
+    #: The session token of its READY (ZeroMQ workers): another connection's READY for this
+    #: id is a reconnect of the same process only with the same token.
+    session: bytes = b""
 
     #: What a store keeps of a worker: the rest is derived, or lives only while it is online.
     STORED: ClassVar[tuple[str, ...]] = (

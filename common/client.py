@@ -24,6 +24,7 @@ from typing import Any
 import zmq
 
 from common import endpoints, ops, protocol
+from common.curve import ClientKeys
 from common.errors import InvalidInput, SchedulerError, Unavailable
 from common.limits import DEFAULT_PAGE
 from common.models import TaskStatus
@@ -50,8 +51,12 @@ class Client:
         endpoint: str,
         timeout: float = DEFAULT_TIMEOUT,
         context: zmq.Context[Any] | None = None,
+        curve: ClientKeys | None = None,
     ) -> None:
+        """``curve``: the keys to reach a CURVE broker (``ClientKeys.load``); None for a
+        plain one."""
         self.endpoint = endpoint
+        self._curve = curve
         self.timeout = timeout
         self._context = context or zmq.Context.instance()
         self._counter = itertools.count(1)
@@ -63,6 +68,8 @@ class Client:
         # Queue nothing for a broker that is not connected: a send then waits
         # (bounded by the call's timeout) instead of piling up requests.
         socket.setsockopt(zmq.IMMEDIATE, 1)
+        if self._curve is not None:
+            self._curve.apply(socket)
         socket.connect(self.endpoint)
         return socket
 

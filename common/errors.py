@@ -22,7 +22,7 @@ class SchedulerError(Exception):
     @staticmethod
     def of(status: int, title: str, description: str) -> SchedulerError:
         """The error a broker reply carries, as the class of its status code."""
-        for cls in (InvalidInput, NotFound, Conflict, TooLarge, Unavailable):
+        for cls in (InvalidInput, Forbidden, NotFound, Conflict, TooLarge, Unavailable):
             if cls.status == status:
                 return cls(description)
         exc = SchedulerError(description)
@@ -36,6 +36,13 @@ class InvalidInput(SchedulerError):
 
     status = 400
     title = "Invalid input"
+
+
+class Forbidden(SchedulerError):
+    """The key the request came with may not do this (a CURVE broker's role table)."""
+
+    status = 403
+    title = "Forbidden"
 
 
 class NotFound(SchedulerError):

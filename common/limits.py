@@ -68,6 +68,8 @@ MAX_SLOTS = 100_000
 MAX_ATTEMPT = 2**31 - 1
 #: Largest process id a worker reports.
 MAX_PID = 2**31 - 1
+#: Longest session token a READY may carry, in bytes.
+MAX_SESSION = 64
 #: Largest list cursor: the broker's sequence numbers are signed 64-bit integers.
 MAX_CURSOR = 2**63 - 1
 #: Largest request number of a client.

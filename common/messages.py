@@ -27,6 +27,7 @@ from common.limits import (
     MAX_ERROR_LENGTH,
     MAX_HOST_LENGTH,
     MAX_PID,
+    MAX_SESSION,
     MAX_SLOTS,
     MAX_TIMEOUT,
     MAX_TRACEBACK_LENGTH,
@@ -73,6 +74,10 @@ class Ready:
     pid: int = 0
     #: Which of its capabilities are tags (``zmq-worker --capabilities``), not handlers.
     tags: list[str] = field(default_factory=list)
+    #: Random bytes the worker process drew once and sends with every READY: the broker
+    #: takes a READY from a new connection for a reconnect of the same process, rather
+    #: than another posing as it, by this (empty: none, only the same connection is).
+    session: bytes = b""
 
     def to_body(self) -> dict[str, Any]:
         return {
@@ -84,6 +89,7 @@ class Ready:
             "host": self.host,
             "pid": self.pid,
             "tags": self.tags,
+            "session": self.session,
         }
 
     @classmethod
@@ -112,7 +118,15 @@ class Ready:
             host="" if host is None else fields.text(host, "host", MAX_HOST_LENGTH, empty=True),
             pid=0 if pid is None else fields.integer(pid, "pid", 0, MAX_PID),
             tags=fields.names(body.get("tags"), "tags", MAX_CAPABILITIES),
+            session=_session(body.get("session")),
         )
+
+
+def _session(value: Any) -> bytes:
+    session = fields.binary(value, "session") or b""
+    if len(session) > MAX_SESSION:
+        raise InvalidInput(f"session must be at most {MAX_SESSION} bytes")
+    return session
 
 
 #: Statuses a worker may report for a run.

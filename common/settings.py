@@ -82,7 +82,8 @@ class Settings:
         "", "file of API tokens and their roles (empty: the API is open)", "--api-tokens", API
     )
     #: Serve without authentication on an address other hosts can reach: the API without
-    #: ``api_tokens`` on a non-loopback ``listen``. A flag without a value.
+    #: ``api_tokens`` on a non-loopback ``listen``, the broker in plain mode (no CURVE keys)
+    #: on a non-loopback endpoint. A flag without a value.
     insecure: bool = _opt(
         False,
         "serve without authentication on a non-loopback address",
@@ -193,6 +194,25 @@ class Settings:
     request_timeout: float = _opt(
         5.0, "seconds to wait for a broker reply", "--request-timeout", API
     )
+
+    # Security (docs/security.md).
+    #: This process's own CURVE certificate, the secret one (``zmq-scheduler keygen``): the
+    #: broker's turns CURVE on; a worker's or client's is how the broker knows it.
+    curve_secret: str = _opt(
+        "", "own secret CURVE certificate file", "--curve-secret", BROKER, WORKER, API
+    )
+    #: Folder of the public CURVE certificates the broker lets in, each naming a role; read
+    #: again on SIGHUP and when the folder changes.
+    curve_allow: str = _opt(
+        "", "folder of public CURVE certificates let in", "--curve-allow", BROKER
+    )
+    #: The broker's public CURVE certificate, which workers and clients check it by.
+    curve_server_key: str = _opt(
+        "", "broker's public CURVE certificate file", "--curve-server-key", WORKER, API
+    )
+    #: ``zmq-scheduler up`` makes CURVE keys (under the data folder's ``keys/``) for its
+    #: broker, workers, API and one client, and starts its children with them.
+    secure: bool = _opt(False, "run the local stack with CURVE keys", "--secure")
 
     #: Logging level.
     log_level: str = _opt("INFO", "logging level", "--log-level", BROKER, WORKER, API)
@@ -475,6 +495,8 @@ def table() -> str:
     ]
     for f in fields(Settings):
         default = f"`{f.default}`" if f.default != "" else "empty"
+        if isinstance(f.default, bool):
+            default = "on" if f.default else "off"
         if f.metadata["note"]:
             default += f" ({f.metadata['note']})"
         commands = ", ".join(f.metadata["commands"]) or f"{UP} only"

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import IO, cast
 
-from common import logs
+from common import keyring, logs
 from common import settings as config
 from common.settings import Settings
 from common.tokens import TokenFileError, read_tokens
@@ -163,18 +163,24 @@ def local_endpoint(endpoint: str) -> str:
 
 
 def children(settings: Settings) -> list[Child]:
-    """The broker, the API and the workers, each given every setting it takes."""
+    """The broker, the API and the workers, each given every setting it takes (with
+    ``--secure``, its own CURVE keys, ``common.keyring``)."""
     python = sys.executable
+    own: dict[str, Settings] = {}
+    if settings.secure:
+        settings, own = keyring.secure_stack(settings)
     broker = config.to_argv(settings, config.BROKER)
-    local = replace(settings, broker=local_endpoint(settings.broker))
-    api = config.to_argv(local, config.API)
+    endpoint = local_endpoint(settings.broker)
+    local = replace(settings, broker=endpoint)
+    api = config.to_argv(replace(own.get("api", local), broker=endpoint), config.API)
     out = [
         Child("broker", [python, "-m", "broker", *broker]),
         Child("api", [python, "-m", "api", *api]),
     ]
     for i in range(1, settings.workers + 1):
         worker_id = f"{settings.worker_id}-{i}" if settings.worker_id else ""
-        worker = config.to_argv(replace(local, worker_id=worker_id), config.WORKER)
+        mine = own.get(f"worker-{i}", replace(local, worker_id=worker_id))
+        worker = config.to_argv(replace(mine, broker=endpoint), config.WORKER)
         argv = [python, "-m", "worker", *worker]
         grace = settings.drain_grace + STOP_GRACE
         out.append(Child(f"worker-{i}", argv, grace=grace, drains=True))
@@ -189,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {config.version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+    keyring.add_keygen(sub)
     up = sub.add_parser(
         "up",
         help="run broker, API and local workers until Ctrl-C",
@@ -199,14 +206,24 @@ def main(argv: list[str] | None = None) -> int:
         "as it starts makes up stop everything and exit 1.",
     )
     config.add_command(up, config.UP)
-    settings = config.from_args(up, parser.parse_args(argv), config.UP)
+    args = parser.parse_args(argv)
+    if args.command == "keygen":
+        return keyring.run_keygen(args)
+    settings = config.from_args(up, args, config.UP)
     try:  # the API would refuse it as it starts: refused before anything starts
         if settings.api_tokens:
             read_tokens(settings.api_tokens)
     except TokenFileError as exc:
         up.error(str(exc))
     logs.configure(settings.log_level, "%(asctime)s zmq-scheduler %(message)s")
-    return supervise(children(settings))
+    try:
+        procs = children(settings)
+    except (OSError, ValueError) as exc:
+        print(f"zmq-scheduler: cannot make the CURVE keys: {exc}", file=sys.stderr)
+        return 1
+    if settings.secure:
+        log.info("%s", keyring.client_hint(settings))
+    return supervise(procs)
 
 
 def supervise(procs: list[Child]) -> int:

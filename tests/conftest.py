@@ -26,6 +26,7 @@ import pytest
 
 from common import protocol
 from common.client import Client
+from common.curve import ClientKeys
 from common.errors import Unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,6 +189,8 @@ class Stack:
         self.api_url = ""
         self._clients: list[Client] = []
         self._names: dict[str, int] = {}
+        #: The keys the stack's clients use (a CURVE broker's), None for a plain broker.
+        self.curve: ClientKeys | None = None
 
     def _name(self, base: str) -> str:
         self._names[base] = self._names.get(base, 0) + 1
@@ -223,7 +226,7 @@ class Stack:
         return proc
 
     def client(self, timeout: float = 5.0) -> Client:
-        client = Client(self.endpoint, timeout=timeout)
+        client = Client(self.endpoint, timeout=timeout, curve=self.curve)
         self._clients.append(client)
         return client
 

@@ -9,6 +9,11 @@ Paranoid Pirate way, registering again with the leases it holds (runs in progres
 and finished runs whose outcome is not acknowledged yet). The warning it logs then says
 when the broker's host name does not resolve (``common.endpoints``).
 
+Every READY carries a session token drawn once per agent: the broker binds a worker id to
+the connection it registered from while it is online, and takes a READY from a new
+connection (a reconnect) for the same worker only with the same token. With ``curve``
+keys the socket is a CURVE client of the broker (``common.curve``).
+
 Runner threads hand outcomes over through a queue and wake the loop by writing a
 byte to a pipe whose read end sits in the same ``zmq.Poller`` as the socket.
 
@@ -25,6 +30,7 @@ import math
 import os
 import platform
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +39,7 @@ from typing import Any
 import zmq
 
 from common import endpoints, messages, protocol
+from common.curve import ClientKeys
 from common.errors import InvalidInput
 from common.limits import MAX_ERROR_LENGTH
 from common.messages import RunKey
@@ -89,8 +96,12 @@ class Agent:
         backoff_max: float = BACKOFF_MAX,
         ping_interval: float = DEFAULT_PING_INTERVAL,
         liveness: int = DEFAULT_LIVENESS,
+        curve: ClientKeys | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self._curve = curve
+        #: Sent with every READY (see the module's doc); never shown, never logged.
+        self._session = secrets.token_bytes(16)
         self.worker_id = worker_id
         self.slots = slots
         self.capabilities = list(capabilities)
@@ -245,6 +256,8 @@ class Agent:
         assert self._context is not None
         socket: zmq.Socket[bytes] = self._context.socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
+        if self._curve is not None:
+            self._curve.apply(socket)
         socket.connect(self.endpoint)
         self._socket = socket
         self._poller.register(socket, zmq.POLLIN)
@@ -305,6 +318,7 @@ class Agent:
             self.host,
             self.pid,
             self.tags,
+            self._session,
         )
         self._send(Command.READY, ready.to_body())
 

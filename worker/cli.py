@@ -25,6 +25,7 @@ from types import FrameType
 
 from common import logs
 from common import settings as config
+from common.curve import ClientKeys
 from common.models import RESOURCE_KINDS
 from worker import handlers
 from worker.agent import Agent
@@ -68,6 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.exception("cannot load handler module %r", module)
             return 1
 
+    try:
+        keys = ClientKeys.load(settings.curve_server_key, settings.curve_secret)
+    except (OSError, ValueError) as exc:
+        logger.error("cannot read the CURVE keys: %s", exc)
+        return 2
     worker_id = settings.worker_id or default_worker_id()
     names = handlers.names()
     # Handler names first, then extra tags; a tag naming a handler is not repeated.
@@ -96,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         drain_grace=settings.drain_grace,
         backoff_initial=settings.reconnect_backoff,
         backoff_max=settings.reconnect_backoff_max,
+        curve=keys,
     )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -141,6 +141,9 @@ def test_a_bad_setting_is_refused_with_status_2_before_anything_starts(
 
 #: The value of a flag that has none (``--insecure``) in the tables of flags and values.
 FLAG_ONLY = "(given)"
+#: The CURVE settings, which ``zmq-scheduler up --secure`` gives each child its own of
+#: (tests/integration/test_curve.py).
+SECURITY = {"--curve-secret", "--curve-allow", "--curve-server-key", "--secure"}
 
 
 def argv_started(log: str) -> dict[str, list[str]]:
@@ -169,7 +172,7 @@ def test_up_passes_every_setting_on_to_the_children_that_take_it(tmp_path: Path)
         "--api-tokens": str(tmp_path / "tokens"), "--insecure": FLAG_ONLY,
     }  # fmt: skip
     (tmp_path / "tokens").write_text("a-token-of-the-test-0123456789 admin\n")
-    assert set(given) == {flag for flag, _, _ in table()}
+    assert set(given) | SECURITY == {flag for flag, _, _ in table()}
     argv = [sys.executable, "-m", "common.up", "up"]
     for flag, value in given.items():
         argv += [ENDPOINT_FLAG["up"] if flag == "--broker" else flag, value]
@@ -194,7 +197,7 @@ def test_up_passes_every_setting_on_to_the_children_that_take_it(tmp_path: Path)
             expected = {
                 ENDPOINT_FLAG.get(command, flag) if flag == "--broker" else flag: given[flag]
                 for flag, _, taken in table()
-                if command in taken
+                if command in taken and flag not in SECURITY
             }
             if command == "worker":
                 expected["--id"] = "w-1"  # up's workers are its --id, numbered

@@ -1194,7 +1194,7 @@ def test_default_client_is_made_per_thread_on_first_use(
     # given an app whose clients are made by a recording stand-in for Client
     made: list[tuple[str, float, int]] = []
 
-    def recording_client(endpoint: str, timeout: float) -> LocalClient:
+    def recording_client(endpoint: str, timeout: float, curve: object = None) -> LocalClient:
         made.append((endpoint, timeout, threading.get_ident()))
         return local
 
