@@ -8,14 +8,13 @@ this module only translates JSON to client calls and records back to JSON
 request that changes state, says the request may still take effect).
 
 It must never open a socket at import time or in ``create_app``: gunicorn may fork
-after both, and ZeroMQ sockets do not survive a fork. Each thread gets its own client,
-made on first use, because sockets are not thread-safe.
+after both, and ZeroMQ sockets do not survive a fork. Each call borrows a client of the
+process's pool (``api.clients``), made on first use, because sockets are not thread-safe.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import urlencode
@@ -23,8 +22,8 @@ from urllib.parse import urlencode
 import falcon
 
 from api import parse
+from api.clients import pooled_clients
 from api.render import render
-from common.client import Client
 from common.errors import InvalidInput, SchedulerError, Unavailable
 from common.limits import DEFAULT_PAGE, MAX_CURSOR, MAX_HTTP_WAIT, MAX_PAGE
 from common.models import TaskStatus
@@ -75,9 +74,10 @@ def create_app(
     client: ClientFactory | None = None,
     settings: Settings | None = None,
 ) -> falcon.App[falcon.Request, falcon.Response]:
-    """Build the app; ``client`` returns the client for the calling thread."""
+    """Build the app; ``client`` returns the client for the calling request (default: the
+    process's pool, ``api.clients``)."""
     settings = settings or load()
-    clients = noting_effects(client or thread_local_clients(settings))
+    clients = noting_effects(client or pooled_clients(settings))
     app = falcon.App()
     # /tasks/ is /tasks, as most APIs have it, rather than a task with an empty id.
     app.req_options.strip_url_path_trailing_slash = True
@@ -99,19 +99,6 @@ def create_app(
     app.add_route("/workers/{worker_id}/tasks/{task_id}/complete", workers, suffix="complete")
     app.add_route("/health", Health(clients))
     return app
-
-
-def thread_local_clients(settings: Settings) -> ClientFactory:
-    """A factory giving each thread its own ``Client``, connected on the thread's first call."""
-    local = threading.local()
-
-    def get() -> ClientLike:
-        client: Client | None = getattr(local, "client", None)
-        if client is None:
-            client = local.client = Client(settings.broker, timeout=settings.request_timeout)
-        return client
-
-    return get
 
 
 def noting_effects(clients: ClientFactory) -> ClientFactory:
