@@ -15,7 +15,9 @@ app is built, and ZeroMQ sockets and contexts do not survive a fork.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -36,13 +38,48 @@ def green() -> bool:
 
 
 def context() -> zmq.Context[Any]:
-    """A ZeroMQ context whose sockets suit this process: a new ``zmq.green`` one under
-    gevent, else the process's shared one (``common.client``'s default)."""
+    """A ZeroMQ context whose sockets suit this process: a new green one under gevent
+    (``green_context``), else the process's shared one (``common.client``'s default)."""
     if green():
-        import zmq.green as zmq_green  # imports gevent, which only a green process has
-
-        return zmq_green.Context()
+        return green_context()
     return zmq.Context.instance()
+
+
+def green_context() -> zmq.Context[Any]:
+    """A ``zmq.green`` context whose sockets' ``poll`` waits on the hub, as their ``recv``
+    does.
+
+    ``zmq.green``'s own ``poll`` calls ``select``, which refuses a file descriptor past
+    1,023: a client made while the process holds a thousand connections would fail every
+    call (``common.client.Client`` polls before each receive).
+    """
+    import gevent.socket  # only a green process imports gevent
+    import zmq.green as zmq_green
+
+    # Not generic at run time, unlike zmq.Socket and zmq.Context.
+    green_socket: Any = zmq_green.Socket
+    green_ctx: Any = zmq_green.Context
+
+    class Socket(green_socket):  # type: ignore[misc]
+        def poll(self, timeout: int | None = None, flags: int = zmq.POLLIN) -> int:
+            deadline = None if timeout is None else time.monotonic() + timeout / 1000
+            while True:
+                ready = int(self.getsockopt(zmq.EVENTS)) & int(flags)
+                if ready:
+                    return ready
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return 0
+                # ZMQ_FD turns readable when the socket's events change, and stays so until
+                # they are read again: nothing can slip in between the check and the wait.
+                with contextlib.suppress(TimeoutError):
+                    gevent.socket.wait_read(self.getsockopt(zmq.FD), timeout=left)
+
+    class Context(green_ctx):  # type: ignore[misc]
+        _socket_class = Socket
+
+    made: zmq.Context[Any] = Context()
+    return made
 
 
 class ClientPool:

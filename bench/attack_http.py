@@ -43,6 +43,7 @@ import socket
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -103,8 +104,9 @@ class Outcome:
 
     attack: str
     health: Latency
-    #: Probes that failed or timed out.
+    #: Probes that failed or timed out, and how many of each kind of failure.
     health_failed: int
+    health_problems: dict[str, int]
     #: Honest tasks that completed, of those submitted.
     honest_done: int
     honest_tasks: int
@@ -116,6 +118,7 @@ class Outcome:
         return (
             f"{self.attack:<13} health p50 {h.p50:7.1f} ms  p99 {h.p99:7.1f} ms  "
             f"max {h.max:7.1f} ms  failed {self.health_failed:3d}/{h.count:<4d} "
+            f"{json.dumps(self.health_problems) if self.health_problems else ''} "
             f"honest {self.honest_done}/{self.honest_tasks}  attacker {json.dumps(self.attacker)}"
         )
 
@@ -139,16 +142,18 @@ def http_call(
         conn.close()
 
 
-def probe(port: int, stop: threading.Event, samples: list[tuple[float, bool]]) -> None:
-    """``GET /health`` every ``PROBE_INTERVAL`` until ``stop``: (seconds, answered 200)."""
+def probe(port: int, stop: threading.Event, samples: list[tuple[float, str]]) -> None:
+    """``GET /health`` every ``PROBE_INTERVAL`` until ``stop``: (seconds, "" if answered
+    200, else what went wrong)."""
     next_at = time.monotonic()
     while not stop.is_set():
         start = time.perf_counter()
         try:
-            ok = http_call(port, "GET", "/health")[0] == 200
-        except (OSError, http.client.HTTPException, ValueError):
-            ok = False
-        samples.append((time.perf_counter() - start, ok))
+            status = http_call(port, "GET", "/health")[0]
+            problem = "" if status == 200 else str(status)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            problem = type(exc).__name__
+        samples.append((time.perf_counter() - start, problem))
         next_at = max(next_at + PROBE_INTERVAL, time.monotonic())
         stop.wait(next_at - time.monotonic())
 
@@ -195,7 +200,7 @@ def measure(procs: Procs, port: int, attack: str, sizes: Sizes) -> Outcome:
         time.sleep(0.1)
 
     stop = threading.Event()
-    samples: list[tuple[float, bool]] = []
+    samples: list[tuple[float, str]] = []
     done: list[bool] = []
     threads = [
         threading.Thread(target=probe, args=(port, stop, samples), daemon=True),
@@ -215,7 +220,8 @@ def measure(procs: Procs, port: int, attack: str, sizes: Sizes) -> Outcome:
     return Outcome(
         attack=attack,
         health=Latency.of([seconds for seconds, _ in samples]),
-        health_failed=sum(not ok for _, ok in samples),
+        health_failed=sum(bool(problem) for _, problem in samples),
+        health_problems=dict(Counter(problem for _, problem in samples if problem)),
         honest_done=sum(done),
         honest_tasks=sizes.honest,
         attacker=_read_status(status_path),
