@@ -7,7 +7,7 @@ MUTATE_STAMP := $(VENV)/.installed-mutate
 #: Mutant names or globs for `make mutate` (e.g. MUTANTS='broker.store.*'); empty: all of them.
 MUTANTS ?=
 
-.PHONY: install run test test-fast lint format fuzz-core fuzz-frames fuzz fuzz-api chaos attack bench mutate clean
+.PHONY: install run test test-fast lint format fuzz-core fuzz-frames fuzz fuzz-api chaos attack attack-http bench mutate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,11 @@ attack: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# Slow headers, slow bodies, idle connections and long waits against the API at full size
+# (tests/integration/test_http_attacks.py runs them scaled down): about 5 minutes.
+attack-http: $(STAMP)
+	$(BIN)/python -m bench.attack_http
 
 # Mutation testing of the broker modules that [tool.mutmut] in pyproject.toml names (all of
 # broker/ but its socket loop and command line) against tests/unit: up to an hour on 2 cores.

@@ -10,15 +10,14 @@ request that changes state, says the request may still take effect). With a toke
 (``api.auth``); without one the API is open, and only on loopback unless ``--insecure``.
 
 It must never open a socket at import time or in ``create_app``: gunicorn may fork
-after both, and ZeroMQ sockets do not survive a fork. Each thread gets its own client,
-made on first use, because sockets are not thread-safe.
+after both, and ZeroMQ sockets do not survive a fork. Each call borrows a client of the
+process's pool (``api.clients``), made on first use, because sockets are not thread-safe.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import urlencode
@@ -27,9 +26,8 @@ import falcon
 
 from api import openapi, parse
 from api.auth import Authorization
+from api.clients import pooled_clients
 from api.render import render
-from common.client import Client
-from common.curve import ClientKeys
 from common.errors import InvalidInput, SchedulerError, Unavailable
 from common.limits import DEFAULT_PAGE, MAX_CURSOR, MAX_HTTP_WAIT, MAX_PAGE
 from common.models import TaskStatus
@@ -82,8 +80,9 @@ def create_app(
     settings: Settings | None = None,
     tokens: Tokens | None = None,
 ) -> falcon.App[falcon.Request, falcon.Response]:
-    """Build the app; ``client`` returns the client for the calling thread, ``tokens`` are
-    the known tokens (by default those of ``settings.api_tokens``, if any).
+    """Build the app; ``client`` returns the client for the calling request (default: the
+    process's pool, ``api.clients``), ``tokens`` are the known tokens (by default those of
+    ``settings.api_tokens``, if any).
 
     Raises ``ValueError`` for a tokens file that cannot be used, or for an open API (no
     tokens) set to listen beyond loopback without ``settings.insecure``: ``zmq-api``
@@ -103,7 +102,7 @@ def create_app(
             "read and cancel any task and act as any worker",
             settings.listen,
         )
-    clients = noting_effects(client or thread_local_clients(settings))
+    clients = noting_effects(client or pooled_clients(settings))
     middleware = [] if tokens is None else [Authorization(tokens, settings.max_body)]
     app = falcon.App(middleware=middleware)
     # /tasks/ is /tasks, as most APIs have it, rather than a task with an empty id.
@@ -127,23 +126,6 @@ def create_app(
     app.add_route("/health", Health(clients))
     app.add_route(openapi.PATH, Document(openapi.document(settings.max_body)))
     return app
-
-
-def thread_local_clients(settings: Settings) -> ClientFactory:
-    """A factory giving each thread its own ``Client``, connected on the thread's first call
-    (with the CURVE keys of the settings, read here once, when they are given)."""
-    local = threading.local()
-    keys = ClientKeys.load(settings.curve_server_key, settings.curve_secret)
-
-    def get() -> ClientLike:
-        client: Client | None = getattr(local, "client", None)
-        if client is None:
-            client = local.client = Client(
-                settings.broker, timeout=settings.request_timeout, curve=keys
-            )
-        return client
-
-    return get
 
 
 def noting_effects(clients: ClientFactory) -> ClientFactory:

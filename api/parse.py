@@ -3,8 +3,8 @@
 Only what JSON cannot express or HTTP carries is checked here: the body's size, that it
 parses and is an object, that its Content-Type (if any) is JSON, that binary fields are
 base64 and that query parameters have the right form. Every failure raises
-``InvalidInput`` (400) naming the field, ``HTTPUnsupportedMediaType`` (415) or
-``HTTPContentTooLarge`` (413).
+``InvalidInput`` (400) naming the field, ``HTTPUnsupportedMediaType`` (415),
+``HTTPContentTooLarge`` (413) or, for a body the server stopped waiting for, a 408.
 
 This module must never validate what the broker validates (task spec fields,
 capabilities, resources, whether an id exists): ``common.spec`` and the broker are the
@@ -69,6 +69,18 @@ def _require_json(req: falcon.Request) -> None:
 
 
 def _read_body(req: falcon.Request, max_body: int) -> bytes:
+    try:
+        return _read_body_in_time(req, max_body)
+    except TimeoutError:  # the server's body deadline (api.jsonworker)
+        raise falcon.HTTPError(
+            falcon.HTTP_408,
+            title="Request timeout",
+            description="the request body was not received in time",
+            headers={"Connection": "close"},
+        ) from None
+
+
+def _read_body_in_time(req: falcon.Request, max_body: int) -> bytes:
     length = req.content_length
     if length is not None:
         # Refuse before reading: an oversized body is not worth receiving.

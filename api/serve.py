@@ -12,6 +12,7 @@ import logging
 import math
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -23,9 +24,6 @@ WORKER_CLASS = "api.jsonworker.JSONErrorWorker"
 #: Longest request line (method, path and query) in bytes, gunicorn's default made ours:
 #: a longer one is a 414, which gunicorn answers before the app sees the request.
 MAX_REQUEST_LINE = 4094
-#: Seconds an idle keep-alive connection stays open (gunicorn's default is 2), so an HTTP
-#: worker that polls or reports in a loop keeps its connection between calls.
-KEEPALIVE = 5
 
 
 def bind_address(listen: str) -> str:
@@ -40,11 +38,12 @@ def quit_once(worker: Any) -> None:
     """Gunicorn's ``post_worker_init`` hook: a worker's quit handler runs at most once.
 
     Ctrl-C in a terminal sends SIGINT to the whole process group, workers included, and
-    the master then tells each worker to quit with SIGQUIT. The gthread worker handles both
-    with ``handle_quit``, which is not re-entrant: a second signal that lands while the
-    first handler shuts the thread pool down deadlocks on the pool's lock, and the worker
-    outlives its master, still holding the listening socket. A quit under way ignores the
-    next one (the lock is taken in one call, so no signal can slip in between two checks).
+    the master then tells each worker to quit with SIGQUIT. A worker handles both with
+    ``handle_quit``, which is not re-entrant (gunicorn's gthread worker deadlocked on its
+    thread pool's lock when a second signal landed during the first, and outlived its
+    master still holding the listening socket; the gevent worker would start a second
+    shutdown). A quit under way ignores the next one (the lock is taken in one call, so no
+    signal can slip in between two checks).
     """
     handle_quit = worker.handle_quit
     quitting = threading.Lock()
@@ -57,25 +56,40 @@ def quit_once(worker: Any) -> None:
         signal.signal(signum, once)
 
 
+def body_timeout(seconds: float) -> Callable[[Any, Any], None]:
+    """Gunicorn's ``post_fork`` hook that gives a worker (``api.jsonworker``) its body
+    timeout: gunicorn has no setting for it."""
+
+    def post_fork(server: Any, worker: Any) -> None:
+        worker.body_timeout = seconds
+
+    return post_fork
+
+
 def gunicorn_options(settings: Settings) -> dict[str, Any]:
     """Gunicorn settings (names as in a gunicorn config file) for these API settings."""
-    if settings.processes < 1 or settings.threads < 1:
-        raise ValueError("processes and threads must be at least 1")
+    if settings.processes < 1 or settings.connections < 1:
+        raise ValueError("processes and connections must be at least 1")
     if settings.log_level.upper() not in logging.getLevelNamesMapping():
         # Gunicorn would silently log at info instead.
         raise ValueError(f"unknown log level {settings.log_level!r}")
     return {
         "bind": [bind_address(settings.listen)],
         "workers": settings.processes,
-        # Threads, not sync workers: every long-poll of an HTTP worker holds one for up
-        # to MAX_HTTP_WAIT seconds, and a sync worker would serve nothing else meanwhile.
-        # Gunicorn's gthread worker, whose own error answers (414, 431, 400) are JSON.
+        # Gunicorn's gevent worker (api.jsonworker): a connection is a greenlet, so slow,
+        # idle and long-waiting clients (a ?wait=, an HTTP worker's long-poll, up to
+        # MAX_HTTP_WAIT seconds each) hold no thread; up to worker_connections at once.
         "worker_class": WORKER_CLASS,
-        "threads": settings.threads,
+        "worker_connections": settings.connections,
         # A shutdown lets the longest request finish: a long-poll and its broker reply
         # (the client waits MAX_HTTP_WAIT + request_timeout), plus a second to answer.
         "graceful_timeout": math.ceil(MAX_HTTP_WAIT + settings.request_timeout) + 1,
-        "keepalive": KEEPALIVE,
+        # Seconds a connection has to send a request's line and headers, from its opening
+        # or its previous answer; then it is closed. This bounds slow headers and idle
+        # connections alike, and lets an HTTP worker that polls in a loop keep its
+        # connection between calls: the gevent worker applies gunicorn's keepalive to
+        # exactly this wait, as one deadline for the whole headers (not for each read).
+        "keepalive": settings.header_timeout,
         "limit_request_line": MAX_REQUEST_LINE,
         "accesslog": None,
         "errorlog": "-",
@@ -84,5 +98,6 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         # Gunicorn >= 24 opens a control socket at one fixed path per user, which a second
         # API server on the host would fight over; nothing here uses it.
         "control_socket_disable": True,
+        "post_fork": body_timeout(settings.body_timeout),
         "post_worker_init": quit_once,
     }

@@ -273,13 +273,13 @@ class Api:
     proc: Proc
 
 
-def start_api(procs: Procs, endpoint: str, processes: int, threads: int) -> Api:
-    """The REST API under gunicorn (gthread) on a free port; returns once ``GET /health``
-    answers 200."""
+def start_api(procs: Procs, endpoint: str, processes: int, *extra: str) -> Api:
+    """The REST API under gunicorn (``zmq-api``, with ``extra`` flags) on a free port;
+    returns once ``GET /health`` answers 200."""
     port = free_port()
     proc = procs.python("api", "api", "--listen", f"127.0.0.1:{port}", "--broker", endpoint,
-                        "--processes", str(processes), "--threads", str(threads),
-                        "--log-level", "WARNING")  # fmt: skip
+                        "--processes", str(processes), "--log-level", "WARNING",
+                        *extra)  # fmt: skip
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         with contextlib.suppress(OSError, http.client.HTTPException):

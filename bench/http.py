@@ -2,7 +2,7 @@
 
 A broker with a durable store (``--sync full``) and no workers (so ``POST /tasks``
 measures submitting only: tasks stay pending), and the API under gunicorn (``zmq-api``,
-gthread, 2 processes × 16 threads, its defaults). The load generator is Python:
+gevent, 2 processes, its defaults). The load generator is Python:
 2 processes × 16 threads, each thread with its own keep-alive ``http.client``
 connection (32 connections), all connected first, then starting at the same moment
 and sending requests back to back for a fixed time (10 s); only answers with the
@@ -50,9 +50,8 @@ from bench.harness import (
 #: Load generator processes and threads per process (one connection per thread).
 GEN_PROCESSES = 2
 GEN_THREADS = 16
-#: Gunicorn processes and threads of the API (the defaults of ``zmq-api``).
+#: Gunicorn processes of the API (the default of ``zmq-api``).
 API_PROCESSES = 2
-API_THREADS = 16
 #: Seconds each measurement lasts.
 DURATION = 10.0
 #: Tasks per ``POST /tasks/batch``.
@@ -233,14 +232,14 @@ def run(quick: bool = False, floor: object = None) -> Report:
     report = Report("HTTP API under gunicorn")
     with Procs() as procs:
         broker = start_broker(procs, "--sync", "full")
-        api = start_api(procs, broker.endpoint, API_PROCESSES, API_THREADS)
+        api = start_api(procs, broker.endpoint, API_PROCESSES)
         health = measure(procs, api, broker, "health", duration)
         post = measure(procs, api, broker, "post", duration)
         batch = measure(procs, api, broker, "batch", duration)
         wrk_health = wrk_rate(api.port, "health", duration)
         wrk_post = wrk_rate(api.port, "post", duration)
     setup = (f"{GEN_PROCESSES}x{GEN_THREADS} keep-alive connections, gunicorn "
-             f"{API_PROCESSES} processes x {API_THREADS} threads")  # fmt: skip
+             f"{API_PROCESSES} processes (gevent)")  # fmt: skip
 
     def note(rate: Rate) -> str:
         cpu = ", ".join(f"{k} {v:.0f}%" for k, v in rate.cpu.items())

@@ -1,8 +1,8 @@
 """Latency (issue item 3): sequential submit → result round trips, direct and over HTTP.
 
 A broker with a durable store (``--sync full``), one ``zmq-worker`` (4 slots; only one
-task is ever in flight) and the REST API under gunicorn (2 processes × 16 threads,
-the defaults). One task at a time, each started when the previous result came back:
+task is ever in flight) and the REST API under gunicorn (2 gevent processes, the
+default). One task at a time, each started when the previous result came back:
 
 - direct, one call: ``client.run("echo", args)`` on one ``Client`` (one broker round
   trip: the submit's answer comes when the task is final and committed);
@@ -61,9 +61,8 @@ WARMUP = 100
 TURN = 100
 #: Slots of the one worker.
 CONCURRENCY = 4
-#: Gunicorn processes and threads of the API (the defaults of ``zmq-api``).
+#: Gunicorn processes of the API (the default of ``zmq-api``).
 API_PROCESSES = 2
-API_THREADS = 16
 #: Longest a run may take, in seconds.
 TIME_LIMIT = 300.0
 
@@ -143,7 +142,7 @@ def run(quick: bool = False, floor: floor_mod.Floor | None = None) -> Report:
         relay = floor_mod.RelayClient(floor_mod.start(procs))
         broker = start_broker(procs, "--sync", "full")
         start_workers(procs, broker.endpoint, 1, CONCURRENCY)
-        port = start_api(procs, broker.endpoint, API_PROCESSES, API_THREADS).port
+        port = start_api(procs, broker.endpoint, API_PROCESSES).port
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         try:
             relay.wait_workers(floor_mod.WORKERS)

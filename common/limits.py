@@ -19,7 +19,7 @@ MAX_WAIT_IDS = MAX_BATCH
 #: with ``wait``), in seconds.
 MAX_WAIT = 300.0
 #: Longest an HTTP request may be held (``?wait=`` on the REST API, an HTTP worker's
-#: long-poll), in seconds: each held request holds one of the API's threads.
+#: long-poll), in seconds: each held request holds one of the API's connections.
 MAX_HTTP_WAIT = 30.0
 #: Largest page of a task listing, and the page given when none is asked for.
 MAX_PAGE = 1000

@@ -97,8 +97,9 @@ class Settings:
     workers: int = _opt(2, "number of local workers", "--workers")
     #: Gunicorn worker processes serving the API.
     processes: int = _opt(2, "API server processes", "--processes", API)
-    #: Threads per API process (each long-poll holds one).
-    threads: int = _opt(16, "API threads per process", "--threads", API)
+    #: Connections one API process serves at once (gunicorn's ``worker_connections``); each
+    #: is a greenlet, whether it waits for a request, a long-poll's answer or the broker.
+    connections: int = _opt(10000, "API connections per process", "--connections", API)
 
     # Worker.
     #: Task slots per worker: how many tasks it runs at once.
@@ -194,6 +195,13 @@ class Settings:
     request_timeout: float = _opt(
         5.0, "seconds to wait for a broker reply", "--request-timeout", API
     )
+    #: Seconds a connection has to send a request's line and headers, from its opening or
+    #: its previous answer: slow and idle connections are closed after it. Whole seconds,
+    #: as gunicorn's ``keepalive``, which it is.
+    header_timeout: int = _opt(10, "seconds to send a request's headers", "--header-timeout", API)
+    #: Seconds a request has to send its body once its headers are in (else a 408), and an
+    #: answer has to be taken by its client.
+    body_timeout: float = _opt(10.0, "seconds to send a request's body", "--body-timeout", API)
 
     # Security (docs/security.md).
     #: This process's own CURVE certificate, the secret one (``zmq-scheduler keygen``): the
@@ -439,7 +447,7 @@ _RULES: list[tuple[str, Callable[[Settings], bool], str]] = [
      "--api-tokens), unless --insecure is given"),
     ("workers", lambda s: s.workers >= 0, "must be >= 0"),
     ("processes", lambda s: s.processes >= 1, "must be >= 1"),
-    ("threads", lambda s: s.threads >= 1, "must be >= 1"),
+    ("connections", lambda s: s.connections >= 1, "must be >= 1"),
     ("concurrency", lambda s: s.concurrency >= 0, "must be >= 0 (0: CPU count)"),
     ("worker_id", lambda s: s.worker_id == "" or bool(ID_PATTERN.fullmatch(s.worker_id)),
      "must be 1 to 128 of A-Za-z0-9._:-"),
@@ -465,6 +473,8 @@ _RULES: list[tuple[str, Callable[[Settings], bool], str]] = [
     ("max_payload", lambda s: 1 <= s.max_payload <= MAX_PAYLOAD, f"must be 1 to {MAX_PAYLOAD}"),
     ("worker_retention", lambda s: s.worker_retention >= 0, "must be >= 0"),
     ("request_timeout", lambda s: s.request_timeout > 0, "must be > 0"),
+    ("header_timeout", lambda s: s.header_timeout >= 1, "must be >= 1"),
+    ("body_timeout", lambda s: s.body_timeout > 0, "must be > 0"),
     ("log_level", lambda s: s.log_level.upper() in logging.getLevelNamesMapping(),
      "must be a logging level such as DEBUG, INFO or WARNING"),
 ]  # fmt: skip

@@ -76,13 +76,13 @@ def command(how: str, port: int, broker: str) -> tuple[list[str], dict[str, str]
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZMQS_")}
     if how == "cli":
         argv = [sys.executable, "-m", "api", "--listen", f"127.0.0.1:{port}", "--broker", broker]
-        argv += ["--processes", "1", "--threads", "4", "--max-body", str(MAX_BODY)]
+        argv += ["--processes", "1", "--connections", "100", "--max-body", str(MAX_BODY)]
         return argv, env
     env.update(
         ZMQS_LISTEN=f"127.0.0.1:{port}",
         ZMQS_BROKER=broker,
         ZMQS_PROCESSES="1",
-        ZMQS_THREADS="4",
+        ZMQS_CONNECTIONS="100",
         ZMQS_MAX_BODY=str(MAX_BODY),
     )
     argv = [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py"]
@@ -205,7 +205,7 @@ def test_bind_address_rejects_what_is_not_host_port(listen: str) -> None:
 
 
 def test_gunicorn_options_follow_the_settings() -> None:
-    settings = Settings(listen=":9090", processes=3, threads=7, log_level="DEBUG")
+    settings = Settings(listen=":9090", processes=3, connections=7, log_level="DEBUG")
 
     options = gunicorn_options(settings)
 
@@ -213,7 +213,7 @@ def test_gunicorn_options_follow_the_settings() -> None:
     assert options["workers"] == 3
     assert options["worker_class"] == "api.jsonworker.JSONErrorWorker"
     assert options["limit_request_line"] == MAX_REQUEST_LINE == 4094  # as the README says
-    assert options["threads"] == 7
+    assert options["worker_connections"] == 7
     assert options["loglevel"] == "debug"
     assert options["accesslog"] is None
     # A long-poll and the broker's reply to it fit in a graceful shutdown.
@@ -250,7 +250,7 @@ def test_a_worker_quits_once_when_ctrl_c_and_the_masters_quit_overlap() -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [["--processes", "0"], ["--threads", "0"], ["--listen", "8080"], ["--log-level", "LOUD"]],
+    [["--processes", "0"], ["--connections", "0"], ["--listen", "8080"], ["--log-level", "LOUD"]],
 )
 def test_cli_rejects_bad_settings_before_serving(
     argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch

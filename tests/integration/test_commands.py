@@ -119,7 +119,7 @@ def test_version_is_the_installed_packages(command: str) -> None:
         ("zmq-worker", ["--pool", "fork"], {}, "--pool (ZMQS_POOL) must be one of thread"),
         ("zmq-worker", ["--cpu", "-1"], {}, "--cpu (ZMQS_CPU) must be >= 0, got -1.0"),
         ("zmq-api", ["--listen", "nope"], {}, "--listen (ZMQS_LISTEN) must be HOST:PORT"),
-        ("zmq-api", ["--threads", "0"], {}, "--threads (ZMQS_THREADS) must be >= 1"),
+        ("zmq-api", ["--connections", "0"], {}, "--connections (ZMQS_CONNECTIONS) must be >= 1"),
         ("zmq-api", [], {"ZMQS_LISTEN": "0.0.0.0:8080"}, "while the API is open (no --api-"),
     ],
 )
@@ -160,7 +160,7 @@ def test_up_passes_every_setting_on_to_the_children_that_take_it(tmp_path: Path)
     given = {
         "--broker": stack.endpoint, "--data": str(tmp_path / "s.db"), "--sync": "normal",
         "--listen": f"127.0.0.1:{port}", "--workers": "1", "--processes": "1",
-        "--threads": "3", "--concurrency": "2", "--id": "w", "--capabilities": "gpu",
+        "--connections": "300", "--concurrency": "2", "--id": "w", "--capabilities": "gpu",
         "--cpu": "2.0", "--memory": "512.0", "--disk": "1024.0",
         "--handlers": "flaky_handlers", "--pool": "process", "--drain-grace": "7.0",
         "--reconnect-backoff": "0.5",
@@ -168,7 +168,8 @@ def test_up_passes_every_setting_on_to_the_children_that_take_it(tmp_path: Path)
         "--http-liveness": "9.0", "--retry-backoff": "0.5", "--retry-backoff-max": "30.0",
         "--timeout-grace": "2.0", "--retention": "3600.0", "--worker-retention": "600.0",
         "--max-payload": "1048576", "--max-body": "65536",
-        "--request-timeout": "4.0", "--log-level": "info",
+        "--request-timeout": "4.0", "--header-timeout": "7", "--body-timeout": "8.0",
+        "--log-level": "info",
         "--api-tokens": str(tmp_path / "tokens"), "--insecure": FLAG_ONLY,
     }  # fmt: skip
     (tmp_path / "tokens").write_text("a-token-of-the-test-0123456789 admin\n")

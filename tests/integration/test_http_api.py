@@ -488,11 +488,12 @@ def freeze() -> Iterator[list[Proc]]:
 def test_a_503_may_hide_a_submit_that_a_retry_with_its_key_finds(
     stack: Stack, freeze: list[Proc]
 ) -> None:
-    # Given the API in front of a broker, with a short broker timeout and one thread, whose
-    # client the health check connected: a client connecting to a frozen broker would wait
-    # for its handshake, send nothing, and answer a 503 that says so.
+    # Given the API in front of a broker, with a short broker timeout and one process, whose
+    # pooled client the health check connected (requests one at a time reuse it): a client
+    # connecting to a frozen broker would wait for its handshake, send nothing, and answer
+    # a 503 that says so.
     broker = stack.start_broker()
-    stack.start_api("--request-timeout", "1", "--threads", "1")
+    stack.start_api("--request-timeout", "1")
     one = {"handler": "echo", "idempotency_key": "frozen-one"}
     batch = {"tasks": [{"handler": "echo", "idempotency_key": f"frozen-{i}"} for i in range(3)]}
 

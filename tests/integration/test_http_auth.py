@@ -239,7 +239,7 @@ def test_gunicorn_conf_refuses_a_malformed_tokens_file_too(tmp_path: Path) -> No
 
 def test_an_open_api_refuses_a_public_address_unless_insecure(tmp_path: Path) -> None:
     port = free_port()
-    public = ["--listen", f"0.0.0.0:{port}", "--processes", "1", "--threads", "2"]
+    public = ["--listen", f"0.0.0.0:{port}", "--processes", "1"]
 
     refused = run_api(*public, cwd=tmp_path)
     assert refused.returncode == 2, refused.stderr

@@ -25,8 +25,9 @@ import falcon.inspect
 import falcon.testing
 import pytest
 
-import api.app
-from api.app import HEALTH_TIMEOUT, ClientLike, create_app, thread_local_clients
+import api.clients
+from api.app import HEALTH_TIMEOUT, ClientLike, create_app
+from api.clients import ClientPool, pooled_clients
 from api.render import render, rfc3339
 from broker.local import LocalClient
 from common import messages, ops
@@ -42,6 +43,7 @@ from common.limits import (
 )
 from common.ops import Op
 from common.settings import Settings
+from tests.conftest import wait_for
 
 #: The scheduler's clock at the start of every test, and how the API shows it.
 NOW = datetime(2026, 11, 27, 2, 20, 38, 123456, tzinfo=UTC).timestamp()
@@ -1035,7 +1037,7 @@ def test_health_is_503_when_the_broker_is_unavailable() -> None:
 def test_health_says_when_the_brokers_host_does_not_resolve() -> None:
     # given an app whose real client points at a name that never resolves
     settings = Settings(broker="tcp://no-such-host.invalid:5555", request_timeout=0.5)
-    get = thread_local_clients(settings)
+    get = pooled_clients(settings)
     http = Http(create_app(client=get, settings=settings))
     try:
         # when health is asked for, then the 503 says why
@@ -1044,9 +1046,7 @@ def test_health_says_when_the_brokers_host_does_not_resolve() -> None:
         assert result.json["status"] == "unavailable"
         assert "host 'no-such-host.invalid' does not resolve" in result.json["description"]
     finally:
-        client = get()  # this thread's, the one the request used
-        assert isinstance(client, Client)
-        client.close()
+        get().close()
 
 
 def test_unavailable_broker_is_503_on_any_route() -> None:
@@ -1188,53 +1188,87 @@ def test_render_keeps_unknown_keys_and_converts_nested_values() -> None:
 # -- the default client factory -----------------------------------------------------------
 
 
-def test_default_client_is_made_per_thread_on_first_use(
+def test_default_clients_are_made_on_first_use_and_reused(
     monkeypatch: pytest.MonkeyPatch, local: LocalClient
 ) -> None:
     # given an app whose clients are made by a recording stand-in for Client
-    made: list[tuple[str, float, int]] = []
+    made: list[tuple[str, float]] = []
 
-    def recording_client(endpoint: str, timeout: float, curve: object = None) -> LocalClient:
-        made.append((endpoint, timeout, threading.get_ident()))
+    def recording_client(
+        endpoint: str, timeout: float, context: object, curve: object = None
+    ) -> LocalClient:
+        made.append((endpoint, timeout))
         return local
 
-    monkeypatch.setattr(api.app, "Client", recording_client)
+    monkeypatch.setattr(api.clients, "Client", recording_client)
     settings = Settings(broker="tcp://10.0.0.1:5555", request_timeout=2.0)
     http = Http(create_app(settings=settings))
     assert made == []  # nothing at creation: gunicorn may fork after it
 
-    # when two requests come on this thread and one on another
+    # when requests come one after the other, on this thread and another
     assert http.simulate_get("/health").status_code == 200
     assert http.simulate_get("/workers").status_code == 200
     other = threading.Thread(target=http.simulate_get, args=("/health",))
     other.start()
     other.join()
 
-    # then each thread made one client, from the settings
-    assert [(endpoint, timeout) for endpoint, timeout, _ in made] == [
-        ("tcp://10.0.0.1:5555", 2.0),
-        ("tcp://10.0.0.1:5555", 2.0),
-    ]
-    assert made[0][2] != made[1][2]
+    # then one client, made from the settings, served them all
+    assert made == [("tcp://10.0.0.1:5555", 2.0)]
 
 
-def test_thread_local_clients_are_real_clients_one_per_thread() -> None:
-    get = thread_local_clients(Settings(broker="tcp://127.0.0.1:1", request_timeout=0.5))
-    seen: list[ClientLike] = []
+class HeldClient:
+    """A client whose calls return when ``release`` is set, and that records its closing."""
 
-    mine = get()
-    other = threading.Thread(target=lambda: seen.append(get()))
-    other.start()
-    other.join()
+    def __init__(self, release: threading.Event) -> None:
+        self.release = release
+        self.closed = False
 
+    def request(self, op: Op, args: dict[str, Any], timeout: float | None = None) -> Any:
+        self.release.wait(10)
+        return {}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_client_busy_with_one_call_is_not_lent_to_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given a pool that keeps one idle client, and two calls at once that both wait
+    release = threading.Event()
+    made: list[HeldClient] = []
+
+    def held_client(endpoint: str, timeout: float, context: object) -> HeldClient:
+        made.append(HeldClient(release))
+        return made[-1]
+
+    monkeypatch.setattr(api.clients, "Client", held_client)
+    pool = ClientPool(Settings(broker="tcp://127.0.0.1:1"), max_idle=1)
+    calls = [threading.Thread(target=pool.request, args=(Op.HEALTH, {})) for _ in range(2)]
+    for call in calls:
+        call.start()
+    wait_for(lambda: len(made) == 2, what="both calls under way")
+
+    # when both end
+    release.set()
+    for call in calls:
+        call.join()
+
+    # then each had its own client, and the pool kept one and closed the other
+    assert sorted(client.closed for client in made) == [False, True]
+    pool.request(Op.HEALTH, {})
+    assert len(made) == 2  # the kept one served the next call
+
+
+def test_pooled_clients_are_real_clients_made_from_the_settings() -> None:
+    pool = pooled_clients(Settings(broker="tcp://127.0.0.1:1", request_timeout=0.5))()
     try:
-        assert get() is mine
-        assert isinstance(mine, Client) and mine.timeout == 0.5
-        assert seen[0] is not mine
+        with pytest.raises(Unavailable):
+            pool.request(Op.HEALTH, {}, timeout=0.05)
+        [client] = pool._idle
+        assert isinstance(client, Client) and client.timeout == 0.5
     finally:
-        for client in (mine, *seen):
-            assert isinstance(client, Client)
-            client.close()
+        pool.close()
 
 
 # -- ?wait= ---------------------------------------------------------------------------------

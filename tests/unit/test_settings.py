@@ -101,7 +101,7 @@ def test_every_problem_is_found_and_names_the_flag_as_the_command_calls_it() -> 
 
 def test_the_arguments_up_passes_on_give_back_the_same_settings() -> None:
     settings = config.Settings(
-        broker="tcp://127.0.0.1:1", handlers="a,b", cpu=1.5, threads=3, insecure=True
+        broker="tcp://127.0.0.1:1", handlers="a,b", cpu=1.5, connections=3, insecure=True
     )
     for command in (config.BROKER, config.WORKER, config.API):
         parser = argparse.ArgumentParser()
