@@ -64,7 +64,7 @@ chaos: $(STAMP)
 
 # The attacks of tests/integration/test_attacks.py at the sizes they were first measured at.
 attack: $(STAMP)
-	ZMQS_ATTACK_SCALE=full $(BIN)/pytest -q tests/integration/test_attacks.py
+	ZMQS_ATTACK_SCALE=full $(BIN)/pytest -q -s tests/integration/test_attacks.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -29,6 +29,7 @@ gunicorn loads it, by name, and the changes are made in ``init_process``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import socket
@@ -108,17 +109,36 @@ class JSONErrorWorker(GeventWorker):  # type: ignore[misc]
 
     def init_process(self) -> None:
         # After the fork, in this worker process alone, before it serves anything.
+        #: Connections between two requests (or before their first): what a graceful stop
+        #: closes at once rather than wait up to ``header_timeout`` for each.
+        self.idle: set[DeadlineSocket] = set()
         util.write_error = write_json_error
         raise_open_files_limit()
         super().init_process()
 
     def handle(self, listener: socket.socket, client: socket.socket, addr: Any) -> None:
-        super().handle(listener, DeadlineSocket(client, self.body_timeout), addr)
+        sock = DeadlineSocket(client, self.body_timeout)
+        self.idle.add(sock)
+        try:
+            super().handle(listener, sock, addr)
+        finally:
+            self.idle.discard(sock)
 
     def handle_request(self, listener_name: Any, req: Any, sock: DeadlineSocket, addr: Any) -> None:
         # The headers are in (within header_timeout): the body has body_timeout from now.
+        self.idle.discard(sock)
         sock.deadline = time.monotonic() + self.body_timeout
         try:
             super().handle_request(listener_name, req, sock, addr)
         finally:
             sock.deadline = None
+            self.idle.add(sock)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """SIGTERM: a graceful stop. Requests under way finish (a long wait included); a
+        connection waiting for its next request is closed now, as the threaded worker did,
+        so that an idle keep-alive client does not hold the stop for ``header_timeout``."""
+        super().handle_exit(sig, frame)
+        for sock in list(self.idle):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)

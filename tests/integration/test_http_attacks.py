@@ -14,7 +14,9 @@ API is far outside them: a probe then gets no answer within 2 s (``PROBE_TIMEOUT
 
 from __future__ import annotations
 
+import http.client
 import json
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ import pytest
 
 from bench.attack_http import QUICK, Outcome, measure
 from bench.harness import Api, Procs, start_api, start_broker, start_worker, wait_workers
+from tests.conftest import Stack
 
 #: The API's header and body timeouts in these tests, in seconds.
 TIMEOUT = 2
@@ -157,3 +160,19 @@ def test_headers_slower_than_the_timeout_are_cut_off(api: tuple[Procs, Api]) -> 
         # then the server closed it, after about the header timeout and not before
         assert closed
     assert TIMEOUT - 0.5 <= time.monotonic() - started <= TIMEOUT + 8
+
+
+def test_a_graceful_stop_closes_idle_keep_alive_connections_at_once(stack: Stack) -> None:
+    # Given an API whose clients may take a minute between requests, and one client that
+    # made a request and keeps its connection open.
+    stack.start_broker()
+    api = stack.start_api("--header-timeout", "60")
+    host, port = stack.api_url.removeprefix("http://").rsplit(":", 1)
+    idle = http.client.HTTPConnection(host, int(port), timeout=90)
+    idle.request("GET", "/health")
+    assert idle.getresponse().read()
+    # When it is asked to stop (SIGTERM, as zmq-scheduler up and service managers do).
+    api.signal(signal.SIGTERM)
+    # Then it is gone well before that minute: the idle connection did not hold it.
+    assert api.popen.wait(timeout=30) == 0
+    idle.close()

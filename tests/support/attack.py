@@ -87,7 +87,9 @@ class Prober:
         )
 
     def check(self) -> None:
-        """Every probe answered, and all but ``SLOW_SHARE`` of them within ``PROBE_DEADLINE``."""
+        """Every probe answered, and all but ``SLOW_SHARE`` of them within ``PROBE_DEADLINE``
+        (the figures are printed: ``make attack`` shows them)."""
+        print(f"health during the attack: {self.summary()}")
         assert len(self.latencies) >= 3, self.summary()
         slow = sum(1 for latency in self.latencies if latency > PROBE_DEADLINE)
         assert self.failures == 0 and slow <= SLOW_SHARE * len(self.latencies), self.summary()

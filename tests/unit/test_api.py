@@ -1238,7 +1238,9 @@ def test_a_client_busy_with_one_call_is_not_lent_to_another(
     release = threading.Event()
     made: list[HeldClient] = []
 
-    def held_client(endpoint: str, timeout: float, context: object) -> HeldClient:
+    def held_client(
+        endpoint: str, timeout: float, context: object, curve: object = None
+    ) -> HeldClient:
         made.append(HeldClient(release))
         return made[-1]
 
