@@ -104,10 +104,12 @@ class Child:
     grace: float = STOP_GRACE
     #: A worker: stopped before the others, so that the broker takes what its drain reports.
     drains: bool = False
+    #: The signal it gets should ``up`` die without stopping it (Linux).
+    orphan_signal: int = signal.SIGTERM
 
     def start(self, selector: selectors.BaseSelector) -> None:
         self.process = subprocess.Popen(
-            self.argv, stderr=subprocess.PIPE, preexec_fn=die_with_parent()
+            self.argv, stderr=subprocess.PIPE, preexec_fn=die_with_parent(self.orphan_signal)
         )
         pipe = self.process.stderr
         assert pipe is not None
@@ -134,8 +136,8 @@ class Child:
             self.tail.extend(line.decode("utf-8", "replace") for line in lines)
 
 
-def die_with_parent() -> Callable[[], None] | None:
-    """What a child runs between fork and exec so that it gets SIGTERM when ``up`` dies
+def die_with_parent(signum: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """What a child runs between fork and exec so that it gets ``signum`` when ``up`` dies
     (Linux); None elsewhere."""
     if not sys.platform.startswith("linux"):
         return None
@@ -147,9 +149,9 @@ def die_with_parent() -> Callable[[], None] | None:
         # forget it: the default action until exec, which resets them anyway.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGTERM), *[ctypes.c_ulong(0)] * 3)
+        prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signum), *[ctypes.c_ulong(0)] * 3)
         if os.getppid() != parent:  # up died before the signal was set, which never comes
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
 
     return set_signal
 
@@ -175,7 +177,10 @@ def children(settings: Settings) -> list[Child]:
     api = config.to_argv(replace(own.get("api", local), broker=endpoint), config.API)
     out = [
         Child("broker", [python, "-m", "broker", *broker]),
-        Child("api", [python, "-m", "api", *api]),
+        # Orphaned, the API quits at once (gunicorn's SIGINT): a graceful stop would wait up
+        # to its graceful timeout for a gevent worker whose standard error, up's pipe, is
+        # gone, and nobody is left to tell its clients' answers to anyway.
+        Child("api", [python, "-m", "api", *api], orphan_signal=signal.SIGINT),
     ]
     for i in range(1, settings.workers + 1):
         worker_id = f"{settings.worker_id}-{i}" if settings.worker_id else ""
