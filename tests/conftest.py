@@ -126,6 +126,9 @@ def child_env() -> dict[str, str]:
 class Proc:
     """A child process in its own process group, logging to a file."""
 
+    #: What ``stop`` sends first.
+    stop_signal: int = signal.SIGTERM
+
     def __init__(
         self,
         name: str,
@@ -161,7 +164,7 @@ class Proc:
 
     def stop(self, grace: float = 5.0) -> int | None:
         if self.popen.poll() is None:
-            self.signal(signal.SIGTERM)
+            self.signal(self.stop_signal)
             try:
                 self.popen.wait(timeout=grace)
             except subprocess.TimeoutExpired:
@@ -216,6 +219,9 @@ class Stack:
         argv = [sys.executable, "-m", "api", "--listen", f"127.0.0.1:{port}",
                 "--broker", self.endpoint, "--processes", "1", *extra]  # fmt: skip
         proc = self._start("api", argv)
+        # Gunicorn's quick stop: a graceful one waits for the gevent worker's 1 s tick, a
+        # second at every teardown; the graceful stop has tests of its own.
+        proc.stop_signal = signal.SIGINT
         self.api_url = f"http://127.0.0.1:{port}"
         wait_for(lambda: self.http("GET", "/health")[0] == 200, what="API health")
         return proc
