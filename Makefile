@@ -33,8 +33,11 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Two processes for most of the suite; then, alone, the tests that time how others are
+# served during an attack, which a second test beside them would skew.
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 -m "not serial"
+	$(BIN)/pytest -m serial
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -x -q tests/unit

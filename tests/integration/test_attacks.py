@@ -27,6 +27,9 @@ from tests.support.attack import Peer, Prober, rss, scaled
 
 MiB = 1024 * 1024
 
+#: They time how others are served during an attack: run alone (make test).
+pytestmark = pytest.mark.serial
+
 
 def honest_task_completes(stack: Stack) -> None:
     with stack.client(timeout=30) as client:

@@ -33,6 +33,9 @@ TIMEOUT = 2
 P99_BOUND = 200.0
 MAX_BOUND = 1000.0
 
+#: They time how others are served during an attack: run alone (make test).
+pytestmark = pytest.mark.serial
+
 
 def serve(timeout: int) -> Iterator[tuple[Procs, Api]]:
     with Procs() as procs:
