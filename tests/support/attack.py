@@ -121,8 +121,5 @@ class Peer:
     def request(self, req: int, op: str, args: dict[str, Any]) -> None:
         self.send(Command.REQUEST, {"req": req, "op": op, "args": args})
 
-    def send_frames(self, frames: list[bytes]) -> None:
-        self.socket.send_multipart(frames)
-
     def close(self) -> None:
         self.socket.close(linger=0)
