@@ -47,6 +47,7 @@ from broker.roles import Peer, may_act_as, may_request
 from broker.store import Store
 from common import curve, messages, ops, protocol
 from common.errors import Forbidden, InvalidInput, SchedulerError, TooLarge
+from common.logs import Throttled
 from common.models import TaskStatus
 from common.protocol import Command
 from common.settings import Settings
@@ -156,6 +157,8 @@ class BrokerServer:
         #: Replies committed and due, not sent yet: what one turn did not get to.
         self._due: deque[tuple[bytes, ops.Reply, Frames | None]] = deque()
         self._outflow: Outflow | None = None
+        #: The log of dropped messages: a line each, ten a second at most.
+        self._dropped = Throttled(log)
         #: Outcomes to acknowledge, by worker address: one ACK each with the next commit,
         #: which they do not hurry.
         self._acks: dict[bytes, list[messages.RunKey]] = {}
@@ -407,7 +410,7 @@ class BrokerServer:
         try:
             message = protocol.unpack(payload)
         except protocol.ProtocolError as exc:
-            log.warning("dropped malformed message: %s", exc)
+            self._dropped.warning("dropped malformed message: %s", exc)
             return
         command, body = message.command, message.body
         if command is Command.REQUEST:
@@ -417,7 +420,7 @@ class BrokerServer:
         elif command in (Command.PONG, Command.DONE, Command.DRAIN, Command.BYE):
             self._from_worker(address, command, body, now, peer)
         else:
-            log.warning("dropped %s: not a message a peer sends", command.name)
+            self._dropped.warning("dropped %s: not a message a peer sends", command.name)
 
     def _ready(self, address: bytes, body: dict[str, Any], now: float, peer: Peer | None) -> None:
         try:
@@ -492,7 +495,7 @@ class BrokerServer:
     ) -> None:
         """A one-way message that breaks the protocol: never acted on, counted."""
         self.core.dropped_messages += 1
-        (log.debug if quiet else log.warning)(
+        (log.debug if quiet else self._dropped.warning)(
             "dropped %s%s: %s", command.name, f" from {sender}" if sender else "",
             exc.description,
         )  # fmt: skip

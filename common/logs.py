@@ -9,6 +9,8 @@ that cuts every message to ``MAX_MESSAGE`` characters and says how much it cut.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 #: Longest message of one log record, in characters (the time, level and logger name come
 #: on top).
@@ -36,6 +38,39 @@ class BoundedFormatter(logging.Formatter):
             cut = len(message) - MAX_MESSAGE
             record.message = f"{message[:MAX_MESSAGE]}... ({cut} more characters)"
         return super().formatMessage(record)
+
+
+class Throttled:
+    """Warnings of one kind, at most ``per_second`` lines a second: a peer that sends a
+    flood of bad messages must not fill the disk with a line for each. What is held back is
+    counted, and said with the next line that goes out."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        per_second: int = 10,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.per_second = per_second
+        self.clock = clock
+        self._second = -1
+        self._lines = 0
+        self._held = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        second = int(self.clock())
+        if second != self._second:
+            self._second, self._lines = second, 0
+        if self._lines >= self.per_second:
+            self._held += 1
+            return
+        self._lines += 1
+        if self._held:
+            message += " (and %d more like these not logged)"
+            args = (*args, self._held)
+            self._held = 0
+        self.logger.warning(message, *args)
 
 
 def configure(level: str | int, format: str) -> None:

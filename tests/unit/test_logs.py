@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from common.logs import MAX_MESSAGE, BoundedFormatter, listing
+import pytest
+
+from common.logs import MAX_MESSAGE, BoundedFormatter, Throttled, listing
 
 
 def test_a_long_message_is_cut_and_says_how_much_was_left_out() -> None:
@@ -20,3 +22,18 @@ def test_a_listing_names_the_first_twenty_and_counts_the_rest() -> None:
     assert listing(["a", "b"]) == "[a, b]"
     names = [f"t{i}" for i in range(1000)]
     assert listing(names) == f"[{', '.join(names[:20])}, and 980 more]"
+
+
+def test_warnings_of_a_flood_go_out_ten_a_second_and_say_how_many_were_held(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [100.0]
+    throttled = Throttled(logging.getLogger("flood"), per_second=10, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="flood"):
+        for i in range(1000):  # a thousand bad messages within one second
+            throttled.warning("dropped message %d", i)
+        now[0] = 101.2
+        throttled.warning("dropped message %d", 1000)
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines[:10] == [f"dropped message {i}" for i in range(10)]
+    assert lines[10:] == ["dropped message 1000 (and 990 more like these not logged)"]
