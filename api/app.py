@@ -250,7 +250,16 @@ class Workers:
         resp.media = render(record)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = render(self.client().request(Op.WORKERS, {}))
+        limit = parse.query_int(req, "limit", MAX_PAGE, 1, MAX_PAGE)
+        args: dict[str, Any] = {"limit": limit}
+        after = parse.query(req, "after")
+        if after:
+            args["after"] = after
+        page = self.client().request(Op.WORKERS, args)
+        if page["next"] is not None:
+            link = urlencode([("limit", limit), ("after", page["next"])])
+            resp.set_header("Link", f'</workers?{link}>; rel="next"')
+        resp.media = render(page["workers"])
 
     def on_get_worker(self, req: falcon.Request, resp: falcon.Response, worker_id: str) -> None:
         resp.media = render(self.client().request(Op.WORKER, {"id": worker_id}))

@@ -498,7 +498,31 @@ def paths(max_body: int) -> dict[str, Any]:
         parameters=[task_id, _wait("until the task is final")],
     )
     list_workers = _operation(
-        "every worker", {"200": _answer("the workers", {"type": "array", "items": _ref("Worker")})}
+        "workers in the order of their ids",
+        {
+            "200": _answer(
+                "a page of workers",
+                {"type": "array", "items": _ref("Worker")},
+                Link=_header('<...>; rel="next": the next page, when there is one', required=False),
+            )
+        },
+        parameters=[
+            _query(
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": MAX_PAGE},
+                "most workers in the page",
+            ),
+            _query(
+                "after",
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_ID_LENGTH,
+                    "pattern": f"^[{ID_CHARACTERS}]+$",
+                },
+                "the cursor of the page, from a Link: the last worker id of the page before",
+            ),
+        ],
     )
     get_worker = _operation(
         "one worker",

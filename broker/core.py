@@ -36,7 +36,7 @@ from common.limits import MAX_PAGE_BYTES
 from common.logs import listing
 from common.messages import Ready, RunKey, RunOutcome
 from common.models import FINAL_STATUSES, LeaseOutcome, TaskStatus, WorkerKind, WorkerStatus
-from common.ops import HttpComplete, HttpRegister, ListTasks
+from common.ops import HttpComplete, HttpRegister, ListTasks, ListWorkers
 from common.spec import TaskSpec
 
 __all__ = [
@@ -301,6 +301,21 @@ class Scheduler(Lifecycle):
             "refused_replies": self.refused_replies,
             "uptime": now - started,
         }
+
+    def list_workers(self, query: ListWorkers) -> dict[str, Any]:
+        """A page of workers' records in the order of their ids after ``query.after``: at
+        most ``query.limit`` and about ``MAX_PAGE_BYTES`` (at least one worker)."""
+        ids = sorted(i for i in self.roster.workers if i > query.after)
+        page: list[dict[str, Any]] = []
+        size = 0
+        for worker_id in ids[: query.limit]:
+            worker = self.roster.workers[worker_id]
+            size += worker.size()
+            if size > MAX_PAGE_BYTES and page:
+                break
+            page.append(worker.record())
+        more = len(page) < len(ids)
+        return {"workers": page, "next": page[-1]["id"] if more else None}
 
     def worker(self, worker_id: str) -> Worker:
         worker = self.roster.get(worker_id)

@@ -68,7 +68,7 @@ def _wait_many(
 def _workers(
     core: Scheduler, request: ops.ListWorkers, token: object, now: float, started: float
 ) -> Any:
-    return [worker.record() for worker in core.workers.values()]
+    return core.list_workers(request)
 
 
 def _worker(

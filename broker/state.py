@@ -72,6 +72,8 @@ class Lease:
 RECORD_BYTES = 400
 #: Bytes a lease's record takes besides its error and traceback, about.
 LEASE_BYTES = 150
+#: Bytes a worker's record takes besides its capabilities and runs, about.
+WORKER_RECORD_BYTES = 300
 
 
 @dataclass(slots=True, eq=False)
@@ -216,6 +218,14 @@ class Worker:
     #: The session token of its READY (ZeroMQ workers): another connection's READY for this
     #: id is a reconnect of the same process only with the same token.
     session: bytes = b""
+
+    def size(self) -> int:
+        """About how many bytes its record takes on the wire."""
+        return (
+            WORKER_RECORD_BYTES
+            + sum(len(c) + 3 for c in self.capabilities)
+            + 40 * len(self.running)
+        )
 
     #: What a store keeps of a worker: the rest is derived, or lives only while it is online.
     STORED: ClassVar[tuple[str, ...]] = (

@@ -272,8 +272,16 @@ class Client:
     # -- workers and health --------------------------------------------------------
 
     def workers(self, timeout: float | None = None) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self.request(Op.WORKERS, {}, timeout)
-        return result
+        """Every worker's record, in the order of their ids (asked a page at a time:
+        ``timeout`` is for each page)."""
+        workers: list[dict[str, Any]] = []
+        args: dict[str, Any] = {}
+        while True:
+            page = self.request(Op.WORKERS, args, timeout)
+            workers += page["workers"]
+            if page["next"] is None:
+                return workers
+            args = {"after": page["next"]}
 
     def worker(self, worker_id: str, timeout: float | None = None) -> dict[str, Any]:
         result: dict[str, Any] = self.request(Op.WORKER, {"id": worker_id}, timeout)

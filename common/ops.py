@@ -213,16 +213,25 @@ class WaitMany:
 
 @dataclass(slots=True)
 class ListWorkers:
-    """Every worker's record."""
+    """A page of workers' records in the order of their ids, after the id ``after``."""
 
     OP: ClassVar[Op] = Op.WORKERS
+    limit: int = MAX_PAGE
+    after: str = ""
 
     def to_args(self) -> dict[str, Any]:
-        return {}
+        args: dict[str, Any] = {"limit": self.limit}
+        if self.after:
+            args["after"] = self.after
+        return args
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> ListWorkers:
-        return cls()
+        limit = args.get("limit", MAX_PAGE)
+        if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE}")
+        after = args.get("after")
+        return cls(limit, "" if after is None else fields.identifier(after, "after"))
 
 
 @dataclass(slots=True)

@@ -179,6 +179,27 @@ def test_list_filters_and_paginates_with_link_header(api: Stack) -> None:
     assert len(pending) == 5
 
 
+def test_workers_are_listed_in_pages_by_id_with_a_link_header(api: Stack) -> None:
+    # Three HTTP workers, the last two with about 2.5 MB of capabilities each: a page holds
+    # about 4 MiB, so they cannot share one.
+    fat = [f"{i:05d}{'t' * 240}" for i in range(10_000)]
+    for worker_id, capabilities in (("a", ["x"]), ("b", fat), ("c", fat)):
+        status, _, _ = api.http("POST", "/workers", {"id": worker_id, "capabilities": capabilities})
+        assert status == 201
+    status, page, headers = api.http("GET", "/workers?limit=1")
+    assert (status, [w["id"] for w in page]) == (200, ["a"])
+    match = re.fullmatch(r'<([^>]+)>; rel="next"', headers["link"])
+    assert match, headers["link"]
+    _, page, headers = api.http("GET", match.group(1))
+    assert [w["id"] for w in page] == ["b"]
+    _, page, headers = api.http("GET", "/workers")  # the default limit, cut by bytes
+    assert [w["id"] for w in page] == ["a", "b"] and "link" in headers
+    _, page, headers = api.http("GET", "/workers?after=b")
+    assert [w["id"] for w in page] == ["c"] and "link" not in headers
+    # The client library pages for its caller.
+    assert [w["id"] for w in api.client().workers()] == ["a", "b", "c"]
+
+
 def test_a_trailing_slash_is_the_path_without_it(api: Stack) -> None:
     status, made, headers = api.http("POST", "/tasks/", {"handler": "echo"})
     assert status == 201

@@ -12,7 +12,7 @@ from broker.store.memory import MemoryStore
 from common.errors import Conflict, InvalidInput, NotFound
 from common.limits import MAX_PAGE_BYTES
 from common.models import TaskStatus, WorkerStatus
-from common.ops import Submit
+from common.ops import ListWorkers, Submit
 from tests import edge
 
 T0 = 1_000_000.0
@@ -780,6 +780,30 @@ def test_bad_specs_are_rejected_naming_the_field(
 ) -> None:
     with pytest.raises(InvalidInput, match=message):
         edge.submit(core, [spec], T0)
+
+
+def test_workers_are_listed_in_pages_by_id_and_about_the_byte_bound(core: Scheduler) -> None:
+    for worker_id in ("w3", "w1", "w2"):
+        add_worker(core, worker_id)
+    fat = [f"{i:05d}{'t' * 240}" for i in range(10_000)]  # about 2.5 MB of capabilities each
+    for worker_id in ("f1", "f2", "f3"):
+        edge.http_register(core, {"id": worker_id, "capabilities": fat}, T0)
+
+    def pages(limit: int) -> list[list[str]]:
+        out, after = [], ""
+        while True:
+            page = core.list_workers(ListWorkers(limit, after))
+            out.append([w["id"] for w in page["workers"]])
+            if page["next"] is None:
+                return out
+            assert page["next"] == out[-1][-1]
+            after = page["next"]
+
+    # In id order, at most the limit a page; two fat workers pass the byte bound, so each
+    # page holds one of them (and at least one whatever its size).
+    assert pages(1000) == [["f1"], ["f2"], ["f3", "w1", "w2", "w3"]]
+    assert pages(2) == [["f1"], ["f2"], ["f3", "w1"], ["w2", "w3"]]
+    assert core.list_workers(ListWorkers(10, "w3")) == {"workers": [], "next": None}
 
 
 def test_list_pages_in_submission_order_with_filters(core: Scheduler) -> None:
