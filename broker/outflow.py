@@ -102,9 +102,17 @@ class Outflow:
         if self.queued(address) >= self.peer_bytes:
             return True
         if self.total >= self.total_bytes:
-            now = time.monotonic()
-            if now - self._swept >= SWEEP_INTERVAL:  # a walk of every peer, not per message
-                self._swept = now
-                for peer in list(self._queued):
-                    self.queued(peer)
+            self.sweep()
         return self.total >= self.total_bytes
+
+    def sweep(self) -> None:
+        """Forget what has been written to every peer, at most every ``SWEEP_INTERVAL``: a
+        peer that left after a large reply would otherwise keep its entry, and the tracker
+        its message, until a message to the same address. The socket loop calls it every
+        turn."""
+        now = time.monotonic()
+        if now - self._swept < SWEEP_INTERVAL:
+            return
+        self._swept = now
+        for peer in list(self._queued):
+            self.queued(peer)

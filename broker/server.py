@@ -312,6 +312,7 @@ class BrokerServer:
         self._acks = {}
         self._due.extend(promises)
         self._send_due(socket)
+        self._outflow_of(socket).sweep()
 
     def _freeze(self) -> None:
         """Move the objects that survived so far out of the collector's sight.

@@ -57,6 +57,23 @@ def test_large_messages_count_against_their_peer_until_written(
     assert outflow.total == 0 and not outflow.over(b"peer")
 
 
+def test_a_sweep_forgets_what_was_written_to_peers_nobody_asks_about(
+    pair: tuple[zmq.Socket[bytes], zmq.Socket[bytes]],
+) -> None:
+    router, dealer = pair
+    outflow = Outflow(router, track_bytes=16 * 1024)
+    outflow.send([b"peer", b"x" * 20 * 1024])
+    assert dealer.poll(10_000)
+    dealer.recv()  # read: its tracker is done, but nothing asked about this peer since
+
+    def swept() -> bool:
+        outflow._swept = 0.0
+        outflow.sweep()
+        return outflow.total == 0 and not outflow._queued
+
+    wait_for(swept, what="the peer's entry forgotten")
+
+
 def test_all_peers_together_have_a_bound_too(
     pair: tuple[zmq.Socket[bytes], zmq.Socket[bytes]],
 ) -> None:
