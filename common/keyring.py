@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def run_keygen(args: argparse.Namespace) -> int:
     try:
         public, secret = keygen(args.folder, args.name, Role(args.role) if args.role else None)
     except (OSError, ValueError) as exc:
-        print(f"zmq-scheduler keygen: {exc}")
+        print(f"zmq-scheduler keygen: {exc}", file=sys.stderr)
         return 1
     print(f"public: {public}\nsecret: {secret}")
     return 0
