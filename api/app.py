@@ -208,11 +208,7 @@ class Tasks:
         args: dict[str, Any] = {"limit": limit, "after": after}
         args.update((k, v) for k, v in (("status", status), ("handler", handler)) if v)
         page = self.client().request(Op.LIST, args)
-        if page["next"] is not None:
-            link: list[tuple[str, str | int]] = [("limit", limit), ("after", page["next"])]
-            link += [(k, v) for k, v in (("status", status), ("handler", handler)) if v]
-            resp.set_header("Link", f'</tasks?{urlencode(link)}>; rel="next"')
-        resp.media = render(page["tasks"])
+        resp.media = render(page_of(resp, "/tasks", args, page, "tasks"))
 
     def on_get_task(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
         # ?wait=SECONDS holds the request until the task is final (or the time is up).
@@ -229,6 +225,18 @@ class Tasks:
 
     def on_delete_task(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
         resp.media = render(self.client().request(Op.CANCEL, {"id": task_id}))
+
+
+def page_of(
+    resp: falcon.Response, path: str, args: dict[str, Any], page: dict[str, Any], key: str
+) -> list[dict[str, Any]]:
+    """The items of a listing's page (``page[key]``), with a ``Link`` to the next page, the
+    same query (``args``) after the page's cursor, when there is one."""
+    if page["next"] is not None:
+        link = urlencode(list({**args, "after": page["next"]}.items()))
+        resp.set_header("Link", f'<{path}?{link}>; rel="next"')
+    items: list[dict[str, Any]] = page[key]
+    return items
 
 
 class Workers:
@@ -256,10 +264,7 @@ class Workers:
         if after:
             args["after"] = after
         page = self.client().request(Op.WORKERS, args)
-        if page["next"] is not None:
-            link = urlencode([("limit", limit), ("after", page["next"])])
-            resp.set_header("Link", f'</workers?{link}>; rel="next"')
-        resp.media = render(page["workers"])
+        resp.media = render(page_of(resp, "/workers", args, page, "workers"))
 
     def on_get_worker(self, req: falcon.Request, resp: falcon.Response, worker_id: str) -> None:
         resp.media = render(self.client().request(Op.WORKER, {"id": worker_id}))

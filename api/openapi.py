@@ -404,6 +404,37 @@ def _operation(
     return op
 
 
+def _listing(
+    summary: str,
+    item: str,
+    noun: str,
+    default_limit: int,
+    cursor: dict[str, Any],
+    filters: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A GET of a paged listing: ``filters``, then ``limit`` and ``after`` (the cursor), a
+    page of ``item`` with a ``Link`` to the next page when there is one."""
+    return _operation(
+        summary,
+        {
+            "200": _answer(
+                f"a page of {noun}",
+                {"type": "array", "items": _ref(item)},
+                Link=_header('<...>; rel="next": the next page, when there is one', required=False),
+            )
+        },
+        parameters=[
+            *(filters or []),
+            _query(
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": default_limit},
+                f"most {noun} in the page",
+            ),
+            _query("after", cursor, "the cursor of the page, from a Link"),
+        ],
+    )
+
+
 def _head(get: dict[str, Any]) -> dict[str, Any]:
     """HEAD: GET's status and headers, without a body."""
     head = {**get, "summary": f"{get['summary']}: status and headers only"}
@@ -464,31 +495,18 @@ def paths(max_body: int) -> dict[str, Any]:
         changes=True,
         max_body=max_body,
     )
-    list_tasks = _operation(
+    list_tasks = _listing(
         "list tasks in submission order",
-        {
-            "200": _answer(
-                "a page of tasks",
-                {"type": "array", "items": _ref("Task")},
-                Link=_header('<...>; rel="next": the next page, when there is one', required=False),
-            )
-        },
-        parameters=[
+        "Task",
+        "tasks",
+        DEFAULT_PAGE,
+        {"type": "integer", "minimum": 0, "maximum": MAX_CURSOR, "default": 0},
+        filters=[
             _query("status", {"enum": [s.value for s in TaskStatus]}, "only tasks in this state"),
             _query(
                 "handler",
                 {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LENGTH},
                 "only tasks of this handler",
-            ),
-            _query(
-                "limit",
-                {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE},
-                "most tasks in the page",
-            ),
-            _query(
-                "after",
-                {"type": "integer", "minimum": 0, "maximum": MAX_CURSOR, "default": 0},
-                "the cursor of the page, from a Link",
             ),
         ],
     )
@@ -497,32 +515,18 @@ def paths(max_body: int) -> dict[str, Any]:
         {"200": _answer("the task", _ref("Task")), **unknown_task},
         parameters=[task_id, _wait("until the task is final")],
     )
-    list_workers = _operation(
+    list_workers = _listing(
         "workers in the order of their ids",
+        "Worker",
+        "workers",
+        MAX_PAGE,
         {
-            "200": _answer(
-                "a page of workers",
-                {"type": "array", "items": _ref("Worker")},
-                Link=_header('<...>; rel="next": the next page, when there is one', required=False),
-            )
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_ID_LENGTH,
+            "pattern": f"^[{ID_CHARACTERS}]+$",
+            "description": "the last worker id of the page before",
         },
-        parameters=[
-            _query(
-                "limit",
-                {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": MAX_PAGE},
-                "most workers in the page",
-            ),
-            _query(
-                "after",
-                {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": MAX_ID_LENGTH,
-                    "pattern": f"^[{ID_CHARACTERS}]+$",
-                },
-                "the cursor of the page, from a Link: the last worker id of the page before",
-            ),
-        ],
     )
     get_worker = _operation(
         "one worker",

@@ -48,7 +48,6 @@ from broker.store import Store
 from common import curve, messages, ops, protocol
 from common.errors import Forbidden, InvalidInput, SchedulerError, TooLarge
 from common.logs import Throttled
-from common.models import TaskStatus
 from common.protocol import Command
 from common.settings import Settings
 
@@ -460,12 +459,7 @@ class BrokerServer:
                 self._drop(Command.DONE, exc, worker.id)
                 return
             limit = self.settings.max_payload
-            for i, outcome in enumerate(done.results):
-                if outcome.result is not None and len(outcome.result) > limit:
-                    error = f"its result is {len(outcome.result)} bytes, more than --max-payload"
-                    done.results[i] = messages.RunOutcome(
-                        outcome.run, TaskStatus.FAILED, error=f"{error} ({limit})"
-                    )
+            done.results = [outcome.within(limit) for outcome in done.results]
             # A worker keeps its outcomes until ACKed and needs nothing else from the ACK,
             # so ACKs ride on the next commit a reply needs, or at most COMMIT_DELAY later.
             self._acks.setdefault(address, []).extend(self.core.report(worker, done.results, now))

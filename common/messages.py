@@ -144,6 +144,15 @@ class RunOutcome:
     #: Where a failed run's handler raised (its end, at most ``MAX_TRACEBACK_LENGTH``).
     traceback: str | None = None
 
+    def within(self, max_payload: int) -> RunOutcome:
+        """This outcome, or, if its result is over ``max_payload`` bytes (the broker's
+        ``--max-payload``), a failed run saying so: what the broker records of it, and what
+        a worker that knows the limit reports."""
+        if self.result is None or len(self.result) <= max_payload:
+            return self
+        error = f"its result is {len(self.result)} bytes, more than --max-payload ({max_payload})"
+        return RunOutcome(self.run, TaskStatus.FAILED, error=error)
+
     def to_body(self) -> dict[str, Any]:
         body = {
             "task_id": self.run.task_id,

@@ -118,6 +118,14 @@ class Get:
         return cls(fields.identifier(args.get("id"), "id"))
 
 
+def _page_limit(args: dict[str, Any], default: int) -> int:
+    """The ``limit`` of a listing: 1 to ``MAX_PAGE`` items a page."""
+    limit = args.get("limit", default)
+    if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
+        raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE}")
+    return limit
+
+
 @dataclass(slots=True)
 class ListTasks:
     """A page of tasks in submission order, after the cursor ``after``."""
@@ -148,9 +156,7 @@ class ListTasks:
                 known = ", ".join(s.value for s in TaskStatus)
                 raise InvalidInput(f"status must be one of {known}") from None
         handler = args.get("handler")
-        limit = args.get("limit", DEFAULT_PAGE)
-        if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
-            raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE}")
+        limit = _page_limit(args, DEFAULT_PAGE)
         after = args.get("after", 0)
         if type(after) is not int or not 0 <= after <= MAX_CURSOR:
             raise InvalidInput("after must be a cursor from a previous page")
@@ -227,11 +233,10 @@ class ListWorkers:
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> ListWorkers:
-        limit = args.get("limit", MAX_PAGE)
-        if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
-            raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE}")
         after = args.get("after")
-        return cls(limit, "" if after is None else fields.identifier(after, "after"))
+        return cls(
+            _page_limit(args, MAX_PAGE), "" if after is None else fields.identifier(after, "after")
+        )
 
 
 @dataclass(slots=True)

@@ -436,13 +436,10 @@ class Agent:
         results: list[messages.RunOutcome] = []
         size = 0
         for o in outcomes:
-            result = o.result
-            if result is not None and limit and len(result) > limit:
-                too_large = f"its result is {len(result)} bytes, more than --max-payload ({limit})"
-                outcome = messages.RunOutcome(o.key, TaskStatus.FAILED, error=too_large)
-            else:
-                error = o.error if o.error is None else o.error[:MAX_ERROR_LENGTH]
-                outcome = messages.RunOutcome(o.key, o.status, result, error, o.traceback)
+            error = o.error if o.error is None else o.error[:MAX_ERROR_LENGTH]
+            outcome = messages.RunOutcome(o.key, o.status, o.result, error, o.traceback)
+            if limit:
+                outcome = outcome.within(limit)
             if results and size + len(outcome.result or b"") > DONE_BYTES:
                 self._send(Command.DONE, messages.Done(results).to_body())
                 results, size = [], 0

@@ -143,11 +143,14 @@ def start_worker(broker: FakeBroker, tmp_path: Path) -> Iterator[StartWorker]:
         print(f"--- {log_path.name} (exit {proc.returncode}) ---\n{log_path.read_text()}")
 
 
-def register(broker: FakeBroker, start_worker: StartWorker, *flags: str) -> bytes:
-    """Start a worker, take its READY, welcome it patiently; returns its identity."""
+def register(
+    broker: FakeBroker, start_worker: StartWorker, *flags: str, welcome: dict[str, Any] = PATIENT
+) -> bytes:
+    """Start a worker, take its READY, welcome it (patiently by default); returns its
+    identity."""
     start_worker(*flags)
     identity, _ = broker.expect(Command.READY)
-    broker.send(identity, Command.WELCOME, PATIENT)
+    broker.send(identity, Command.WELCOME, welcome)
     return identity
 
 
@@ -200,9 +203,7 @@ def test_a_result_over_the_brokers_payload_limit_is_reported_as_a_failed_run(
     broker: FakeBroker, start_worker: StartWorker
 ) -> None:
     # given a worker welcomed by a broker that takes results of 1,000 bytes at most
-    start_worker()
-    identity, _ = broker.expect(Command.READY)
-    broker.send(identity, Command.WELCOME, {**PATIENT, "max_payload": 1000})
+    identity = register(broker, start_worker, welcome={**PATIENT, "max_payload": 1000})
     # when one run's result is over the limit and another's is not
     tasks = [task("big", "echo", b"x" * 1001), task("fits", "echo", b"x" * 1000)]
     broker.send(identity, Command.DISPATCH, {"tasks": tasks})
