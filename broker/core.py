@@ -31,8 +31,8 @@ from broker.queue import Shape
 from broker.state import Task, Worker
 from broker.timers import TimerKind
 from broker.waiters import Waiter
-from common.errors import Conflict, InvalidInput, NotFound
-from common.limits import MAX_PAGE_BYTES
+from common.errors import Conflict, InvalidInput, NotFound, TooLarge
+from common.limits import MAX_PAGE_BYTES, MAX_PAYLOAD
 from common.logs import listing
 from common.messages import Ready, RunKey, RunOutcome
 from common.models import FINAL_STATUSES, LeaseOutcome, TaskStatus, WorkerKind, WorkerStatus
@@ -69,6 +69,8 @@ class Scheduler(Lifecycle):
         self, timing: Timing | None = None, random_bytes: Callable[[int], bytes] = os.urandom
     ) -> None:
         super().__init__(timing, random_bytes)
+        #: Largest args of a task in bytes (``--max-payload``, which the socket loop sets).
+        self.max_payload = MAX_PAYLOAD
         #: Per worker id, the connection whose refused READY was logged last (an online
         #: worker's only): a connection that keeps trying is logged once.
         self._refused_from: dict[str, bytes] = {}
@@ -178,6 +180,9 @@ class Scheduler(Lifecycle):
         keyed: dict[str, dict[str, Any]] = {}
         for i, spec in enumerate(specs):
             where = f"tasks[{i}]." if prefix else ""
+            if len(spec.args) > self.max_payload:
+                size = len(spec.args)
+                raise TooLarge(f"{where}args is {size} bytes, more than {self.max_payload}")
             for dep in spec.dependencies:
                 if dep not in tasks:
                     raise InvalidInput(f"{where}dependencies: unknown task {dep!r}")

@@ -22,6 +22,7 @@ from typing import Any
 from broker.core import Scheduler
 from broker.state import Lease, Task
 from broker.timers import TimerKind
+from broker.waiters import MAX_WATCHERS
 from common.messages import RunKey
 from common.models import FINAL_STATUSES, LeaseOutcome, TaskStatus, WorkerStatus
 
@@ -174,6 +175,12 @@ def _waiters(core: Scheduler) -> None:
             if waiter.done:
                 _fail(f"an answered waiter is still listed under {task_id}")
             listed[id(waiter)] += 1
+    for task_id, tokens in core.deferred.watchers.items():
+        task = tasks.get(task_id)
+        if task is None or task.status in FINAL_STATUSES:
+            _fail(f"watchers are listed under {task_id}, which is gone or final")
+        if not 0 < len(tokens) <= MAX_WATCHERS:
+            _fail(f"{len(tokens)} watchers are listed under {task_id}")
     for kind, subject in _timers(core):
         if kind is TimerKind.WAIT and not subject.done and listed[id(subject)] != subject.pending:
             _fail(f"a waiter counts {subject.pending} pending, listed {listed[id(subject)]} times")

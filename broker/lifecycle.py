@@ -74,6 +74,8 @@ class Outbox:
     cancel: dict[bytes, list[str]] = field(default_factory=dict)
     #: Answers to deferred requests (wait, long-poll): (token, value).
     replies: list[tuple[object, Any]] = field(default_factory=list)
+    #: Outcomes of watched tasks, to send unasked after the commit: (token, brief record).
+    notices: list[tuple[object, dict[str, Any]]] = field(default_factory=list)
 
 
 def no_cold_tasks(tasks: Sequence[Task]) -> None:
@@ -94,7 +96,7 @@ class Lifecycle:
         self.roster = Roster(timing.ping_interval, timing.worker_window, timing.http_liveness)
         self.timers = Timers()
         self.deferred = Deferred(
-            self.index.tasks, self.timers, self._reply, self._warm_up, self.show
+            self.index.tasks, self.timers, self._reply, self._warm_up, self.show, self._notice
         )
         #: Outcomes refused because their lease was no longer current.
         self.stale_outcomes = 0
@@ -185,6 +187,9 @@ class Lifecycle:
 
     def _reply(self, token: object, value: Any) -> None:
         self.outbox.replies.append((token, value))
+
+    def _notice(self, token: object, outcome: dict[str, Any]) -> None:
+        self.outbox.notices.append((token, outcome))
 
     def show(self, task: Task) -> dict[str, Any]:
         """The task's record as a client sees it, with why it waits if it is pending (the
@@ -408,8 +413,9 @@ class Lifecycle:
             current.error = err
             current.completed_at = now
             self._set_status(current, final)
-            if current.id in self.deferred.by_task:
-                self.deferred.finished(current.id)
+            deferred = self.deferred
+            if current.id in deferred.by_task or current.id in deferred.watchers:
+                deferred.finished(current.id)
             for child in self.dependents.pop(current.id, []):
                 if child.status is not TaskStatus.PENDING:
                     continue

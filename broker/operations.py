@@ -14,6 +14,7 @@ from typing import Any
 
 from broker.core import Scheduler
 from common import ops
+from common.errors import SchedulerError
 
 #: Marker: the reply will come later, from the core's outbox.
 DEFERRED: Any = object()
@@ -34,7 +35,28 @@ def _submit(core: Scheduler, request: ops.Submit, token: object, now: float, sta
             request.tasks, request.wait, token, now, refuse_unservable=refuse
         )
         return DEFERRED if done is None else done
-    return {"tasks": core.submit(request.tasks, now, refuse_unservable=refuse)}
+    if request.separate:
+        entries = _submit_each(core, request, now)
+    else:
+        entries = core.submit(request.tasks, now, refuse_unservable=refuse)
+    if request.notify:
+        for entry in entries:
+            if "id" in entry:
+                core.deferred.watch(entry["id"], token)
+    return {"tasks": entries}
+
+
+def _submit_each(core: Scheduler, request: ops.Submit, now: float) -> list[dict[str, Any]]:
+    """Each task submitted on its own: the entry of one refused is ``{error}``."""
+    entries = []
+    refuse = request.refuse_unservable
+    for spec in request.tasks:
+        try:
+            entries += core.submit([spec], now, refuse_unservable=refuse)
+        except SchedulerError as exc:
+            error = ops.ErrorInfo(exc.status, exc.title, exc.description)
+            entries.append({"error": error.to_body()})
+    return entries
 
 
 def _get(core: Scheduler, request: ops.Get, token: object, now: float, started: float) -> Any:

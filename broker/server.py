@@ -78,6 +78,8 @@ RECEIVE_HIGH_WATER_MARK = 1000
 #: Largest frame a peer may send, at least: ZeroMQ drops the connection of a peer that sends
 #: a larger one, before reading it. A task's args (``--max-payload``) and 16 MiB more fit.
 MIN_FRAME_BYTES = 64 * 1024 * 1024
+#: Bytes of outcomes one ``OUTCOME`` message carries, about (and one outcome more).
+NOTICE_BYTES = 1024 * 1024
 #: Distinct keys whose peer is kept, beyond which the cache starts over.
 MAX_PEERS = 10_000
 
@@ -142,6 +144,7 @@ class BrokerServer:
         self.settings = settings
         self.store = store
         self.core = Scheduler(timing_from(settings))
+        self.core.max_payload = settings.max_payload
         #: Seconds since the epoch: the core's ``now`` (tests pass a clock they move by hand).
         self.clock = clock
         self.started = clock()
@@ -293,11 +296,12 @@ class BrokerServer:
         for token, value in outbox.replies:
             address, req_id = cast(tuple[bytes, int], token)
             promises.append((address, ops.Reply(req_id, value), None))
+        notices = outbox.notices
         self._packed = 0
         if core.has_changes():
             if self._dirty_since is None:
                 self._dirty_since = now
-            if promises or now >= self._dirty_since + COMMIT_DELAY:
+            if promises or notices or now >= self._dirty_since + COMMIT_DELAY:
                 self._dirty_since = None
                 # Raises if the store fails: the loop stops and nothing here is sent.
                 self._commit()
@@ -311,6 +315,8 @@ class BrokerServer:
         self._acks = {}
         self._due.extend(promises)
         self._send_due(socket)
+        if notices:
+            self._send_notices(socket, notices)
         self._outflow_of(socket).sweep()
 
     def _freeze(self) -> None:
@@ -356,6 +362,29 @@ class BrokerServer:
             if size >= outflow.track_bytes and outflow.over(address):
                 frames = self._refusal(outflow, address, answer.req)
             self._send(socket, frames)
+
+    def _send_notices(
+        self, socket: zmq.Socket[bytes], notices: list[tuple[object, dict[str, Any]]]
+    ) -> None:
+        """Send the committed outcomes of watched tasks, one ``OUTCOME`` for each client of
+        about ``NOTICE_BYTES`` at most (and one outcome more); a large one is left out while
+        its client has too much unread on the broker: the client still has ``wait``."""
+        by_address: dict[bytes, list[dict[str, Any]]] = {}
+        for token, outcome in notices:
+            address = cast(tuple[bytes, int], token)[0]
+            by_address.setdefault(address, []).append(outcome)
+        outflow = self._outflow_of(socket)
+        for address, outcomes in by_address.items():
+            start, size = 0, 0
+            for i, outcome in enumerate(outcomes):
+                size += len(outcome["result"] or b"") + len(outcome["error"] or "") + 64
+                if size >= NOTICE_BYTES or i == len(outcomes) - 1:
+                    frames = [address, *protocol.outcomes(ops.Outcomes(outcomes[start : i + 1]))]
+                    if len(frames[-1]) >= outflow.track_bytes and outflow.over(address):
+                        self.core.refused_replies += 1
+                    else:
+                        self._send(socket, frames)
+                    start, size = i + 1, 0
 
     def _refusal(self, outflow: Outflow, address: bytes, req: int) -> Frames:
         """The reply to request ``req`` of a peer whose replies are not read fast enough."""
@@ -473,7 +502,7 @@ class BrokerServer:
         """Refuse a request that carries args or a result over ``--max-payload``: the store
         is never asked to write a value it cannot, nor a reply to carry one."""
         limit = self.settings.max_payload
-        if isinstance(request, ops.Submit):
+        if isinstance(request, ops.Submit) and not request.separate:  # the core checks each
             for i, spec in enumerate(request.tasks):
                 if len(spec.args) > limit:
                     where = f"tasks[{i}].args" if len(request.tasks) > 1 else "args"

@@ -4,6 +4,9 @@
   records of the final ones) or a submit with ``wait`` (answered with each task's record
   and whether the submit made it) is a ``Waiter``: answered once every task it waits for
   is final, or at its deadline, whichever comes first, and exactly once.
+- A submit with ``notify`` makes its client a watcher of each task it made: the task's
+  brief record is sent to it, unasked, once the task is final (at most
+  ``MAX_WATCHERS`` clients a task; a client not listed still has ``wait``).
 - An HTTP worker's long-poll is a token in the worker's ``polls`` (oldest first):
   answered with a task leased to it, or empty at its deadline, or empty when the worker
   goes offline.
@@ -23,6 +26,10 @@ from typing import Any
 from broker.state import Task, Worker
 from broker.timers import TimerKind, Timers
 from common.models import FINAL_STATUSES
+
+#: Most clients a task's outcome is sent to unasked (``watch``): a task submitted again
+#: and again under one idempotency key holds no more than this.
+MAX_WATCHERS = 4
 
 
 @dataclass(slots=True, eq=False)
@@ -52,15 +59,21 @@ class Deferred:
         reply: Callable[[object, Any], None],
         warm: Callable[[list[Task]], None],
         show: Callable[[Task], dict[str, Any]],
+        notice: Callable[[object, dict[str, Any]], None] | None = None,
     ) -> None:
+        """``reply(token, value)`` answers a deferred request; ``notice(token, brief)`` sends
+        a watcher the outcome of a task."""
         self.tasks = tasks
         self.timers = timers
         self.reply = reply
+        self.notice = notice or (lambda token, value: None)
         self.warm = warm
         self.show = show
         #: Task id -> the waiters listed under it (a dict as an ordered set: a waiter that
         #: expires leaves each of its tasks' entries in O(1), however many wait there).
         self.by_task: dict[str, dict[Waiter, None]] = {}
+        #: Task id -> the clients its brief record goes to once it is final (``watch``).
+        self.watchers: dict[str, list[object]] = {}
 
     # -- waits -----------------------------------------------------------------------
 
@@ -83,8 +96,26 @@ class Deferred:
                     waiter.pending += 1
         self.timers.add(waiter.deadline, TimerKind.WAIT, waiter)
 
+    def watch(self, task_id: str, token: object) -> None:
+        """Send the task's brief record to ``token`` once it is final: at once if it is,
+        not at all if ``MAX_WATCHERS`` watch it already."""
+        task = self.tasks[task_id]
+        if task.status in FINAL_STATUSES:
+            self.warm([task])
+            self.notice(token, brief(task))
+            return
+        tokens = self.watchers.setdefault(task_id, [])
+        if len(tokens) < MAX_WATCHERS:
+            tokens.append(token)
+
     def finished(self, task_id: str) -> None:
-        """The task is final: answer the waiters that now have every task they waited for."""
+        """The task is final: send its outcome to its watchers and answer the waiters that
+        now have every task they waited for."""
+        tokens = self.watchers.pop(task_id, None)
+        if tokens is not None:
+            outcome = brief(self.tasks[task_id])
+            for token in tokens:
+                self.notice(token, outcome)
         for waiter in self.by_task.pop(task_id, ()):
             waiter.pending -= 1
             if not waiter.done and waiter.pending == 0:

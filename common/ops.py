@@ -31,7 +31,7 @@ from common.limits import (
     MAX_WAIT,
     MAX_WAIT_IDS,
 )
-from common.models import TaskStatus
+from common.models import FINAL_STATUSES, TaskStatus
 from common.spec import TaskSpec
 
 # -- client -> broker: requests ------------------------------------------------------------
@@ -69,12 +69,17 @@ def _wait(value: Any, where: str) -> float:
 @dataclass(slots=True)
 class Submit:
     """Add tasks, all or none; with ``wait``, answer once all are final or ``wait`` passes;
-    with ``refuse_unservable``, refuse them (409) if no online worker could run one."""
+    with ``refuse_unservable``, refuse them (409) if no online worker could run one; with
+    ``notify``, send each task's outcome to the submitter unasked once it is final; with
+    ``separate``, each task on its own: one refused (its entry in the reply is
+    ``{error}``) does not refuse the others (not with ``wait``)."""
 
     OP: ClassVar[Op] = Op.SUBMIT
     tasks: list[TaskSpec]
     wait: float | None = None
     refuse_unservable: bool = False
+    notify: bool = False
+    separate: bool = False
 
     def to_args(self) -> dict[str, Any]:
         args: dict[str, Any] = {"tasks": [spec.to_wire() for spec in self.tasks]}
@@ -82,6 +87,10 @@ class Submit:
             args["wait"] = self.wait
         if self.refuse_unservable:
             args["refuse_unservable"] = True
+        if self.notify:
+            args["notify"] = True
+        if self.separate:
+            args["separate"] = True
         return args
 
     @classmethod
@@ -100,7 +109,15 @@ class Submit:
         refuse = args.get("refuse_unservable", False)
         if not isinstance(refuse, bool):
             raise InvalidInput("refuse_unservable must be true or false")
-        return cls(specs, None if wait is None else _wait(wait, "wait"), refuse)
+        notify = args.get("notify", False)
+        if not isinstance(notify, bool):
+            raise InvalidInput("notify must be true or false")
+        separate = args.get("separate", False)
+        if not isinstance(separate, bool):
+            raise InvalidInput("separate must be true or false")
+        if separate and wait is not None:
+            raise InvalidInput("separate cannot go with wait")
+        return cls(specs, None if wait is None else _wait(wait, "wait"), refuse, notify, separate)
 
 
 @dataclass(slots=True)
@@ -508,4 +525,32 @@ class Reply:
                 title if isinstance(title, str) else "Internal error",
                 description if isinstance(description, str) else "",
             ),
+        )
+
+
+@dataclass(slots=True)
+class Outcomes:
+    """``OUTCOME``: brief records ``{id, status, result, error}`` of final tasks that the
+    client watches (a submit with ``notify``), sent unasked once they are committed."""
+
+    tasks: list[dict[str, Any]]
+
+    def to_body(self) -> dict[str, Any]:
+        return {"tasks": self.tasks}
+
+    @classmethod
+    def decode(cls, body: dict[str, Any]) -> Outcomes:
+        """Entries that are not brief records of final tasks are left out."""
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list):
+            raise InvalidInput("tasks must be a list")
+        final = {status.value for status in FINAL_STATUSES}
+        return cls(
+            [
+                entry
+                for entry in tasks
+                if isinstance(entry, dict)
+                and isinstance(entry.get("id"), str)
+                and entry.get("status") in final
+            ]
         )

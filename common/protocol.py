@@ -23,7 +23,7 @@ from typing import Any
 
 import msgpack
 
-from common.ops import Op, Reply, encode_request
+from common.ops import Op, Outcomes, Reply, encode_request
 
 #: Protocol signature and version, sent as the first frame of every message.
 SIGNATURE = b"ZS1"
@@ -65,6 +65,9 @@ class Command(bytes, Enum):
     # broker -> client
     #: Answer to REQUEST: req, ok, and value (when ok) or error {status, title, description}.
     REPLY = b"REPLY"
+    #: Unasked: outcomes of tasks the client watches (a submit with ``notify``), once
+    #: committed: tasks = [{id, status, result, error}].
+    OUTCOME = b"OUTCOME"
 
 
 _COMMANDS = {c.value: c for c in Command}
@@ -119,3 +122,8 @@ def request(req: int, op: Op, args: dict[str, Any]) -> list[bytes]:
 def reply(answer: Reply) -> list[bytes]:
     """Frames of a ``REPLY``."""
     return pack(Command.REPLY, answer.to_body())
+
+
+def outcomes(notice: Outcomes) -> list[bytes]:
+    """Frames of an ``OUTCOME``."""
+    return pack(Command.OUTCOME, notice.to_body())

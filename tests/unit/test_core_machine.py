@@ -74,6 +74,8 @@ class CoreMachine(RuleBasedStateMachine):
         self.stop: dict[str, set[str]] = {w: set() for w in WORKERS}
         #: When each task's dependencies were final, to check nothing started before.
         self.started_runs: list[tuple[str, float]] = []
+        #: Tasks a client watches whose outcome it was not sent yet.
+        self.watched: set[str] = set()
 
     # -- the turn every step ends with ---------------------------------------------------
 
@@ -91,6 +93,15 @@ class CoreMachine(RuleBasedStateMachine):
         for _, value in outbox.replies:
             if isinstance(value, dict) and value.get("status") == "running":
                 self.started_runs.append((value["id"], self.now))
+        for _, outcome in outbox.notices:
+            task = self.core.tasks[outcome["id"]]
+            assert outcome["id"] in self.watched, f"outcome of {task.id} sent twice or unasked"
+            self.watched.discard(task.id)
+            assert task.status in FINAL_STATUSES and outcome["status"] == task.status.value
+            assert (outcome["result"], outcome["error"]) == (task.result, task.error)
+        for task_id in self.watched:
+            task = self.core.tasks[task_id]
+            assert task.status not in FINAL_STATUSES, f"{task_id} final, its watcher not told"
         workers, forgotten = self.core.take_workers()
         self.store.save(
             self.core.take_dirty(), self.core.take_pruned(), workers=workers, forgotten=forgotten
@@ -130,6 +141,11 @@ class CoreMachine(RuleBasedStateMachine):
             pass  # a dependency pruned since: refused whole
         else:
             self.ids += [e["id"] for e in entries if e["created"]]
+            if data.draw(st.booleans(), label="watched"):
+                for entry in entries:
+                    if entry["created"]:
+                        self.core.deferred.watch(entry["id"], "client")
+                        self.watched.add(entry["id"])
         self.turn()
 
     def _spec(self, data: st.DataObject) -> dict[str, Any]:
@@ -298,6 +314,7 @@ class CoreMachine(RuleBasedStateMachine):
             for address, entries in self.core.take_outbox().dispatch.items():
                 self.held[address.decode()].update(entry.run for entry in entries)
         self.core = CheckedScheduler(self.timing, self.random.randbytes)
+        self.watched.clear()  # a restarted broker forgets who watched
         self.core.load(self.store.load(), self.now, self.store.warm, self.store.load_workers())
         # Every worker registered is listed again, offline until it speaks.
         assert {w.id: (w.kind, w.capabilities) for w in self.core.workers.values()} == registered

@@ -376,6 +376,11 @@ def assert_every_answer_was_durable(events: list[tuple[str, Any]]) -> int:
             for task_id, _attempt in message.body["results"]:
                 assert committed.get(task_id) in FINAL_STATUSES, f"ACK of {task_id} before commit"
             checked += 1
+        elif message.command is Command.OUTCOME:
+            for outcome in message.body["tasks"]:
+                task_id, status = outcome["id"], outcome["status"]
+                assert committed.get(task_id) == status, f"outcome of {task_id} before commit"
+            checked += 1
     return checked
 
 
@@ -412,7 +417,9 @@ def test_every_answer_leaves_after_the_commit_of_what_it_shows(turn: Turn) -> No
     assert assert_every_answer_was_durable(turn.events) == 8  # 6 replies and 2 ACKs
 
 
-def test_a_burst_of_submits_shares_one_commit(turn: Turn) -> None:
+def test_a_burst_of_submits_shares_one_commit(turn: Turn, monkeypatch: pytest.MonkeyPatch) -> None:
+    # However slow the machine: the turn's time budget is not what this tests.
+    monkeypatch.setattr("broker.server.TURN_SECONDS", 60.0)
     requests = [turn.request(b"client-%d" % i, "submit", tasks=[{"handler": "echo"}])
                 for i in range(50)]  # fmt: skip
     sent = turn.run()
@@ -451,6 +458,72 @@ def test_an_outcome_is_acknowledged_with_the_commit_at_most_10_ms_later(turn: Tu
     ]
     assert turn.commits() == commits + 1
     assert_every_answer_was_durable(turn.events)
+
+
+def test_a_watched_outcome_leaves_unasked_with_the_commit_of_its_turn(turn: Turn) -> None:
+    client = b"client"
+    register(turn, slots=2)
+    submit = turn.request(client, "submit", tasks=[{"handler": "echo"}] * 2, notify=True)
+    sent = turn.run(T0)
+    first, second = (entry["id"] for entry in turn.replies()[submit]["tasks"])
+    commits = turn.commits()
+    turn.queue(WORKER, Command.DONE, done(first, result=b"1"))
+    sent = turn.run(T0 + 1)  # a client waits: committed at once, not 10 ms later
+    assert turn.commits() == commits + 1
+    outcomes = [(a, m.body["tasks"]) for a, m in sent if m.command is Command.OUTCOME]
+    assert outcomes == [
+        (client, [{"id": first, "status": "completed", "result": b"1", "error": None}])
+    ]
+    # Both outcomes in one turn: one message. A task submitted again under its key, once
+    # final, is sent at once to the client that asks; one not watched, never.
+    turn.queue(WORKER, Command.DONE, {"results": [done(second)["results"][0]]})
+    turn.request(b"other", "submit", tasks=[{"handler": "echo"}])
+    sent = turn.run(T0 + 2)
+    assert [m.body["tasks"][0]["id"] for a, m in sent if m.command is Command.OUTCOME] == [second]
+    keyed = {"handler": "echo", "idempotency_key": "k"}
+    turn.request(b"third", "submit", tasks=[keyed])
+    sent = turn.run(T0 + 3)
+    [entry] = next(m.body["value"]["tasks"] for a, m in sent if m.command is Command.REPLY)
+    dispatch = next(m for a, m in sent if m.command is Command.DISPATCH)
+    turn.queue(WORKER, Command.DONE, done(dispatch.body["tasks"][0]["task_id"]))
+    turn.run(T0 + 4)
+    turn.request(b"fourth", "submit", tasks=[keyed], notify=True)
+    sent = turn.run(T0 + 5)
+    to_fourth = [m for a, m in sent if a == b"fourth"]
+    assert [m.command for m in to_fourth] == [Command.REPLY, Command.OUTCOME]
+    assert to_fourth[1].body["tasks"][0]["id"] == entry["id"]
+    assert_every_answer_was_durable(turn.events)
+
+
+def test_a_separate_submit_refuses_each_bad_task_alone(turn: Turn) -> None:
+    turn.server.core.max_payload = 10
+    specs = [
+        {"handler": "echo", "args": b"fine"},
+        {"handler": "echo", "dependencies": ["nope"]},
+        {"handler": "echo", "args": b"x" * 11},
+        {"handler": "echo", "args": b"also fine"},
+    ]
+    submit = turn.request(b"client", "submit", tasks=specs, separate=True)
+    turn.run(T0)
+    entries = turn.replies()[submit]["tasks"]
+    assert [sorted(entry) for entry in entries] == [
+        ["created", "id", "status"],
+        ["error"],
+        ["error"],
+        ["created", "id", "status"],
+    ]
+    assert entries[1]["error"]["status"] == 400 and "nope" in entries[1]["error"]["description"]
+    assert entries[2]["error"] == {
+        "status": 413,
+        "title": "Too large",
+        "description": "args is 11 bytes, more than 10",
+    }
+    assert set(turn.store.committed()) == {entries[0]["id"], entries[3]["id"]}
+    # All or none, as before, without it.
+    whole = turn.request(b"client", "submit", tasks=specs)
+    sent = turn.run(T0 + 1)
+    [error] = [m.body["error"] for _, m in sent if m.body.get("req") == whole]
+    assert error["description"] == "tasks[1].dependencies: unknown task 'nope'"
 
 
 def test_pruning_forgets_at_most_1000_finished_tasks_a_second(turn: Turn) -> None:
