@@ -19,7 +19,6 @@ import zmq
 from common import protocol
 from common.client import Client
 from common.errors import InvalidInput
-from common.limits import MAX_BATCH
 from common.protocol import Command
 from tests.conftest import Stack, raw_request, wait_for
 
@@ -59,7 +58,7 @@ def test_the_client_raises_invalid_input_naming_the_field(stack: Stack) -> None:
     expect_refused(lambda: client.wait_many(["ok", "no way"], 1), "ids[1]")
     expect_refused(lambda: client.register_http_worker("a/b", [], {}), "id")
     expect_refused(lambda: client.register_http_worker("h", ["\ud800"], {}), "capabilities[0]")
-    expect_refused(lambda: client.submit_many([{"handler": "echo"}] * (MAX_BATCH + 1)), "tasks")
+    expect_refused(lambda: client.submit_many([]), "tasks")
     expect_refused(lambda: client.list_tasks(limit=10**30), "limit")
     expect_refused(lambda: client.complete("h", "t", "released"), "status")
     tasks, _ = client.list_tasks()

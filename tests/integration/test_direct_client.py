@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from common import protocol
-from common.client import Client, TaskFailed
+from common.client import Client, TaskFailed, TaskTimeout
 from common.errors import Conflict, InvalidInput, NotFound, Unavailable
 from tests.conftest import Stack, free_port, raw_request, wait_for
 
@@ -150,7 +150,9 @@ def test_requires_tags_route_tasks_to_matching_workers(stack: Stack) -> None:
         client.result(task_id, timeout=30)
         assert client.get(task_id)["worker_id"] == "gpu-box"
     unmatched = client.submit("echo", requires=["tpu"])
-    assert client.wait(unmatched, timeout=0.5)["status"] == "pending"
+    with pytest.raises(TaskTimeout) as waited:
+        client.wait(unmatched, timeout=0.5)
+    assert waited.value.tasks[0]["status"] == "pending"
 
 
 def test_errors_unknown_ids_and_unreachable_broker(stack: Stack) -> None:
