@@ -7,7 +7,7 @@ MUTATE_STAMP := $(VENV)/.installed-mutate
 #: Mutant names or globs for `make mutate` (e.g. MUTANTS='broker.store.*'); empty: all of them.
 MUTANTS ?=
 
-.PHONY: install run test test-fast lint format fuzz-core fuzz-frames fuzz fuzz-api chaos attack attack-http bench mutate clean
+.PHONY: install run test test-fast lint format fuzz-core fuzz-frames fuzz fuzz-api chaos attack attack-http bench bench-peers mutate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,15 @@ bench: $(STAMP)
 
 # Slow headers, slow bodies, idle connections and long waits against the API at full size
 # (tests/integration/test_http_attacks.py runs them scaled down): about 5 minutes.
+# Side by side with the peers on Redis (bench/peers/README.md): about 15 minutes for all;
+# `make bench-peers PEERS="zmqs huey"` for some. The peers get a virtual environment of their
+# own, with this checkout installed in it; results in bench/peers/results.md.
+PEERS_VENV ?= $(CURDIR)/.venv-peers
+PEERS ?= zmqs zmqs-sync huey dramatiq celery
+bench-peers:
+	PEERS_VENV=$(PEERS_VENV) bash bench/peers/setup.sh
+	for system in $(PEERS); do PEERS_VENV=$(PEERS_VENV) bash bench/peers/run.sh $$system || exit 1; done
+
 attack-http: $(STAMP)
 	$(BIN)/python -m bench.attack_http
 
