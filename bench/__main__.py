@@ -28,6 +28,7 @@ from bench import (
     floor,
     graph,
     harness,
+    history,
     http,
     latency,
     reference,
@@ -45,6 +46,7 @@ BENCHMARKS: dict[str, Runner] = {
     "http": http.run,
     "latency": latency.run,
     "graph": graph.run,
+    "history": history.run,
     "scale": scale.run,
 }
 

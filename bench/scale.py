@@ -186,7 +186,7 @@ def reload(path: str) -> dict[str, float]:
     tasks = store.load()
     loaded = time.perf_counter()
     core = Scheduler(Timing())
-    core.load(tasks, time.time(), store.warm)
+    core.load(tasks, time.time(), store=store)
     rebuilt = time.perf_counter()
     gc.enable()
     dirty = len(core.take_dirty())

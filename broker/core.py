@@ -26,9 +26,10 @@ from operator import attrgetter
 from typing import Any
 
 from broker import dispatch
-from broker.lifecycle import MAX_LOST, Lifecycle, Outbox, Timing, no_cold_tasks
+from broker.lifecycle import MAX_LOST, Lifecycle, Outbox, Timing
 from broker.queue import Shape
 from broker.state import Task, Worker
+from broker.store import Store
 from broker.timers import TimerKind
 from broker.waiters import Waiter
 from common.errors import Conflict, InvalidInput, NotFound, TooLarge
@@ -79,23 +80,29 @@ class Scheduler(Lifecycle):
         self,
         tasks: list[Task],
         now: float,
-        warm: Callable[[Sequence[Task]], None] = no_cold_tasks,
         workers: Sequence[Worker] = (),
+        store: Store | None = None,
     ) -> None:
         """Rebuild state from stored tasks and workers (after a restart), before any request.
 
-        Finished tasks may come cold (``Task.cold``): ``warm`` reads the rest of them, and
-        is called before one is shown or changed. Runs once per task a million times for a
-        million tasks, so the loops are kept plain and the ready queues are built in bulk.
-        The workers are listed, offline, until they speak: a ZeroMQ worker registers again,
-        an HTTP worker carries on where it was (``http_worker``).
+        With a ``store``, ``tasks`` are its unfinished ones
+        (``Store.load``): the finished ones stay there, counted from its ``summary`` and
+        read when asked for, and those finished from now on leave memory once committed
+        (``evict``). Runs once per task a million times for a million tasks, so the loops
+        are kept plain and the ready queues are built in bulk. The workers are listed,
+        offline, until they speak: a ZeroMQ worker registers again, an HTTP worker carries
+        on where it was (``http_worker``).
         """
-        self._warm = warm
         for worker in workers:
             self.roster.add_offline(worker)
         tasks.sort(key=attrgetter("seq"))
         self.index.load(tasks)
         self._next_seq = (tasks[-1].seq + 1) if tasks else 1
+        if store is not None:
+            self.store = store
+            summary = store.summary()
+            self.index.counts.update(summary.finished)
+            self._next_seq = max(self._next_seq, summary.next_seq)
         ready: list[Task] = []
         pending, running = TaskStatus.PENDING, TaskStatus.RUNNING
         grace = self.timing.timeout_grace
@@ -131,7 +138,7 @@ class Scheduler(Lifecycle):
         idempotency key used before must come with the same spec, and with
         ``refuse_unservable`` some online worker must be able to run each task. A task no
         online worker could run is logged, once for its shape until the workers change."""
-        shapes = self._check_submit(specs, refuse_unservable)
+        shapes, known_keys = self._check_submit(specs, refuse_unservable)
         out = []
         # Random ids, 128 bits each as uuid4 has, drawn in one call for the whole batch.
         ids = self.random_bytes(16 * len(specs)).hex()
@@ -139,7 +146,7 @@ class Scheduler(Lifecycle):
         by_key, add, pending = self.index.by_key, self.index.add, TaskStatus.PENDING
         for i, spec in enumerate(specs):
             key = spec.idempotency_key
-            known = by_key.get(key) if key else None
+            known = (by_key.get(key) or known_keys.get(key)) if key else None
             if known is not None:
                 out.append({"id": known.id, "status": known.status.value, "created": False})
                 continue
@@ -169,10 +176,14 @@ class Scheduler(Lifecycle):
             out.append({"id": task.id, "status": task.status.value, "created": True})
         return out
 
-    def _check_submit(self, specs: list[TaskSpec], refuse_unservable: bool) -> list[Shape]:
-        """What must hold before any task of a submit is made; returns each one's shape."""
+    def _check_submit(
+        self, specs: list[TaskSpec], refuse_unservable: bool
+    ) -> tuple[list[Shape], dict[str, Task]]:
+        """What must hold before any task of a submit is made; returns each one's shape and
+        the tasks that hold the idempotency keys used before, by key."""
         prefix = len(specs) > 1
-        tasks, by_key, roster = self.index.tasks, self.index.by_key, self.roster
+        tasks, roster = self.index.tasks, self.roster
+        known_keys: dict[str, Task] = {}
         if self._warned_at != roster.generation:
             self._warned.clear()
             self._warned_at = roster.generation
@@ -184,7 +195,7 @@ class Scheduler(Lifecycle):
                 size = len(spec.args)
                 raise TooLarge(f"{where}args is {size} bytes, more than {self.max_payload}")
             for dep in spec.dependencies:
-                if dep not in tasks:
+                if dep not in tasks and self.find(dep) is None:
                     raise InvalidInput(f"{where}dependencies: unknown task {dep!r}")
             shape: Shape = (
                 spec.handler,
@@ -194,9 +205,9 @@ class Scheduler(Lifecycle):
             shapes.append(shape)
             key = spec.idempotency_key
             if key is not None:
-                known = by_key.get(key)
+                known = known_keys.get(key) or self._keyed(key)
                 if known is not None:
-                    self._warm_up([known])
+                    known_keys[key] = known
                     _same_spec(key, _spec_of(known), _spec_of(spec), f"task {known.id}", where)
                     continue
                 if key in keyed:  # twice in one batch: the first makes the task
@@ -211,7 +222,7 @@ class Scheduler(Lifecycle):
             if shape not in self._warned:
                 self._warned.add(shape)
                 log.warning("tasks of handler %r will wait: %s", spec.handler, unserved)
-        return shapes
+        return shapes, known_keys
 
     def submit_and_wait(
         self,
@@ -232,28 +243,34 @@ class Scheduler(Lifecycle):
         return value
 
     def get(self, task_id: str) -> Task:
-        """The task with this id, whole (warmed if it was cold), to be shown."""
-        task = self._known(task_id)
-        self._warm_up([task])
-        return task
+        """The task with this id, to be shown."""
+        return self._known(task_id)
 
     def list_tasks(self, query: ListTasks) -> dict[str, Any]:
         """A page of tasks in submission order, optionally filtered by status and handler:
         at most ``query.limit`` tasks and about ``MAX_PAGE_BYTES`` (at least one task)."""
         page, more = self.index.page(query)
-        # Warmed a few at a time, doubling: a page of large cold tasks reads from the store
-        # about what it shows, not ``limit`` tasks' worth.
-        size, start, chunk = 0, 0, 8
-        while start < len(page):
-            self._warm_up(page[start : start + chunk])
-            for i in range(start, min(start + chunk, len(page))):
-                size += page[i].size()
-                if size > MAX_PAGE_BYTES and i > 0:
-                    del page[i:]
-                    more = True
-                    break
-            start += chunk
-            chunk *= 2
+        status = query.status
+        if self.store is not None and (status is None or status in FINAL_STATUSES):
+            # The finished tasks the store holds, merged in seq order with those in memory
+            # (the memory's copy of a task in both).
+            limit = query.limit
+            stored = self.store.finished_page(
+                status, query.handler, query.after, limit + 1, MAX_PAGE_BYTES
+            )
+            tasks = self.index.tasks
+            merged = page + [t for t in stored if t.id not in tasks]
+            if len(merged) > len(page):
+                merged.sort(key=attrgetter("seq"))
+                more = more or len(merged) > limit
+                page = merged[:limit]
+        size = 0
+        for i, task in enumerate(page):
+            size += task.size()
+            if size > MAX_PAGE_BYTES and i > 0:
+                del page[i:]
+                more = True
+                break
         return {
             "tasks": [self.show(t) for t in page],
             "next": page[-1].seq if more and page else None,
@@ -564,15 +581,26 @@ class Scheduler(Lifecycle):
         and up to ``WORKER_PRUNE_BATCH`` workers offline for longer than
         ``worker_retention``; returns how many tasks it forgot."""
         before = now - self.timing.retention
-        pruned = self.index.prune(before, limit)
-        for task in pruned:
-            self._dirty.pop(task.id, None)
-        self._pruned.extend(pruned)
+        if self.store is not None:
+            # Finished tasks are in the store: pruned there, in a transaction of their own.
+            finished = sum(self.index.counts[status] for status in FINAL_STATUSES)
+            excess = max(0, finished - self.max_finished) if self.max_finished else 0
+            deleted = self.store.prune(before, excess, limit)
+            for task_id, status in deleted:
+                self._dirty.pop(task_id, None)
+                self.index.forget(task_id, status)
+            count = len(deleted)
+        else:
+            pruned = self.index.prune(before, limit)
+            for task in pruned:
+                self._dirty.pop(task.id, None)
+            self._pruned.extend(pruned)
+            count = len(pruned)
         forget = self.roster.forget_offline(now - self.timing.worker_retention, WORKER_PRUNE_BATCH)
         for worker in forget:
             self._dirty_workers.pop(worker.id, None)
             self._forgotten_workers.append(worker.id)
-        return len(pruned)
+        return count
 
     # -- dispatching -------------------------------------------------------------------------
 

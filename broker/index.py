@@ -5,15 +5,21 @@ idempotency key, in submission order, in order of completion.
 and the sets by status can never disagree with the tasks. Invariants, which
 ``broker.invariants`` checks:
 
-- ``counts[s]`` is the number of known tasks whose status is ``s``;
+- ``counts[s]`` is the number of known tasks whose status is ``s``, in memory or in the
+  store (finished ones evicted from memory stay counted);
 - ``by_status[s]`` (every status but completed) holds exactly the known tasks of status
   ``s``;
-- ``by_key`` maps each key to the known task that holds it, and every key of a known
-  task to that task;
-- ``order`` holds every known task once, in increasing ``seq`` (and pruned ones until the
-  next compaction);
-- ``finished`` holds every known finished task (and pruned ones), oldest completion first;
+- ``by_key`` maps each key to the task in memory that holds it, and every key of a task
+  in memory to that task;
+- ``order`` holds every task in memory once, in increasing ``seq`` (and pruned or evicted
+  ones until the next compaction);
+- ``finished`` holds every finished task in memory (and pruned or evicted ones), oldest
+  completion first;
 - ``pending_by_shape[shape]`` is the number of pending tasks of that shape.
+
+Tasks the broker holds in memory are the unfinished ones and the most recently finished
+(``evict_finished``); the others are in the store only. ``counts`` counts them all: a task
+evicted stays counted, and one the store prunes is taken out (``forget``).
 
 Nothing here decides anything about scheduling; ``list_page`` only reads.
 """
@@ -111,6 +117,42 @@ class TaskIndex:
         if status in FINAL_STATUSES:
             self.finished.append(task)
 
+    def evict(self, task: Task) -> None:
+        """Forget a finished task that the store holds: it stays counted."""
+        del self.tasks[task.id]
+        bucket = self.by_status.get(task.status)
+        if bucket is not None:
+            bucket.discard(task)
+        if task.idempotency_key is not None and self.by_key.get(task.idempotency_key) is task:
+            del self.by_key[task.idempotency_key]
+        self._dead(1)
+
+    def evict_finished(self, keep: int) -> int:
+        """Evict the finished tasks in memory, oldest completion first, beyond the ``keep``
+        most recent; returns how many."""
+        finished, tasks = self.finished, self.tasks
+        evicted = 0
+        while len(finished) > keep:
+            task = finished.popleft()
+            if tasks.get(task.id) is task and task.status in FINAL_STATUSES:
+                self.evict(task)
+                evicted += 1
+        return evicted
+
+    def forget(self, task_id: str, status: TaskStatus) -> None:
+        """The store pruned this finished task: uncounted, and out of memory if it was in."""
+        task = self.tasks.get(task_id)
+        if task is not None:
+            self.evict(task)
+        self.counts[status] -= 1
+
+    def _dead(self, count: int) -> None:
+        """``count`` tasks left ``order``'s live ones: compact it once half of it is dead."""
+        self._dead_in_order += count
+        if self._dead_in_order > len(self.order) // 2:
+            self.order = [t for t in self.order if self.tasks.get(t.id) is t]
+            self._dead_in_order = 0
+
     def _uncount(self, task: Task) -> None:
         """Take the task out of its status's count and set (it changes status, or is gone)."""
         self.counts[task.status] -= 1
@@ -134,10 +176,7 @@ class TaskIndex:
             if task.idempotency_key is not None and self.by_key.get(task.idempotency_key) is task:
                 del self.by_key[task.idempotency_key]
             pruned.append(task)
-            self._dead_in_order += 1
-        if self._dead_in_order > len(self.order) // 2:
-            self.order = [t for t in self.order if self.tasks.get(t.id) is t]
-            self._dead_in_order = 0
+        self._dead(len(pruned))
         return pruned
 
     def page(self, query: ListTasks) -> tuple[list[Task], bool]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,7 @@ from broker.index import TaskIndex
 from broker.queue import ReadyQueues, Shape
 from broker.roster import Roster
 from broker.state import Lease, Task, Worker
+from broker.store import Store
 from broker.timers import TimerKind, Timers
 from broker.waiters import Deferred
 from common.errors import NotFound
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 
 #: Times a task may go back to the queue because its worker was lost before it fails.
 MAX_LOST = 3
+#: Finished tasks the broker keeps in memory, the most recent ones, once they are committed
+#: (with a store): the others are read from the store when asked for.
+FINISHED_IN_MEMORY = 1000
 
 
 @dataclass(frozen=True)
@@ -78,10 +82,6 @@ class Outbox:
     notices: list[tuple[object, dict[str, Any]]] = field(default_factory=list)
 
 
-def no_cold_tasks(tasks: Sequence[Task]) -> None:
-    raise RuntimeError(f"{len(tasks)} cold tasks and no store to warm them from")
-
-
 class Lifecycle:
     """The core's state and the transitions of tasks and leases."""
 
@@ -95,9 +95,15 @@ class Lifecycle:
         self.index = TaskIndex()
         self.roster = Roster(timing.ping_interval, timing.worker_window, timing.http_liveness)
         self.timers = Timers()
-        self.deferred = Deferred(
-            self.index.tasks, self.timers, self._reply, self._warm_up, self.show, self._notice
-        )
+        self.deferred = Deferred(self.find, self.timers, self._reply, self.show, self._notice)
+        #: Where finished tasks are once they leave memory (None: they never do, as in
+        #: tests of the core alone): ``load`` sets it.
+        self.store: Store | None = None
+        #: Finished tasks held at most, beyond which the oldest are pruned (``--max-finished``;
+        #: 0: no limit, ``retention`` alone).
+        self.max_finished = 0
+        #: Finished tasks kept in memory once committed, the most recent (with a store).
+        self.finished_in_memory = FINISHED_IN_MEMORY
         #: Outcomes refused because their lease was no longer current.
         self.stale_outcomes = 0
         #: One-way messages (READY, DONE) dropped because they broke the protocol.
@@ -123,8 +129,6 @@ class Lifecycle:
         #: Shapes of tasks logged as waiting for no worker, since the roster's generation.
         self._warned: set[Shape] = set()
         self._warned_at = -1
-        #: Reads the rest of cold tasks (``Task.cold``) into them: the store's ``warm``.
-        self._warm: Callable[[Sequence[Task]], None] = no_cold_tasks
 
     @property
     def tasks(self) -> dict[str, Task]:
@@ -174,16 +178,36 @@ class Lifecycle:
         return outbox
 
     def _known(self, task_id: str) -> Task:
-        task = self.index.tasks.get(task_id)
+        task = self.find(task_id)
         if task is None:
             raise NotFound(f"no task with id {task_id!r}")
         return task
 
-    def _warm_up(self, tasks: list[Task]) -> None:
-        """Make the cold ones among these tasks whole, in one call to the store."""
-        cold = [task for task in tasks if task.cold]
-        if cold:
-            self._warm(cold)
+    def find(self, task_id: str) -> Task | None:
+        """The task with this id: in memory, or finished and read from the store (a new
+        object each time, which nothing changes), or None."""
+        task = self.index.tasks.get(task_id)
+        if task is None and self.store is not None:
+            return self.store.find(task_id)
+        return task
+
+    def _keyed(self, key: str) -> Task | None:
+        """The task that holds this idempotency key, in memory or the store."""
+        task = self.index.by_key.get(key)
+        if task is None and self.store is not None:
+            return self.store.find_key(key)
+        return task
+
+    def evict(self) -> int:
+        """Let the finished tasks beyond the most recent ``finished_in_memory`` leave
+        memory, once committed: the socket loop calls this right after each commit. Returns
+        how many left (none while a change is not committed)."""
+        if self.store is None or self._dirty:
+            return 0
+        keep = self.finished_in_memory
+        if self.max_finished:
+            keep = min(keep, self.max_finished)
+        return self.index.evict_finished(keep)
 
     def _reply(self, token: object, value: Any) -> None:
         self.outbox.replies.append((token, value))
@@ -192,8 +216,7 @@ class Lifecycle:
         self.outbox.notices.append((token, outcome))
 
     def show(self, task: Task) -> dict[str, Any]:
-        """The task's record as a client sees it, with why it waits if it is pending (the
-        caller has warmed it)."""
+        """The task's record as a client sees it, with why it waits if it is pending."""
         record = task.record()
         if task.status is TaskStatus.PENDING:
             record["waiting_for"] = self.waiting_for(task)
@@ -264,7 +287,8 @@ class Lifecycle:
             or lease.worker_id != worker.id
             or attempt != task.attempts
         ):
-            self._refuse(worker, task, attempt, status)
+            # A finished task may be in the store only: judged on its stored leases.
+            self._refuse(worker, self.find(task_id) if task is None else task, attempt, status)
             return
         if status is TaskStatus.COMPLETED:
             self._close_lease(task, LeaseOutcome.COMPLETED, now)
@@ -279,7 +303,6 @@ class Lifecycle:
         """An outcome for a lease that is no longer current: never recorded."""
         if task is None:
             return  # pruned long ago
-        self._warm_up([task])
         lease = next((le for le in reversed(task.leases) if le.attempt == attempt), None)
         if lease is None or lease.worker_id != worker.id:
             self.stale_outcomes += 1
@@ -432,9 +455,8 @@ class Lifecycle:
 
     def _attach_dependencies(self, task: Task) -> None:
         task.waiting_on = 0
-        tasks = self.index.tasks
         for dep_id in task.dependencies:
-            dep = tasks.get(dep_id)
+            dep = self.find(dep_id)
             if dep is None or dep.status is TaskStatus.COMPLETED:
                 continue  # a missing one can only be a dependency pruned after completing
             if dep.status in FINAL_STATUSES:
@@ -449,7 +471,7 @@ class Lifecycle:
         """The task whose failure or cancellation started the chain that failed this one
         (itself if it failed on its own), as far as the tasks in memory tell."""
         tasks, seen = self.index.tasks, {task.id}
-        while task.error is not None and task.error.startswith("dependency ") and not task.cold:
+        while task.error is not None and task.error.startswith("dependency "):
             ended = (tasks.get(dep_id) for dep_id in task.dependencies)
             cause = next((d for d in ended if d is not None and d.status in _ENDED_BADLY), None)
             if cause is None or cause.id in seen:

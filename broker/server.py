@@ -145,6 +145,7 @@ class BrokerServer:
         self.store = store
         self.core = Scheduler(timing_from(settings))
         self.core.max_payload = settings.max_payload
+        self.core.max_finished = settings.max_finished
         #: Seconds since the epoch: the core's ``now`` (tests pass a clock they move by hand).
         self.clock = clock
         self.started = clock()
@@ -192,18 +193,20 @@ class BrokerServer:
             )
         self._curve = self._socket.getsockopt(zmq.MECHANISM) == zmq.CURVE
         began = time.monotonic()
-        # A million loaded tasks would make the collector walk them all, more than once,
-        # while they load, and again at every full collection after: they live as long
-        # as the broker, so they are moved out of its sight (gc.freeze).
+        # A million loaded tasks (a backlog) would make the collector walk them all, more
+        # than once, while they load, and again at every full collection after: they are
+        # moved out of its sight (gc.freeze), which does not keep reference counting from
+        # freeing them when they finish and leave memory.
         gc.disable()
         try:
             tasks = self.store.load()
-            self.core.load(tasks, self.clock(), self.store.warm, self.store.load_workers())
+            workers = self.store.load_workers()
+            self.core.load(tasks, self.clock(), workers, self.store)
         finally:
             gc.freeze()
             gc.enable()
         self._frozen_at = self.core.next_seq
-        log.info("loaded %d tasks in %.2f s", len(tasks), time.monotonic() - began)
+        log.info("loaded %d unfinished tasks in %.2f s", len(tasks), time.monotonic() - began)
         self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         log.info(
             "broker listening on %s, %s", self.endpoint,
@@ -239,6 +242,7 @@ class BrokerServer:
         core = self.core
         workers, forgotten = core.take_workers()
         self.store.save(core.take_dirty(), core.take_pruned(), workers=workers, forgotten=forgotten)
+        core.evict()  # finished tasks committed: the store serves them from now on
 
     def _poll_timeout_ms(self) -> int:
         if self._due:

@@ -117,14 +117,10 @@ class Task:
     queued: bool = False
     #: Whether the store holds a row for it yet (its spec is written once, then only its state).
     stored: bool = False
-    #: Whether only its index fields are in memory (id, seq, handler, status, completed_at,
-    #: idempotency_key): a finished task read at a restart, until the core warms it from the
-    #: store to show or change it. Everything else holds a placeholder meanwhile.
-    cold: bool = False
 
     def size(self) -> int:
         """About how many bytes its record takes on the wire: its variable-length fields,
-        and a fixed allowance for the rest (a warm task)."""
+        and a fixed allowance for the rest."""
         size = RECORD_BYTES + len(self.args) + len(self.name) + len(self.error or "")
         size += len(self.result or b"") + 40 * len(self.dependencies)
         for lease in self.leases:
@@ -138,8 +134,6 @@ class Task:
 
     def record(self) -> dict[str, Any]:
         """The task as the protocol shows it."""
-        if self.cold:
-            raise RuntimeError(f"task {self.id} is cold: warm it from the store to show it")
         return {
             "id": self.id,
             "name": self.name,

@@ -20,7 +20,7 @@ after the commit of the turn that made them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from broker.state import Task, Worker
@@ -46,6 +46,9 @@ class Waiter:
     #: Tasks still unfinished.
     pending: int = 0
     done: bool = False
+    #: Its tasks that finished, as they did: answered from these, which the broker may no
+    #: longer hold in memory by then.
+    held: dict[str, Task | None] = field(default_factory=dict)
 
 
 class Deferred:
@@ -54,20 +57,19 @@ class Deferred:
 
     def __init__(
         self,
-        tasks: dict[str, Task],
+        find: Callable[[str], Task | None],
         timers: Timers,
         reply: Callable[[object, Any], None],
-        warm: Callable[[list[Task]], None],
         show: Callable[[Task], dict[str, Any]],
         notice: Callable[[object, dict[str, Any]], None] | None = None,
     ) -> None:
-        """``reply(token, value)`` answers a deferred request; ``notice(token, brief)`` sends
+        """``find(task_id)`` gives a task, from memory or the store (None: none such);
+        ``reply(token, value)`` answers a deferred request; ``notice(token, brief)`` sends
         a watcher the outcome of a task."""
-        self.tasks = tasks
+        self.find = find
         self.timers = timers
         self.reply = reply
         self.notice = notice or (lambda token, value: None)
-        self.warm = warm
         self.show = show
         #: Task id -> the waiters listed under it (a dict as an ordered set: a waiter that
         #: expires leaves each of its tasks' entries in O(1), however many wait there).
@@ -80,16 +82,27 @@ class Deferred:
     def value_or_wait(self, waiter: Waiter, limit: float) -> Any | None:
         """The waiter's answer now, if it may not wait or every task is final; else None,
         and it is answered later."""
-        if limit == 0 or all(self.tasks[i].status in FINAL_STATUSES for i in waiter.task_ids):
+        self._hold_final(waiter)
+        if limit == 0 or len(waiter.held) == len(set(waiter.task_ids)):
             return self._answer_of(waiter)
         self.add(waiter)
         return None
 
+    def _hold_final(self, waiter: Waiter) -> None:
+        """Hold the waiter's tasks that are final already (a task gone counts as final)."""
+        held, find = waiter.held, self.find
+        for task_id in waiter.task_ids:
+            if task_id not in held:
+                task = find(task_id)
+                if task is None or task.status in FINAL_STATUSES:
+                    held[task_id] = task
+
     def add(self, waiter: Waiter) -> None:
         """Wait for those of its tasks that are not final yet, until its deadline (a task
         named twice is waited for once)."""
+        self._hold_final(waiter)
         for task_id in waiter.task_ids:
-            if self.tasks[task_id].status not in FINAL_STATUSES:
+            if task_id not in waiter.held:
                 waiters = self.by_task.setdefault(task_id, {})
                 if waiter not in waiters:
                     waiters[waiter] = None
@@ -99,9 +112,10 @@ class Deferred:
     def watch(self, task_id: str, token: object) -> None:
         """Send the task's brief record to ``token`` once it is final: at once if it is,
         not at all if ``MAX_WATCHERS`` watch it already."""
-        task = self.tasks[task_id]
+        task = self.find(task_id)
+        if task is None:
+            return  # pruned: nothing to send
         if task.status in FINAL_STATUSES:
-            self.warm([task])
             self.notice(token, brief(task))
             return
         tokens = self.watchers.setdefault(task_id, [])
@@ -111,12 +125,15 @@ class Deferred:
     def finished(self, task_id: str) -> None:
         """The task is final: send its outcome to its watchers and answer the waiters that
         now have every task they waited for."""
+        task = self.find(task_id)
         tokens = self.watchers.pop(task_id, None)
-        if tokens is not None:
-            outcome = brief(self.tasks[task_id])
+        if tokens is not None and task is not None:
+            outcome = brief(task)
             for token in tokens:
                 self.notice(token, outcome)
         for waiter in self.by_task.pop(task_id, ()):
+            if task is not None:
+                waiter.held[task_id] = task
             waiter.pending -= 1
             if not waiter.done and waiter.pending == 0:
                 self._answer(waiter)
@@ -125,8 +142,9 @@ class Deferred:
         """Its deadline came: answer it with what there is, unless it was answered."""
         if waiter.done:
             return
+        task_ids = waiter.task_ids
         self._answer(waiter)
-        for task_id in waiter.task_ids:
+        for task_id in task_ids:
             waiters = self.by_task.get(task_id)
             if waiters is not None and waiter in waiters:
                 del waiters[waiter]
@@ -136,11 +154,21 @@ class Deferred:
     def _answer(self, waiter: Waiter) -> None:
         waiter.done = True
         self.reply(waiter.token, self._answer_of(waiter))
+        # Its timer stays in the heap until its deadline (minutes, maybe): what it held goes
+        # now, so that memory follows the requests waiting, not those answered.
+        waiter.held = {}
+        waiter.task_ids = []
+        waiter.created = None
 
     def _answer_of(self, waiter: Waiter) -> Any:
-        tasks = self.tasks
-        self.warm([tasks[i] for i in waiter.task_ids if i in tasks])
-        return answer(waiter, tasks, self.show)
+        """Its answer: from the tasks it holds, the others as they are now."""
+        found: dict[str, Task] = {}
+        held, find = waiter.held, self.find
+        for task_id in waiter.task_ids:
+            task = held[task_id] if task_id in held else find(task_id)
+            if task is not None:
+                found[task_id] = task
+        return answer(waiter, found, self.show)
 
     # -- HTTP workers' long-polls ------------------------------------------------------
 
@@ -175,7 +203,7 @@ def brief(task: Task) -> dict[str, Any]:
 
 
 def answer(waiter: Waiter, tasks: dict[str, Task], show: Callable[[Task], dict[str, Any]]) -> Any:
-    """What the waiter's request is answered with, now (every task shown is warm)."""
+    """What the waiter's request is answered with, now."""
     if not waiter.many:
         return show(tasks[waiter.task_ids[0]])
     if waiter.created is not None:

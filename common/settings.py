@@ -168,6 +168,14 @@ class Settings:
         BROKER,
         note=f"{RETENTION_DAYS} days",
     )
+    #: Finished tasks kept at most, the oldest pruned first beyond it (0: no limit).
+    max_finished: int = _opt(
+        0,
+        "finished tasks kept at most, oldest pruned first (0: no limit but --retention)",
+        "--max-finished",
+        BROKER,
+        note="no limit",
+    )
 
     #: Seconds an offline worker stays listed (``GET /workers``) before it is forgotten.
     worker_retention: float = _opt(
@@ -469,6 +477,7 @@ _RULES: list[tuple[str, Callable[[Settings], bool], str]] = [
      "must be at least --retry-backoff"),
     ("timeout_grace", lambda s: s.timeout_grace >= 0, "must be >= 0"),
     ("retention", lambda s: s.retention >= 0, "must be >= 0"),
+    ("max_finished", lambda s: s.max_finished >= 0, "must be >= 0"),
     ("max_body", lambda s: s.max_body >= 1, "must be >= 1"),
     ("max_payload", lambda s: 1 <= s.max_payload <= MAX_PAYLOAD, f"must be 1 to {MAX_PAYLOAD}"),
     ("worker_retention", lambda s: s.worker_retention >= 0, "must be >= 0"),

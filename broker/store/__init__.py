@@ -3,9 +3,13 @@
 The broker hands its store the tasks that changed since the last commit, and those it
 pruned, with the workers that registered or went offline and those it forgot, once per
 loop turn (``Store.save``), and acknowledges nothing before that call returns; at a start
-it reads them all back (``Store.load``, ``Store.load_workers``). The store speaks in
-``broker.state.Task``, ``Lease`` and ``Worker`` only: how a backend encodes them (SQLite's
-rows, say) stays private to its module, and no other module may depend on it.
+it reads back the unfinished tasks and every worker (``Store.load``, ``Store.load_workers``).
+Finished tasks live in the store, not in the broker's memory: it reads one when asked for
+it (``find``, ``find_key``, ``finished_page``) and prunes them there (``prune``).
+
+The store speaks in ``broker.state.Task``, ``Lease`` and ``Worker`` only: how a backend
+encodes them (SQLite's rows, say) stays private to its module, and no other module may
+depend on it.
 
 A backend is a module of this package exposing ``open(location, sync) -> Store``;
 ``open_store`` finds it by the location's scheme, so adding one (``postgresql.py`` for
@@ -23,16 +27,28 @@ import importlib
 import importlib.util
 import re
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from broker.state import Task, Worker
+from common.models import TaskStatus
 
-__all__ = ["MEMORY", "Store", "StoreInUse", "open_store"]
+__all__ = ["MEMORY", "Store", "StoreInUse", "StoreSummary", "open_store"]
 
 #: The location of a store that keeps nothing beyond its process (tests).
 MEMORY = "memory:"
 #: A location that starts with a scheme (RFC 3986), which names the backend's module.
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSummary:
+    """What a store holds beyond its unfinished tasks: ``Store.summary``."""
+
+    #: Finished tasks by status.
+    finished: dict[TaskStatus, int]
+    #: The seq after the highest stored task's.
+    next_seq: int
 
 
 class StoreInUse(RuntimeError):
@@ -43,32 +59,53 @@ class StoreInUse(RuntimeError):
 class Store(Protocol):
     """What the broker needs of its durable state.
 
-    Two flags of ``Task`` belong to the store. ``stored``: the store holds the task
+    One flag of ``Task`` belongs to the store, ``stored``: the store holds the task
     already; its spec (id to created_at, and idempotency_key) never changes after it is
     submitted, so a backend may write it only while the flag is False, and the state alone
-    after. ``save`` sets it. ``cold``: only the fields the core indexes a finished task by
-    are in memory (id, seq, handler, status, completed_at, idempotency_key), the others
-    hold placeholders until ``warm`` reads them. A store is used from one thread, the
-    broker loop's.
+    after. ``save`` sets it. A store is used from one thread, the broker loop's.
     """
 
     def load(self) -> list[Task]:
-        """Every task saved and not deleted, as new objects, in no particular order, each
-        marked ``stored``: a finished one (``common.models.FINAL_STATUSES``) cold or whole
-        (the backend's choice), any other whole. What the core derives (``waiting_on``,
-        ``queued``) is left at its default."""
+        """Every unfinished task saved (pending or running: not in
+        ``common.models.FINAL_STATUSES``), whole, as new objects, in no particular order,
+        each marked ``stored``. What the core derives (``waiting_on``, ``queued``) is left
+        at its default. Finished tasks stay in the store: the core asks for them by id
+        (``find``), key (``find_key``) or page (``finished_page``)."""
+
+    def summary(self) -> StoreSummary:
+        """How many finished tasks of each status the store holds, and the seq after the
+        highest stored (1 for an empty store)."""
+
+    def find(self, task_id: str) -> Task | None:
+        """The stored task with this id, whole, as a new object (None if there is none)."""
+
+    def find_key(self, key: str) -> Task | None:
+        """The stored task that holds this idempotency key, whole (None if none does)."""
+
+    def finished_page(
+        self,
+        status: TaskStatus | None,
+        handler: str | None,
+        after: int,
+        limit: int,
+        max_bytes: int,
+    ) -> list[Task]:
+        """Up to ``limit`` finished tasks, whole, of this status (any final one when None)
+        and handler (any when None), with seq above ``after``, in increasing seq, cut
+        before the one that brings their ``Task.size`` past ``max_bytes`` (the first one
+        always in): a page of a status that is rare among millions of tasks is found
+        without reading them all, and large tasks beyond the cut are not read."""
+
+    def prune(self, before: float, excess: int, limit: int) -> list[tuple[str, TaskStatus]]:
+        """Delete, in one transaction, up to ``limit`` finished tasks, oldest completion
+        first: those completed at or before ``before``, and beyond them as many more as
+        ``excess`` says (the finished tasks held beyond ``--max-finished``). Returns the id
+        and status of each one deleted."""
 
     def load_workers(self) -> list[Worker]:
         """Every worker saved and not forgotten, as new objects: its id, kind,
         capabilities, resources, slots, host, pid and when it was last seen. Whether it is
         online is not stored: after a restart every worker is offline until it speaks."""
-
-    def warm(self, tasks: Sequence[Task]) -> None:
-        """Read the rest of the cold ones among these tasks into them, and mark them warm.
-
-        Raises RuntimeError, naming them, if some are not in the store; the others are
-        warmed all the same.
-        """
 
     def save(
         self,
@@ -87,9 +124,8 @@ class Store(Protocol):
         Once it returns, a crash of the process (or, as the backend's ``sync`` allows, of
         the machine) loses none of it; what is saved is a copy, which later changes to the
         tasks do not touch until they are saved again. If it raises, nothing of this call
-        is kept and the tasks' ``stored`` flags are as they were; the broker stops then. A
-        cold task among ``changed`` is a bug of its caller: refused (RuntimeError) before
-        anything is written. Deleting a task the store no longer holds does nothing.
+        is kept and the tasks' ``stored`` flags are as they were; the broker stops then.
+        Deleting a task the store no longer holds does nothing.
         """
 
     def close(self) -> None:

@@ -2,24 +2,25 @@
 
 It keeps a copy of each task as last saved, by seq, sharing nothing mutable with the
 task: a change the core makes afterwards is not stored until the task is saved again, as
-with a row. ``load`` gives new objects, finished tasks cold as SQLite gives them, so
-that a test of the core restarts it as the broker restarts. It must never hand out, or
-keep, an object the core also holds.
+with a row. ``load`` gives new objects, unfinished tasks only, as SQLite gives them, so
+that a test of the core restarts it as the broker restarts; finished ones are read as
+new objects too. It must never hand out, or keep, an object the core also holds.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields, replace
 from typing import Any
 
 from broker.state import Lease, Task, Worker
-from broker.store import Store
-from common.models import FINAL_STATUSES, WorkerStatus
+from broker.store import Store, StoreSummary
+from common.models import FINAL_STATUSES, TaskStatus, WorkerStatus
 
 #: Fields of a task that the core derives from the others (at a load), or that belong
 #: to the store: never stored.
-_DERIVED = ("waiting_on", "queued", "stored", "cold")
+_DERIVED = ("waiting_on", "queued", "stored")
 #: Every stored field of a task.
 _STORED = tuple(f.name for f in fields(Task) if f.name not in _DERIVED)
 #: The fields that change after a task is submitted: the only ones saved again once it is
@@ -46,16 +47,6 @@ def _copy(source: Task, target: Task, names: Iterable[str]) -> None:
         setattr(target, name, value if copy is None else copy(value))
 
 
-def _cold(task: Task) -> Task:
-    """A new cold task: the fields the core indexes a finished task by, placeholders for
-    the rest (as SQLite loads one)."""
-    return Task(
-        task.id, task.seq, task.handler, task.handler, b"", [], 0, 0, None, (), (), 0.0,
-        task.status, completed_at=task.completed_at, idempotency_key=task.idempotency_key,
-        stored=True, cold=True,
-    )  # fmt: skip
-
-
 def _worker_copy(worker: Worker) -> Worker:
     """A new, offline worker holding a copy of what a store keeps of this one."""
     return Worker(
@@ -67,9 +58,11 @@ def _worker_copy(worker: Worker) -> Worker:
 
 def _whole(task: Task) -> Task:
     """A new task holding a copy of every stored field of this one."""
-    copy = _cold(task)
+    copy = Task(
+        task.id, task.seq, task.name, task.handler, task.args, [], 0, 0, None, (), (), 0.0,
+        stored=True,
+    )  # fmt: skip
     _copy(task, copy, _STORED)
-    copy.cold = False
     return copy
 
 
@@ -83,29 +76,61 @@ class MemoryStore:
         self.workers: dict[str, Worker] = {}
 
     def load(self) -> list[Task]:
-        """As ``SqliteStore.load``: finished tasks come cold (here in seq order)."""
+        """As ``SqliteStore.load``: unfinished tasks (here in seq order)."""
         return [
-            _cold(held) if held.status in FINAL_STATUSES else _whole(held)
+            _whole(held)
             for held in (self.tasks[seq] for seq in sorted(self.tasks))
+            if held.status not in FINAL_STATUSES
         ]
+
+    def summary(self) -> StoreSummary:
+        finished = Counter(t.status for t in self.tasks.values() if t.status in FINAL_STATUSES)
+        return StoreSummary(dict(finished), max(self.tasks, default=0) + 1)
+
+    def find(self, task_id: str) -> Task | None:
+        held = next((t for t in self.tasks.values() if t.id == task_id), None)
+        return None if held is None else _whole(held)
+
+    def find_key(self, key: str) -> Task | None:
+        held = next((t for t in self.tasks.values() if t.idempotency_key == key), None)
+        return None if held is None else _whole(held)
+
+    def finished_page(
+        self,
+        status: TaskStatus | None,
+        handler: str | None,
+        after: int,
+        limit: int,
+        max_bytes: int,
+    ) -> list[Task]:
+        page: list[Task] = []
+        size = 0
+        for seq in sorted(self.tasks):
+            held = self.tasks[seq]
+            if seq <= after or held.status not in FINAL_STATUSES:
+                continue
+            if (status is None or held.status is status) and handler in (None, held.handler):
+                size += held.size()
+                if len(page) == limit or (size > max_bytes and page):
+                    break
+                page.append(_whole(held))
+        return page
+
+    def prune(self, before: float, excess: int, limit: int) -> list[tuple[str, TaskStatus]]:
+        finished = sorted(
+            (t for t in self.tasks.values() if t.status in FINAL_STATUSES and t.completed_at),
+            key=lambda t: t.completed_at or 0.0,
+        )[:limit]
+        doomed = [
+            t for i, t in enumerate(finished) if (t.completed_at or 0.0) <= before or i < excess
+        ]
+        for task in doomed:
+            del self.tasks[task.seq]
+        return [(task.id, task.status) for task in doomed]
 
     def load_workers(self) -> list[Worker]:
         """As ``SqliteStore.load_workers``: new objects, offline."""
         return [_worker_copy(held) for held in self.workers.values()]
-
-    def warm(self, tasks: Sequence[Task]) -> None:
-        missing = []
-        for task in tasks:
-            if not task.cold:
-                continue
-            held = self.tasks.get(task.seq)
-            if held is None:
-                missing.append(task.seq)
-                continue
-            _copy(held, task, _STORED)
-            task.cold = False
-        if missing:
-            raise RuntimeError(f"tasks missing from the store: seq {sorted(missing)[:10]}")
 
     def save(
         self,
@@ -116,9 +141,6 @@ class MemoryStore:
         forgotten: Sequence[str] = (),
     ) -> None:
         tasks = list(changed)
-        for task in tasks:
-            if task.cold:  # its placeholders would overwrite what is stored: a bug in the core
-                raise RuntimeError(f"task {task.id} changed while cold")
         new = []
         for task in tasks:
             if not task.stored:

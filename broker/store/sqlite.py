@@ -3,7 +3,7 @@
 The broker calls ``save`` with every task that changed since its last commit, in
 one transaction: a burst of submits shares one fsync (group commit). Only after
 ``save`` returns does the broker acknowledge anything. How a task is laid out in rows
-(the schema, the spec and state columns, the JSON of leases, the cold and fresh reads)
+(the schema and its indexes, the spec and state columns, the JSON of leases, the reads)
 is this module's own: nothing outside it may read or write the file but through
 ``SqliteStore``, and one ``SqliteStore`` at a time: it locks the file (``<path>.lock``,
 ``broker.store._lock``) before it opens it, until it is closed or its process ends.
@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
 from typing import Any, cast
 
-from broker.state import Lease, ResourceKey, Task, Worker
-from broker.store import Store, _lock
+from broker.state import RECORD_BYTES, Lease, ResourceKey, Task, Worker
+from broker.store import Store, StoreSummary, _lock
 from common.models import FINAL_STATUSES, TaskStatus, WorkerKind, WorkerStatus
 from common.settings import SYNC_MODES
 
@@ -65,18 +65,29 @@ CREATE TABLE IF NOT EXISTS workers (
     tags         TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS tasks_by_id ON tasks (id);
+CREATE INDEX IF NOT EXISTS tasks_by_key ON tasks (idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_failed ON tasks (seq) WHERE status = 'failed';
+CREATE INDEX IF NOT EXISTS tasks_cancelled ON tasks (seq) WHERE status = 'cancelled';
+CREATE INDEX IF NOT EXISTS tasks_by_completion ON tasks (completed_at)
+    WHERE completed_at IS NOT NULL;
 """
 
 #: Version of the table layout above, kept in ``meta``. 3 added the workers table and a
-#: lease's traceback (an eighth field of its JSON when it has one).
-SCHEMA_VERSION = "3"
+#: lease's traceback (an eighth field of its JSON when it has one); 4 the indexes that
+#: find finished tasks, which stay in the store and out of the broker's memory: by id, by
+#: idempotency key, the rare final statuses in seq order (a page of failures among
+#: millions of completed tasks), and by completion (pruning).
+SCHEMA_VERSION = "4"
 #: Versions this broker opens and brings up to ``SCHEMA_VERSION``: what each lacks is
-#: made by ``_SCHEMA`` (``CREATE TABLE IF NOT EXISTS``), and its rows read as they are.
-_UPGRADES_FROM = ("2",)
+#: made by ``_SCHEMA`` (``CREATE ... IF NOT EXISTS``), and its rows read as they are.
+_UPGRADES_FROM = ("2", "3")
 
 # A task's spec never changes after it is submitted: it is written once, with an INSERT.
 # Later writes UPDATE only the state columns, by rowid (seq), which is the cheapest write
-# SQLite has; the table has no other index to maintain.
+# SQLite has; of the indexes, a status change touches the partial ones only when the task
+# becomes failed or cancelled, and its completion the completion index, once.
 _SPEC = (
     "seq, id, name, handler, args, dependencies, priority, max_retries, timeout, requires, "
     "resources, created_at, idempotency_key"
@@ -152,8 +163,6 @@ def _prepare(tasks: Iterable[Task], deleted: Sequence[Task] = ()) -> _Batch:
     """
     batch = _Batch(deletes=[(task.seq,) for task in deleted])
     for task in tasks:
-        if task.cold:  # its placeholders would overwrite what is stored: a bug in the core
-            raise RuntimeError(f"task {task.id} changed while cold")
         state = _state_row(task)
         if task.stored:
             batch.updates.append((*state, task.seq))
@@ -267,15 +276,14 @@ _READ_AS = {
 }
 
 
-# A finished task changes no more and is read back only to be shown (or, rarely, to note a
-# late report), while a store may hold millions of them (``retention``): a restart reads
-# them cold, by these columns only, about a tenth of the time a whole row takes; the core
-# warms a task from the store (``warm``) before it shows or changes it.
-#: What the core needs of a finished task to index, list, count and prune it.
-_COLD = "id, seq, handler, status, completed_at, idempotency_key"
 _FINISHED = f"status IN ({', '.join(_literal(s.value) for s in sorted(FINAL_STATUSES))})"
-#: The stored fields of a task, which ``warm`` copies: the rest are derived at load.
-_STORED_FIELDS = tuple(_LOAD.split(", "))
+#: A row's ``Task.size``, about, from the lengths of its values (which SQLite knows without
+#: reading them): the allowance for the record, args, name, error, result and the JSON of
+#: dependencies and leases.
+_SIZE = (
+    f"{RECORD_BYTES} + length(args) + length(name) + IFNULL(length(error), 0) "
+    "+ IFNULL(length(result), 0) + length(dependencies) + length(leases)"
+)
 
 
 def _select(columns: str) -> str:
@@ -308,24 +316,6 @@ def _fresh_task(row: Any) -> Task:
         () if resources is None else _resource_key(resources),
         created_at, *_FRESH_FIELDS, idempotency_key, [], 0, False, True,
     )  # fmt: skip
-
-
-def _cold_task(row: Any) -> Task:
-    """A finished task from a row of ``_COLD``, with placeholders for everything else."""
-    id_, seq, handler, status, completed_at, idempotency_key = row
-    handler = sys.intern(handler)
-    return Task(
-        id_, seq, handler, handler, b"", [], 0, 0, None, (), (), 0.0, _STATUSES[status],
-        None, 0, 0, 0, None, None, None, completed_at, 0.0, idempotency_key, [],
-        0, False, True, True,
-    )  # fmt: skip
-
-
-def _fill(cold: Task, full: Task) -> None:
-    """Make a cold task whole from the same task read in full."""
-    for name in _STORED_FIELDS:
-        setattr(cold, name, getattr(full, name))
-    cold.cold = False
 
 
 def _task(row: Any) -> Task:
@@ -392,8 +382,8 @@ def _worker(row: Any) -> Worker:
     )  # fmt: skip
 
 
-#: Cold tasks warmed by one query (SQLite allows 999 bound parameters in older builds).
-_WARM_CHUNK = 500
+#: Tasks read by one query by seq (SQLite allows 999 bound parameters in older builds).
+_READ_CHUNK = 500
 
 
 class SqliteStore:
@@ -435,8 +425,7 @@ class SqliteStore:
             )
 
     def load(self) -> list[Task]:
-        """Every stored task, in no particular order, finished ones cold (the three reads
-        see one snapshot)."""
+        """Every unfinished task, in no particular order (the two reads see one snapshot)."""
         db = self._db
         db.execute("BEGIN")
         try:
@@ -446,8 +435,6 @@ class SqliteStore:
                     f"SELECT {_select(_LOAD_FRESH)} FROM tasks WHERE {_FRESH}", _FRESH_VALUES
                 )
             ]
-            finished = db.execute(f"SELECT {_COLD} FROM tasks WHERE {_FINISHED}")
-            tasks += [_cold_task(row) for row in finished]
             tasks += [
                 _task(row)
                 for row in db.execute(
@@ -458,6 +445,90 @@ class SqliteStore:
         finally:
             db.execute("COMMIT")
         return tasks
+
+    def summary(self) -> StoreSummary:
+        db = self._db
+        counts = db.execute(
+            f"SELECT status, COUNT(*) FROM tasks WHERE {_FINISHED} GROUP BY status"
+        ).fetchall()
+        (highest,) = db.execute("SELECT MAX(seq) FROM tasks").fetchone()
+        return StoreSummary(
+            {_STATUSES[status]: count for status, count in counts}, (highest or 0) + 1
+        )
+
+    def find(self, task_id: str) -> Task | None:
+        row = self._db.execute(f"SELECT {_SELECT_LOAD} FROM tasks WHERE id = ?", (task_id,))
+        found = row.fetchone()
+        return None if found is None else _task(found)
+
+    def find_key(self, key: str) -> Task | None:
+        row = self._db.execute(
+            f"SELECT {_SELECT_LOAD} FROM tasks WHERE idempotency_key = ?", (key,)
+        ).fetchone()
+        return None if row is None else _task(row)
+
+    def finished_page(
+        self,
+        status: TaskStatus | None,
+        handler: str | None,
+        after: int,
+        limit: int,
+        max_bytes: int,
+    ) -> list[Task]:
+        # The status as a literal: SQLite uses a partial index (failed, cancelled) only when
+        # the query's terms prove its condition, which a bound value does not.
+        if status is not None and status not in FINAL_STATUSES:
+            return []
+        where = _FINISHED if status is None else f"status = {_literal(status.value)}"
+        params: list[object] = []
+        if handler is not None:
+            where += " AND handler = ?"
+            params.append(handler)
+        # Sizes first (SQLite's length() of a value does not read it), then the rows that fit.
+        sizes = self._db.execute(
+            f"SELECT seq, {_SIZE} FROM tasks WHERE {where} AND seq > ? ORDER BY seq LIMIT ?",
+            (*params, after, limit),
+        )
+        seqs: list[int] = []
+        total = 0
+        for seq, size in sizes:
+            total += size
+            if total > max_bytes and seqs:
+                break
+            seqs.append(seq)
+        tasks: list[Task] = []
+        for start in range(0, len(seqs), _READ_CHUNK):
+            chunk = seqs[start : start + _READ_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            query = f"SELECT {_SELECT_LOAD} FROM tasks WHERE seq IN ({marks}) ORDER BY seq"
+            tasks += [_task(row) for row in self._db.execute(query, chunk)]
+        return tasks
+
+    def prune(self, before: float, excess: int, limit: int) -> list[tuple[str, TaskStatus]]:
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            # Oldest completion first, by the completion index: those past ``before``, and
+            # as many more as ``excess`` asks for.
+            # Without an excess, only the rows past ``before`` are read.
+            horizon = "" if excess else "AND completed_at <= ? "
+            rows = db.execute(
+                f"SELECT seq, id, status, completed_at FROM tasks "
+                f"WHERE completed_at IS NOT NULL {horizon}AND {_FINISHED} "
+                f"ORDER BY completed_at LIMIT ?",
+                (limit,) if excess else (before, limit),
+            ).fetchall()
+            doomed = [
+                (seq, task_id, status)
+                for i, (seq, task_id, status, completed_at) in enumerate(rows)
+                if completed_at <= before or i < excess
+            ]
+            db.executemany("DELETE FROM tasks WHERE seq = ?", [(seq,) for seq, _, _ in doomed])
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return [(task_id, _STATUSES[status]) for _, task_id, status in doomed]
 
     def load_workers(self) -> list[Worker]:
         """Every stored worker, offline."""
@@ -470,21 +541,6 @@ class SqliteStore:
         ]
         self._registrations = {worker.id: worker.registration for worker in workers}
         return workers
-
-    def warm(self, tasks: Sequence[Task]) -> None:
-        """Read the rest of these cold tasks from the store into them (by rowid, in chunks
-        within SQLite's limit of bound parameters)."""
-        cold = {task.seq: task for task in tasks if task.cold}
-        seqs = list(cold)
-        for start in range(0, len(seqs), _WARM_CHUNK):
-            chunk = seqs[start : start + _WARM_CHUNK]
-            marks = ", ".join("?" * len(chunk))
-            query = f"SELECT {_SELECT_LOAD} FROM tasks WHERE seq IN ({marks})"
-            for row in self._db.execute(query, chunk):
-                full = _task(row)
-                _fill(cold.pop(full.seq), full)
-        if cold:
-            raise RuntimeError(f"tasks missing from the store: seq {sorted(cold)[:10]}")
 
     def save(
         self,

@@ -502,7 +502,7 @@ def test_restart_requeues_unclaimed_leases_after_the_window(core: Scheduler) -> 
 def restart(core: Scheduler, store: MemoryStore, now: float) -> Scheduler:
     """A broker killed now: a new one loads what was committed to ``store``, nothing else."""
     restarted = CheckedScheduler(core.timing)
-    restarted.load(store.load(), now, store.warm, store.load_workers())
+    restarted.load(store.load(), now, store.load_workers(), store)
     return restarted
 
 
@@ -686,7 +686,9 @@ def test_restart_accepts_an_outcome_finished_while_the_broker_was_down(core: Sch
     assert [t.id for t in restarted.take_dirty()] == [task_id]
 
 
-def test_finished_tasks_come_back_cold_and_are_warmed_to_be_shown(core: Scheduler) -> None:
+def test_finished_tasks_leave_memory_for_the_store_and_are_read_from_it(
+    core: Scheduler,
+) -> None:
     store = MemoryStore()
     address = add_worker(core, "w1", slots=3)
     done = submit(core, args=b"in", idempotency_key="k")
@@ -700,39 +702,78 @@ def test_finished_tasks_come_back_cold_and_are_warmed_to_be_shown(core: Schedule
     store.save(core.take_dirty())
     before = {task_id: task.record() for task_id, task in core.tasks.items()}
 
-    restarted = CheckedScheduler(core.timing)
-    restarted.load(store.load(), T0 + 100, store.warm)
-    cold = {task_id for task_id, task in restarted.tasks.items() if task.cold}
-    assert cold == {done, failed, cancelled}
-    # Listing, counting and depending on them needs no warming.
-    assert restarted.health(T0 + 100, T0)["tasks"]["completed"] == 1
+    restarted = restart(core, store, T0 + 100)
+    assert set(restarted.tasks) == {waiting}  # the finished ones stay in the store
+    # Counted, depended on, refused and shown all the same, read from the store.
+    assert restarted.health(T0 + 100, T0)["tasks"] == {
+        "pending": 1,
+        "running": 0,
+        "completed": 1,
+        "failed": 1,
+        "cancelled": 1,
+    }
     child = submit(restarted, now=T0 + 100, dependencies=[failed])
     assert restarted.tasks[child].status is TaskStatus.FAILED
-    assert restarted.tasks[failed].cold
+    assert restarted.tasks[child].error == f"dependency {failed} failed"
+    after_done = submit(restarted, now=T0 + 100, handler="other", dependencies=[done])
+    assert restarted.tasks[after_done].waiting_on == 0
     with pytest.raises(Conflict):
         restarted.cancel(cancelled, T0 + 100)
-    # Showing them warms them, whole.
     assert restarted.get(done).record() == before[done]
     page = edge.list_tasks(restarted, {"limit": 3})["tasks"]
     assert page == [before[done], before[failed], before[cancelled]]
-    assert not any(restarted.tasks[i].cold for i in (done, failed, cancelled))
+    assert set(restarted.tasks) == {waiting, child, after_done}  # reading brought none back
 
-    again = CheckedScheduler(core.timing)
-    again.load(store.load(), T0 + 200, store.warm)
+    again = restart(core, store, T0 + 200)
     brief = again.wait_many([done, failed, waiting], 0, "token", T0 + 200)
     assert brief == {"tasks": [
         {"id": done, "status": "completed", "result": b"out", "error": None},
         {"id": failed, "status": "failed", "result": None, "error": "boom"},
     ]}  # fmt: skip
-    again = CheckedScheduler(core.timing)
-    again.load(store.load(), T0 + 300, store.warm)
+    again = restart(core, store, T0 + 300)
     value = edge.submit_and_wait(
         again, [{"handler": "echo", "args": b"in", "idempotency_key": "k"}], 5, "t", T0 + 300
     )
     assert value == {"tasks": [{**before[done], "created": False}]}
 
 
-def test_a_late_report_of_a_cold_task_is_judged_on_its_stored_leases(core: Scheduler) -> None:
+def test_finished_tasks_leave_memory_once_committed_but_the_most_recent(core: Scheduler) -> None:
+    store = MemoryStore()
+    core = restart(core, store, T0)  # a core with a store, as the broker's
+    core.finished_in_memory = 2
+    address = add_worker(core, "w1", slots=10)
+    ids = [submit(core, args=b"%d" % i, idempotency_key=f"k{i}") for i in range(6)]
+    for n, task_id in enumerate(dispatched(core)[address]):
+        finish(core, address, task_id, result=b"r", now=T0 + 1 + n)
+    assert core.evict() == 0  # not committed yet
+    commit(core, store)
+    assert core.evict() == 4
+    assert set(core.tasks) == set(ids[4:])  # the two that finished last stay
+    assert core.health(T0 + 10, T0)["tasks"]["completed"] == 6
+    # Waiters, watchers and idempotent submits find the others in the store.
+    assert core.wait(ids[0], 5, "w", T0 + 10) is not None
+    entries = edge.submit(core, [{"handler": "echo", "args": b"0", "idempotency_key": "k0"}],
+                          T0 + 10)  # fmt: skip
+    assert entries == [{"id": ids[0], "status": "completed", "created": False}]
+    page = edge.list_tasks(core, {"status": "completed", "limit": 4})
+    assert [t["id"] for t in page["tasks"]] == ids[:4] and page["next"] is not None
+    page = edge.list_tasks(core, {"status": "completed", "after": page["next"]})
+    assert [t["id"] for t in page["tasks"]] == ids[4:] and page["next"] is None
+    # Pruned from the store by age, the oldest first, and by count (--max-finished).
+    core.max_finished = 3
+    assert core.prune(T0 + 10, limit=100) == 3
+    assert core.health(T0 + 10, T0)["tasks"]["completed"] == 3
+    with pytest.raises(NotFound):
+        core.get(ids[2])
+    core.timing = Timing(retention=5.0)
+    assert core.prune(T0 + 10.5, limit=100) == 2  # completed at T0 + 4 and T0 + 5
+    assert [t["id"] for t in edge.list_tasks(core, {})["tasks"]] == [ids[5]]
+    assert core.health(T0 + 10, T0)["tasks"]["completed"] == 1
+
+
+def test_a_late_report_of_a_task_in_the_store_is_judged_on_its_stored_leases(
+    core: Scheduler,
+) -> None:
     store = MemoryStore()
     address = add_worker(core, "w1")
     task_id = submit(core)
@@ -740,11 +781,10 @@ def test_a_late_report_of_a_cold_task_is_judged_on_its_stored_leases(core: Sched
     finish(core, address, task_id, result=b"first", now=T0 + 1)
     store.save(core.take_dirty())
 
-    restarted = CheckedScheduler(core.timing)
-    restarted.load(store.load(), T0 + 100, store.warm)
+    restarted = restart(core, store, T0 + 100)
     address = add_worker(restarted, "w1", now=T0 + 100)
     worker = restarted.worker_at(address)
-    assert worker is not None and restarted.tasks[task_id].cold
+    assert worker is not None and task_id not in restarted.tasks
     # The same outcome again (its ACK was lost): acknowledged, and not news.
     report = {"task_id": task_id, "attempt": 1, "status": "completed", "result": b"first"}
     assert edge.report(restarted, worker, [report], T0 + 101) == [[task_id, 1]]
@@ -752,9 +792,9 @@ def test_a_late_report_of_a_cold_task_is_judged_on_its_stored_leases(core: Sched
     # A different outcome for that lease is refused and noted on it, which is written.
     edge.report(restarted, worker, [{**report, "status": "failed", "error": "x"}], T0 + 102)
     assert restarted.stale_outcomes == 1
-    assert [t.id for t in restarted.take_dirty()] == [task_id]
+    commit(restarted, store)
     assert restarted.get(task_id).record()["leases"][0]["refused"] == "failed"
-    assert restarted.tasks[task_id].result == b"first"
+    assert restarted.get(task_id).result == b"first"
 
 
 # -- validation ------------------------------------------------------------------------------
@@ -865,7 +905,7 @@ def test_list_by_a_rare_status_pages_like_the_scan(core: Scheduler) -> None:
     store = MemoryStore()
     store.save(core.tasks.values())
     reloaded = CheckedScheduler(core.timing)
-    reloaded.load(store.load(), T0, store.warm)
+    reloaded.load(store.load(), T0, store=store)
     for status in ("running", "failed", "cancelled"):
         args = {"status": status, "limit": 10}
         assert edge.list_tasks(reloaded, args)["tasks"] == edge.list_tasks(core, args)["tasks"]
@@ -1325,7 +1365,7 @@ def test_pruning_after_a_restart_goes_by_completion_not_submission(core: Schedul
     store.save(core.take_dirty())
     restarted = restart(core, store, T0 + 120)
     assert restarted.prune(T0 + 120) == 1
-    assert set(restarted.tasks) == {early}
+    assert restarted.find(early) is not None and restarted.find(late) is None
 
 
 # -- HTTP workers, and workers holding stopped runs ----------------------------------------------

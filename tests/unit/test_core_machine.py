@@ -63,7 +63,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.store = MemoryStore()
         #: Task ids from a counter, so that a sequence replays exactly (hypothesis shrinks).
         self.random = random.Random(7)
-        self.core = CheckedScheduler(self.timing, self.random.randbytes)
+        self.core = self._new_core()
         self.now = 1_000_000.0
         self.ids: list[str] = []
         #: The first final (status, result) seen of each task: it must never change.
@@ -76,6 +76,15 @@ class CoreMachine(RuleBasedStateMachine):
         self.started_runs: list[tuple[str, float]] = []
         #: Tasks a client watches whose outcome it was not sent yet.
         self.watched: set[str] = set()
+
+    def _new_core(self) -> CheckedScheduler:
+        """A core on the store, as the broker's: finished tasks leave memory once committed,
+        all but the last two here, so that every step meets tasks in the store only."""
+        core = CheckedScheduler(self.timing, self.random.randbytes)
+        core.load(self.store.load(), getattr(self, "now", 1_000_000.0),
+                  self.store.load_workers(), self.store)  # fmt: skip
+        core.finished_in_memory = 2
+        return core
 
     # -- the turn every step ends with ---------------------------------------------------
 
@@ -94,7 +103,7 @@ class CoreMachine(RuleBasedStateMachine):
             if isinstance(value, dict) and value.get("status") == "running":
                 self.started_runs.append((value["id"], self.now))
         for _, outcome in outbox.notices:
-            task = self.core.tasks[outcome["id"]]
+            task = self.core.tasks[outcome["id"]]  # in memory: not committed yet
             assert outcome["id"] in self.watched, f"outcome of {task.id} sent twice or unasked"
             self.watched.discard(task.id)
             assert task.status in FINAL_STATUSES and outcome["status"] == task.status.value
@@ -106,12 +115,13 @@ class CoreMachine(RuleBasedStateMachine):
         self.store.save(
             self.core.take_dirty(), self.core.take_pruned(), workers=workers, forgotten=forgotten
         )
+        self.core.evict()
         STEPS_CHECKED[0] += 1
 
     @invariant()
     def outcomes_are_final(self) -> None:
         for task in self.core.tasks.values():
-            if task.cold or task.status not in FINAL_STATUSES:
+            if task.status not in FINAL_STATUSES:
                 continue
             first = self.final.setdefault(task.id, (task.status, task.result))
             assert first == (task.status, task.result), f"task {task.id} changed its outcome"
@@ -119,11 +129,11 @@ class CoreMachine(RuleBasedStateMachine):
     @invariant()
     def nothing_started_before_its_dependencies(self) -> None:
         for task_id, when in self.started_runs:
-            task = self.core.tasks.get(task_id)
-            if task is None or task.cold:
+            task = self.core.find(task_id)
+            if task is None:
                 continue
             for dep_id in task.dependencies:
-                dep = self.core.tasks.get(dep_id)
+                dep = self.core.find(dep_id)
                 if dep is None:
                     continue  # pruned: it had completed
                 assert dep.status is TaskStatus.COMPLETED, f"{task_id} ran before {dep_id}"
@@ -244,8 +254,8 @@ class CoreMachine(RuleBasedStateMachine):
         if worker is not None and RunKey(task_id, attempt) not in self.held[worker_id]:
             entry = {"task_id": task_id, "attempt": attempt, "status": status, "result": b"no"}
             edge.report(self.core, worker, [entry], self.now)
-            task = self.core.tasks.get(task_id)
-            if task is not None and task.status is TaskStatus.COMPLETED and not task.cold:
+            task = self.core.find(task_id)
+            if task is not None and task.status is TaskStatus.COMPLETED:
                 assert task.result != b"no", "a report of a run nobody held was recorded"
         self.turn()
 
@@ -313,25 +323,21 @@ class CoreMachine(RuleBasedStateMachine):
             self.core.schedule(self.now)
             for address, entries in self.core.take_outbox().dispatch.items():
                 self.held[address.decode()].update(entry.run for entry in entries)
-        self.core = CheckedScheduler(self.timing, self.random.randbytes)
         self.watched.clear()  # a restarted broker forgets who watched
-        self.core.load(self.store.load(), self.now, self.store.warm, self.store.load_workers())
+        self.core = self._new_core()
         # Every worker registered is listed again, offline until it speaks.
         assert {w.id: (w.kind, w.capabilities) for w in self.core.workers.values()} == registered
         assert self.core.roster.online == {}
         for task_id, stored in committed.items():
-            task = self.core.tasks.get(task_id)
+            task = self.core.find(task_id)
             assert task is not None, f"committed task {task_id} lost in a restart"
-            if task.cold:
-                assert task.status.value == stored["status"]
-                continue
             assert _stored(task) == stored, f"task {task_id} changed in a restart"
         self.turn()
 
 
 def _stored(task: Task) -> dict[str, Any]:
     """What a restart must bring back of a task."""
-    record: dict[str, Any] = task.record() if not task.cold else {"status": task.status.value}
+    record: dict[str, Any] = task.record()
     return {k: v for k, v in record.items() if k != "leases"} | {
         "leases": [
             (le["attempt"], le["worker_id"], le["outcome"]) for le in record.get("leases", [])

@@ -24,10 +24,11 @@ import zmq
 from broker.outflow import Outflow
 from broker.server import BrokerServer
 from broker.state import Task, Worker
+from broker.store import StoreSummary
 from broker.store.memory import MemoryStore
 from broker.store.sqlite import SqliteStore
 from common import ops, protocol
-from common.models import FINAL_STATUSES
+from common.models import FINAL_STATUSES, TaskStatus
 from common.protocol import Command
 from common.settings import Settings
 from tests import edge
@@ -63,11 +64,26 @@ class CheckedStore:
     def load(self) -> list[Task]:
         return self.inner.load()
 
-    def warm(self, tasks: Sequence[Task]) -> None:
-        self.inner.warm(tasks)
-
     def load_workers(self) -> list[Worker]:
         return self.inner.load_workers()
+
+    def summary(self) -> StoreSummary:
+        return self.inner.summary()
+
+    def find(self, task_id: str) -> Task | None:
+        return self.inner.find(task_id)
+
+    def find_key(self, key: str) -> Task | None:
+        return self.inner.find_key(key)
+
+    def finished_page(
+        self, status: TaskStatus | None, handler: str | None, after: int, limit: int,
+        max_bytes: int,
+    ) -> list[Task]:  # fmt: skip
+        return self.inner.finished_page(status, handler, after, limit, max_bytes)
+
+    def prune(self, before: float, excess: int, limit: int) -> list[tuple[str, TaskStatus]]:
+        return self.inner.prune(before, excess, limit)
 
     def save(
         self,

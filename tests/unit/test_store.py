@@ -89,10 +89,10 @@ def fields_of(task: Task) -> dict[str, Any]:
 
 
 def whole(store: Store) -> dict[str, Task]:
-    """Every task of the store, loaded and warmed, by id."""
-    loaded = store.load()
-    store.warm(loaded)
-    return {task.id: task for task in loaded}
+    """Every task of the store, by id: the unfinished ones as loaded, the finished ones as
+    a page of them all."""
+    finished = store.finished_page(None, None, 0, 10**9, 10**18)
+    return {task.id: task for task in [*store.load(), *finished]}
 
 
 def test_the_backends_are_the_modules_of_the_package() -> None:
@@ -126,13 +126,9 @@ def test_every_stored_field_round_trips(store: Store) -> None:
     edge.report(core, worker, [{"task_id": second, "attempt": 1, "status": "completed",
                           "result": b"r"}], 14.0)  # fmt: skip
     store.save(core.tasks.values())
-    loaded = store.load()
+    assert second not in {t.id for t in store.load()}  # finished: in the store only
+    loaded = list(whole(store).values())
     assert len(loaded) == 4
-    assert [t.id for t in loaded if t.cold] == [second]  # finished: index fields only
-    cold = next(t for t in loaded if t.cold)
-    assert (cold.seq, cold.handler, cold.status, cold.completed_at) == (2, "echo",
-            TaskStatus.COMPLETED, 14.0)  # fmt: skip
-    store.warm(loaded)
     for task in loaded:
         original = core.tasks[task.id]
         for name in STORED:
@@ -141,8 +137,7 @@ def test_every_stored_field_round_trips(store: Store) -> None:
                 value = [lease.to_row() for lease in value]
                 expected = [lease.to_row() for lease in expected]
             assert value == expected, name
-    first_loaded = next(t for t in store.load() if t.id == first)
-    assert not first_loaded.cold  # pending again (retry back-off): loaded whole
+    first_loaded = next(t for t in store.load() if t.id == first)  # pending again (back-off)
     assert first_loaded.failures == 1 and first_loaded.not_before > 13.0
     assert [(le.attempt, le.outcome, le.error) for le in first_loaded.leases] == [
         (1, "failed", "x")
@@ -181,18 +176,16 @@ def test_a_task_of_every_status_comes_back_whole(store: Store) -> None:
     tasks = [_task(seq, status, **STATES[status]) for seq, status in enumerate(STATES, 1)]
     store.save(tasks)
     assert all(task.stored for task in tasks)
-    loaded = {task.id: task for task in store.load()}
+    # Unfinished tasks come back with a load, finished ones when asked for.
+    assert {t.id for t in store.load()} == {t.id for t in tasks if t.status not in FINAL_STATUSES}
+    loaded = whole(store)
     for task in tasks:
         back = loaded[task.id]
         assert back is not task and back.stored
-        # Finished tasks may come cold, with their index fields; the others come whole.
-        assert back.cold in ((False, True) if task.status in FINAL_STATUSES else (False,))
-        index = ("id", "seq", "handler", "status", "completed_at", "idempotency_key")
-        assert [getattr(back, n) for n in index] == [getattr(task, n) for n in index]
         assert (back.waiting_on, back.queued) == (0, False)
-    store.warm(list(loaded.values()))
+        found = store.find(task.id)
+        assert found is not None and found is not back and fields_of(found) == fields_of(task)
     assert {i: fields_of(t) for i, t in loaded.items()} == {t.id: fields_of(t) for t in tasks}
-    assert not any(task.cold for task in loaded.values())
 
 
 #: Lease histories whose strings and floats a store must keep exactly (``test_store_sqlite``
@@ -279,92 +272,71 @@ def test_what_is_saved_is_a_copy_until_the_next_save(store: Store) -> None:
     assert fields_of(whole(store)[task.id]) == fields_of(task)
 
 
-def test_finished_tasks_load_cold_or_whole_and_warm_whole(store: Store) -> None:
-    tasks = [_task(seq, status, **STATES[status]) for seq, status in enumerate(STATES, 1)]
-    store.save(tasks)
-    loaded = sorted(store.load(), key=lambda t: t.seq)
-    cold = [task for task in loaded if task.cold]
-    assert {task.status for task in cold} <= FINAL_STATUSES
-    for task in cold:
-        with pytest.raises(RuntimeError, match="cold"):
-            task.record()
-    whole_before = [task for task in loaded if not task.cold]
-    kept = {id(task): fields_of(task) for task in whole_before}
-    store.warm(loaded[::-1])  # warm tasks among them are left as they are
-    assert all(fields_of(task) == kept[id(task)] for task in whole_before)
-    assert [task.record() for task in loaded] == [task.record() for task in tasks]
-    assert not any(task.cold for task in loaded)
-
-
-def test_a_cold_task_is_never_written_and_a_missing_one_never_warmed(store: Store) -> None:
-    tasks = [_task(seq, TaskStatus.CANCELLED, **STATES[TaskStatus.CANCELLED]) for seq in (1, 2)]
-    store.save(tasks)
-    first, second = sorted(store.load(), key=lambda t: t.seq)
-    with pytest.raises(RuntimeError, match=f"task {first.id} changed while cold"):
-        store.save([first])
-    store.save([], deleted=[second])
-    with pytest.raises(RuntimeError, match=r"missing from the store: seq \[2\]"):
-        store.warm([first, second])
-    assert not first.cold and second.cold
-    assert fields_of(first) == fields_of(tasks[0])
-
-
-def test_a_warm_missing_some_tasks_warms_the_others_and_names_the_first_ten(
+def test_finished_tasks_are_found_by_id_key_and_page_and_pruned_oldest_first(
     store: Store,
 ) -> None:
-    tasks = [_task(seq, TaskStatus.FAILED, **STATES[TaskStatus.FAILED]) for seq in range(1, 15)]
+    statuses = [TaskStatus.COMPLETED] * 6 + [TaskStatus.FAILED, TaskStatus.CANCELLED] * 2
+    tasks = []
+    for seq, status in enumerate(statuses, 1):
+        state = {**STATES[status], "completed_at": 1000.0 - seq}  # the later, the older
+        state.pop("idempotency_key", None)
+        tasks.append(_task(seq, status, **state, idempotency_key=f"key-{seq}"))
+    tasks.append(_task(11, TaskStatus.PENDING))
     store.save(tasks)
-    loaded = sorted(store.load(), key=lambda t: t.seq)
-    assert all(task.cold for task in loaded)
-    store.save([], deleted=tasks[:12])
-    missing = r"missing from the store: seq \[1, 2, 3, 4, 5, 6, 7, 8, 9, 10\]$"
-    with pytest.raises(RuntimeError, match=missing):
-        store.warm(loaded)  # the missing ones first: the others are warmed all the same
-    assert [task.cold for task in loaded] == [True] * 12 + [False] * 2
-    assert [fields_of(task) for task in loaded[12:]] == [fields_of(task) for task in tasks[12:]]
+    summary = store.summary()
+    assert summary.finished == {TaskStatus.COMPLETED: 6, TaskStatus.FAILED: 2,
+                                TaskStatus.CANCELLED: 2}  # fmt: skip
+    assert summary.next_seq == 12
+    assert [t.id for t in store.load()] == ["task-11"]
+    found, keyed = store.find("task-7"), store.find_key("key-7")
+    assert found is not None and keyed is not None and fields_of(found) == fields_of(tasks[6])
+    assert keyed is not found and fields_of(keyed) == fields_of(tasks[6])
+    assert store.find("task-99") is None and store.find_key("key-99") is None
+
+    def page(status: TaskStatus | None, handler: str | None = None, after: int = 0,
+             limit: int = 100, max_bytes: int = 10**9) -> list[int]:  # fmt: skip
+        return [t.seq for t in store.finished_page(status, handler, after, limit, max_bytes)]
+
+    assert page(None) == list(range(1, 11))
+    assert page(TaskStatus.FAILED) == [7, 9] and page(TaskStatus.CANCELLED, after=8) == [10]
+    assert page(TaskStatus.PENDING) == []  # finished ones only
+    assert page(None, "handler-1") == [1, 3, 5, 7, 9]
+    assert page(TaskStatus.COMPLETED, after=2, limit=3) == [3, 4, 5]
+    # Cut by size: never more than max_bytes, but always the first.
+    assert page(None, max_bytes=1) == [1]
+    one = tasks[0].size()
+    assert page(None, limit=4, max_bytes=2 * one + one // 2) in ([1, 2], [1, 2, 3])
+    # Pruned oldest completion first: past ``before``, then the excess.
+    assert store.prune(before=990.5, excess=0, limit=100) == [("task-10", TaskStatus.CANCELLED)]
+    assert store.prune(before=0.0, excess=2, limit=100) == [
+        ("task-9", TaskStatus.FAILED), ("task-8", TaskStatus.CANCELLED),
+    ]  # fmt: skip
+    assert store.prune(before=995.0, excess=0, limit=2) == [
+        ("task-7", TaskStatus.FAILED), ("task-6", TaskStatus.COMPLETED),
+    ]  # fmt: skip
+    assert store.prune(before=0.0, excess=0, limit=100) == []
+    assert page(None) == [1, 2, 3, 4, 5]
+    assert store.summary().finished == {TaskStatus.COMPLETED: 5}
+    assert [t.id for t in store.load()] == ["task-11"]
 
 
-def test_a_cold_task_is_the_same_whatever_the_backend(tmp_path: Path) -> None:
-    # The core's tests run on the memory store and the broker on another: a cold task,
-    # placeholders and all, must look the same to the core whichever loaded it.
-    cold: dict[str, list[dict[str, Any]]] = {}
+def test_a_finished_task_is_the_same_whatever_the_backend(tmp_path: Path) -> None:
+    # The core's tests run on the memory store and the broker on another: a task read from
+    # the store must look the same to the core whichever read it.
+    read: dict[str, list[dict[str, Any]]] = {}
     for backend in BACKENDS:
         tasks = [_task(seq, status, **STATES[status]) for seq, status in enumerate(STATES, 1)]
         (tmp_path / backend).mkdir()
         store = open_store(location(backend, tmp_path / backend), "full")
         store.save(tasks)
-        loaded = sorted(store.load(), key=lambda t: t.seq)
+        back = [*store.load(), *store.finished_page(None, None, 0, 100, 10**9)]
+        back += [t for t in (store.find(task.id) for task in tasks) if t is not None]
         store.close()
-        cold[backend] = [fields_of(t) | {"derived": (t.waiting_on, t.queued)} for t in loaded]
-        assert [t.cold for t in loaded] == [t.status in FINAL_STATUSES for t in tasks], backend
-    reference = cold.pop("sqlite")
-    for backend, seen in cold.items():
+        read[backend] = [fields_of(t) | {"derived": (t.waiting_on, t.queued)} for t in back]
+        assert len(back) == 2 * len(tasks), backend
+    reference = read.pop("sqlite")
+    for backend, seen in read.items():
         assert seen == reference, backend
-
-
-def test_a_save_refused_for_a_cold_task_keeps_nothing_and_the_store_goes_on(
-    store: Store,
-) -> None:
-    store.save([_task(1, TaskStatus.COMPLETED, **STATES[TaskStatus.COMPLETED])])
-    (finished,) = store.load()
-    finished.cold = True  # as loaded by a store that loads finished tasks cold
-    known = _task(2, TaskStatus.PENDING)
-    store.save([known])
-    new = _task(3, TaskStatus.PENDING)
-    known.status = TaskStatus.CANCELLED
-    with pytest.raises(RuntimeError, match="task task-1 changed while cold"):
-        store.save([new, known, finished], deleted=[known])
-    assert not new.stored  # as it was: the store does not hold it
-    assert {t.id: t.status for t in whole(store).values()} == {
-        "task-1": TaskStatus.COMPLETED,
-        "task-2": TaskStatus.PENDING,
-    }
-    store.save([new, known])
-    assert new.stored
-    assert {t.id: fields_of(t) for t in whole(store).values() if t.id != "task-1"} == {
-        "task-2": fields_of(known),
-        "task-3": fields_of(new),
-    }
 
 
 def test_a_save_that_fails_midway_keeps_nothing_and_the_store_goes_on(opened: Opened) -> None:
@@ -416,15 +388,13 @@ def test_loaded_tasks_leave_what_the_core_derives_to_the_core(store: Store) -> N
 
     loaded = store.load()
     assert {t.id: t.status for t in loaded} == {
-        done: TaskStatus.COMPLETED,
         parent: TaskStatus.RUNNING,
         child: TaskStatus.PENDING,
     }
     for task in loaded:
         assert (task.waiting_on, task.queued, task.stored) == (0, False, True), task.status
-        assert task.cold is (task.status in FINAL_STATUSES)
     restarted = Scheduler(core.timing)
-    restarted.load(loaded, 20.0, store.warm)
+    restarted.load(loaded, 20.0, store=store)
     worker = edge.register(restarted, b"w", {"id": "w", "slots": 2, "capabilities": ["echo"],
                "running": [{"task_id": parent, "attempt": 1}]}, 20.0,
     )  # fmt: skip
@@ -455,7 +425,7 @@ def test_a_core_restarted_from_the_store_shows_and_runs_what_it_committed(
         store = opened.again()
 
     restarted = CheckedScheduler(core.timing)
-    restarted.load(store.load(), 20.0, store.warm)
+    restarted.load(store.load(), 20.0, store=store)
     assert restarted.take_dirty() == []  # loading changes nothing that needs writing back
     # What the store holds comes back (why a task waits is not stored: there are no workers
     # after the restart, and it says so).

@@ -24,7 +24,7 @@ from broker.store.sqlite import (
     _FRESH_STATE,
     _INSERT,
     _LOAD,
-    _WARM_CHUNK,
+    _READ_CHUNK,
     SCHEMA_VERSION,
     SqliteStore,
     _Batch,
@@ -58,10 +58,9 @@ def test_tasks_round_trip_through_sqlite(tmp_path: Path) -> None:
 
     reopened = SqliteStore(str(tmp_path / "sub" / "s.db"))
     loaded = {t.id: t for t in reopened.load()}
-    assert {t.id for t in loaded.values() if t.cold} == {
-        t.id for t in core.tasks.values() if t.status in FINAL_STATUSES
-    }
-    reopened.warm(list(loaded.values()))
+    assert set(loaded) == {t.id for t in core.tasks.values() if t.status not in FINAL_STATUSES}
+    finished = reopened.finished_page(None, None, 0, 100, 10**9)
+    loaded.update((t.id, t) for t in finished)
     reopened.close()
     assert set(loaded) == set(core.tasks)
     for task_id, task in core.tasks.items():
@@ -86,7 +85,7 @@ def test_load_columns_follow_the_task_fields() -> None:
     # _task builds a Task positionally from _LOAD's columns: the two orders must agree.
     names = [f.name for f in dataclasses.fields(Task)]
     assert names[: len(_LOAD.split(", "))] == _LOAD.split(", ")
-    assert names[len(_LOAD.split(", ")) :] == ["waiting_on", "queued", "stored", "cold"]
+    assert names[len(_LOAD.split(", ")) :] == ["waiting_on", "queued", "stored"]
     # _fresh_task puts the fresh state where these fields are, and Task's defaults agree.
     start = names.index("status")
     assert list(_FRESH_STATE) == names[start : start + len(_FRESH_STATE)]
@@ -113,31 +112,28 @@ def _finished_tasks(count: int) -> list[Task]:
     return tasks
 
 
-def test_finished_tasks_load_cold_and_warm_whole_in_chunks(tmp_path: Path) -> None:
-    # More tasks than one warming query takes, so that the chunks are exercised.
+def test_a_page_of_finished_tasks_reads_them_in_chunks_and_by_index(tmp_path: Path) -> None:
+    # More tasks than one read by seq takes, so that the chunks are exercised.
     originals = _finished_tasks(1200)
-    assert len(originals) > 2 * _WARM_CHUNK
+    assert len(originals) > 2 * _READ_CHUNK
+    originals[700].status = TaskStatus.FAILED
     store = SqliteStore(str(tmp_path / "s.db"))
     store.save(originals)
-    loaded = sorted(store.load(), key=lambda t: t.seq)
-    assert all(t.cold and t.args == b"" and t.leases == [] for t in loaded)
-    index = [(t.id, t.seq, t.handler, t.status, t.completed_at, t.idempotency_key) for t in loaded]
-    assert index == [(t.id, t.seq, t.handler, t.status, t.completed_at, t.idempotency_key)
-                     for t in originals]  # fmt: skip
-    with pytest.raises(RuntimeError, match="cold"):
-        loaded[0].record()
-    store.warm(loaded[::-1])
-    assert [t.record() for t in loaded] == [t.record() for t in originals]
-    assert not any(t.cold for t in loaded)
-    store.close()
-
-
-def test_a_cold_task_is_never_prepared(tmp_path: Path) -> None:
-    store = SqliteStore(str(tmp_path / "s.db"))
-    store.save(_finished_tasks(2))
-    first, _ = sorted(store.load(), key=lambda t: t.seq)
-    with pytest.raises(RuntimeError, match="changed while cold"):
-        _prepare([first])
+    assert store.load() == []
+    page = store.finished_page(None, None, 0, 1200, 10**9)
+    assert [t.record() for t in page] == [t.record() for t in originals]
+    # A rare status by its partial index, a key by its own, an id by its own: no scan.
+    plans = {
+        "failed": ("SELECT seq FROM tasks WHERE status = 'failed' AND seq > 0 ORDER BY seq", ()),
+        "key": ("SELECT seq FROM tasks WHERE idempotency_key = ?", ("key-5",)),
+        "id": ("SELECT seq FROM tasks WHERE id = ?", ("t00005",)),
+        "pruning": ("SELECT seq FROM tasks WHERE completed_at IS NOT NULL AND completed_at <= ? "
+                    "ORDER BY completed_at LIMIT 10", (5.0,)),
+    }  # fmt: skip
+    for name, (query, values) in plans.items():
+        plan = " ".join(row[-1] for row in store._db.execute(f"EXPLAIN QUERY PLAN {query}", values))
+        assert "USING" in plan and "SCAN tasks" not in plan.replace("USING", ""), (name, plan)
+    assert [t.seq for t in store.finished_page(TaskStatus.FAILED, None, 0, 10, 10**9)] == [701]
     store.close()
 
 
@@ -182,8 +178,9 @@ def test_a_known_task_is_written_by_its_state_only(tmp_path: Path) -> None:
     assert (batch.fresh, batch.inserts, batch.new) == ([], [], [])
     assert batch.updates == [(*_state_row(task), task.seq)]
     store._write(batch)
-    store.warm(loaded := store.load())
-    assert [(t.name, t.status) for t in loaded] == [("first name", TaskStatus.CANCELLED)]
+    assert store.load() == []
+    found = store.find(task.id)
+    assert found is not None and (found.name, found.status) == ("first name", TaskStatus.CANCELLED)
     store.close()
 
 
@@ -299,9 +296,9 @@ def test_a_store_is_opened_by_its_path_or_its_sqlite_url_with_its_sync_mode(
         open_store(str(tmp_path / "s.db"), "sometimes")
 
 
-def test_a_store_of_schema_2_loads_and_is_brought_to_schema_3(tmp_path: Path) -> None:
-    # A file laid out by hand as schema 2 (no workers table, leases of seven fields) loads,
-    # and gains what schema 3 added.
+def test_a_store_of_schema_2_loads_and_is_brought_to_schema_4(tmp_path: Path) -> None:
+    # A file laid out by hand as schema 2 (no workers table, leases of seven fields, no
+    # indexes) loads, and gains what schemas 3 and 4 added.
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)
     db.executescript(
@@ -328,8 +325,9 @@ def test_a_store_of_schema_2_loads_and_is_brought_to_schema_3(tmp_path: Path) ->
     db.commit()
     db.close()
     store = SqliteStore(str(path))
-    loaded = sorted(store.load(), key=lambda t: t.seq)
-    store.warm(loaded)
+    loaded = [*store.load(), *store.finished_page(None, None, 0, 10, 10**9)]
+    found = store.find_key("key")
+    assert found is not None and found.id == "b"
     assert store.load_workers() == []
     worker = Worker("w", WorkerKind.HTTP, frozenset({"fib"}), {"cpu": 2.0}, 0, 14.0)
     store.save([], workers=[worker])
@@ -339,8 +337,16 @@ def test_a_store_of_schema_2_loads_and_is_brought_to_schema_3(tmp_path: Path) ->
         {**worker.record(), "status": "offline"}
     ]
     assert reopened._db.execute("SELECT value FROM meta").fetchone() == (SCHEMA_VERSION,)
+    query = "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'tasks_%'"
+    assert {row[0] for row in reopened._db.execute(query)} == {
+        "tasks_by_id",
+        "tasks_by_key",
+        "tasks_failed",
+        "tasks_cancelled",
+        "tasks_by_completion",
+    }
     reopened.close()
-    assert SCHEMA_VERSION == "3"
+    assert SCHEMA_VERSION == "4"
     assert [t.record() for t in loaded] == [
         {"id": "a", "name": "echo", "handler": "echo", "args": b"\x00", "dependencies": [],
          "priority": 0, "status": "pending", "worker_id": None, "attempts": 0, "result": None,
