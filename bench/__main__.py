@@ -32,6 +32,7 @@ from bench import (
     latency,
     reference,
     scale,
+    scale_workers,
     throughput,
 )
 from bench.harness import Report
@@ -45,6 +46,7 @@ BENCHMARKS: dict[str, Runner] = {
     "http": http.run,
     "latency": latency.run,
     "graph": graph.run,
+    "scale_workers": scale_workers.run,
     "scale": scale.run,
 }
 

@@ -202,8 +202,8 @@ class Roster:
             return
         if not worker.interval:
             worker.interval = self.interval_of(worker)
-        worker.last_ping = start
         first = start + worker.interval * ((watch * _PHASE) % 1.0)
+        worker.last_ping = first - worker.interval  # as if pinged one interval before that
         self.timers.add(_slot(first), TimerKind.LIVENESS, worker, watch)
 
     def due(self, worker: Worker, watch: int, now: float) -> Verdict:
