@@ -33,6 +33,7 @@ from bench import (
     latency,
     reference,
     scale,
+    scale_workers,
     throughput,
 )
 from bench.harness import Report
@@ -47,6 +48,7 @@ BENCHMARKS: dict[str, Runner] = {
     "latency": latency.run,
     "graph": graph.run,
     "history": history.run,
+    "scale_workers": scale_workers.run,
     "scale": scale.run,
 }
 

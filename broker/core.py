@@ -25,9 +25,9 @@ from collections.abc import Callable, Sequence
 from operator import attrgetter
 from typing import Any
 
-from broker import dispatch
 from broker.lifecycle import MAX_LOST, Lifecycle, Outbox, Timing
 from broker.queue import Shape
+from broker.roster import Verdict, detection_time
 from broker.state import Task, Worker
 from broker.store import Store
 from broker.timers import TimerKind
@@ -35,7 +35,7 @@ from broker.waiters import Waiter
 from common.errors import Conflict, InvalidInput, NotFound, TooLarge
 from common.limits import MAX_PAGE_BYTES, MAX_PAYLOAD
 from common.logs import listing
-from common.messages import Ready, RunKey, RunOutcome
+from common.messages import Ping, Ready, RunKey, RunOutcome
 from common.models import FINAL_STATUSES, LeaseOutcome, TaskStatus, WorkerKind, WorkerStatus
 from common.ops import HttpComplete, HttpRegister, ListTasks, ListWorkers
 from common.spec import TaskSpec
@@ -124,10 +124,16 @@ class Scheduler(Lifecycle):
                     expiry = now + task.timeout + grace
                     self.timers.add(expiry, TimerKind.LEASE, task, task.attempts)
         if self.orphans:
-            window = self.timing.worker_window + self.timing.ping_interval
-            self.timers.add(now + window, TimerKind.ORPHANS, None)
+            # Each worker watches the broker with the window its last PING set, which grew
+            # with the cluster: at most the window for every worker the store lists.
+            timing = self.timing
+            zmq_workers = sum(1 for worker in workers if worker.kind is WorkerKind.ZMQ)
+            window = detection_time(
+                zmq_workers, timing.ping_interval, timing.liveness, timing.ping_rate
+            )
+            self.timers.add(now + window + timing.ping_interval, TimerKind.ORPHANS, None)
         self.ready.extend(ready)
-        self._ready_changed = True
+        self.matcher.consider_all({task.shape for task in ready})
 
     # -- submitting and inspecting ---------------------------------------------------
 
@@ -397,10 +403,13 @@ class Scheduler(Lifecycle):
             tags=frozenset(ready.tags),
             registration=self._registered(),
             session=ready.session,
+            adaptive_ping=ready.adaptive_ping,
         )
+        if old is not None:
+            self.matcher.leave(old)
         self.roster.put(worker)
+        self.matcher.join(worker)
         self._worker_changed(worker)
-        self._ready_changed = True
         refused: list[str] = []
         tasks = self.index.tasks
         for task_id, attempt in ready.running:
@@ -422,6 +431,7 @@ class Scheduler(Lifecycle):
             task = tasks.get(task_id)
             if task is not None and task.attempts == attempt and task.status is TaskStatus.RUNNING:
                 self._lose(task, now)
+        self.matcher.touch(worker)
         if refused:
             self.outbox.cancel.setdefault(address, []).extend(refused)
         log.info(
@@ -453,6 +463,7 @@ class Scheduler(Lifecycle):
         BYE when they have, or when its grace is over)."""
         if not worker.draining:
             worker.draining = True
+            self.matcher.touch(worker)
             self.roster.changed()
             log.info("worker %s is draining: %d runs left", worker.id, len(worker.running))
 
@@ -518,12 +529,13 @@ class Scheduler(Lifecycle):
                 self.orphans.discard(task_id)
                 worker.running[task_id] = task.attempts
                 worker.take(task.resources)
+        self.matcher.touch(worker)
 
     def http_next(self, worker_id: str, wait: float, token: object, now: float) -> None:
         """Queue a long-poll; it is answered through the outbox, with a task or at its deadline."""
         worker = self.http_worker(worker_id, now)
         self.deferred.open_poll(worker, token, now + wait)
-        self._ready_changed = True
+        self.matcher.touch(worker)
 
     def http_complete(self, request: HttpComplete, now: float) -> Task:
         worker = self.http_worker(request.worker_id, now)
@@ -544,9 +556,21 @@ class Scheduler(Lifecycle):
 
     def tick(self, now: float) -> list[bytes]:
         """Fire the timers due (back-offs, lease expiry, deferred answers, the claim window
-        after a restart), then liveness. Returns the addresses of the workers to ping now."""
+        after a restart, liveness). Returns the addresses of the workers to ping now (what
+        each PING says: ``ping``)."""
+        pings: list[bytes] = []
         for kind, subject, detail in self.timers.due(now):
-            if kind is TimerKind.READY:
+            if kind is TimerKind.LIVENESS:
+                verdict = self.roster.due(subject, detail, now)
+                if verdict is Verdict.PING:
+                    pings.append(subject.address)
+                elif verdict is Verdict.SILENT:
+                    worker = subject
+                    log.warning(
+                        "worker %s offline: silent for %.1f s", worker.id, now - worker.last_seen
+                    )
+                    self._offline(worker, now, count_lost=True)
+            elif kind is TimerKind.READY:
                 task = subject
                 if task.status is TaskStatus.PENDING and not task.queued and task.not_before <= now:
                     self._push_ready(task)
@@ -558,13 +582,15 @@ class Scheduler(Lifecycle):
                 self.deferred.expire(subject)
             elif kind is TimerKind.POLL:
                 self.deferred.poll_due(subject, detail, now)
+                self.matcher.touch(subject)
             elif kind is TimerKind.ORPHANS:
                 self._orphans_unclaimed(now)
-        silent, pings = self.roster.check(now)
-        for worker in silent:
-            log.warning("worker %s offline: silent for %.1f s", worker.id, now - worker.last_seen)
-            self._offline(worker, now, count_lost=True)
         return pings
+
+    def ping(self, address: bytes) -> Ping:
+        """What the PING to the worker at this address says: its interval until the next."""
+        worker = self.roster.at(address)
+        return Ping(worker.interval if worker is not None else self.timing.ping_interval)
 
     def _orphans_unclaimed(self, now: float) -> None:
         """The claim window after a restart is over: leases nobody claimed are lost."""
@@ -607,16 +633,16 @@ class Scheduler(Lifecycle):
     def schedule(self, now: float) -> int:
         """Lease ready tasks to workers with free slots, best priority first; returns leases made.
 
-        Only runs when something changed (a task became ready, a slot freed, a worker came).
+        Considers only the shapes something changed for (a task became ready, a worker that
+        could take one freed a slot or came): ``broker.dispatch``.
         """
-        if not self._ready_changed:
+        if not self.matcher.pending():
             return 0
-        self._ready_changed = False
 
         def lease(task: Task, worker: Worker) -> None:
             self._lease(task, worker, now)
 
-        return dispatch.match(self.ready, self.roster.online.values(), lease)
+        return self.matcher.match(lease)
 
 
 def _spec_of(task: Task | TaskSpec) -> dict[str, Any]:

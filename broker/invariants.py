@@ -7,8 +7,10 @@ costs O(tasks + workers), which is for tests (the core's tests run it after ever
 operation), never for the broker's loop.
 
 The rules are the ones the modules' docstrings state: ``broker.lifecycle`` (tasks and
-leases), ``broker.index`` (counts, sets and orders), ``broker.roster`` (who is online)
-and ``broker.waiters`` (deferred answers).
+leases), ``broker.index`` (counts, sets and orders), ``broker.roster`` (who is online,
+and the liveness timers), ``broker.dispatch`` (the matcher's services, heaps and parked
+shapes, which must agree with the workers and queues) and ``broker.waiters`` (deferred
+answers).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 from broker.core import Scheduler
+from broker.dispatch import provides, service_of
+from broker.queue import Shape
 from broker.state import Lease, Task
 from broker.timers import TimerKind
 from broker.waiters import MAX_WATCHERS
@@ -36,6 +40,8 @@ def check(core: Scheduler) -> None:
     _index(core)
     _tasks(core)
     _workers(core)
+    _liveness(core)
+    _matcher(core)
     _waiters(core)
 
 
@@ -162,6 +168,67 @@ def _workers(core: Scheduler) -> None:
             expected = total - taken.get(kind, 0.0)
             if worker.status is WorkerStatus.ONLINE and abs(free - expected) > 1e-6:
                 _fail(f"worker {worker.id} has {free} {kind} free of {total}, {expected} expected")
+
+
+def _liveness(core: Scheduler) -> None:
+    watched = {
+        (id(subject), detail)
+        for _, _, kind, subject, detail in core.timers._heap
+        if kind is TimerKind.LIVENESS
+    }
+    for worker in core.roster.online.values():
+        if (id(worker), worker.watch) not in watched:
+            _fail(f"online worker {worker.id} has no liveness timer of its watch")
+
+
+def _live_heads(core: Scheduler) -> dict[Shape, Task]:
+    """The head of each ready queue, read without the lazy deletion ``head`` does."""
+    heads: dict[Shape, Task] = {}
+    for shape, heap in core.ready._heaps.items():
+        live = [t for _, _, t in heap if t.queued and t.status is TaskStatus.PENDING]
+        if live:
+            heads[shape] = min(live, key=lambda t: (-t.priority, t.seq))
+    return heads
+
+
+def _matcher(core: Scheduler) -> None:
+    matcher, online = core.matcher, core.roster.online
+    for key, service in matcher.services.items():
+        members = {w for w in online.values() if provides(w, key)}
+        if service.members != members:
+            _fail(f"service {key} lists other members than the online workers providing it")
+        current = {(id(w), stamp, -room) for room, _, stamp, w in service.heap}
+        for worker in members:
+            if service not in worker.services:
+                _fail(f"worker {worker.id} is a member of {key} that it does not list")
+            room = worker.capacity()
+            if room > 0 and (id(worker), worker.stamp, room) not in current:
+                _fail(f"worker {worker.id} has {room} free slots and no current entry in {key}")
+    for worker in core.roster.workers.values():
+        for service in worker.services:
+            if worker not in service.members:
+                _fail(f"worker {worker.id} lists service {service.key}, not a member of it")
+    heads = _live_heads(core)
+    for shape, service in matcher.parked_on.items():
+        if shape not in service.parked or service.key != service_of(shape):
+            _fail(f"shape {shape} is parked on the wrong service")
+        if shape in heads:
+            taker = next((w for w in service.members if w.capacity() > 0
+                          and w.fits(shape[2])), None)  # fmt: skip
+            if taker is not None:
+                _fail(f"shape {shape} is parked while {taker.id} could take its head")
+    for shape, head in heads.items():
+        if shape in matcher.parked_on:
+            continue
+        queued = matcher._queued.get(shape)
+        if queued is None or queued > (-head.priority, head.seq):
+            _fail(f"shape {shape} has a ready task and is neither parked nor considered")
+    if not matcher.pending():
+        # Nothing to consider: no ready task may be left that a free worker could run.
+        for shape, head in heads.items():
+            for worker in online.values():
+                if worker.capacity() > 0 and worker.serves(shape) and worker.fits(head.resources):
+                    _fail(f"task {head.id} waits while {worker.id} could run it")
 
 
 def _waiters(core: Scheduler) -> None:

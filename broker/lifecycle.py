@@ -30,9 +30,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker.dispatch import Matcher
 from broker.index import TaskIndex
 from broker.queue import ReadyQueues, Shape
-from broker.roster import Roster
+from broker.roster import DEFAULT_PING_RATE, Roster
 from broker.state import Lease, Task, Worker
 from broker.store import Store
 from broker.timers import TimerKind, Timers
@@ -56,6 +57,8 @@ class Timing:
 
     ping_interval: float = 1.0
     liveness: int = 3
+    #: Pings a second to all ZeroMQ workers together, about (``broker.roster``).
+    ping_rate: float = DEFAULT_PING_RATE
     http_liveness: float = 15.0
     retry_backoff: float = 1.0
     retry_backoff_max: float = 60.0
@@ -93,8 +96,11 @@ class Lifecycle:
         #: Where task ids come from (tests give a sequence they can replay).
         self.random_bytes = random_bytes
         self.index = TaskIndex()
-        self.roster = Roster(timing.ping_interval, timing.worker_window, timing.http_liveness)
         self.timers = Timers()
+        self.roster = Roster(
+            timing.ping_interval, timing.liveness, timing.http_liveness, self.timers,
+            timing.ping_rate,
+        )  # fmt: skip
         self.deferred = Deferred(self.find, self.timers, self._reply, self.show, self._notice)
         #: Where finished tasks are once they leave memory (None: they never do, as in
         #: tests of the core alone): ``load`` sets it.
@@ -121,7 +127,8 @@ class Lifecycle:
         self._forgotten_workers: list[str] = []
         self._next_seq = 1
         self.ready = ReadyQueues()
-        self._ready_changed = False
+        #: Which worker takes which ready task (``broker.dispatch``).
+        self.matcher = Matcher(self.ready, self.roster.online)
         #: Task id -> the pending tasks waiting for it to complete.
         self.dependents: dict[str, list[Task]] = {}
         #: Leases recovered from the store after a restart, waiting for their worker to claim them.
@@ -259,6 +266,7 @@ class Lifecycle:
             assert worker.address is not None
             entry = Assignment(task.id, task.attempts, task.handler, task.args, task.timeout)
             self.outbox.dispatch.setdefault(worker.address, []).append(entry)
+        self.matcher.touch(worker)
 
     # -- outcomes ---------------------------------------------------------------------------
 
@@ -279,7 +287,7 @@ class Lifecycle:
             del worker.running[task_id]
             if task is not None:
                 worker.give_back(task.resources)
-            self._ready_changed = True
+            self.matcher.touch(worker)
         lease = task.current_lease() if task is not None else None
         if (
             task is None
@@ -387,12 +395,13 @@ class Lifecycle:
         self._requeue(task, now)
 
     def _go_online(self, worker: Worker) -> None:
-        """Mark a worker online: every turn watches it, and dispatch may use its slots."""
+        """Mark a worker online: its liveness is watched, and dispatch may use its slots."""
         self.roster.go_online(worker)
-        self._ready_changed = True
+        self.matcher.join(worker)
 
     def _offline(self, worker: Worker, now: float, *, count_lost: bool) -> None:
         self.roster.go_offline(worker)
+        self.matcher.leave(worker)
         self._worker_changed(worker)
         self.deferred.drop_polls(worker)
         running, worker.running = worker.running, {}
@@ -410,7 +419,7 @@ class Lifecycle:
     def _end_lease(self, worker: Worker, task: Task) -> None:
         if worker.running.pop(task.id, None) is not None:
             worker.give_back(task.resources)
-            self._ready_changed = True
+            self.matcher.touch(worker)
 
     def _finish(
         self,
@@ -491,7 +500,7 @@ class Lifecycle:
     def _push_ready(self, task: Task) -> None:
         if not task.queued:
             self.ready.push(task)
-            self._ready_changed = True
+            self.matcher.pushed(task)
 
     def _set_status(self, task: Task, status: TaskStatus) -> None:
         self.index.set_status(task, status)

@@ -90,6 +90,7 @@ def timing_from(settings: Settings) -> Timing:
     return Timing(
         ping_interval=settings.ping_interval,
         liveness=settings.liveness,
+        ping_rate=settings.ping_rate,
         http_liveness=settings.http_liveness,
         retry_backoff=settings.retry_backoff,
         retry_backoff_max=settings.retry_backoff_max,
@@ -284,7 +285,8 @@ class BrokerServer:
             self._freeze()
         # Commands first, before the commit: they promise nothing (see the module's doc).
         for address in pings:
-            self._send(socket, [address, *protocol.pack(Command.PING)])
+            body = core.ping(address).to_body()
+            self._send(socket, [address, *protocol.pack(Command.PING, body)])
         for message in self._commands:
             self._send(socket, message)
         self._commands = []
@@ -469,7 +471,7 @@ class BrokerServer:
             return
         timing = self.core.timing
         welcome = messages.Welcome(
-            worker.id, timing.ping_interval, timing.liveness, self.settings.max_payload
+            worker.id, worker.interval, timing.liveness, self.settings.max_payload
         )
         self._command(address, protocol.pack(Command.WELCOME, welcome.to_body()))
 

@@ -212,6 +212,21 @@ class Worker:
     #: The session token of its READY (ZeroMQ workers): another connection's READY for this
     #: id is a reconnect of the same process only with the same token.
     session: bytes = b""
+    #: It follows the interval each PING carries (its READY said so): the broker may then
+    #: lengthen its pings as the cluster grows (``broker.roster``).
+    adaptive_ping: bool = False
+    #: Seconds between its pings, as the last PING (or its WELCOME) told it.
+    interval: float = 0.0
+    #: Which watch of the roster's its liveness timer belongs to (a timer of an earlier
+    #: watch is stale).
+    watch: int = 0
+    #: Its place in roster order (the order it came online): the tie-break of ``pick``.
+    rank: int = 0
+    #: Bumped at every change of its free slots or resources: an entry of the matcher's
+    #: with another stamp is stale (``broker.dispatch``).
+    stamp: int = 0
+    #: The matcher's services it is a member of (derived; not stored).
+    services: list[Any] = field(default_factory=list)
 
     def size(self) -> int:
         """About how many bytes its record takes on the wire."""

@@ -2,9 +2,10 @@
 
 A timer is (when, kind, subject, detail): a task to make ready after its delay or
 back-off, a lease to expire, a deferred answer (a wait, a long-poll) to give at its
-deadline, the window in which workers may claim leases after a restart. ``due`` hands
-back, in order of time, the timers whose moment has come; the core decides what each
-still means. Timers are never removed early: one that no longer applies (its task
+deadline, the window in which workers may claim leases after a restart, a worker's next
+ping or liveness check (one timer per online worker: liveness walks no list of workers).
+``due`` hands back, in order of time, the timers whose moment has come; the core decides
+what each still means. Timers are never removed early: one that no longer applies (its task
 finished, its waiter was answered) is dropped by the core when it comes due, which
 keeps adding one O(log n) and cancelling one free. New kinds (cron, rate limits) join
 the same heap.
@@ -32,6 +33,8 @@ class TimerKind(Enum):
     POLL = "poll"
     #: The window after a restart in which workers may claim the leases they hold ends.
     ORPHANS = "orphans"
+    #: A worker's next ping or liveness check is due: subject is the worker, detail its watch.
+    LIVENESS = "liveness"
 
 
 class Timers:

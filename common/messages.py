@@ -78,6 +78,10 @@ class Ready:
     #: takes a READY from a new connection for a reconnect of the same process, rather
     #: than another posing as it, by this (empty: none, only the same connection is).
     session: bytes = b""
+    #: It takes the interval each PING carries for its own (``Ping``): the broker may then
+    #: lengthen its pings as the cluster grows. A worker that does not say so is pinged
+    #: every interval its WELCOME said.
+    adaptive_ping: bool = False
 
     def to_body(self) -> dict[str, Any]:
         return {
@@ -90,6 +94,7 @@ class Ready:
             "pid": self.pid,
             "tags": self.tags,
             "session": self.session,
+            "adaptive_ping": self.adaptive_ping,
         }
 
     @classmethod
@@ -119,7 +124,17 @@ class Ready:
             pid=0 if pid is None else fields.integer(pid, "pid", 0, MAX_PID),
             tags=fields.names(body.get("tags"), "tags", MAX_CAPABILITIES),
             session=_session(body.get("session")),
+            adaptive_ping=_flag(body.get("adaptive_ping"), "adaptive_ping"),
         )
+
+
+def _flag(value: Any, name: str) -> bool:
+    """An optional boolean (absent: false)."""
+    if value is None:
+        return False
+    if type(value) is not bool:
+        raise InvalidInput(f"{name} must be a boolean")
+    return value
 
 
 def _session(value: Any) -> bytes:
@@ -253,6 +268,25 @@ class Welcome:
             fields.integer(body.get("liveness"), "liveness", 1, 1000),
             0 if max_payload is None else fields.integer(max_payload, "max_payload", 0, 2**62),
         )
+
+
+@dataclass(slots=True)
+class Ping:
+    """``PING``: a liveness probe, answered with ``PONG``; says the seconds until the next
+    one, which a worker that follows (``Ready.adaptive_ping``) takes as its interval."""
+
+    #: Seconds until the next PING (None: not said, by a broker older than it).
+    ping_interval: float | None = None
+
+    def to_body(self) -> dict[str, Any]:
+        return {} if self.ping_interval is None else {"ping_interval": self.ping_interval}
+
+    @classmethod
+    def decode(cls, body: dict[str, Any]) -> Ping:
+        interval = body.get("ping_interval")
+        if interval is None:
+            return cls()
+        return cls(fields.number(interval, "ping_interval", 0.0, 3600.0, above=True))
 
 
 @dataclass(slots=True)

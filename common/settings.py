@@ -141,6 +141,12 @@ class Settings:
     # Liveness and timing.
     #: Seconds between broker pings to each ZeroMQ worker.
     ping_interval: float = _opt(1.0, "seconds between pings", "--ping-interval", BROKER)
+    #: Pings a second to all ZeroMQ workers together: beyond this many workers online, each
+    #: one's ping interval lengthens to workers / ping_rate seconds (docs/operations.md).
+    ping_rate: float = _opt(
+        1000.0, "pings a second to all workers together (longer intervals beyond)",
+        "--ping-rate", BROKER,
+    )  # fmt: skip
     #: Missed ping intervals after which a ZeroMQ worker is offline.
     liveness: int = _opt(
         3, "ping intervals of silence before a worker is offline", "--liveness", BROKER
@@ -471,6 +477,7 @@ _RULES: list[tuple[str, Callable[[Settings], bool], str]] = [
      "must be at least --reconnect-backoff"),
     ("ping_interval", lambda s: s.ping_interval > 0, "must be > 0"),
     ("liveness", lambda s: s.liveness >= 1, "must be >= 1"),
+    ("ping_rate", lambda s: s.ping_rate > 0, "must be > 0"),
     ("http_liveness", lambda s: s.http_liveness > 0, "must be > 0"),
     ("retry_backoff", lambda s: s.retry_backoff >= 0, "must be >= 0"),
     ("retry_backoff_max", lambda s: s.retry_backoff_max >= s.retry_backoff,

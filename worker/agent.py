@@ -319,6 +319,7 @@ class Agent:
             self.pid,
             self.tags,
             self._session,
+            adaptive_ping=True,
         )
         self._send(Command.READY, ready.to_body())
 
@@ -348,6 +349,11 @@ class Agent:
         command, body = message.command, message.body
         if command is Command.PING:
             self._send(Command.PONG)
+            # The broker says when its next PING comes (longer as the cluster grows): the
+            # broker is presumed gone only after that many intervals of silence.
+            interval = messages.Ping.decode(body).ping_interval
+            if interval is not None:
+                self._ping_interval = interval
         elif command is Command.DISPATCH:
             self._on_dispatch(body)
         elif command is Command.CANCEL:

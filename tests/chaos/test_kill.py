@@ -164,3 +164,33 @@ def test_a_submit_is_durable_the_moment_it_is_answered(stack: Stack) -> None:
         assert client.health()["tasks"]["pending"] == len(answered)
     assert client.get(answered[0])["status"] == "pending"
     assert client.get(answered[-1])["status"] == "pending"
+
+
+def test_worker_killed_in_a_cluster_whose_pings_lengthened(stack: Stack) -> None:
+    # Given a broker that pings 4 times a second in all: with 3 workers online each is
+    # pinged every 0.75 s (not the 0.2 s of --ping-interval), offline after 2.25 s silent.
+    stack.start_broker("--ping-interval", "0.2", "--liveness", "3", "--ping-rate", "4")
+    steady = stack.start_worker(worker_id="steady", slots=1)
+    stack.wait_workers("steady")  # welcomed alone: told 0.25 s, then longer by each PING
+    victim = stack.start_worker("--capabilities", "doomed", worker_id="victim", slots=1)
+    stack.wait_workers("victim")
+    stack.start_worker("--capabilities", "doomed", worker_id="survivor", slots=1)
+    stack.wait_workers("survivor")
+    client = stack.client()
+    task_id = client.submit("sleep", b'{"seconds": 1.5}', requires=["doomed"])
+    wait_for(lambda: client.get(task_id)["worker_id"] == "victim", what="task on victim")
+
+    # When the victim is killed
+    victim.kill9()
+    killed_at = time.monotonic()
+
+    # Then it is offline within twice its window, and its task runs on the survivor.
+    wait_for(lambda: client.worker("victim")["status"] == "offline", what="victim offline")
+    assert time.monotonic() - killed_at <= 2 * 2.25 + 1.0
+    task = client.wait(task_id, timeout=30)
+    history = [(le["attempt"], le["worker_id"], le["outcome"]) for le in task["leases"]]
+    assert history == [(1, "victim", "lost"), (2, "survivor", "completed")]
+    # and the worker that was welcomed with a short interval followed the longer one: it
+    # never took the broker for gone.
+    assert client.worker("steady")["status"] == "online"
+    assert "reconnecting" not in steady.output()
