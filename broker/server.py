@@ -317,7 +317,8 @@ class BrokerServer:
         if core.has_changes():
             if self._dirty_since is None:
                 self._dirty_since = now
-            if promises or now >= self._dirty_since + COMMIT_DELAY:
+            # (or the clock went back: waiting for it to catch up could take hours)
+            if promises or not self._dirty_since <= now < self._dirty_since + COMMIT_DELAY:
                 self._dirty_since = None
                 # Raises if the store fails: the loop stops and nothing here is sent.
                 self._commit()
@@ -343,7 +344,8 @@ class BrokerServer:
 
     def _send_acks(self, socket: zmq.Socket[bytes], now: float) -> None:
         """Send the ACKs of the committed outcomes once they are due, one per worker."""
-        if self._ack_due is None or now < self._ack_due:
+        due = self._ack_due
+        if due is None or due - ACK_DELAY <= now < due:  # not due, unless the clock went back
             return
         for address, runs in self._acked.items():
             self._send(socket, [address, *protocol.pack(Command.ACK, messages.Ack(runs).to_body())])

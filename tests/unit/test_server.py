@@ -500,6 +500,21 @@ def test_outcomes_are_acknowledged_together_10_ms_after_the_first_once_committed
     assert_every_answer_was_durable(turn.events)
 
 
+def test_a_clock_that_goes_back_holds_no_commit_and_no_ack(turn: Turn) -> None:
+    register(turn)
+    turn.request(b"client", "submit", tasks=[{"handler": "echo"}])
+    [task_id] = dispatched(turn.run(T0))
+    commits = turn.commits()
+    turn.queue(WORKER, Command.DONE, done(task_id))
+    assert turn.run(T0 + 1) == []
+    # The clock is set an hour back: the commit and the ACK do not wait for it to catch up.
+    assert turn.run(T0 + 1 - 3600) == [
+        (WORKER, protocol.Message(Command.ACK, {"results": [[task_id, 1]]}))
+    ]
+    assert turn.commits() == commits + 1
+    assert_every_answer_was_durable(turn.events)
+
+
 def test_pruning_forgets_at_most_1000_finished_tasks_a_second(turn: Turn) -> None:
     core = turn.server.core
     ids = [e["id"] for e in edge.submit(core, [{"handler": "nobody"}] * 2500, T0)]
