@@ -17,7 +17,8 @@ burst shares one commit (group commit). A turn that made changes but owes no
 reply does not commit at once: its changes join the next turn's commit (a submit
 whose reply waits for the task to finish is written once, finished), at most
 ``COMMIT_DELAY`` later; ACKs, which only let a worker forget outcomes, wait for
-that commit too, merged into one per worker. A failed commit stops the broker
+that commit too, and go out together, one per worker, ``ACK_DELAY`` after the first
+outcome they answer (or at that commit, if later). A failed commit stops the broker
 before anything it held is acknowledged. This module holds no scheduling logic,
 and nothing a peer sends can make it raise.
 
@@ -66,6 +67,11 @@ TURN_REPLY_BYTES = 16 * 1024 * 1024
 MAX_POLL_SECONDS = 0.1
 #: Longest time in seconds a change that nothing waits for stays uncommitted.
 COMMIT_DELAY = 0.01
+#: Longest time in seconds between a worker's outcome and its ACK, which is sent once the
+#: outcome is committed: the ACKs of every outcome reported in that time go out together,
+#: one per worker, rather than one after each commit (a worker needs an ACK only to forget
+#: an outcome, and each one costs it a wake-up and the broker a send).
+ACK_DELAY = 0.01
 #: Seconds between two rounds of pruning finished tasks past their retention.
 PRUNE_INTERVAL = 1.0
 #: Tasks submitted since the collector last had long-lived objects moved out of its sight
@@ -163,9 +169,16 @@ class BrokerServer:
         self._outflow: Outflow | None = None
         #: The log of dropped messages: a line each, ten a second at most.
         self._dropped = Throttled(log)
-        #: Outcomes to acknowledge, by worker address: one ACK each with the next commit,
-        #: which they do not hurry.
+        #: Outcomes to acknowledge once committed, by worker address (their commit is not
+        #: hurried for them).
         self._acks: dict[bytes, list[messages.RunKey]] = {}
+        #: When the first of ``_acks`` was reported (None: there is none).
+        self._acks_since: float | None = None
+        #: Outcomes committed, by worker address: one ACK each at ``_ack_due``.
+        self._acked: dict[bytes, list[messages.RunKey]] = {}
+        #: When the ACKs of ``_acked`` are due: ``ACK_DELAY`` after the first of them was
+        #: reported (None: there is none).
+        self._ack_due: float | None = None
         #: WELCOME and RESYNC of this turn: sent at its end, before the commit.
         self._commands: list[Frames] = []
         #: When the oldest change that is not committed yet was made (None: there is none).
@@ -225,9 +238,12 @@ class BrokerServer:
         socket = self._socket
         assert socket is not None
         clean = False
+        # zmq_poll on a list made once: ``Socket.poll`` makes and fills a ``Poller`` at
+        # every call, which cost about as much again as the poll itself.
+        waiting = [(socket, zmq.POLLIN)]
         try:
             while not self._stopping.is_set():
-                socket.poll(self._poll_timeout_ms())
+                zmq.zmq_poll(waiting, self._poll_timeout_ms())
                 self._turn(socket)
             clean = True
         finally:
@@ -248,13 +264,17 @@ class BrokerServer:
     def _poll_timeout_ms(self) -> int:
         if self._due:
             return 0
-        wait = MAX_POLL_SECONDS
-        timer = self.core.next_timer()
-        if timer is not None:
-            wait = min(wait, max(0.0, timer - self.clock()))
+        # The earliest of the times the loop must wake at, if any: one clock read.
+        wake = self.core.next_timer()
         if self._dirty_since is not None:
-            wait = min(wait, max(0.0, self._dirty_since + COMMIT_DELAY - self.clock()))
-        return math.ceil(wait * 1000)
+            commit = self._dirty_since + COMMIT_DELAY
+            wake = commit if wake is None else min(wake, commit)
+        if self._ack_due is not None:
+            # Set once the outcomes are committed: the others wait for their commit above.
+            wake = self._ack_due if wake is None else min(wake, self._ack_due)
+        if wake is None:
+            return math.ceil(MAX_POLL_SECONDS * 1000)
+        return math.ceil(min(MAX_POLL_SECONDS, max(0.0, wake - self.clock())) * 1000)
 
     def _turn(self, socket: zmq.Socket[bytes]) -> None:
         ends = time.monotonic() + TURN_SECONDS
@@ -307,29 +327,49 @@ class BrokerServer:
         if core.has_changes():
             if self._dirty_since is None:
                 self._dirty_since = now
-            if promises or notices or now >= self._dirty_since + COMMIT_DELAY:
+            # (or the clock went back: waiting for it to catch up could take hours)
+            delayed = self._dirty_since <= now < self._dirty_since + COMMIT_DELAY
+            if promises or notices or not delayed:
                 self._dirty_since = None
                 # Raises if the store fails: the loop stops and nothing here is sent.
                 self._commit()
             else:
-                # Nothing this turn made is owed to a client yet: the ACKs wait for the
+                # Nothing this turn made is owed to a client yet: the new ACKs wait for the
                 # commit, and only what earlier turns committed goes out.
+                self._send_acks(socket, now)
                 self._send_due(socket)
                 return
-        for address, runs in self._acks.items():
-            self._send(socket, [address, *protocol.pack(Command.ACK, messages.Ack(runs).to_body())])
-        self._acks = {}
+        # Every change so far is committed: so are the outcomes reported so far.
+        if self._acks_since is not None:
+            acked = self._acked
+            for address, runs in self._acks.items():
+                acked.setdefault(address, []).extend(runs)
+            self._acks = {}
+            due = self._acks_since + ACK_DELAY
+            self._ack_due = due if self._ack_due is None else min(self._ack_due, due)
+            self._acks_since = None
+        self._send_acks(socket, now)
         self._due.extend(promises)
         self._send_due(socket)
         if notices:
             self._send_notices(socket, notices)
         self._outflow_of(socket).sweep()
 
+    def _send_acks(self, socket: zmq.Socket[bytes], now: float) -> None:
+        """Send the ACKs of the committed outcomes once they are due, one per worker."""
+        due = self._ack_due
+        if due is None or due - ACK_DELAY <= now < due:  # not due, unless the clock went back
+            return
+        for address, runs in self._acked.items():
+            self._send(socket, [address, *protocol.pack(Command.ACK, messages.Ack(runs).to_body())])
+        self._acked = {}
+        self._ack_due = None
+
     def _freeze(self) -> None:
         """Move the objects that survived so far out of the collector's sight.
 
-        Tasks live until retention prunes them and hold no reference cycles, so a frozen
-        task is still freed by reference counting when it is pruned. A garbage cycle that
+        Tasks hold no reference cycles, so a frozen task is still freed by reference
+        counting when it leaves memory. A garbage cycle that
         is frozen is kept for good: the young collection first clears those not yet in
         the oldest generation, and the broker makes none on purpose.
         """
@@ -496,8 +536,11 @@ class BrokerServer:
             limit = self.settings.max_payload
             done.results = [outcome.within(limit) for outcome in done.results]
             # A worker keeps its outcomes until ACKed and needs nothing else from the ACK,
-            # so ACKs ride on the next commit a reply needs, or at most COMMIT_DELAY later.
+            # so ACKs wait for a commit that something else needs, or at most COMMIT_DELAY,
+            # and go out together, ACK_DELAY after the first outcome.
             self._acks.setdefault(address, []).extend(self.core.report(worker, done.results, now))
+            if self._acks_since is None:
+                self._acks_since = now
         elif command is Command.DRAIN:
             self.core.drain(worker, now)
         elif command is Command.BYE:

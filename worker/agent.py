@@ -244,11 +244,12 @@ class Agent:
         return now >= self._drain_deadline
 
     def _drain_wake_pipe(self) -> None:
-        try:
-            while os.read(self._wake_read, 4096):
-                pass
-        except BlockingIOError:
-            pass
+        # One read: a byte is written only while none is pending (``_wake``), so the pipe
+        # holds one at most, and a second read, which would find it empty, cost a system
+        # call and an exception for every run. A byte left over would only wake the loop
+        # once more.
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._wake_read, 4096)
 
     # -- connection ------------------------------------------------------------------
 

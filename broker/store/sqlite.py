@@ -382,6 +382,10 @@ def _worker(row: Any) -> Worker:
     )  # fmt: skip
 
 
+_DELETE = "DELETE FROM tasks WHERE seq = ?"
+_WORKER_SEEN = "UPDATE workers SET last_seen = ? WHERE id = ?"
+_WORKER_DELETE = "DELETE FROM workers WHERE id = ?"
+
 #: Tasks read by one query by seq (SQLite allows 999 bound parameters in older builds).
 _READ_CHUNK = 500
 
@@ -575,13 +579,19 @@ class SqliteStore:
         db = self._db
         db.execute("BEGIN")
         try:
-            db.executemany(_INSERT_FRESH, batch.fresh)
-            db.executemany(_INSERT, batch.inserts)
-            db.executemany(_UPDATE, batch.updates)
-            db.executemany("DELETE FROM tasks WHERE seq = ?", batch.deletes)
-            db.executemany(_WORKER_UPSERT, batch.workers)
-            db.executemany("UPDATE workers SET last_seen = ? WHERE id = ?", batch.seen)
-            db.executemany("DELETE FROM workers WHERE id = ?", batch.forgotten)
+            # Only the statements that have rows: a turn of one task writes one or two
+            # kinds, and each statement run, even with no rows, costs a call into SQLite.
+            for statement, rows in (
+                (_INSERT_FRESH, batch.fresh),
+                (_INSERT, batch.inserts),
+                (_UPDATE, batch.updates),
+                (_DELETE, batch.deletes),
+                (_WORKER_UPSERT, batch.workers),
+                (_WORKER_SEEN, batch.seen),
+                (_WORKER_DELETE, batch.forgotten),
+            ):
+                if rows:
+                    db.executemany(statement, rows)
         except BaseException:
             db.execute("ROLLBACK")
             raise

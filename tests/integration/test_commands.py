@@ -167,7 +167,7 @@ def test_up_passes_every_setting_on_to_the_children_that_take_it(tmp_path: Path)
         "--reconnect-backoff-max": "4.0", "--ping-interval": "0.2", "--liveness": "4",
         "--http-liveness": "9.0", "--retry-backoff": "0.5", "--retry-backoff-max": "30.0",
         "--timeout-grace": "2.0", "--retention": "3600.0", "--max-finished": "100000",
-        "--ping-rate": "500",
+        "--ping-rate": "500.0",
         "--worker-retention": "600.0",
         "--max-payload": "1048576", "--max-body": "65536",
         "--request-timeout": "4.0", "--header-timeout": "7", "--body-timeout": "8.0",

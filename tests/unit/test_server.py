@@ -424,13 +424,14 @@ def test_every_answer_leaves_after_the_commit_of_what_it_shows(turn: Turn) -> No
     turn.run(T0 + 0.001)
     turn.queue(WORKER, Command.DONE, done(second, result=b"2"))
     turn.run(T0 + 0.002)
+    turn.run(T0 + 0.011)  # the ACK of both outcomes: 10 ms after the first
 
     replies = turn.replies()
     assert replies[get]["status"] == "completed" and replies[waited]["status"] == "completed"
     assert [t["status"] for t in replies[page]["tasks"]] == ["completed", "pending"]
     assert replies[brief]["tasks"][0]["status"] == "completed"
     assert replies[later]["status"] == "completed" and replies[later]["result"] == b"2"
-    assert assert_every_answer_was_durable(turn.events) == 8  # 6 replies and 2 ACKs
+    assert assert_every_answer_was_durable(turn.events) == 7  # 6 replies and 1 ACK
 
 
 def test_a_burst_of_submits_shares_one_commit(turn: Turn, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -540,6 +541,67 @@ def test_a_separate_submit_refuses_each_bad_task_alone(turn: Turn) -> None:
     sent = turn.run(T0 + 1)
     [error] = [m.body["error"] for _, m in sent if m.body.get("req") == whole]
     assert error["description"] == "tasks[1].dependencies: unknown task 'nope'"
+
+
+def test_a_turn_of_one_submit_commits_it_before_its_reply(turn: Turn) -> None:
+    submit = turn.request(b"client", "submit", tasks=[{"handler": "echo"}])
+    sent = turn.run(T0)
+    assert [m.command for _, m in sent] == [Command.REPLY] and turn.commits() == 1
+    [entry] = turn.replies()[submit]["tasks"]
+    assert turn.store.committed() == {entry["id"]: "pending"}
+    assert assert_every_answer_was_durable(turn.events) == 1
+
+
+def dispatched(sent: list[tuple[bytes, protocol.Message]]) -> list[str]:
+    return [e["task_id"] for _, m in sent if m.command is Command.DISPATCH for e in m.body["tasks"]]
+
+
+def test_outcomes_are_acknowledged_together_10_ms_after_the_first_once_committed(
+    turn: Turn,
+) -> None:
+    register(turn, slots=3)
+    turn.request(b"client", "submit", tasks=[{"handler": "echo"}] * 3)
+    first, second, third = dispatched(turn.run(T0))
+    # Each outcome comes with a submit whose reply commits it at once: no ACK goes with
+    # those commits, and the loop sleeps until the first outcome's ACK is due.
+    for i, task_id in enumerate((first, second)):
+        turn.queue(WORKER, Command.DONE, done(task_id))
+        turn.request(b"client", "submit", tasks=[{"handler": "nobody"}])
+        sent = turn.run(T0 + 0.002 * (i + 1))
+        assert [m.command for _, m in sent] == [Command.REPLY]
+    assert turn.server._poll_timeout_ms() <= 9  # 8 ms, rounded up
+    assert turn.run(T0 + 0.011) == []  # 9 ms after the first outcome
+    [(address, ack)] = turn.run(T0 + 0.0125)
+    assert address == WORKER and ack == protocol.Message(
+        Command.ACK, {"results": [[first, 1], [second, 1]]}
+    )
+    assert turn.run(T0 + 0.1) == []  # acknowledged once
+    # An outcome whose commit is not due yet waits for it, past its own 10 ms if need be,
+    # without the loop waking for the ACK before the commit.
+    turn.queue(WORKER, Command.DONE, done(third))
+    commits = turn.commits()
+    assert turn.run(T0 + 1) == [] and turn.commits() == commits
+    assert turn.server._poll_timeout_ms() >= 9  # the commit's delay, not a due ACK
+    assert turn.run(T0 + 1 + PROMISED_COMMIT_DELAY) == [
+        (WORKER, protocol.Message(Command.ACK, {"results": [[third, 1]]}))
+    ]
+    assert turn.commits() == commits + 1
+    assert_every_answer_was_durable(turn.events)
+
+
+def test_a_clock_that_goes_back_holds_no_commit_and_no_ack(turn: Turn) -> None:
+    register(turn)
+    turn.request(b"client", "submit", tasks=[{"handler": "echo"}])
+    [task_id] = dispatched(turn.run(T0))
+    commits = turn.commits()
+    turn.queue(WORKER, Command.DONE, done(task_id))
+    assert turn.run(T0 + 1) == []
+    # The clock is set an hour back: the commit and the ACK do not wait for it to catch up.
+    assert turn.run(T0 + 1 - 3600) == [
+        (WORKER, protocol.Message(Command.ACK, {"results": [[task_id, 1]]}))
+    ]
+    assert turn.commits() == commits + 1
+    assert_every_answer_was_durable(turn.events)
 
 
 def test_pruning_forgets_at_most_1000_finished_tasks_a_second(turn: Turn) -> None:
