@@ -414,6 +414,8 @@ class Scheduler(Lifecycle):
         tasks = self.index.tasks
         for task_id, attempt in ready.running:
             task = tasks.get(task_id)
+            if task is None and task_id in held:  # a stopped run of a task now in the store
+                task = self.find(task_id)
             if (
                 task is not None
                 and task.attempts == attempt
@@ -484,7 +486,7 @@ class Scheduler(Lifecycle):
             old.free = dict(request.resources)
             old.registration = self._registered()
             for task_id in old.running:
-                task = self.index.tasks.get(task_id)
+                task = self.find(task_id)
                 if task is not None:
                     old.take(task.resources)
             old.last_seen = now
@@ -523,7 +525,8 @@ class Scheduler(Lifecycle):
         self._go_online(worker)
         self._worker_changed(worker)
         tasks = self.index.tasks
-        for task_id in sorted(self.orphans, key=lambda i: tasks[i].seq):
+        # An orphan that ended meanwhile may have left memory: it has nothing to claim.
+        for task_id in sorted(self.orphans & tasks.keys(), key=lambda i: tasks[i].seq):
             task = tasks[task_id]
             if task.worker_id == worker.id and task.status is TaskStatus.RUNNING:
                 self.orphans.discard(task_id)
@@ -596,7 +599,7 @@ class Scheduler(Lifecycle):
         """The claim window after a restart is over: leases nobody claimed are lost."""
         orphans, self.orphans = self.orphans, set()
         tasks = self.index.tasks
-        for task_id in sorted(orphans, key=lambda i: tasks[i].seq):
+        for task_id in sorted(orphans & tasks.keys(), key=lambda i: tasks[i].seq):
             task = tasks[task_id]
             if task.status is TaskStatus.RUNNING:
                 log.warning("task %s: no worker claimed its lease after restart", task_id)

@@ -55,6 +55,8 @@ class TaskIndex:
         self.order: list[Task] = []
         #: Finished tasks in order of completion, for pruning.
         self.finished: deque[Task] = deque()
+        #: ``Task.size`` of the finished tasks in memory, together.
+        self.finished_bytes = 0
         #: Pending tasks by shape: what ``/health`` counts as waiting for no worker at all.
         self.pending_by_shape: Counter[Shape] = Counter()
         self._dead_in_order = 0
@@ -83,6 +85,7 @@ class TaskIndex:
                     finished.append(task)
         finished.sort(key=lambda t: t.completed_at or 0.0)
         self.finished.extend(finished)
+        self.finished_bytes += sum(task.size() for task in finished)
 
     def add(self, task: Task) -> None:
         """A new task (status pending), after every task known so far."""
@@ -116,10 +119,13 @@ class TaskIndex:
         task.status = status
         if status in FINAL_STATUSES:
             self.finished.append(task)
+            self.finished_bytes += task.size()
 
     def evict(self, task: Task) -> None:
         """Forget a finished task that the store holds: it stays counted."""
         del self.tasks[task.id]
+        if task.status in FINAL_STATUSES:
+            self.finished_bytes -= task.size()
         bucket = self.by_status.get(task.status)
         if bucket is not None:
             bucket.discard(task)
@@ -127,12 +133,12 @@ class TaskIndex:
             del self.by_key[task.idempotency_key]
         self._dead(1)
 
-    def evict_finished(self, keep: int) -> int:
+    def evict_finished(self, keep: int, max_bytes: int) -> int:
         """Evict the finished tasks in memory, oldest completion first, beyond the ``keep``
-        most recent; returns how many."""
+        most recent or ``max_bytes`` of them; returns how many."""
         finished, tasks = self.finished, self.tasks
         evicted = 0
-        while len(finished) > keep:
+        while finished and (len(finished) > keep or self.finished_bytes > max_bytes):
             task = finished.popleft()
             if tasks.get(task.id) is task and task.status in FINAL_STATUSES:
                 self.evict(task)
@@ -173,6 +179,7 @@ class TaskIndex:
                 continue
             del self.tasks[task.id]
             self._uncount(task)
+            self.finished_bytes -= task.size()
             if task.idempotency_key is not None and self.by_key.get(task.idempotency_key) is task:
                 del self.by_key[task.idempotency_key]
             pruned.append(task)

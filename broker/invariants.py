@@ -73,6 +73,9 @@ def _index(core: Scheduler) -> None:
     listed = [task for task in index.order if tasks.get(task.id) is task]
     if len(listed) != len(tasks) or any(a.seq >= b.seq for a, b in itertools.pairwise(listed)):
         _fail("the submission order does not hold every task once, by seq")
+    in_memory = sum(t.size() for t in tasks.values() if t.status in FINAL_STATUSES)
+    if index.finished_bytes != in_memory:
+        _fail(f"finished tasks in memory hold {in_memory} bytes, {index.finished_bytes} counted")
     in_order = {task.id for task in index.finished if tasks.get(task.id) is task}
     missing = [t.id for t in tasks.values() if t.status in FINAL_STATUSES and t.id not in in_order]
     if missing:
@@ -136,7 +139,7 @@ def _running(core: Scheduler, task: Task, open_leases: list[Lease]) -> None:
 
 
 def _workers(core: Scheduler) -> None:
-    roster, tasks = core.roster, core.index.tasks
+    roster = core.roster
     online = {w.id for w in roster.workers.values() if w.status is WorkerStatus.ONLINE}
     stale = any(roster.workers[i] is not w for i, w in roster.online.items())
     if stale or set(roster.online) != online:
@@ -151,7 +154,7 @@ def _workers(core: Scheduler) -> None:
             _fail(f"offline worker {worker.id} holds runs or polls")
         taken: dict[str, float] = {}
         for task_id, attempt in worker.running.items():
-            task = tasks.get(task_id)
+            task = core.find(task_id)  # a stopped run's task may be in the store only
             if task is None:
                 continue  # pruned since: its worker has not reported the stopped run
             lease = next((le for le in task.leases if le.attempt == attempt), None)
