@@ -188,7 +188,7 @@ class Scheduler(Lifecycle):
         """What must hold before any task of a submit is made; returns each one's shape and
         the tasks that hold the idempotency keys used before, by key."""
         prefix = len(specs) > 1
-        tasks, roster = self.index.tasks, self.roster
+        roster = self.roster
         known_keys: dict[str, Task] = {}
         if self._warned_at != roster.generation:
             self._warned.clear()
@@ -201,7 +201,7 @@ class Scheduler(Lifecycle):
                 size = len(spec.args)
                 raise TooLarge(f"{where}args is {size} bytes, more than {self.max_payload}")
             for dep in spec.dependencies:
-                if dep not in tasks and self.find(dep) is None:
+                if self.find(dep) is None:
                     raise InvalidInput(f"{where}dependencies: unknown task {dep!r}")
             shape: Shape = (
                 spec.handler,

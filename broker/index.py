@@ -102,7 +102,7 @@ class TaskIndex:
 
     def set_status(self, task: Task, status: TaskStatus) -> None:
         """Move a task to ``status`` (finished tasks join the completion order)."""
-        # _uncount written out: this runs at least twice for every task that runs.
+        # Written out, names bound once: this runs at least twice for every task that runs.
         counts, by_status = self.counts, self.by_status
         counts[task.status] -= 1
         bucket = by_status.get(task.status)
@@ -159,13 +159,6 @@ class TaskIndex:
             self.order = [t for t in self.order if self.tasks.get(t.id) is t]
             self._dead_in_order = 0
 
-    def _uncount(self, task: Task) -> None:
-        """Take the task out of its status's count and set (it changes status, or is gone)."""
-        self.counts[task.status] -= 1
-        bucket = self.by_status.get(task.status)
-        if bucket is not None:
-            bucket.discard(task)
-
     def prune(self, cutoff: float, limit: int) -> list[Task]:
         """Forget up to ``limit`` finished tasks completed at or before ``cutoff``."""
         pruned: list[Task] = []
@@ -177,13 +170,8 @@ class TaskIndex:
             finished.popleft()
             if self.tasks.get(task.id) is not task or task.status not in FINAL_STATUSES:
                 continue
-            del self.tasks[task.id]
-            self._uncount(task)
-            self.finished_bytes -= task.size()
-            if task.idempotency_key is not None and self.by_key.get(task.idempotency_key) is task:
-                del self.by_key[task.idempotency_key]
+            self.forget(task.id, task.status)
             pruned.append(task)
-        self._dead(len(pruned))
         return pruned
 
     def page(self, query: ListTasks) -> tuple[list[Task], bool]:

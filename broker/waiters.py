@@ -85,7 +85,7 @@ class Deferred:
         self._hold_final(waiter)
         if limit == 0 or len(waiter.held) == len(set(waiter.task_ids)):
             return self._answer_of(waiter)
-        self.add(waiter)
+        self._list(waiter)
         return None
 
     def _hold_final(self, waiter: Waiter) -> None:
@@ -101,6 +101,10 @@ class Deferred:
         """Wait for those of its tasks that are not final yet, until its deadline (a task
         named twice is waited for once)."""
         self._hold_final(waiter)
+        self._list(waiter)
+
+    def _list(self, waiter: Waiter) -> None:
+        """List the waiter under each of its tasks it does not hold, and time it."""
         for task_id in waiter.task_ids:
             if task_id not in waiter.held:
                 waiters = self.by_task.setdefault(task_id, {})

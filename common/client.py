@@ -72,7 +72,6 @@ MAX_OUTCOME_BYTES = 64 * 1024 * 1024
 #: an outcome the broker sent is lost when the connection breaks or the broker restarts.
 OUTCOME_GRACE = 1.0
 
-_FINAL = frozenset(status.value for status in FINAL_STATUSES)
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
@@ -174,8 +173,7 @@ class Client:
         reply = self.await_reply(req, time.monotonic() + limit, limit)
         if reply.error is None:
             return reply.value
-        error = reply.error
-        raise SchedulerError.of(error.status, error.title, error.description)
+        raise reply.error.exception()
 
     def send_request(self, op: Op, args: dict[str, Any], limit: float) -> int:
         """Send a request without waiting for its answer (``await_reply``); returns its
@@ -442,7 +440,7 @@ class Client:
         task_id = _id_of(task_id)
         limit = _waiting(timeout)
         record: dict[str, Any] = self.request(Op.WAIT, {"id": task_id, "timeout": limit})
-        if record["status"] not in _FINAL:
+        if record["status"] not in FINAL_STATUSES:
             status = record["status"]
             raise TaskTimeout(f"task {task_id} still {status} after {limit:g} s", [record])
         return record
@@ -574,7 +572,7 @@ class Client:
 def _result_of(task: dict[str, Any], waited: float) -> bytes:
     if task["status"] == TaskStatus.COMPLETED:
         return bytes(task["result"] or b"")
-    if task["status"] not in _FINAL:
+    if task["status"] not in FINAL_STATUSES:
         raise TaskTimeout(f"task {task['id']} still {task['status']} after {waited:g} s", [task])
     raise TaskFailed(task)
 

@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any, ClassVar, TypeAlias
 
 from common import fields
-from common.errors import InvalidInput
+from common.errors import InvalidInput, SchedulerError
 from common.limits import (
     DEFAULT_PAGE,
     MAX_BATCH,
@@ -484,6 +484,24 @@ class ErrorInfo:
     def to_body(self) -> dict[str, Any]:
         return {"status": self.status, "title": self.title, "description": self.description}
 
+    @classmethod
+    def decode(cls, error: Any) -> ErrorInfo:
+        """An error as a peer sent it; what is not readable reads as a 500."""
+        if not isinstance(error, dict):
+            return cls(500, "Internal error", "the reply held no error")
+        status = error.get("status")
+        title = error.get("title")
+        description = error.get("description")
+        return cls(
+            status if type(status) is int and 100 <= status <= 599 else 500,
+            title if isinstance(title, str) else "Internal error",
+            description if isinstance(description, str) else "",
+        )
+
+    def exception(self) -> SchedulerError:
+        """The error to raise for it: the ``SchedulerError`` of its status."""
+        return SchedulerError.of(self.status, self.title, self.description)
+
 
 @dataclass(slots=True)
 class Reply:
@@ -512,20 +530,7 @@ class Reply:
             return cls(req, body.get("value"))
         if ok is not False:
             raise InvalidInput("ok must be a boolean")
-        error = body.get("error")
-        if not isinstance(error, dict):
-            return cls(req, error=ErrorInfo(500, "Internal error", "the reply held no error"))
-        status = error.get("status")
-        title = error.get("title")
-        description = error.get("description")
-        return cls(
-            req,
-            error=ErrorInfo(
-                status if type(status) is int and 100 <= status <= 599 else 500,
-                title if isinstance(title, str) else "Internal error",
-                description if isinstance(description, str) else "",
-            ),
-        )
+        return cls(req, error=ErrorInfo.decode(body.get("error")))
 
 
 @dataclass(slots=True)
@@ -544,13 +549,12 @@ class Outcomes:
         tasks = body.get("tasks")
         if not isinstance(tasks, list):
             raise InvalidInput("tasks must be a list")
-        final = {status.value for status in FINAL_STATUSES}
         return cls(
             [
                 entry
                 for entry in tasks
                 if isinstance(entry, dict)
                 and isinstance(entry.get("id"), str)
-                and entry.get("status") in final
+                and entry.get("status") in FINAL_STATUSES  # a StrEnum's set: str members
             ]
         )

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from common.errors import InvalidInput, SchedulerError, Unavailable
 from common.limits import MAX_BATCH
-from common.ops import Op
+from common.ops import ErrorInfo, Op, Reply
 from common.spec import TaskSpec
 
 if TYPE_CHECKING:
@@ -211,22 +211,18 @@ class Pipeline:
         self._acknowledged(req, reply)
         self.poll()
 
-    def _acknowledged(self, req: int, reply: Any) -> None:
+    def _acknowledged(self, req: int, reply: Reply) -> None:
         handles, _, _ = self._flying.pop(req)
         self._in_flight -= len(handles)
         if reply.error is not None:
-            error = reply.error
-            self._fail(handles, SchedulerError.of(error.status, error.title, error.description))
+            self._fail(handles, reply.error.exception())
             return
         entries = reply.value["tasks"]
         client = self.client
         for handle, entry in zip(handles, entries, strict=True):
             task_id = entry.get("id")
             if task_id is None:
-                error = entry.get("error") or {}
-                handle.error = SchedulerError.of(
-                    error.get("status", 500), error.get("title", ""), error.get("description", "")
-                )
+                handle.error = ErrorInfo.decode(entry.get("error")).exception()
                 self._failed.append(handle)
                 continue
             handle._id = task_id
