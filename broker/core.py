@@ -310,8 +310,13 @@ class Scheduler(Lifecycle):
     ) -> dict[str, Any] | None:
         """Brief records (id, status, result, error) of the tasks that are final once all of
         them are, or when ``timeout`` passes; None after registering ``token`` to answer later."""
-        tasks = [self._known(task_id) for task_id in task_ids]
-        waiter = Waiter(token, now + timeout, [t.id for t in tasks], True)
+        found = self.find_many(task_ids)
+        for task_id in task_ids:
+            if task_id not in found:
+                raise NotFound(f"no task with id {task_id!r}")
+        waiter = Waiter(token, now + timeout, list(task_ids), True)
+        # Those final already are held now, not looked for again.
+        waiter.held = {i: t for i, t in found.items() if t.status in FINAL_STATUSES}
         value: dict[str, Any] | None = self.deferred.value_or_wait(waiter, timeout)
         return value
 

@@ -202,6 +202,23 @@ class Lifecycle:
             return self.store.find(task_id)
         return task
 
+    def find_many(self, task_ids: list[str]) -> dict[str, Task]:
+        """The tasks with these ids that exist, by id: those in memory, and the others read
+        from the store in one go (a batch that finished a while ago is no longer in memory,
+        and one read a task would cost a query each)."""
+        tasks = self.index.tasks
+        found: dict[str, Task] = {}
+        missing: list[str] = []
+        for task_id in task_ids:
+            task = tasks.get(task_id)
+            if task is not None:
+                found[task_id] = task
+            elif task_id not in found:
+                missing.append(task_id)
+        if missing and self.store is not None:
+            found.update(self.store.find_many(missing))
+        return found
+
     def _keyed(self, key: str) -> Task | None:
         """The task that holds this idempotency key, in memory or the store."""
         task = self.index.by_key.get(key)

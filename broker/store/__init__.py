@@ -79,6 +79,10 @@ class Store(Protocol):
     def find(self, task_id: str) -> Task | None:
         """The stored task with this id, whole, as a new object (None if there is none)."""
 
+    def find_many(self, task_ids: list[str]) -> dict[str, Task]:
+        """The stored tasks with these ids, whole, as new objects, by id (an id not stored
+        is missing): what ``find`` gives for each, in one read."""
+
     def find_key(self, key: str) -> Task | None:
         """The stored task that holds this idempotency key, whole (None if none does)."""
 

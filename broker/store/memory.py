@@ -91,6 +91,10 @@ class MemoryStore:
         held = next((t for t in self.tasks.values() if t.id == task_id), None)
         return None if held is None else _whole(held)
 
+    def find_many(self, task_ids: list[str]) -> dict[str, Task]:
+        wanted = set(task_ids)
+        return {t.id: _whole(t) for t in self.tasks.values() if t.id in wanted}
+
     def find_key(self, key: str) -> Task | None:
         held = next((t for t in self.tasks.values() if t.idempotency_key == key), None)
         return None if held is None else _whole(held)

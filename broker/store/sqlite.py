@@ -83,6 +83,9 @@ SCHEMA_VERSION = "4"
 #: Versions this broker opens and brings up to ``SCHEMA_VERSION``: what each lacks is
 #: made by ``_SCHEMA`` (``CREATE ... IF NOT EXISTS``), and its rows read as they are.
 _UPGRADES_FROM = ("2", "3")
+#: Most ids in one ``find_many`` query (SQLite binds at most 32,766 values; a smaller list
+#: keeps each statement's plan a short run of index lookups).
+_IDS_A_QUERY = 500
 
 # A task's spec never changes after it is submitted: it is written once, with an INSERT.
 # Later writes UPDATE only the state columns, by rowid (seq), which is the cheapest write
@@ -464,6 +467,19 @@ class SqliteStore:
         row = self._db.execute(f"SELECT {_SELECT_LOAD} FROM tasks WHERE id = ?", (task_id,))
         found = row.fetchone()
         return None if found is None else _task(found)
+
+    def find_many(self, task_ids: list[str]) -> dict[str, Task]:
+        found: dict[str, Task] = {}
+        for start in range(0, len(task_ids), _IDS_A_QUERY):
+            chunk = task_ids[start : start + _IDS_A_QUERY]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT {_SELECT_LOAD} FROM tasks WHERE id IN ({marks})", chunk
+            )
+            for row in rows:
+                task = _task(row)
+                found[task.id] = task
+        return found
 
     def find_key(self, key: str) -> Task | None:
         row = self._db.execute(

@@ -73,6 +73,9 @@ class CheckedStore:
     def find(self, task_id: str) -> Task | None:
         return self.inner.find(task_id)
 
+    def find_many(self, task_ids: list[str]) -> dict[str, Task]:
+        return self.inner.find_many(task_ids)
+
     def find_key(self, key: str) -> Task | None:
         return self.inner.find_key(key)
 

@@ -292,6 +292,14 @@ def test_finished_tasks_are_found_by_id_key_and_page_and_pruned_oldest_first(
     assert found is not None and keyed is not None and fields_of(found) == fields_of(tasks[6])
     assert keyed is not found and fields_of(keyed) == fields_of(tasks[6])
     assert store.find("task-99") is None and store.find_key("key-99") is None
+    # Many at once: what find gives for each (an id named twice once, one not stored
+    # missing), whatever the number of ids.
+    many = store.find_many(["task-7", "task-99", "task-1", "task-11", "task-7"])
+    assert sorted(many) == ["task-1", "task-11", "task-7"]
+    assert all(fields_of(many[t.id]) == fields_of(t) for t in (tasks[0], tasks[6], tasks[10]))
+    assert many["task-7"] is not found
+    wide = store.find_many([f"task-{n % 12}" for n in range(1200)])
+    assert sorted(wide) == sorted(t.id for t in tasks)
 
     def page(status: TaskStatus | None, handler: str | None = None, after: int = 0,
              limit: int = 100, max_bytes: int = 10**9) -> list[int]:  # fmt: skip
