@@ -64,10 +64,10 @@ class Described:
         request = urllib.request.Request(self.stack.api_url + path, method=method)
         with urllib.request.urlopen(request, timeout=20) as response:
             status, media_type = response.status, response.headers["content-type"]
-            start = response.read(10)
-        response = self.document["paths"][path][method.lower()]["responses"][str(status)]
+            start: bytes = response.read(10)
+        documented = self.document["paths"][path][method.lower()]["responses"][str(status)]
         if method == "GET":
-            assert media_type.partition(";")[0] in response["content"], (path, media_type)
+            assert media_type.partition(";")[0] in documented["content"], (path, media_type)
         self.checked.add((method.lower(), path, status))
         return start
 
