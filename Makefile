@@ -7,7 +7,9 @@ MUTATE_STAMP := $(VENV)/.installed-mutate
 #: Mutant names or globs for `make mutate` (e.g. MUTANTS='broker.store.*'); empty: all of them.
 MUTANTS ?=
 
-.PHONY: install run test test-fast lint format fuzz-core fuzz-frames fuzz fuzz-api chaos attack attack-http bench bench-peers mutate clean
+CHROMEDRIVER := /usr/bin/chromedriver
+
+.PHONY: install browser run test test-fast lint format fuzz-core fuzz-frames fuzz fuzz-api chaos attack attack-http bench bench-peers mutate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +22,13 @@ install: $(STAMP)
 $(MUTATE_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,mutate]'
 	touch $(MUTATE_STAMP)
+
+# Debian's chromium and its driver, for the dashboard's browser test; installed when missing.
+browser: $(CHROMEDRIVER)
+
+$(CHROMEDRIVER):
+	apt-get install -y chromium chromium-driver || \
+		(apt-get update && apt-get install -y chromium chromium-driver)
 
 run: $(STAMP)
 	$(BIN)/zmq-scheduler up
@@ -35,7 +44,7 @@ format: $(STAMP)
 
 # Two processes for most of the suite; then, alone, the tests that time how others are
 # served during an attack, which a second test beside them would skew.
-test: lint
+test: lint browser
 	$(BIN)/pytest -n 2 -m "not serial"
 	$(BIN)/pytest -m serial
 

@@ -24,9 +24,11 @@ from urllib.parse import urlencode
 
 import falcon
 
-from api import openapi, parse
+from api import dashboard, openapi, parse
 from api.auth import Authorization
 from api.clients import pooled_clients
+from api.events import Events
+from api.feed import Feed
 from api.render import render
 from common.errors import InvalidInput, SchedulerError, Unavailable
 from common.limits import DEFAULT_PAGE, MAX_CURSOR, MAX_HTTP_WAIT, MAX_PAGE
@@ -125,6 +127,9 @@ def create_app(
     app.add_route("/workers/{worker_id}/tasks/{task_id}/complete", workers, suffix="complete")
     app.add_route("/health", Health(clients))
     app.add_route(openapi.PATH, Document(openapi.document(settings.max_body)))
+    # The dashboard: its static page, and the events it reads, from one poll a process.
+    dashboard.add_routes(app)
+    app.add_route("/events", Events(Feed(clients)))
     return app
 
 

@@ -38,8 +38,9 @@ class Grant(StrEnum):
     WORKER_IN_BODY = "worker in body"
 
 
-#: Paths anyone may call, with no token: a probe's health check, the API's description.
-OPEN = frozenset({"/health", "/openapi.json"})
+#: Paths anyone may call, with no token: a probe's health check, the API's description,
+#: the dashboard's static files (which hold no data: the page asks for a token).
+OPEN = frozenset({"/health", "/openapi.json", "/", "/dashboard.js", "/dashboard.css"})
 
 _CLIENTS = frozenset({Grant.ADMIN, Grant.CLIENT})
 _THE_WORKER = frozenset({Grant.ADMIN, Grant.WORKER_IN_PATH})
@@ -53,6 +54,7 @@ _RULES: dict[tuple[str, str], frozenset[Grant]] = {
     ("/tasks/{task_id}", "GET"): _CLIENTS,
     ("/tasks/{task_id}", "DELETE"): _CLIENTS,
     ("/workers", "GET"): _CLIENTS,
+    ("/events", "GET"): _CLIENTS,
     ("/workers", "POST"): frozenset({Grant.ADMIN, Grant.WORKER_IN_BODY}),
     ("/workers/{worker_id}", "GET"): _CLIENTS | {Grant.WORKER_IN_PATH},
     ("/workers/{worker_id}/heartbeat", "PUT"): _THE_WORKER,

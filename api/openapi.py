@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from api import dashboard
 from common.limits import (
     DEFAULT_PAGE,
     ID_CHARACTERS,
@@ -301,6 +302,12 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {JSON: {"schema": schema}}
 
 
+def _text(media_type: str) -> dict[str, Any]:
+    """A static file's answer: its text, of this media type."""
+    bare = media_type.partition(";")[0]
+    return {"description": f"the file ({bare})", "content": {bare: {"schema": {"type": "string"}}}}
+
+
 def _answer(
     description: str, schema: dict[str, Any] | None = None, **headers: Any
 ) -> dict[str, Any]:
@@ -549,7 +556,28 @@ def paths(max_body: int) -> dict[str, Any]:
         secured=False,
         broker=False,
     )
+    events = _operation(
+        "the dashboard's live figures, as server-sent events",
+        {
+            "200": {
+                "description": (
+                    "a stream of events: `snapshot` (data: the figures as JSON), comment "
+                    "lines as heartbeats, and `end` before it closes (reconnect then)"
+                ),
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            "503": _error("this API process serves as many listeners as it may"),
+        },
+        broker=False,
+    )
+    pages = {
+        path: _operation(f"the dashboard's {name}", {"200": _text(media_type)}, secured=False,
+                         broker=False)
+        for path, (name, media_type) in dashboard.FILES.items()
+    }  # fmt: skip
     return {
+        **{path: {"get": page, "head": _head(page)} for path, page in pages.items()},
+        "/events": {"get": events, "head": _head(events)},
         "/tasks": {"get": list_tasks, "head": _head(list_tasks), "post": submit},
         "/tasks/batch": {"post": batch},
         "/tasks/{task_id}": {

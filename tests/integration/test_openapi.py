@@ -4,6 +4,7 @@ checked against the OpenAPI document that API serves at ``/openapi.json``."""
 from __future__ import annotations
 
 import base64
+import urllib.request
 from typing import Any
 
 import jsonschema_rs
@@ -56,6 +57,19 @@ class Described:
             assert not header["required"] or name.lower() in headers, f"{where}: no {name}"
         self.checked.add((method.lower(), template, status))
         return status, got, headers
+
+    def text(self, method: str, path: str) -> bytes:
+        """A dashboard path, whose answer is not JSON: its status and content type are
+        those the document lists; the first bytes of its body (a stream never ends)."""
+        request = urllib.request.Request(self.stack.api_url + path, method=method)
+        with urllib.request.urlopen(request, timeout=20) as response:
+            status, media_type = response.status, response.headers["content-type"]
+            start: bytes = response.read(10)
+        documented = self.document["paths"][path][method.lower()]["responses"][str(status)]
+        if method == "GET":
+            assert media_type.partition(";")[0] in documented["content"], (path, media_type)
+        self.checked.add((method.lower(), path, status))
+        return start
 
 
 @pytest.fixture
@@ -176,6 +190,12 @@ def test_answers_of_every_operation_match_the_document(api: Described) -> None:
     api("POST", complete, f"/workers/hw/tasks/{web['id']}/complete", outcome)
     api("POST", complete, f"/workers/hw/tasks/{web['id']}/complete", outcome)
     api("POST", complete, "/workers/nobody/tasks/nothing/complete", outcome)
+
+    # The dashboard: its files, and the start of its stream.
+    for path in ("/", "/dashboard.js", "/dashboard.css"):
+        assert api.text("GET", path) and not api.text("HEAD", path)
+    assert api.text("GET", "/events").startswith(b"retry: ")
+    assert api.text("HEAD", "/events") == b""
 
     # Every operation of the document was answered at least once, most in several ways.
     operations = {(method, path) for path, item in api.document["paths"].items() for method in item}

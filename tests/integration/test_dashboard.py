@@ -1,0 +1,153 @@
+"""The dashboard in a real browser: Debian's chromium, headless, driven by selenium.
+
+A broker, a worker and the API with tokens; the page is opened, given a token, and read
+as a user would: the worker, the counts moving without a reload, a completed task's
+decoded result, a failed one's error, and the cancel button cancelling a pending task.
+Screenshots of each step are saved under the test's tmp_path (and copied to
+``var/screenshots/``, which is not committed).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.wait import WebDriverWait
+
+from tests.conftest import ROOT, Stack
+from tests.integration.test_http_auth import TOKENS, write_tokens
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+#: Generous: two cores shared with other work, and a browser starting cold.
+DEADLINE = 60.0
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[WebDriver]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",  # run as root in a container
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,2000",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ):
+        options.add_argument(argument)
+    service = Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log"))
+    driver = webdriver.Chrome(options=options, service=service)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def poll(driver: WebDriver, check: Callable[[WebDriver], Any], what: str) -> Any:
+    """``check`` until it is truthy; a page redrawn under a lookup is looked up again."""
+
+    def tolerant(d: WebDriver) -> Any:
+        try:
+            return check(d)
+        except StaleElementReferenceException:
+            return None
+
+    return WebDriverWait(driver, DEADLINE, poll_frequency=0.1).until(tolerant, what)
+
+
+def text(driver: WebDriver, css: str) -> str:
+    found = driver.find_elements(By.CSS_SELECTOR, css)
+    return found[0].text if found else ""
+
+
+def count(driver: WebDriver, status: str) -> int:
+    value = text(driver, f"#count-{status} b")
+    return int(value) if value else -1
+
+
+def shoot(driver: WebDriver, tmp_path: Path, name: str) -> None:
+    path = tmp_path / f"dashboard-{name}.png"
+    driver.save_screenshot(str(path))
+    kept = ROOT / "var" / "screenshots"
+    kept.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, kept / path.name)
+
+
+def test_the_dashboard_shows_the_stack_live_and_cancels_a_task(
+    stack: Stack, browser: WebDriver, tmp_path: Path
+) -> None:
+    # given a broker, a worker and the API with tokens, a completed task and a failed one
+    stack.start_broker()
+    stack.start_worker(worker_id="dash-worker")
+    stack.start_api("--api-tokens", str(write_tokens(tmp_path / "tokens")))
+    stack.wait_workers("dash-worker")
+    client = stack.client()
+    done = client.submit("fibonacci", b'{"n": 10}', name="fib-10")
+    bad = client.submit("fibonacci", b'{"n": "ten"}', name="fib-bad")
+    finished = client.wait_many([done, bad], timeout=DEADLINE)
+    assert [task["status"] for task in finished] == ["completed", "failed"]
+    error = client.get(bad)["error"]
+
+    # when the page is opened without a token, it asks for one
+    browser.get(stack.api_url + "/")
+    poll(browser, lambda d: "token" in text(d, "#connection"), "the page to ask for a token")
+    shoot(browser, tmp_path, "1-token-needed")
+    # and given one, it goes live
+    browser.find_element(By.ID, "token").send_keys(TOKENS["client"])
+    browser.find_element(By.CSS_SELECTOR, "#token-form button").click()
+    poll(browser, lambda d: text(d, "#connection") == "live", "the stream to go live")
+
+    # then it shows the worker, the counts, and the failure with its error
+    row = '#workers tr[data-worker="dash-worker"]'
+    poll(browser, lambda d: text(d, f"{row} .worker-status") == "online", "the worker, online")
+    assert "fibonacci" in text(browser, row)
+    poll(browser, lambda d: count(d, "completed") == 1, "one completed task counted")
+    assert count(browser, "failed") == 1
+    failure = f'#failures tr[data-task="{bad}"]'
+    poll(browser, lambda d: error[:40] in text(d, failure), "the failure and its error")
+    shoot(browser, tmp_path, "2-live")
+
+    # when more tasks finish, the counts move without a reload
+    browser.execute_script("window.notReloaded = true")
+    more = [client.submit("echo", str(i).encode()) for i in range(3)]
+    client.wait_many(more, timeout=DEADLINE)
+    poll(browser, lambda d: count(d, "completed") == 4, "the completed count to move")
+    assert browser.execute_script("return window.notReloaded") is True
+
+    # and the task view shows the completed task's result decoded from base64
+    browser.get(f"{stack.api_url}/#task/{done}")
+    poll(browser, lambda d: '"result": 55' in text(d, "#task-result"), "the decoded result")
+    assert json.loads(text(browser, "#task-args")) == {"n": 10}
+    assert text(browser, "#task-status") == "completed"
+    assert "dash-worker" in text(browser, "#task-leases")
+    shoot(browser, tmp_path, "3-completed-task")
+
+    # and the failed task's error
+    browser.get(f"{stack.api_url}/#task/{bad}")
+    poll(browser, lambda d: error[:40] in text(d, "#task-error"), "the failed task's error")
+    assert browser.find_element(By.ID, "retry").is_displayed()
+
+    # when a pending task (no worker has its tag) is cancelled with the button
+    pending = client.submit("echo", b"never", requires=["no-such-tag"], name="stuck")
+    poll(browser, lambda d: count(d, "pending") == 1, "the pending task counted")
+    browser.get(f"{stack.api_url}/#task/{pending}")
+    poll(browser, lambda d: text(d, "#task-status") == "pending", "the pending task shown")
+    assert "no-such-tag" in text(browser, "#task-message")
+    shoot(browser, tmp_path, "4-pending-task")
+    browser.find_element(By.ID, "cancel").click()
+
+    # then the broker has it cancelled, and the page says so, counts included
+    poll(browser, lambda d: text(d, "#task-status") == "cancelled", "the task shown cancelled")
+    assert client.get(pending)["status"] == "cancelled"
+    poll(browser, lambda d: count(d, "cancelled") == 1 and count(d, "pending") == 0, "counts")
+    shoot(browser, tmp_path, "5-cancelled")
