@@ -27,8 +27,8 @@ $(MUTATE_STAMP): $(STAMP)
 browser: $(CHROMEDRIVER)
 
 $(CHROMEDRIVER):
-	apt-get install -y chromium chromium-driver || \
-		(apt-get update && apt-get install -y chromium chromium-driver)
+	DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver)
 
 run: $(STAMP)
 	$(BIN)/zmq-scheduler up
