@@ -44,6 +44,10 @@ NOT_RUN = {
         "itself, on free ports; make test runs this very suite"
     ),
     "   HTTP clients / HTTP workers            Python programs (common.client)": "a diagram",
+    "python3 -m venv /opt/zmq-scheduler/.venv": (
+        "installs on a server, in /opt; tests/unit/test_deploy.py holds the image's build "
+        "steps to it"
+    ),
     "# on the broker host": (
         "commands for other hosts: up binds every interface, and the worker connects to "
         "broker.example.internal"
