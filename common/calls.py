@@ -61,7 +61,7 @@ class TaskTimeout(TimeoutError):
 # -- steps -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ask:
     """Send a request; the plan resumes with its value or its error."""
 
@@ -71,7 +71,7 @@ class Ask:
     timeout: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Expect:
     """Wait until the outcome of a watched task comes, or ``deadline`` (``time.monotonic``);
     the plan resumes with None and looks in the inbox."""
@@ -80,7 +80,7 @@ class Expect:
     deadline: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Done(Generic[T]):
     """The plan returned: the call's value."""
 
