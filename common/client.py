@@ -29,8 +29,11 @@ Two ways to submit:
 Outcomes come to the client: the broker sends the outcome of each task submitted here
 once it is final (``watch``, on by default), so ``result()`` of a finished task costs no
 round trip. A client keeps the outcomes it was sent and not asked for yet up to
-``MAX_OUTCOMES`` (and ``MAX_OUTCOME_BYTES`` of results), oldest dropped first; one that
-was dropped, or never came (a restarted broker), is asked for.
+``MAX_OUTCOMES`` (and ``MAX_OUTCOME_BYTES`` of results), oldest dropped first
+(``common.inbox``); one that was dropped, or never came (a restarted broker), is asked for.
+
+What each call asks and makes of the answers is in ``common.calls``, which the asyncio
+client (``common.aio``) runs too: the same calls, with many in flight on one socket.
 
     with Client("tcp://127.0.0.1:5555") as client:
         task_id = client.submit("fibonacci", b'{"n": 10}')
@@ -45,54 +48,31 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import zmq
 
-from common import endpoints, ops, protocol, settings
+from common import calls, dealer, ops, settings
+from common.calls import OUTCOME_GRACE, TaskFailed, TaskTimeout
 from common.curve import ClientKeys
-from common.errors import InvalidInput, SchedulerError, Unavailable
-from common.limits import DEFAULT_PAGE, MAX_BATCH, MAX_WAIT, MAX_WAIT_IDS
-from common.models import FINAL_STATUSES, TaskStatus
+from common.errors import SchedulerError, Unavailable
+from common.inbox import Inbox
+from common.limits import DEFAULT_PAGE
 from common.ops import Op
 from common.transport import send_frames
 
 if TYPE_CHECKING:
     from common.pipeline import Pipeline, Submitted
 
+__all__ = ["DEFAULT_TIMEOUT", "OUTCOME_GRACE", "Client", "TaskFailed", "TaskTimeout"]
+
+T = TypeVar("T")
+
 #: Seconds a call waits for the broker when no timeout is given (``ZMQS_REQUEST_TIMEOUT``
 #: overrides it for ``Client()``).
 DEFAULT_TIMEOUT: float = settings.Settings().request_timeout
-#: Outcomes sent to the client and not asked for yet that it keeps, at most.
-MAX_OUTCOMES = 100_000
-#: Bytes of results and errors of those outcomes it keeps, about, at most.
-MAX_OUTCOME_BYTES = 64 * 1024 * 1024
-#: Seconds ``result`` waits for the outcome of a task it watches before it asks for it:
-#: an outcome the broker sent is lost when the connection breaks or the broker restarts.
-OUTCOME_GRACE = 1.0
 
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
-
-
-class TaskFailed(Exception):
-    """``Client.result`` was asked for the result of a task that did not complete."""
-
-    def __init__(self, task: dict[str, Any]) -> None:
-        super().__init__(f"task {task['id']} {task['status']}: {task.get('error') or ''}".strip())
-        self.task = task
-
-
-class TaskTimeout(TimeoutError):
-    """A call that waits for tasks ran out of time with some still unfinished.
-
-    ``tasks`` holds what there was when time ran out: the record of the task (``wait``),
-    the brief records of the tasks that were final (``wait_many``), or the records of the
-    submitted tasks (``run``)."""
-
-    def __init__(self, message: str, tasks: list[dict[str, Any]]) -> None:
-        super().__init__(message)
-        self.tasks = tasks
 
 
 class Client:
@@ -112,18 +92,7 @@ class Client:
         environment (``ZMQS_BROKER``, ``ZMQS_REQUEST_TIMEOUT``, ``ZMQS_CURVE_SERVER_KEY``
         and ``ZMQS_CURVE_SECRET``). ``watch``: have the outcomes of the tasks ``submit``
         and ``pipeline`` make sent here (``submit_many`` asks with ``notify``)."""
-        if endpoint is None or timeout is None or curve is None:
-            try:
-                given = settings.load()
-            except SystemExit as exc:  # a malformed ZMQS_ variable: a library does not exit
-                raise ValueError(str(exc)) from None
-            endpoint = given.broker if endpoint is None else endpoint
-            timeout = given.request_timeout if timeout is None else timeout
-            if curve is None:
-                curve = ClientKeys.load(given.curve_server_key, given.curve_secret)
-        self.endpoint = endpoint
-        self._curve = curve
-        self.timeout = timeout
+        self.endpoint, self.timeout, self._curve = dealer.resolve(endpoint, timeout, curve)
         self.watch = watch
         self._context = context or zmq.Context.instance()
         self._counter = itertools.count(1)
@@ -131,23 +100,13 @@ class Client:
         #: them before they were asked for.
         self._awaited: set[int] = set()
         self._replies: dict[int, ops.Reply] = {}
-        #: Outcomes sent here, not asked for yet, by task id (oldest first), and their bytes.
-        self._outcomes: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._outcome_bytes = 0
-        #: Tasks whose outcome the broker was asked to send here, not come yet (oldest first).
-        self._watched: OrderedDict[str, None] = OrderedDict()
+        #: Outcomes sent here unasked, until they are asked for.
+        self._inbox = Inbox()
         self._socket = self._connect()
 
     def _connect(self) -> zmq.Socket[bytes]:
         socket: zmq.Socket[bytes] = self._context.socket(zmq.DEALER)
-        socket.setsockopt(zmq.LINGER, 0)
-        # Queue nothing for a broker that is not connected: a send then waits
-        # (bounded by the call's timeout) instead of piling up requests.
-        socket.setsockopt(zmq.IMMEDIATE, 1)
-        if self._curve is not None:
-            self._curve.apply(socket)
-        socket.connect(self.endpoint)
-        return socket
+        return dealer.connect(socket, self.endpoint, self._curve)
 
     def close(self) -> None:
         self._socket.close(linger=0)
@@ -168,7 +127,7 @@ class Client:
         arguments; arguments that cannot even be encoded are checked here, with the
         broker's own checks, so the error names the field (``InvalidInput``).
         """
-        limit = (self.timeout if timeout is None else timeout) + ops.holds(op, args)
+        limit = dealer.limit(self.timeout if timeout is None else timeout, op, args)
         req = self.send_request(op, args, limit)
         reply = self.await_reply(req, time.monotonic() + limit, limit)
         if reply.error is None:
@@ -180,14 +139,10 @@ class Client:
         number. Raises ``InvalidInput`` for arguments that cannot be encoded and
         ``Unavailable`` when it cannot leave within ``limit`` seconds."""
         req = next(self._counter)
-        try:
-            frames = protocol.request(req, op, args)
-        except (TypeError, ValueError, OverflowError) as exc:  # msgpack cannot encode a value
-            ops.decode_args(op.value, args)  # raises InvalidInput naming the field
-            raise InvalidInput(f"the arguments of {op.value} cannot be sent: {exc}") from None
+        frames = dealer.encode(req, op, args)
         if not self._send(frames, limit):
             self._reset()
-            raise Unavailable(self._why(f"broker at {self.endpoint} is not reachable"), sent=False)
+            raise Unavailable(dealer.unreachable(self.endpoint), sent=False)
         self._awaited.add(req)
         return req
 
@@ -201,9 +156,7 @@ class Client:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._receive(remaining):
                 self._awaited.discard(req)
-                raise Unavailable(
-                    self._why(f"broker at {self.endpoint} did not answer within {limit:g} s")
-                )
+                raise Unavailable(dealer.unanswered(self.endpoint, limit))
 
     def reply_to(self, req: int) -> ops.Reply | None:
         """The reply to request ``req`` if it came (taken: asked for once), without waiting."""
@@ -235,47 +188,45 @@ class Client:
     def _take(self, frames: list[bytes]) -> None:
         """File one message: a reply under its request, outcomes under their tasks. One
         this client cannot read, or a late reply to a call that gave up, is dropped."""
-        try:
-            message = protocol.unpack(frames)
-            if message.command is protocol.Command.REPLY:
-                reply = ops.Reply.decode(message.body)
-                if reply.req in self._awaited:
-                    self._awaited.discard(reply.req)
-                    self._replies[reply.req] = reply
-            elif message.command is protocol.Command.OUTCOME:
-                for outcome in ops.Outcomes.decode(message.body).tasks:
-                    self._keep(outcome)
-        except (protocol.ProtocolError, InvalidInput):
-            pass  # nothing answers a message that is not one this client reads
-
-    # -- outcomes sent unasked ---------------------------------------------------------
+        message = dealer.read(frames)
+        if isinstance(message, ops.Reply):
+            if message.req in self._awaited:
+                self._awaited.discard(message.req)
+                self._replies[message.req] = message
+        elif message is not None:
+            for outcome in message.tasks:
+                self._inbox.keep(outcome)
 
     def watching(self, task_id: str) -> None:
         """The broker was asked to send this task's outcome here."""
-        self._watched[task_id] = None
-        if len(self._watched) > MAX_OUTCOMES:
-            self._watched.popitem(last=False)  # asked for if it is wanted: see ``result``
-
-    def _keep(self, outcome: dict[str, Any]) -> None:
-        task_id = outcome["id"]
-        self._watched.pop(task_id, None)
-        if task_id in self._outcomes:
-            return
-        self._outcomes[task_id] = outcome
-        self._outcome_bytes += _outcome_size(outcome)
-        while len(self._outcomes) > MAX_OUTCOMES or self._outcome_bytes > MAX_OUTCOME_BYTES:
-            _, dropped = self._outcomes.popitem(last=False)
-            self._outcome_bytes -= _outcome_size(dropped)
-
-    def _take_outcome(self, task_id: str) -> dict[str, Any] | None:
-        outcome = self._outcomes.pop(task_id, None)
-        if outcome is not None:
-            self._outcome_bytes -= _outcome_size(outcome)
-        return outcome
+        self._inbox.watching(task_id)
 
     def call(self, request: ops.Request, timeout: float | None = None) -> Any:
         """``request`` with a typed request (``common.ops``)."""
         return self.request(request.OP, request.to_args(), timeout)
+
+    def _run(self, plan: calls.Plan[T]) -> T:
+        """Carry out a call's plan (``common.calls``) on this socket."""
+        step = calls.resume(plan)
+        while not isinstance(step, calls.Done):
+            if isinstance(step, calls.Expect):
+                self._expect(step.task_id, step.deadline)
+                step = calls.resume(plan)
+                continue
+            try:
+                value = self.request(step.op, step.args, step.timeout)
+            except SchedulerError as exc:
+                step = calls.resume(plan, error=exc)
+            else:
+                step = calls.resume(plan, value)
+        return step.value
+
+    def _expect(self, task_id: str, deadline: float) -> None:
+        """Take in messages until the outcome of a watched task came, or ``deadline``."""
+        while self._inbox.watches(task_id):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._receive(remaining):
+                return
 
     def _send(self, frames: list[bytes], limit: float) -> bool:
         """Send at once, or once connected within ``limit`` seconds; False if it cannot."""
@@ -292,18 +243,12 @@ class Client:
             return False
         return True
 
-    def _why(self, problem: str) -> str:
-        """``problem``, and that the broker's host name does not resolve when it does not:
-        ZeroMQ never says so, and the name is the likeliest mistake in an endpoint."""
-        cause = endpoints.unresolved(self.endpoint)
-        return problem if cause is None else f"{problem}: {cause}"
-
     def _reset(self) -> None:
         # A request queued on a half-open connection must not be sent later.
         self._socket.close(linger=0)
         self._socket = self._connect()
 
-    # -- tasks -------------------------------------------------------------------
+    # -- tasks (each call's plan is in common.calls) ---------------------------------
 
     def submit(
         self, handler: str, args: bytes = b"", *, refuse_unservable: bool = False, **fields: Any
@@ -319,8 +264,7 @@ class Client:
         it waiting for one.
         """
         spec = {"handler": handler, "args": args, **fields}
-        [task_id] = self.submit_many([spec], refuse_unservable=refuse_unservable, notify=self.watch)
-        return task_id
+        return self._run(calls.submit(self._inbox, spec, refuse_unservable, self.watch))
 
     def pipeline(self, batch: int = 1000, window: int = 10_000) -> Pipeline:
         """Submits kept in flight, coalesced into batches of at most ``batch`` tasks, at most
@@ -339,10 +283,8 @@ class Client:
     ) -> list[str]:
         """Submit many tasks, all or none, and return their ids in order (see
         ``submit_entries``)."""
-        entries = self.submit_entries(
-            specs, timeout, refuse_unservable=refuse_unservable, notify=notify
-        )
-        return [entry["id"] for entry in entries]
+        plan = calls.submit_many(self._inbox, specs, timeout, refuse_unservable, notify)
+        return self._run(plan)
 
     def submit_entries(
         self,
@@ -359,25 +301,8 @@ class Client:
         other, each all or none: when one is refused, the error (raised) holds the
         entries of those before it in ``submitted``. With ``notify``, the outcome of each
         task is sent here once it is final (``result`` then costs no round trip)."""
-        args: dict[str, Any] = {}
-        if refuse_unservable:
-            args["refuse_unservable"] = True
-        if notify:
-            args["notify"] = True
-        entries: list[dict[str, Any]] = []
-        for start in range(0, max(len(specs), 1), MAX_BATCH):
-            try:
-                value = self.request(
-                    Op.SUBMIT, {"tasks": specs[start : start + MAX_BATCH], **args}, timeout
-                )
-            except SchedulerError as exc:
-                exc.submitted = entries  # type: ignore[attr-defined]
-                raise
-            entries += value["tasks"]
-        if notify:
-            for entry in entries:
-                self.watching(entry["id"])
-        return entries
+        plan = calls.submit_entries(self._inbox, specs, timeout, refuse_unservable, notify)
+        return self._run(plan)
 
     def run(
         self, handler: str, args: bytes = b"", wait: float | None = None, **fields: Any
@@ -389,9 +314,7 @@ class Client:
         Raises ``TaskFailed`` if it did not complete and ``TaskTimeout`` if it is still
         unfinished then (it keeps running: its id is in the error).
         """
-        limit = _waiting(wait)
-        [task] = self.submit_and_wait([{"handler": handler, "args": args, **fields}], limit)
-        return _result_of(task, limit)
+        return self._run(calls.run({"handler": handler, "args": args, **fields}, wait))
 
     def submit_and_wait(self, specs: list[dict[str, Any]], wait: float) -> list[dict[str, Any]]:
         """Submit tasks (all or none) and wait up to ``wait`` seconds (at most 300) for all of
@@ -400,14 +323,11 @@ class Client:
         The broker answers once every task is final or the time is up, so a record may
         still be pending or running. The submit is durable when the answer arrives.
         """
-        value = self.request(Op.SUBMIT, {"tasks": specs, "wait": wait})
-        records: list[dict[str, Any]] = value["tasks"]
-        return records
+        return self._run(calls.submit_and_wait(specs, wait))
 
     def get(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
         """The task's current record."""
-        result: dict[str, Any] = self.request(Op.GET, {"id": task_id}, timeout)
-        return result
+        return self._run(calls.get(task_id, timeout))
 
     def list_tasks(
         self,
@@ -418,32 +338,17 @@ class Client:
         timeout: float | None = None,
     ) -> tuple[list[dict[str, Any]], int | None]:
         """A page of tasks in submission order and the cursor of the next page (or None)."""
-        args: dict[str, Any] = {"limit": limit}
-        if status is not None:
-            args["status"] = status
-        if handler is not None:
-            args["handler"] = handler
-        if after is not None:
-            args["after"] = after
-        value = self.request(Op.LIST, args, timeout)
-        return value["tasks"], value["next"]
+        return self._run(calls.list_tasks(status, handler, limit, after, timeout))
 
     def cancel(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
         """Cancel a task: at once when pending; a running one is told to stop."""
-        result: dict[str, Any] = self.request(Op.CANCEL, {"id": task_id}, timeout)
-        return result
+        return self._run(calls.cancel(task_id, timeout))
 
     def wait(self, task_id: str | Submitted, timeout: float | None = None) -> dict[str, Any]:
         """Wait up to ``timeout`` seconds (default ``MAX_WAIT``) for the task to finish and
         return its record; ``TaskTimeout`` (its ``tasks`` holding the record as it was) if
         it is still unfinished then."""
-        task_id = _id_of(task_id)
-        limit = _waiting(timeout)
-        record: dict[str, Any] = self.request(Op.WAIT, {"id": task_id, "timeout": limit})
-        if record["status"] not in FINAL_STATUSES:
-            status = record["status"]
-            raise TaskTimeout(f"task {task_id} still {status} after {limit:g} s", [record])
-        return record
+        return self._run(calls.wait(task_id, timeout))
 
     def wait_many(self, task_ids: list[str], timeout: float | None = None) -> list[dict[str, Any]]:
         """Wait up to ``timeout`` seconds (default ``MAX_WAIT``) for all these tasks to
@@ -451,79 +356,29 @@ class Client:
         ``task_ids`` (a task named twice, once). ``TaskTimeout``, holding the brief records
         of those final by then, if some are still unfinished. More than ``MAX_WAIT_IDS``
         ids are asked for in parts, within the one ``timeout``."""
-        limit = _waiting(timeout)
-        deadline = time.monotonic() + limit
         self.pump()
-        found: dict[str, dict[str, Any]] = {}
-        asked: list[str] = []
-        for task_id in dict.fromkeys(task_ids):  # each once, in order
-            outcome = self._take_outcome(task_id)
-            if outcome is not None:
-                found[task_id] = outcome
-            else:
-                asked.append(task_id)
-        for start in range(0, len(asked), MAX_WAIT_IDS):
-            part = asked[start : start + MAX_WAIT_IDS]
-            remaining = max(0.0, deadline - time.monotonic())
-            value = self.request(Op.WAIT_MANY, {"ids": part, "timeout": remaining})
-            for brief in value["tasks"]:
-                found[brief["id"]] = brief
-                self._watched.pop(brief["id"], None)
-        briefs = [found[task_id] for task_id in dict.fromkeys(task_ids) if task_id in found]
-        unfinished = len(asked) - sum(1 for task_id in asked if task_id in found)
-        if unfinished:
-            raise TaskTimeout(f"{unfinished} tasks still unfinished after {limit:g} s", briefs)
-        return briefs
+        return self._run(calls.wait_many(self._inbox, task_ids, timeout))
 
     def result(self, task_id: str | Submitted, timeout: float | None = None) -> bytes:
         """Wait up to ``timeout`` seconds (default ``MAX_WAIT``) for the task and return its
         result; raise ``TaskFailed`` if it did not complete and ``TaskTimeout`` if it is
         still unfinished then. The outcome of a task submitted here with ``watch`` on
         comes unasked: no round trip once it is final."""
-        task_id = _id_of(task_id)
-        limit = _waiting(timeout)
-        deadline = time.monotonic() + limit
         self.pump()
-        outcome = self._take_outcome(task_id)
-        if outcome is None and task_id in self._watched:
-            outcome = self._outcome_within(task_id, min(deadline, time.monotonic() + OUTCOME_GRACE))
-        if outcome is None:
-            try:
-                [outcome] = self.wait_many([task_id], max(0.0, deadline - time.monotonic()))
-            except TaskTimeout:
-                message = f"task {task_id} still unfinished after {limit:g} s"
-                raise TaskTimeout(message, []) from None
-        return _result_of(outcome, limit)
-
-    def _outcome_within(self, task_id: str, deadline: float) -> dict[str, Any] | None:
-        """The outcome of a watched task if it comes by ``deadline``."""
-        while task_id in self._watched:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._receive(remaining):
-                return None
-        return self._take_outcome(task_id)
+        return self._run(calls.result(self._inbox, task_id, timeout))
 
     # -- workers and health --------------------------------------------------------
 
     def workers(self, timeout: float | None = None) -> list[dict[str, Any]]:
         """Every worker's record, in the order of their ids (asked a page at a time:
         ``timeout`` is for each page)."""
-        workers: list[dict[str, Any]] = []
-        args: dict[str, Any] = {}
-        while True:
-            page = self.request(Op.WORKERS, args, timeout)
-            workers += page["workers"]
-            if page["next"] is None:
-                return workers
-            args = {"after": page["next"]}
+        return self._run(calls.workers(timeout))
 
     def worker(self, worker_id: str, timeout: float | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = self.request(Op.WORKER, {"id": worker_id}, timeout)
-        return result
+        return self._run(calls.worker(worker_id, timeout))
 
     def health(self, timeout: float | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = self.request(Op.HEALTH, {}, timeout)
-        return result
+        return self._run(calls.health(timeout))
 
     # -- HTTP workers (used by the REST API) -----------------------------------------
 
@@ -567,24 +422,3 @@ class Client:
         }
         value: dict[str, Any] = self.request(Op.HTTP_COMPLETE, args, timeout)
         return value
-
-
-def _result_of(task: dict[str, Any], waited: float) -> bytes:
-    if task["status"] == TaskStatus.COMPLETED:
-        return bytes(task["result"] or b"")
-    if task["status"] not in FINAL_STATUSES:
-        raise TaskTimeout(f"task {task['id']} still {task['status']} after {waited:g} s", [task])
-    raise TaskFailed(task)
-
-
-def _waiting(timeout: float | None) -> float:
-    """How long a call that waits for tasks waits: ``timeout``, or ``MAX_WAIT``."""
-    return MAX_WAIT if timeout is None else timeout
-
-
-def _id_of(task: str | Submitted) -> str:
-    return task if isinstance(task, str) else task.id
-
-
-def _outcome_size(outcome: dict[str, Any]) -> int:
-    return len(outcome["result"] or b"") + len(outcome["error"] or "") + 200

@@ -4,6 +4,7 @@ plain broker binds only loopback addresses unless told it may."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from common import aio
 from common.client import Client
 from common.curve import ClientKeys, Role, keygen
 from common.errors import Forbidden, Unavailable
@@ -83,6 +85,32 @@ def test_allowed_keys_run_a_task_end_to_end(stack: Stack, keys: Keys) -> None:
     assert client.run("echo", b"over curve", wait=20) == b"over curve"
     assert stack.broker is not None
     assert "CURVE on" in stack.broker.output()
+
+
+def test_the_asyncio_client_reaches_a_curve_broker_with_its_keys(
+    stack: Stack, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a worker, and the client's keys named by the settings, as for the sync client.
+    stack.start_worker(*keys.worker_flags(keys.secret("w1")), worker_id="w1")
+    stack.wait_workers("w1")
+    monkeypatch.setenv("ZMQS_CURVE_SERVER_KEY", keys.server)
+    monkeypatch.setenv("ZMQS_CURVE_SECRET", keys.secret("alice"))
+
+    async def scenario() -> list[bytes]:
+        async with aio.Client(stack.endpoint, timeout=5) as client:
+            runs = [client.run("echo", b"%d" % i, wait=60) for i in range(20)]
+            return await asyncio.gather(*runs)
+
+    # When it runs tasks, then the worker runs them; a stranger's key gets no answer.
+    assert asyncio.run(scenario()) == [b"%d" % i for i in range(20)]
+    stranger = ClientKeys.load(keys.server, keys.make("stranger", Role.CLIENT, allowed=False))
+
+    async def refused() -> None:
+        async with aio.Client(stack.endpoint, timeout=0.5, curve=stranger) as client:
+            with pytest.raises(Unavailable):
+                await client.health()
+
+    asyncio.run(refused())
 
 
 def test_an_unknown_key_gets_nothing(stack: Stack, keys: Keys) -> None:
