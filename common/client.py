@@ -525,6 +525,11 @@ class Client:
         result: dict[str, Any] = self.request(Op.HEALTH, {}, timeout)
         return result
 
+    def metrics(self, timeout: float | None = None) -> dict[str, Any]:
+        """The broker's counters, gauges and histograms (``docs/protocol.md``, ``metrics``)."""
+        result: dict[str, Any] = self.request(Op.METRICS, {}, timeout)
+        return result
+
     # -- HTTP workers (used by the REST API) -----------------------------------------
 
     def register_http_worker(
