@@ -36,7 +36,10 @@ def scrape(stack: Stack, token: str | None = CLIENT_TOKEN) -> tuple[int, str, st
         return exc.code, exc.headers["Content-Type"], body
 
 
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def samples(text: str) -> Samples:
     """Every sample of a scrape, by name and labels, as Prometheus' own parser reads it."""
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
@@ -72,14 +75,12 @@ def test_metrics_are_scraped_and_the_counters_move_as_tasks_run(tmp_path: Path) 
         assert len(finished) == 7
 
         # Then the counters moved by as much
-        after = wait_for(
-            lambda: (
-                (found := samples(scrape(stack)[2]))
-                and value(found, "zmqs_tasks_failed_total", handler="fibonacci") == 2
-                and found
-            ),
-            what="the failures counted",
-        )
+        def failures_counted() -> Samples | None:
+            found = samples(scrape(stack)[2])
+            failed = value(found, "zmqs_tasks_failed_total", handler="fibonacci")
+            return found if failed == 2 else None
+
+        after = wait_for(failures_counted, what="the failures counted")
         assert value(after, "zmqs_tasks_submitted_total", handler="echo") == 5
         assert value(after, "zmqs_tasks_completed_total", handler="echo") == 5
         assert value(after, "zmqs_tasks_submitted_total", handler="fibonacci") == 2
@@ -160,9 +161,7 @@ def test_json_logs_carry_the_events_fields_and_never_a_token(tmp_path: Path) -> 
     for line in log_lines(broker_log) + log_lines(api_log) + log_lines(worker_log):
         assert {"time", "level", "logger", "message"} <= set(line)
     assert goodbye[0]["level"] == "INFO"
-    registered = [
-        line for line in log_lines(broker_log) if "registered" in str(line["message"])
-    ]
+    registered = [line for line in log_lines(broker_log) if "registered" in str(line["message"])]
     assert registered and registered[0]["worker_id"] == "w1"
     routes = {(line["method"], line["route"], line["status"]) for line in requests}
     assert ("POST", "/tasks", 201) in routes
