@@ -29,6 +29,7 @@ from api.auth import Authorization
 from api.clients import pooled_clients
 from api.events import Events
 from api.feed import Feed
+from api.metrics import MetricsPage, RequestMetrics
 from api.render import render
 from common.errors import InvalidInput, SchedulerError, Unavailable
 from common.limits import DEFAULT_PAGE, MAX_CURSOR, MAX_HTTP_WAIT, MAX_PAGE
@@ -105,7 +106,11 @@ def create_app(
             settings.listen,
         )
     clients = noting_effects(client or pooled_clients(settings))
-    middleware = [] if tokens is None else [Authorization(tokens, settings.max_body)]
+    # Request metrics first: they count and log the requests authorization refuses too.
+    requests = RequestMetrics()
+    middleware: list[Any] = [requests]
+    if tokens is not None:
+        middleware.append(Authorization(tokens, settings.max_body))
     app = falcon.App(middleware=middleware)
     # /tasks/ is /tasks, as most APIs have it, rather than a task with an empty id.
     app.req_options.strip_url_path_trailing_slash = True
@@ -126,6 +131,7 @@ def create_app(
     app.add_route("/workers/{worker_id}/tasks/next", workers, suffix="next")
     app.add_route("/workers/{worker_id}/tasks/{task_id}/complete", workers, suffix="complete")
     app.add_route("/health", Health(clients))
+    app.add_route("/metrics", MetricsPage(clients, requests))
     app.add_route(openapi.PATH, Document(openapi.document(settings.max_body)))
     # The dashboard: its static page, and the events it reads, from one poll a process.
     dashboard.add_routes(app)

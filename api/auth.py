@@ -60,6 +60,8 @@ _RULES: dict[tuple[str, str], frozenset[Grant]] = {
     ("/workers/{worker_id}/heartbeat", "PUT"): _THE_WORKER,
     ("/workers/{worker_id}/tasks/next", "POST"): _THE_WORKER,
     ("/workers/{worker_id}/tasks/{task_id}/complete", "POST"): _THE_WORKER,
+    # Figures of every task and worker: what a client may read (docs/operations.md).
+    ("/metrics", "GET"): _CLIENTS,
 }
 RULES: dict[tuple[str, str], frozenset[Grant]] = {
     **_RULES,

@@ -62,7 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as exc:  # a bad listen address, count, log level or key
         parser.error(str(exc))
     logs.configure(
-        settings.log_level, "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
+        settings.log_level,
+        "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+        settings.log_format,
     )
     server.run()  # returns only through SystemExit, with gunicorn's exit status
     return 0

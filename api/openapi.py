@@ -41,6 +41,9 @@ from common.limits import (
 from common.models import RESOURCE_KINDS, LeaseOutcome, TaskStatus, WorkerKind, WorkerStatus
 from common.settings import version
 
+#: The media type of ``GET /metrics`` (``prometheus_client.CONTENT_TYPE_LATEST``).
+METRICS_TYPE = "text/plain; version=1.0.0; charset=utf-8"
+
 #: The document's own path, open like ``/health``.
 PATH = "/openapi.json"
 #: What the API answers with, and reads: JSON, and only JSON.
@@ -550,6 +553,19 @@ def paths(max_body: int) -> dict[str, Any]:
         },
         secured=False,
     )
+    metrics = _operation(
+        "the broker's and the API's metrics, in Prometheus' text format",
+        {
+            "200": {
+                "description": (
+                    "every metric docs/operations.md lists; zmqs_broker_up is 0 when the "
+                    "broker did not answer, and only the API's own figures follow"
+                ),
+                "content": {METRICS_TYPE: {"schema": {"type": "string"}}},
+            }
+        },
+        broker=False,
+    )
     document = _operation(
         "this document",
         {"200": _answer("the OpenAPI document", {"type": "object"})},
@@ -653,6 +669,7 @@ def paths(max_body: int) -> dict[str, Any]:
             ),
         },
         "/health": {"get": health, "head": _head(health)},
+        "/metrics": {"get": metrics, "head": _head(metrics)},
         PATH: {"get": document, "head": _head(document)},
     }
 

@@ -4,18 +4,27 @@ One function turns ``Settings`` into gunicorn's settings, so the command and the
 deployment config serve the API the same way. This module must never import gunicorn
 or build the app: it only computes options, and is imported by gunicorn's master
 before any worker forks.
+
+Its hooks also set up the API's metrics for gunicorn's processes (``api.metrics``): the
+master makes the folder their values are shared in (``PROMETHEUS_MULTIPROC_DIR``) before
+it forks, empties it of an earlier run's files, and removes the one it made at exit.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 import math
+import os
+import shutil
 import signal
+import tempfile
 import threading
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from api.metrics import MULTIPROC_DIR
 from common.limits import MAX_HTTP_WAIT
 from common.settings import Settings
 
@@ -66,6 +75,56 @@ def body_timeout(seconds: float) -> Callable[[Any, Any], None]:
     return post_fork
 
 
+#: The metrics folder the master made itself (removed at exit), if it made one.
+_made_dir: list[str] = []
+
+
+def prepare_metrics(server: Any) -> None:
+    """Gunicorn's ``on_starting`` hook, in the master before any fork: the folder the
+    processes share their metrics in. ``PROMETHEUS_MULTIPROC_DIR`` when set (made if
+    missing, emptied of an earlier run's files), else a new temporary one."""
+    directory = os.environ.get(MULTIPROC_DIR)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+        for stale in glob.glob(os.path.join(directory, "*.db")):
+            os.remove(stale)
+        return
+    directory = tempfile.mkdtemp(prefix="zmq-api-metrics-")
+    _made_dir.append(directory)
+    os.environ[MULTIPROC_DIR] = directory
+
+
+def worker_exited(server: Any, worker: Any) -> None:
+    """Gunicorn's ``child_exit`` hook: a worker's live gauges leave with it."""
+    from prometheus_client import multiprocess
+
+    if os.environ.get(MULTIPROC_DIR):
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def remove_metrics(server: Any) -> None:
+    """Gunicorn's ``on_exit`` hook: the folder ``prepare_metrics`` made goes."""
+    while _made_dir:
+        shutil.rmtree(_made_dir.pop(), ignore_errors=True)
+
+
+def log_config(settings: Settings) -> dict[str, Any] | None:
+    """Gunicorn's ``logconfig_dict`` for JSON lines: its own records go through the root
+    logger, one JSON object a line like every other (None for text: gunicorn's own)."""
+    if settings.log_format != "json":
+        return None
+    level = settings.log_level.upper()
+    return {
+        "root": {"level": level, "handlers": ["json"]},
+        "loggers": {"gunicorn.error": {"level": level, "handlers": [], "propagate": True}},
+        "handlers": {
+            "json": {"class": "logging.StreamHandler", "formatter": "json",
+                     "stream": "ext://sys.stderr"},
+        },
+        "formatters": {"json": {"()": "common.logs.JsonFormatter"}},
+    }  # fmt: skip
+
+
 def gunicorn_options(settings: Settings) -> dict[str, Any]:
     """Gunicorn settings (names as in a gunicorn config file) for these API settings."""
     if settings.processes < 1 or settings.connections < 1:
@@ -100,4 +159,8 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "control_socket_disable": True,
         "post_fork": body_timeout(settings.body_timeout),
         "post_worker_init": quit_once,
+        "on_starting": prepare_metrics,
+        "child_exit": worker_exited,
+        "on_exit": remove_metrics,
+        **({"logconfig_dict": config} if (config := log_config(settings)) else {}),
     }

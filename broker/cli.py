@@ -41,7 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         config.BROKER,
         argv,
     )
-    logs.configure(settings.log_level, "%(asctime)s broker %(levelname)s %(name)s: %(message)s")
+    logs.configure(
+        settings.log_level,
+        "%(asctime)s broker %(levelname)s %(name)s: %(message)s",
+        settings.log_format,
+    )
     # The socket before the store: a broker whose address is taken (by another broker,
     # most likely) stops before it so much as opens the store.
     problem = security_problem(settings)

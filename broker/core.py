@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from operator import attrgetter
 from typing import Any
 
+from broker import metrics
 from broker.lifecycle import MAX_LOST, Lifecycle, Outbox, Timing
 from broker.queue import Shape
 from broker.roster import Verdict, detection_time
@@ -153,6 +154,8 @@ class Scheduler(Lifecycle):
         ids = self.random_bytes(10 * len(specs)).hex()
         # Names bound once: this loop runs for every task submitted.
         by_key, add, pending = self.index.by_key, self.index.add, TaskStatus.PENDING
+        metrics = self.metrics
+        submitted = metrics.submitted
         for i, spec in enumerate(specs):
             key = spec.idempotency_key
             known = (by_key.get(key) or known_keys.get(key)) if key else None
@@ -177,6 +180,7 @@ class Scheduler(Lifecycle):
             )
             self._next_seq += 1
             add(task)
+            metrics.count(submitted, task.handler)
             self._dirty[task.id] = task
             if task.dependencies:
                 self._attach_dependencies(task)
@@ -230,7 +234,10 @@ class Scheduler(Lifecycle):
                 raise Conflict(f"{where}refused: {unserved}")
             if shape not in self._warned:
                 self._warned.add(shape)
-                log.warning("tasks of handler %r will wait: %s", spec.handler, unserved)
+                log.warning(
+                    "tasks of handler %r will wait: %s", spec.handler, unserved,
+                    extra={"handler": spec.handler},
+                )  # fmt: skip
         return shapes, known_keys
 
     def submit_and_wait(
@@ -338,6 +345,17 @@ class Scheduler(Lifecycle):
             "uptime": now - started,
         }
 
+    def metrics_report(self, now: float, started: float) -> dict[str, Any]:
+        """The broker's counters, gauges and histograms (``broker.metrics.report``)."""
+        extra = {
+            "stale_outcomes": self.stale_outcomes,
+            "dropped_messages": self.dropped_messages,
+            "refused_replies": self.refused_replies,
+        }
+        return metrics.report(
+            self.metrics, self.index, self.roster.online.values(), extra, now - started
+        )
+
     def list_workers(self, query: ListWorkers) -> dict[str, Any]:
         """A page of workers' records in the order of their ids after ``query.after``: at
         most ``query.limit`` and about ``MAX_PAGE_BYTES`` (at least one worker)."""
@@ -392,6 +410,7 @@ class Scheduler(Lifecycle):
                 log.warning(
                     "refused READY as %s from a new connection: the worker is online on "
                     "another; accepted once that one is offline", worker_id,
+                    extra={"worker_id": worker_id},
                 )  # fmt: skip
             raise IdentityTaken(f"worker {worker_id} is online on another connection")
         self._refused_from.pop(worker_id, None)
@@ -447,6 +466,8 @@ class Scheduler(Lifecycle):
         log.info(
             "worker %s registered: %d slots, serves %s",
             worker_id, ready.slots, listing(sorted(worker.capabilities)),
+            extra={"worker_id": worker_id, "slots": ready.slots, "host": ready.host,
+                   "pid": ready.pid, "claimed": len(worker.running), "refused": len(refused)},
         )  # fmt: skip
         return worker
 
@@ -475,7 +496,10 @@ class Scheduler(Lifecycle):
             worker.draining = True
             self.matcher.touch(worker)
             self.roster.changed()
-            log.info("worker %s is draining: %d runs left", worker.id, len(worker.running))
+            log.info(
+                "worker %s is draining: %d runs left", worker.id, len(worker.running),
+                extra={"worker_id": worker.id, "running": len(worker.running)},
+            )  # fmt: skip
 
     def goodbye(self, worker: Worker, now: float) -> None:
         """A worker shut down cleanly: its tasks go back to the queue without counting as lost."""
@@ -577,9 +601,12 @@ class Scheduler(Lifecycle):
                     pings.append(subject.address)
                 elif verdict is Verdict.SILENT:
                     worker = subject
+                    silent = now - worker.last_seen
                     log.warning(
-                        "worker %s offline: silent for %.1f s", worker.id, now - worker.last_seen
-                    )
+                        "worker %s offline: silent for %.1f s", worker.id, silent,
+                        extra={"worker_id": worker.id, "silent_seconds": round(silent, 3),
+                               "running": len(worker.running)},
+                    )  # fmt: skip
                     self._offline(worker, now, count_lost=True)
             elif kind is TimerKind.READY:
                 task = subject
@@ -610,7 +637,11 @@ class Scheduler(Lifecycle):
         for task_id in sorted(orphans & tasks.keys(), key=lambda i: tasks[i].seq):
             task = tasks[task_id]
             if task.status is TaskStatus.RUNNING:
-                log.warning("task %s: no worker claimed its lease after restart", task_id)
+                log.warning(
+                    "task %s: no worker claimed its lease after restart", task_id,
+                    extra={"task_id": task_id, "worker_id": task.worker_id,
+                           "handler": task.handler},
+                )  # fmt: skip
                 self._lose(task, now)
 
     def prune(self, now: float, limit: int = PRUNE_BATCH) -> int:

@@ -32,6 +32,7 @@ from typing import Any
 
 from broker.dispatch import Matcher
 from broker.index import TaskIndex
+from broker.metrics import Metrics
 from broker.queue import ReadyQueues, Shape
 from broker.roster import DEFAULT_PING_RATE, Roster
 from broker.state import Lease, Task, Worker
@@ -120,6 +121,15 @@ class Lifecycle:
         self.dropped_messages = 0
         #: Large replies refused because their peer had too much unread on the broker.
         self.refused_replies = 0
+        #: Counters and histograms of task events (``broker.metrics``).
+        self.metrics = Metrics()
+        metrics = self.metrics
+        #: The counter of each final status.
+        self._finished_counters = {
+            TaskStatus.COMPLETED: metrics.completed,
+            TaskStatus.FAILED: metrics.failed,
+            TaskStatus.CANCELLED: metrics.cancelled,
+        }
         self.outbox = Outbox()
         self._dirty: dict[str, Task] = {}
         self._pruned: list[Task] = []
@@ -276,6 +286,8 @@ class Lifecycle:
         task.completed_at = None
         self._set_status(task, TaskStatus.RUNNING)
         task.leases.append(Lease(task.attempts, worker.id, now))
+        if task.attempts == 1:
+            self.metrics.wait.observe(now - task.created_at)
         worker.running[task.id] = task.attempts
         worker.take(task.resources)
         if task.timeout is not None:
@@ -320,6 +332,8 @@ class Lifecycle:
         ):
             self._refuse(worker, task, attempt, status)
             return
+        if status is TaskStatus.COMPLETED or status is TaskStatus.FAILED:
+            self.metrics.run.observe(now - lease.started_at)
         if status is TaskStatus.COMPLETED:
             self._close_lease(task, LeaseOutcome.COMPLETED, now)
             self._finish(task, TaskStatus.COMPLETED, now, result=result)
@@ -337,8 +351,9 @@ class Lifecycle:
         if lease is None or lease.worker_id != worker.id:
             self.stale_outcomes += 1
             log.warning(
-                "refused outcome of %s #%s from %s: no such lease", task.id, attempt, worker.id
-            )
+                "refused outcome of %s #%s from %s: no such lease", task.id, attempt, worker.id,
+                extra={"task_id": task.id, "attempt": attempt, "worker_id": worker.id},
+            )  # fmt: skip
             return
         if lease.outcome in (status, LeaseOutcome.CANCELLED) or lease.refused == status:
             # The same report again (its ACK was lost, or it was refused already), or how
@@ -350,6 +365,8 @@ class Lifecycle:
         log.warning(
             "refused stale outcome %r of %s #%s from %s: the lease ended %s",
             status.value, task.id, attempt, worker.id, lease.outcome,
+            extra={"task_id": task.id, "attempt": attempt, "worker_id": worker.id,
+                   "status": status.value, "outcome": lease.outcome},
         )  # fmt: skip
 
     def _close_lease(
@@ -375,6 +392,13 @@ class Lifecycle:
                 self.timing.retry_backoff * 2 ** (task.failures - 1), self.timing.retry_backoff_max
             )
             task.not_before = now + backoff
+            log.info(
+                "task %s requeued after failed attempt #%d on %s: retry %d of %d in %g s",
+                task.id, task.attempts, task.worker_id, task.failures, task.max_retries, backoff,
+                extra={"task_id": task.id, "attempt": task.attempts, "worker_id": task.worker_id,
+                       "handler": task.handler, "backoff": backoff},
+            )  # fmt: skip
+            self.metrics.count(self.metrics.retried, task.handler)
             self._requeue(task, now)
         else:
             self._finish(task, TaskStatus.FAILED, now, error=error)
@@ -382,6 +406,13 @@ class Lifecycle:
     def _expire(self, task: Task, now: float) -> None:
         """The broker's own time limit: the worker did not report within timeout + grace."""
         self._stop_run(task)
+        self.metrics.count(self.metrics.lost, task.handler)
+        log.warning(
+            "task %s: lease #%d on %s expired, no report within its timeout and grace",
+            task.id, task.attempts, task.worker_id,
+            extra={"task_id": task.id, "attempt": task.attempts, "worker_id": task.worker_id,
+                   "handler": task.handler},
+        )  # fmt: skip
         error = f"timed out after {task.timeout:g} s (lease expired)"
         self._close_lease(task, LeaseOutcome.EXPIRED, now, error)
         self._fail_attempt(task, error, now)
@@ -398,10 +429,20 @@ class Lifecycle:
     def _lose(self, task: Task, now: float) -> None:
         """The task's worker is gone: run it again, at most ``MAX_LOST`` times."""
         task.lost += 1
+        metrics = self.metrics
+        metrics.count(metrics.lost, task.handler)
+        log.info(
+            "task %s: lease #%d on %s lost (%d of %d); %s", task.id, task.attempts,
+            task.worker_id, task.lost, MAX_LOST,
+            "failed" if task.lost > MAX_LOST else "requeued",
+            extra={"task_id": task.id, "attempt": task.attempts, "worker_id": task.worker_id,
+                   "handler": task.handler},
+        )  # fmt: skip
         self._close_lease(task, LeaseOutcome.LOST, now)
         if task.lost > MAX_LOST:
             self._finish(task, TaskStatus.FAILED, now, error="worker lost")
         else:
+            metrics.count(metrics.retried, task.handler)
             self._requeue(task, now)
 
     def _requeue(self, task: Task, now: float) -> None:
@@ -456,6 +497,7 @@ class Lifecycle:
         dependent that fails names the dependency that ended it and, further down a chain,
         the task whose failure started it."""
         Root = tuple[str, TaskStatus] | None
+        count, finished = self.metrics.count, self._finished_counters
         stack: list[tuple[Task, TaskStatus, bytes | None, str | None, Root]] = [
             (task, status, result, error, None)
         ]
@@ -467,6 +509,7 @@ class Lifecycle:
             current.error = err
             current.completed_at = now
             self._set_status(current, final)
+            count(finished[final], current.handler)
             deferred = self.deferred
             if current.id in deferred.by_task or current.id in deferred.watchers:
                 deferred.finished(current.id)

@@ -103,6 +103,12 @@ def _health(core: Scheduler, request: ops.Health, token: object, now: float, sta
     return {**core.health(now, started), "pid": os.getpid()}
 
 
+def _metrics(
+    core: Scheduler, request: ops.Metrics, token: object, now: float, started: float
+) -> Any:
+    return core.metrics_report(now, started)
+
+
 def _http_register(
     core: Scheduler, request: ops.HttpRegister, token: object, now: float, started: float
 ) -> Any:
@@ -139,6 +145,7 @@ _OPS: dict[type, Callable[[Scheduler, Any, object, float, float], Any]] = {
     ops.ListWorkers: _workers,
     ops.GetWorker: _worker,
     ops.Health: _health,
+    ops.Metrics: _metrics,
     ops.HttpRegister: _http_register,
     ops.HttpNext: _http_next,
     ops.HttpHeartbeat: _http_heartbeat,

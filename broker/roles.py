@@ -32,6 +32,7 @@ OP_ROLES: dict[Op, frozenset[Role]] = {
     Op.WORKERS: _CLIENTS,
     Op.WORKER: _CLIENTS,
     Op.HEALTH: _CLIENTS,
+    Op.METRICS: _CLIENTS,
     Op.HTTP_REGISTER: _ADMINS,
     Op.HTTP_NEXT: _ADMINS,
     Op.HTTP_HEARTBEAT: _ADMINS,

@@ -190,6 +190,9 @@ class BrokerServer:
         self._curve = False
         #: Peer of each ZAP User-Id seen (one per allowed key).
         self._peers: dict[str, Peer] = {}
+        #: The core's counters and histograms (``broker.metrics``), fed here with what the
+        #: loop sees: messages in and out, commits, turns and timers' lag.
+        self.metrics = self.core.metrics
 
     def bind(self) -> str:
         """Bind the socket, then load the store; returns the bound endpoint.
@@ -242,9 +245,12 @@ class BrokerServer:
         # every call, which cost about as much again as the poll itself.
         waiting = [(socket, zmq.POLLIN)]
         try:
+            turn = self.metrics.turn
             while not self._stopping.is_set():
                 zmq.zmq_poll(waiting, self._poll_timeout_ms())
+                began = time.perf_counter()
                 self._turn(socket)
+                turn.observe(time.perf_counter() - began)
             clean = True
         finally:
             # Changes that no answer waited for yet: keep them, unless the store is failing.
@@ -258,7 +264,9 @@ class BrokerServer:
         """Make every change of the core durable, in one transaction of the store."""
         core = self.core
         workers, forgotten = core.take_workers()
+        began = time.perf_counter()
         self.store.save(core.take_dirty(), core.take_pruned(), workers=workers, forgotten=forgotten)
+        self.metrics.commit.observe(time.perf_counter() - began)
         core.evict()  # finished tasks committed: the store serves them from now on
 
     def _poll_timeout_ms(self) -> int:
@@ -296,6 +304,9 @@ class BrokerServer:
         now = self.clock()
         core = self.core
         core.schedule(now)
+        due = core.next_timer()
+        if due is not None and due <= now:
+            self.metrics.lag.observe(now - due)
         pings = core.tick(now)
         core.schedule(now)
         if now >= self._next_prune:
@@ -387,6 +398,8 @@ class BrokerServer:
             self._outflow_of(socket).send(frames)
         except zmq.ZMQError as exc:  # peer gone or its queue full: it will resync
             log.debug("send failed: %s", exc)
+            return
+        self.metrics.sent[frames[2]] += 1  # [address, signature, command, body]
 
     def _send_due(self, socket: zmq.Socket[bytes]) -> None:
         """Send the committed replies that are due, about ``TURN_REPLY_BYTES`` of them (a
@@ -488,6 +501,7 @@ class BrokerServer:
             self._dropped.warning("dropped malformed message: %s", exc)
             return
         command, body = message.command, message.body
+        self.metrics.received[command.value] += 1
         if command is Command.REQUEST:
             self._request(address, body, now, peer)
         elif command is Command.READY:
@@ -544,7 +558,7 @@ class BrokerServer:
         elif command is Command.DRAIN:
             self.core.drain(worker, now)
         elif command is Command.BYE:
-            log.info("worker %s said goodbye", worker.id)
+            log.info("worker %s said goodbye", worker.id, extra={"worker_id": worker.id})
             self.core.goodbye(worker, now)
 
     def _check_payloads(self, request: ops.Request) -> None:

@@ -380,6 +380,11 @@ class Client:
     def health(self, timeout: float | None = None) -> dict[str, Any]:
         return self._run(calls.health(timeout))
 
+    def metrics(self, timeout: float | None = None) -> dict[str, Any]:
+        """The broker's counters, gauges and histograms (``docs/protocol.md``, ``metrics``)."""
+        result: dict[str, Any] = self.request(Op.METRICS, {}, timeout)
+        return result
+
     # -- HTTP workers (used by the REST API) -----------------------------------------
 
     def register_http_worker(

@@ -49,6 +49,7 @@ class Op(StrEnum):
     WORKERS = "workers"
     WORKER = "worker"
     HEALTH = "health"
+    METRICS = "metrics"
     HTTP_REGISTER = "http_register"
     HTTP_NEXT = "http_next"
     HTTP_HEARTBEAT = "http_heartbeat"
@@ -286,6 +287,20 @@ class Health:
 
 
 @dataclass(slots=True)
+class Metrics:
+    """The broker's counters, gauges and histograms, for ``GET /metrics``."""
+
+    OP: ClassVar[Op] = Op.METRICS
+
+    def to_args(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> Metrics:
+        return cls()
+
+
+@dataclass(slots=True)
 class HttpRegister:
     """Register (or register again) a worker that pulls tasks over HTTP."""
 
@@ -397,6 +412,7 @@ Request: TypeAlias = (
     | ListWorkers
     | GetWorker
     | Health
+    | Metrics
     | HttpRegister
     | HttpNext
     | HttpHeartbeat
@@ -416,6 +432,7 @@ _DECODERS: dict[str, Callable[[dict[str, Any]], Request]] = {
         ListWorkers,
         GetWorker,
         Health,
+        Metrics,
         HttpRegister,
         HttpNext,
         HttpHeartbeat,

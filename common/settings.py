@@ -36,6 +36,8 @@ UP = "up"
 #: The store's fsync modes (SQLite's ``synchronous``); only ``full`` makes an
 #: acknowledgement durable.
 SYNC_MODES = ("full", "normal", "off")
+#: How log lines are written (``common.logs``).
+LOG_FORMATS = ("text", "json")
 #: How a worker runs handlers (``worker.runner.POOLS``).
 POOLS = ("thread", "process")
 #: Flags a command names its own way: the broker binds the endpoint the others connect to.
@@ -238,6 +240,11 @@ class Settings:
 
     #: Logging level.
     log_level: str = _opt("INFO", "logging level", "--log-level", BROKER, WORKER, API)
+    #: How log lines are written: ``text`` for people, or ``json``, one object a line with
+    #: the time, level, logger, message and the event's fields (task and worker ids...).
+    log_format: str = _opt(
+        "text", "log line format: text or json", "--log-format", BROKER, WORKER, API
+    )
 
     @property
     def slots(self) -> int:
@@ -493,6 +500,8 @@ _RULES: list[tuple[str, Callable[[Settings], bool], str]] = [
     ("body_timeout", lambda s: s.body_timeout > 0, "must be > 0"),
     ("log_level", lambda s: s.log_level.upper() in logging.getLevelNamesMapping(),
      "must be a logging level such as DEBUG, INFO or WARNING"),
+    ("log_format", lambda s: s.log_format in LOG_FORMATS,
+     f"must be one of {', '.join(LOG_FORMATS)}"),
 ]  # fmt: skip
 
 

@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             read_tokens(settings.api_tokens)
     except TokenFileError as exc:
         up.error(str(exc))
-    logs.configure(settings.log_level, "%(asctime)s zmq-scheduler %(message)s")
+    logs.configure(settings.log_level, "%(asctime)s zmq-scheduler %(message)s", settings.log_format)
     try:
         procs = children(settings)
     except (OSError, ValueError) as exc:

@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     level = logging.getLevelName(settings.log_level.upper())
     resources = {kind: float(getattr(settings, kind)) for kind in RESOURCE_KINDS}
-    logs.configure(level, "%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(level, "%(asctime)s %(levelname)s %(name)s: %(message)s", settings.log_format)
 
     import worker.builtin  # noqa: F401  (registers the built-in handlers)
 

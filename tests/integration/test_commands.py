@@ -8,6 +8,7 @@ The commands run as the installed console scripts, the table is read from README
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import re
 import shlex
@@ -149,8 +150,10 @@ SECURITY = {"--curve-secret", "--curve-allow", "--curve-server-key", "--secure"}
 def argv_started(log: str) -> dict[str, list[str]]:
     """The command line ``zmq-scheduler up`` last started each child with, from its log (the
     API's own, in ``/proc``, is gunicorn's process title once it has set it)."""
-    found = re.finditer(r"started (\S+) \(pid \d+\): (.*)", log)
-    return {m[1]: shlex.split(m[2]) for m in found}
+    messages = [json.loads(line)["message"] if line.startswith("{") else line
+                for line in log.splitlines()]  # fmt: skip
+    found = (re.search(r"started (\S+) \(pid \d+\): (.*)", line) for line in messages)
+    return {m[1]: shlex.split(m[2]) for m in found if m}
 
 
 def test_up_passes_every_setting_on_to_the_children_that_take_it(tmp_path: Path) -> None:
@@ -171,7 +174,7 @@ def test_up_passes_every_setting_on_to_the_children_that_take_it(tmp_path: Path)
         "--worker-retention": "600.0",
         "--max-payload": "1048576", "--max-body": "65536",
         "--request-timeout": "4.0", "--header-timeout": "7", "--body-timeout": "8.0",
-        "--log-level": "info",
+        "--log-level": "info", "--log-format": "json",
         "--api-tokens": str(tmp_path / "tokens"), "--insecure": FLAG_ONLY,
     }  # fmt: skip
     (tmp_path / "tokens").write_text("a-token-of-the-test-0123456789 admin\n")

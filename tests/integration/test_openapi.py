@@ -87,6 +87,13 @@ def test_answers_of_every_operation_match_the_document(api: Described) -> None:
     api("HEAD", "/health", "/health")
     assert api("GET", "/openapi.json", "/openapi.json")[1] == api.document
     api("HEAD", "/openapi.json", "/openapi.json")
+    # The metrics, in Prometheus' text format rather than JSON.
+    with urllib.request.urlopen(api.stack.api_url + "/metrics", timeout=30) as response:
+        content = api.document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+        assert response.status == 200 and response.headers["Content-Type"] in content
+        assert b"zmqs_broker_up 1.0" in response.read()
+    api.checked.add(("get", "/metrics", 200))
+    api("HEAD", "/metrics", "/metrics")
     assert "4096 bytes" in str(api.document["paths"]["/tasks"]["post"]["responses"]["413"])
 
     # Submits: made, made and waited for, made before (an idempotency key), refused.

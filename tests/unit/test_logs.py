@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
 
-from common.logs import MAX_MESSAGE, BoundedFormatter, Throttled, listing
+from common.logs import MAX_MESSAGE, BoundedFormatter, JsonFormatter, Throttled, listing
 
 
 def test_a_long_message_is_cut_and_says_how_much_was_left_out() -> None:
@@ -37,3 +38,18 @@ def test_warnings_of_a_flood_go_out_ten_a_second_and_say_how_many_were_held(
     lines = [record.getMessage() for record in caplog.records]
     assert lines[:10] == [f"dropped message {i}" for i in range(10)]
     assert lines[10:] == ["dropped message 1000 (and 990 more like these not logged)"]
+
+
+def test_a_json_line_holds_the_record_and_its_fields_each_bounded() -> None:
+    record = logging.LogRecord("broker.core", logging.WARNING, __file__, 1, "task %s lost", ("t1",),
+                               None)  # fmt: skip
+    record.__dict__.update(task_id="t1", worker_id="w" * (MAX_MESSAGE + 10), attempt=2)
+
+    line = json.loads(JsonFormatter().format(record))
+
+    assert line["level"] == "WARNING" and line["logger"] == "broker.core"
+    assert line["message"] == "task t1 lost"
+    assert line["task_id"] == "t1" and line["attempt"] == 2
+    assert line["worker_id"].endswith("... (10 more characters)")
+    assert line["time"].endswith("+00:00")
+    assert "\n" not in JsonFormatter().format(record)
