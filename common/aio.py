@@ -290,6 +290,10 @@ class Client:
     async def health(self, timeout: float | None = None) -> dict[str, Any]:
         return await self._run(calls.health(timeout))
 
+    async def metrics(self, timeout: float | None = None) -> dict[str, Any]:
+        """The broker's counters, gauges and histograms (``docs/protocol.md``, ``metrics``)."""
+        return await self._run(calls.metrics(timeout))
+
 
 async def _why(message: Callable[..., str], *args: Any) -> str:
     """``message(*args)`` in a thread: it may look the broker's host name up."""

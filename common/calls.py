@@ -125,6 +125,11 @@ def health(timeout: float | None) -> Plan[dict[str, Any]]:
     return record(Op.HEALTH, {}, timeout)
 
 
+def metrics(timeout: float | None) -> Plan[dict[str, Any]]:
+    """The broker's counters, gauges and histograms (``docs/protocol.md``, ``metrics``)."""
+    return record(Op.METRICS, {}, timeout)
+
+
 def list_tasks(
     status: str | None, handler: str | None, limit: int, after: int | None, timeout: float | None
 ) -> Plan[tuple[list[dict[str, Any]], int | None]]:

@@ -382,8 +382,7 @@ class Client:
 
     def metrics(self, timeout: float | None = None) -> dict[str, Any]:
         """The broker's counters, gauges and histograms (``docs/protocol.md``, ``metrics``)."""
-        result: dict[str, Any] = self.request(Op.METRICS, {}, timeout)
-        return result
+        return self._run(calls.metrics(timeout))
 
     # -- HTTP workers (used by the REST API) -----------------------------------------
 
