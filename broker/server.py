@@ -360,10 +360,12 @@ class BrokerServer:
             self._ack_due = due if self._ack_due is None else min(self._ack_due, due)
             self._acks_since = None
         self._send_acks(socket, now)
-        self._due.extend(promises)
-        self._send_due(socket)
+        # Outcomes before replies: a client that reads a reply showing a task final has
+        # read the task's OUTCOME already (docs/protocol.md).
         if notices:
             self._send_notices(socket, notices)
+        self._due.extend(promises)
+        self._send_due(socket)
         self._outflow_of(socket).sweep()
 
     def _send_acks(self, socket: zmq.Socket[bytes], now: float) -> None:
