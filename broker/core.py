@@ -305,12 +305,22 @@ class Scheduler(Lifecycle):
         """Run a failed or cancelled task again: pending once more, same id, its attempts
         and leases continued and its failures and losses counted from zero (the whole
         ``max_retries`` again); so are, transitively, its dependents that failed because it
-        ended (their error names it), which wait for it again. A task whose own
-        dependency failed or was cancelled is refused: that one is to be retried."""
+        ended (their error names it), which wait for it again. Refused (``Conflict``): a
+        task whose own dependency failed or was cancelled (that one is to be retried), and
+        one whose last run its worker has not stopped yet."""
         task = self._known(task_id)
         if task.status not in ENDED_BADLY:
             raise Conflict(
                 f"task {task.id} is {task.status.value}: only a failed or cancelled task is retried"
+            )
+        last = task.leases[-1] if task.leases else None
+        holder = self.roster.get(last.worker_id) if last is not None else None
+        if holder is not None and task.id in holder.running:
+            # A worker holds one run of a task at a time: the run it was told to stop (a
+            # cancel, an expiry) first has to end.
+            raise Conflict(
+                f"task {task.id}: worker {holder.id} has not stopped its last run yet; "
+                "retry once it has"
             )
         for dep_id in task.dependencies:
             dep = self.find(dep_id)
@@ -326,6 +336,7 @@ class Scheduler(Lifecycle):
                     seen.add(child.id)
                     again.append(child)
                     stack.append(child.id)
+        self.ready.drop(again)
         for current in again:  # each after the task it waits for
             self._reopen(current, now)
         log.info("task %s retried, with %d dependents", task.id, len(again) - 1)

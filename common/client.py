@@ -438,6 +438,11 @@ class Client:
         dependents that failed because of it; the task's record, pending. ``Conflict``
         for a task that is not failed or cancelled."""
         result: dict[str, Any] = self.request(Op.RETRY, {"id": task_id}, timeout)
+        # The outcomes kept of tasks that failed or were cancelled may be of tasks this
+        # retry made pending again (the task, its dependents): asked for again when wanted.
+        # The broker sent every one of them before this reply, on the same connection.
+        for kept in [o for o in self._outcomes.values() if o["status"] != TaskStatus.COMPLETED]:
+            self._take_outcome(kept["id"])
         return result
 
     def purge(

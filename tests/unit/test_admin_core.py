@@ -12,7 +12,7 @@ from broker.store.sqlite import SqliteStore
 from broker.throughput import BUCKET, BUCKETS
 from common.errors import Conflict, NotFound
 from common.models import TaskStatus
-from tests.unit.test_core import T0, add_worker, dispatched, finish, submit
+from tests.unit.test_core import T0, add_worker, dispatched, finish, report, submit
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -120,11 +120,11 @@ def test_retry_of_a_cancelled_task_and_the_refusals(stored: Scheduler) -> None:
         stored.retry(running, T0)
     stored.cancel(running, T0)
     commit(stored)
-    # The worker still holds the cancelled run: the retry's run waits for its slot.
+    # The worker still holds the cancelled run: a retry waits for it to stop.
+    with pytest.raises(Conflict, match="has not stopped its last run"):
+        stored.retry(running, T0 + 1)
+    report(stored, address, running, 1, "cancelled", T0 + 1)  # the old run's report
     assert stored.retry(running, T0 + 1).status is TaskStatus.PENDING
-    assert dispatched(stored, T0 + 1) == {}
-    finish(stored, address, running, "cancelled", T0 + 1)  # the old run's report
-    assert stored.get(running).status is TaskStatus.PENDING
     assert dispatched(stored, T0 + 1) == {address: [running]}
     with pytest.raises(NotFound):
         stored.retry("0" * 32, T0)
