@@ -37,6 +37,7 @@ from broker.queue import ReadyQueues, Shape
 from broker.roster import DEFAULT_PING_RATE, Roster
 from broker.state import Lease, Task, Worker
 from broker.store import Store
+from broker.throughput import Throughput
 from broker.timers import TimerKind, Timers
 from broker.waiters import Deferred
 from common.errors import NotFound
@@ -130,6 +131,8 @@ class Lifecycle:
             TaskStatus.FAILED: metrics.failed,
             TaskStatus.CANCELLED: metrics.cancelled,
         }
+        #: Tasks completed and failed over the last minutes (``stats``).
+        self.throughput = Throughput()
         self.outbox = Outbox()
         self._dirty: dict[str, Task] = {}
         self._pruned: list[Task] = []
@@ -510,6 +513,7 @@ class Lifecycle:
             current.completed_at = now
             self._set_status(current, final)
             count(finished[final], current.handler)
+            self.throughput.count(final, now)
             deferred = self.deferred
             if current.id in deferred.by_task or current.id in deferred.watchers:
                 deferred.finished(current.id)
@@ -572,8 +576,8 @@ class Lifecycle:
         self._dirty[task.id] = task
 
 
-#: Final statuses that fail the dependents of a task.
-_ENDED_BADLY = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED})
+#: Final statuses that fail the dependents of a task (and that a retry starts again from).
+ENDED_BADLY = _ENDED_BADLY = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED})
 
 
 def _dependency_failed(dep_id: str, status: TaskStatus, start: tuple[str, TaskStatus]) -> str:

@@ -48,6 +48,27 @@ class ReadyQueues:
         for heap in heaps.values():
             heapq.heapify(heap)
 
+    def drop(self, tasks: Iterable[Task]) -> None:
+        """Remove every entry of these tasks' seqs, left in a heap by lazy deletion (the
+        entry of a task cancelled, or of its copy that left memory for the store), before
+        they are pushed again (a retry): one pass over each heap concerned."""
+        by_shape: dict[Shape, set[int]] = {}
+        for task in tasks:
+            if task.shape in self._heaps:
+                by_shape.setdefault(task.shape, set()).add(task.seq)
+        for shape, seqs in by_shape.items():
+            kept = []
+            for entry in self._heaps[shape]:
+                if entry[1] in seqs:
+                    entry[2].queued = False
+                else:
+                    kept.append(entry)
+            if kept:
+                heapq.heapify(kept)
+                self._heaps[shape] = kept
+            else:
+                del self._heaps[shape]
+
     def head(self, shape: Shape) -> Task | None:
         """The next task of this shape, discarding entries that are no longer ready."""
         heap = self._heaps.get(shape)

@@ -36,7 +36,7 @@ from common.calls import TaskFailed, TaskTimeout
 from common.curve import ClientKeys
 from common.errors import SchedulerError, Unavailable
 from common.inbox import Inbox
-from common.limits import DEFAULT_PAGE
+from common.limits import DEFAULT_PAGE, DEFAULT_PURGE
 from common.ops import Op
 
 if TYPE_CHECKING:
@@ -263,6 +263,32 @@ class Client:
     async def cancel(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
         """Cancel a task: at once when pending; a running one is told to stop."""
         return await self._run(calls.cancel(task_id, timeout))
+
+    async def retry(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Run a failed or cancelled task again, with its dependents that failed because of
+        it (``common.client.Client.retry``)."""
+        return await self._run(calls.retry(self._inbox, task_id, timeout))
+
+    async def purge(
+        self,
+        status: str,
+        before: float | None = None,
+        limit: int = DEFAULT_PURGE,
+        timeout: float | None = None,
+    ) -> int:
+        """Delete the finished tasks of ``status`` that completed before ``before``; how many
+        (``common.client.Client.purge``)."""
+        return await self._run(calls.purge(status, before, limit, timeout))
+
+    async def drain_worker(
+        self, worker_id: str, on: bool = True, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Drain a worker, or resume it with ``on`` false; the worker's record."""
+        return await self._run(calls.drain_worker(worker_id, on, timeout))
+
+    async def stats(self, timeout: float | None = None) -> dict[str, Any]:
+        """Tasks by status and by handler, workers, and throughput over the last 15 minutes."""
+        return await self._run(calls.stats(timeout))
 
     async def wait(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
         """The task's record once it finished (``TaskTimeout`` if it has not by ``timeout``)."""

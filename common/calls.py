@@ -125,6 +125,36 @@ def health(timeout: float | None) -> Plan[dict[str, Any]]:
     return record(Op.HEALTH, {}, timeout)
 
 
+def retry(inbox: Inbox, task_id: str, timeout: float | None) -> Plan[dict[str, Any]]:
+    """Run a failed or cancelled task again; the outcomes kept of tasks that did not
+    complete are forgotten (this retry may have made them, or its dependents, pending)."""
+    value: dict[str, Any] = yield Ask(Op.RETRY, {"id": task_id}, timeout)
+    inbox.drop_unsuccessful()
+    return value
+
+
+def purge(status: str, before: float | None, limit: int, timeout: float | None) -> Plan[int]:
+    """Delete finished tasks of a status, a request of at most ``limit`` at a time until
+    none is left; how many went."""
+    args: dict[str, Any] = {"status": status, "limit": limit}
+    if before is not None:
+        args["before"] = before
+    total = 0
+    while True:
+        value = yield Ask(Op.PURGE, args, timeout)
+        total += int(value["purged"])
+        if not value["more"]:
+            return total
+
+
+def drain_worker(worker_id: str, on: bool, timeout: float | None) -> Plan[dict[str, Any]]:
+    return record(Op.DRAIN, {"id": worker_id, "on": on}, timeout)
+
+
+def stats(timeout: float | None) -> Plan[dict[str, Any]]:
+    return record(Op.STATS, {}, timeout)
+
+
 def metrics(timeout: float | None) -> Plan[dict[str, Any]]:
     """The broker's counters, gauges and histograms (``docs/protocol.md``, ``metrics``)."""
     return record(Op.METRICS, {}, timeout)

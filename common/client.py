@@ -57,7 +57,7 @@ from common.calls import OUTCOME_GRACE, TaskFailed, TaskTimeout
 from common.curve import ClientKeys
 from common.errors import SchedulerError, Unavailable
 from common.inbox import Inbox
-from common.limits import DEFAULT_PAGE
+from common.limits import DEFAULT_PAGE, DEFAULT_PURGE
 from common.ops import Op
 from common.transport import send_frames
 
@@ -344,6 +344,24 @@ class Client:
         """Cancel a task: at once when pending; a running one is told to stop."""
         return self._run(calls.cancel(task_id, timeout))
 
+    def retry(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Run a failed or cancelled task again (same id; its attempts continue), with its
+        dependents that failed because of it; the task's record, pending. ``Conflict``
+        for a task that is not failed or cancelled."""
+        return self._run(calls.retry(self._inbox, task_id, timeout))
+
+    def purge(
+        self,
+        status: str,
+        before: float | None = None,
+        limit: int = DEFAULT_PURGE,
+        timeout: float | None = None,
+    ) -> int:
+        """Delete the finished tasks of ``status`` (completed, failed or cancelled) that
+        completed before ``before`` (seconds since the epoch; any time when None), in
+        requests of at most ``limit`` each until none is left; returns how many."""
+        return self._run(calls.purge(status, before, limit, timeout))
+
     def wait(self, task_id: str | Submitted, timeout: float | None = None) -> dict[str, Any]:
         """Wait up to ``timeout`` seconds (default ``MAX_WAIT``) for the task to finish and
         return its record; ``TaskTimeout`` (its ``tasks`` holding the record as it was) if
@@ -383,6 +401,17 @@ class Client:
     def metrics(self, timeout: float | None = None) -> dict[str, Any]:
         """The broker's counters, gauges and histograms (``docs/protocol.md``, ``metrics``)."""
         return self._run(calls.metrics(timeout))
+
+    def drain_worker(
+        self, worker_id: str, on: bool = True, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Drain a worker (no new task for it; its runs finish), or resume it with ``on``
+        false; the worker's record, which shows ``draining``."""
+        return self._run(calls.drain_worker(worker_id, on, timeout))
+
+    def stats(self, timeout: float | None = None) -> dict[str, Any]:
+        """Tasks by status and by handler, workers, and throughput over the last 15 minutes."""
+        return self._run(calls.stats(timeout))
 
     # -- HTTP workers (used by the REST API) -----------------------------------------
 

@@ -36,7 +36,10 @@ class Inbox:
         self._watched: OrderedDict[str, None] = OrderedDict()
 
     def watching(self, task_id: str) -> None:
-        """The broker was asked to send this task's outcome here."""
+        """The broker was asked to send this task's outcome here (it may have come before
+        the reply that says so: a task submitted again under its key, final already)."""
+        if task_id in self._outcomes:
+            return
         self._watched[task_id] = None
         if len(self._watched) > self.max_outcomes:
             self._watched.popitem(last=False)  # asked for if it is wanted
@@ -60,6 +63,12 @@ class Inbox:
         while len(self._outcomes) > self.max_outcomes or self._bytes > self.max_bytes:
             _, dropped = self._outcomes.popitem(last=False)
             self._bytes -= _size(dropped)
+
+    def drop_unsuccessful(self) -> None:
+        """Forget the outcomes kept of tasks that failed or were cancelled: a retry may have
+        made them pending again (the broker sent every one of them before its reply)."""
+        for task_id in [i for i, o in self._outcomes.items() if o["status"] != "completed"]:
+            self.take(task_id)
 
     def take(self, task_id: str) -> dict[str, Any] | None:
         """The outcome of this task if it came (taken: given once)."""

@@ -165,6 +165,15 @@ def test_answers_of_every_operation_match_the_document(api: Described) -> None:
     api("DELETE", "/tasks/{task_id}", f"/tasks/{after['id']}")
     api("DELETE", "/tasks/{task_id}", f"/tasks/{after['id']}")
     api("DELETE", "/tasks/{task_id}", "/tasks/no-such-task")
+    # Retries (of a failed task; of one not failed; of none), counts, purges.
+    retry = "/tasks/{task_id}/retry"
+    assert api("POST", retry, f"/tasks/{failed['id']}/retry")[1]["status"] == "pending"
+    assert api("POST", retry, f"/tasks/{made['id']}/retry")[0] == 409
+    assert api("POST", retry, "/tasks/no-such-task/retry")[0] == 404
+    assert api("GET", "/stats", "/stats")[1]["tasks"]["cancelled"] >= 1
+    api("HEAD", "/stats", "/stats")
+    assert api("DELETE", "/tasks", "/tasks?status=cancelled")[1]["purged"] >= 1
+    assert api("DELETE", "/tasks", "/tasks?status=pending")[0] == 400
 
     # An HTTP worker: register (new, again), read, heartbeat, lease, complete.
     worker = {"id": "hw", "capabilities": ["web"], "tags": ["eu"], "resources": {"cpu": 2}}
@@ -197,6 +206,11 @@ def test_answers_of_every_operation_match_the_document(api: Described) -> None:
     api("POST", complete, f"/workers/hw/tasks/{web['id']}/complete", outcome)
     api("POST", complete, f"/workers/hw/tasks/{web['id']}/complete", outcome)
     api("POST", complete, "/workers/nobody/tasks/nothing/complete", outcome)
+    # Draining a worker, and resuming it.
+    drain = "/workers/{worker_id}/drain"
+    assert api("POST", drain, "/workers/zw/drain")[1]["draining"] is True
+    assert api("DELETE", drain, "/workers/zw/drain")[1]["draining"] is False
+    assert api("POST", drain, "/workers/no-such-worker/drain")[0] == 404
 
     # The dashboard: its files, and the start of its stream.
     for path in ("/", "/dashboard.js", "/dashboard.css"):
