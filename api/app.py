@@ -29,9 +29,9 @@ from api.auth import Authorization
 from api.clients import pooled_clients
 from api.render import render
 from common.errors import InvalidInput, SchedulerError, Unavailable
-from common.limits import DEFAULT_PAGE, MAX_CURSOR, MAX_HTTP_WAIT, MAX_PAGE
+from common.limits import DEFAULT_PAGE, MAX_CURSOR, MAX_HTTP_WAIT, MAX_PAGE, MAX_PURGE, MAX_TIME
 from common.models import TaskStatus
-from common.ops import Op
+from common.ops import PURGEABLE, Op
 from common.settings import Settings, exposed_open, load
 from common.tokens import Tokens, read_tokens
 
@@ -51,6 +51,12 @@ MAY_TAKE_EFFECT = {
     ),
     Op.CANCEL: "the request may still take effect: cancelling again is safe",
     Op.HTTP_REGISTER: "the request may still take effect: registering again is safe",
+    Op.RETRY: (
+        "the request may still take effect: GET /tasks/{id} shows whether the task is "
+        "pending again (a retry of a task already pending is a 409)"
+    ),
+    Op.PURGE: "the request may have deleted some of the tasks: purging again is safe",
+    Op.DRAIN: "the request may still take effect: asking again is safe",
     Op.HTTP_NEXT: (
         "the request may still take effect: a task may be leased to this worker, and "
         "GET /workers/{id} lists the tasks it holds"
@@ -118,12 +124,15 @@ def create_app(
     app.add_route("/tasks", tasks)
     app.add_route("/tasks/batch", tasks, suffix="batch")
     app.add_route("/tasks/{task_id}", tasks, suffix="task")
+    app.add_route("/tasks/{task_id}/retry", tasks, suffix="retry")
     app.add_route("/workers", workers)
     app.add_route("/workers/{worker_id}", workers, suffix="worker")
     app.add_route("/workers/{worker_id}/heartbeat", workers, suffix="heartbeat")
+    app.add_route("/workers/{worker_id}/drain", workers, suffix="drain")
     app.add_route("/workers/{worker_id}/tasks/next", workers, suffix="next")
     app.add_route("/workers/{worker_id}/tasks/{task_id}/complete", workers, suffix="complete")
     app.add_route("/health", Health(clients))
+    app.add_route("/stats", Stats(clients))
     app.add_route(openapi.PATH, Document(openapi.document(settings.max_body)))
     return app
 
@@ -226,6 +235,29 @@ class Tasks:
     def on_delete_task(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
         resp.media = render(self.client().request(Op.CANCEL, {"id": task_id}))
 
+    def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Purge: delete the finished tasks of ``?status=`` (completed, failed or cancelled)
+        that completed before ``?before=`` (seconds since the epoch or ISO 8601; any time
+        when absent), asked of the broker in bounded requests until none is left."""
+        status = parse.query_choice(req, "status", [s.value for s in PURGEABLE])
+        if status is None:
+            raise InvalidInput("query parameter status is required: completed, failed or cancelled")
+        before = parse.query_time(req, "before", MAX_TIME)
+        args: dict[str, Any] = {"status": status, "limit": MAX_PURGE}
+        if before is not None:
+            args["before"] = before
+        client = self.client()
+        purged = 0
+        while True:
+            value = client.request(Op.PURGE, args)
+            purged += value["purged"]
+            if not value["more"]:
+                break
+        resp.media = {"purged": purged}
+
+    def on_post_retry(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
+        resp.media = render(self.client().request(Op.RETRY, {"id": task_id}))
+
 
 def page_of(
     resp: falcon.Response, path: str, args: dict[str, Any], page: dict[str, Any], key: str
@@ -272,6 +304,12 @@ class Workers:
     on_head = on_get
     on_head_worker = on_get_worker
 
+    def on_post_drain(self, req: falcon.Request, resp: falcon.Response, worker_id: str) -> None:
+        resp.media = render(self.client().request(Op.DRAIN, {"id": worker_id, "on": True}))
+
+    def on_delete_drain(self, req: falcon.Request, resp: falcon.Response, worker_id: str) -> None:
+        resp.media = render(self.client().request(Op.DRAIN, {"id": worker_id, "on": False}))
+
     def on_put_heartbeat(self, req: falcon.Request, resp: falcon.Response, worker_id: str) -> None:
         resp.media = render(self.client().request(Op.HTTP_HEARTBEAT, {"id": worker_id}))
 
@@ -315,6 +353,18 @@ class Health:
             }
             return
         resp.media = {"status": "ok", **render(health)}
+
+    on_head = on_get
+
+
+class Stats:
+    """``/stats``: tasks by status and handler, workers and throughput (``Client.stats``)."""
+
+    def __init__(self, client: ClientFactory) -> None:
+        self.client = client
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = render(self.client().request(Op.STATS, {}))
 
     on_head = on_get
 

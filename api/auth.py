@@ -42,6 +42,7 @@ class Grant(StrEnum):
 OPEN = frozenset({"/health", "/openapi.json"})
 
 _CLIENTS = frozenset({Grant.ADMIN, Grant.CLIENT})
+_ADMINS = frozenset({Grant.ADMIN})
 _THE_WORKER = frozenset({Grant.ADMIN, Grant.WORKER_IN_PATH})
 
 #: Who may call each route (its template, as ``api.app.create_app`` adds it) with each
@@ -52,6 +53,11 @@ _RULES: dict[tuple[str, str], frozenset[Grant]] = {
     ("/tasks/batch", "POST"): _CLIENTS,
     ("/tasks/{task_id}", "GET"): _CLIENTS,
     ("/tasks/{task_id}", "DELETE"): _CLIENTS,
+    ("/tasks/{task_id}/retry", "POST"): _CLIENTS,
+    ("/tasks", "DELETE"): _ADMINS,
+    ("/workers/{worker_id}/drain", "POST"): _ADMINS,
+    ("/workers/{worker_id}/drain", "DELETE"): _ADMINS,
+    ("/stats", "GET"): _CLIENTS,
     ("/workers", "GET"): _CLIENTS,
     ("/workers", "POST"): frozenset({Grant.ADMIN, Grant.WORKER_IN_BODY}),
     ("/workers/{worker_id}", "GET"): _CLIENTS | {Grant.WORKER_IN_PATH},

@@ -34,10 +34,12 @@ from common.limits import (
     MAX_REQUIRES,
     MAX_RESOURCE,
     MAX_RETRIES,
+    MAX_TIME,
     MAX_TIMEOUT,
     MAX_TRACEBACK_LENGTH,
 )
 from common.models import RESOURCE_KINDS, LeaseOutcome, TaskStatus, WorkerKind, WorkerStatus
+from common.ops import PURGEABLE
 from common.settings import version
 
 #: The document's own path, open like ``/health``.
@@ -284,6 +286,47 @@ def schemas() -> dict[str, Any]:
                 "pid": {"type": "integer"},
             }
         ),
+        "Stats": _object(
+            {
+                "tasks": _object({s.value: {"type": "integer"} for s in TaskStatus}),
+                "handlers": {
+                    "type": "object",
+                    "description": "pending and running tasks of each handler that has some",
+                    "additionalProperties": _object(
+                        {
+                            TaskStatus.PENDING.value: {"type": "integer"},
+                            TaskStatus.RUNNING.value: {"type": "integer"},
+                        }
+                    ),
+                },
+                "workers": _object(
+                    {
+                        "online": {"type": "integer"},
+                        "draining": {"type": "integer", "description": "online and draining"},
+                        "slots": _object(
+                            {"used": {"type": "integer"}, "total": {"type": "integer"}},
+                            description="of the online ZeroMQ workers",
+                        ),
+                        "by_kind": {
+                            "type": "object",
+                            "additionalProperties": {"type": "integer"},
+                            "description": "online workers by kind (zmq, http)",
+                        },
+                    }
+                ),
+                "throughput": _object(
+                    {
+                        "bucket": {"type": "integer", "description": "seconds a bucket covers"},
+                        "completed": {"type": "array", "items": {"type": "integer"}},
+                        "failed": {"type": "array", "items": {"type": "integer"}},
+                    },
+                    description="tasks finished in each bucket of the last 15 minutes, "
+                    "oldest first",
+                ),
+                "uptime": {"type": "number"},
+            }
+        ),
+        "Purged": _object({"purged": {"type": "integer", "description": "tasks deleted"}}),
         "HealthUnavailable": _object(
             {
                 "status": {"const": "unavailable"},
@@ -543,6 +586,10 @@ def paths(max_body: int) -> dict[str, Any]:
         },
         secured=False,
     )
+    stats = _operation(
+        "tasks by status and handler, workers, and throughput over the last 15 minutes",
+        {"200": _answer("the counts", _ref("Stats"))},
+    )
     document = _operation(
         "this document",
         {"200": _answer("the OpenAPI document", {"type": "object"})},
@@ -550,7 +597,32 @@ def paths(max_body: int) -> dict[str, Any]:
         broker=False,
     )
     return {
-        "/tasks": {"get": list_tasks, "head": _head(list_tasks), "post": submit},
+        "/tasks": {
+            "get": list_tasks,
+            "head": _head(list_tasks),
+            "post": submit,
+            "delete": _operation(
+                "purge: delete the finished tasks of a status (admin)",
+                {"200": _answer("how many tasks were deleted", _ref("Purged"))},
+                parameters=[
+                    {
+                        **_query(
+                            "status",
+                            {"enum": [s.value for s in PURGEABLE]},
+                            "the status of the tasks to delete",
+                        ),
+                        "required": True,
+                    },
+                    _query(
+                        "before",
+                        {"type": "string"},
+                        "only tasks that completed before this time: seconds since the epoch "
+                        f"(0 to {MAX_TIME:g}) or ISO 8601 (UTC when it names no offset)",
+                    ),
+                ],
+                changes=True,
+            ),
+        },
         "/tasks/batch": {"post": batch},
         "/tasks/{task_id}": {
             "get": get_task,
@@ -561,6 +633,22 @@ def paths(max_body: int) -> dict[str, Any]:
                     "200": _answer("the task, cancelled", _ref("Task")),
                     **unknown_task,
                     "409": _error("the task is already final"),
+                },
+                parameters=[task_id],
+                changes=True,
+            ),
+        },
+        "/tasks/{task_id}/retry": {
+            "post": _operation(
+                "run a failed or cancelled task again, with its dependents that failed "
+                "because of it",
+                {
+                    "200": _answer("the task, pending again", _ref("Task")),
+                    "404": _error("no task has this id"),
+                    "409": _error(
+                        "the task is not failed or cancelled, or a dependency of its own "
+                        "failed or was cancelled (retry that one)"
+                    ),
                 },
                 parameters=[task_id],
                 changes=True,
@@ -586,6 +674,20 @@ def paths(max_body: int) -> dict[str, Any]:
             ),
         },
         "/workers/{worker_id}": {"get": get_worker, "head": _head(get_worker)},
+        "/workers/{worker_id}/drain": {
+            "post": _operation(
+                "drain a worker: no new task goes to it, its runs finish (admin)",
+                {"200": _answer("the worker, draining", _ref("Worker")), **unknown_worker},
+                parameters=[worker_id],
+                changes=True,
+            ),
+            "delete": _operation(
+                "resume a drained worker (admin)",
+                {"200": _answer("the worker", _ref("Worker")), **unknown_worker},
+                parameters=[worker_id],
+                changes=True,
+            ),
+        },
         "/workers/{worker_id}/heartbeat": {
             "put": _operation(
                 "an HTTP worker is alive",
@@ -624,6 +726,7 @@ def paths(max_body: int) -> dict[str, Any]:
                 max_body=max_body,
             ),
         },
+        "/stats": {"get": stats, "head": _head(stats)},
         "/health": {"get": health, "head": _head(health)},
         PATH: {"get": document, "head": _head(document)},
     }

@@ -15,6 +15,7 @@ and the same messages.
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import math
 from collections.abc import Collection
@@ -193,6 +194,30 @@ def query_float(req: falcon.Request, name: str, default: float, low: float, high
         _out_of_range(name, "a number", low, high)
     if not (math.isfinite(value) and low <= value <= high):
         _out_of_range(name, "a number", low, high)
+    return value
+
+
+def query_time(req: falcon.Request, name: str, high: float) -> float | None:
+    """A time query parameter: seconds since the epoch (``1767225600``) or an ISO 8601 /
+    RFC 3339 date and time (``2026-01-01T00:00:00Z``; without an offset, UTC); None when
+    absent."""
+    text = query(req, name)
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            when = datetime.datetime.fromisoformat(text.replace("z", "Z"))
+        except ValueError:
+            raise InvalidInput(
+                f"query parameter {name} must be seconds since the epoch or an ISO 8601 time"
+            ) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.UTC)
+        value = when.timestamp()
+    if not 0 <= value <= high:  # NaN too
+        _out_of_range(name, "a time", 0.0, high)
     return value
 
 

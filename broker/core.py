@@ -19,13 +19,14 @@ and every deadline (``broker.timers``).
 from __future__ import annotations
 
 import hmac
+import itertools
 import logging
 import os
 from collections.abc import Callable, Sequence
 from operator import attrgetter
 from typing import Any
 
-from broker.lifecycle import MAX_LOST, Lifecycle, Outbox, Timing
+from broker.lifecycle import ENDED_BADLY, MAX_LOST, Lifecycle, Outbox, Timing
 from broker.queue import Shape
 from broker.roster import Verdict, detection_time
 from broker.state import Task, Worker
@@ -75,6 +76,9 @@ class Scheduler(Lifecycle):
         #: Per worker id, the connection whose refused READY was logged last (an online
         #: worker's only): a connection that keeps trying is logged once.
         self._refused_from: dict[str, bytes] = {}
+        #: Ids of the workers an admin drained (``drain_worker``): a worker that registers
+        #: again under one of them is draining still, until an admin resumes it.
+        self.drained: set[str] = set()
 
     def load(
         self,
@@ -297,6 +301,106 @@ class Scheduler(Lifecycle):
         self._finish(task, TaskStatus.CANCELLED, now, error="cancelled")
         return task
 
+    def retry(self, task_id: str, now: float) -> Task:
+        """Run a failed or cancelled task again: pending once more, same id, its attempts
+        and leases continued and its failures and losses counted from zero (the whole
+        ``max_retries`` again); so are, transitively, its dependents that failed because it
+        ended (their error names it), which wait for it again. A task whose own
+        dependency failed or was cancelled is refused: that one is to be retried."""
+        task = self._known(task_id)
+        if task.status not in ENDED_BADLY:
+            raise Conflict(
+                f"task {task.id} is {task.status.value}: only a failed or cancelled task is retried"
+            )
+        for dep_id in task.dependencies:
+            dep = self.find(dep_id)
+            if dep is not None and dep.status in ENDED_BADLY:
+                raise Conflict(
+                    f"task {task.id} depends on task {dep_id}, which {dep.status.value}: "
+                    f"retry task {dep_id}"
+                )
+        again, stack, seen = [task], [task.id], {task.id}
+        while stack:
+            for child in self._failed_by(stack.pop()):
+                if child.id not in seen:
+                    seen.add(child.id)
+                    again.append(child)
+                    stack.append(child.id)
+        for current in again:  # each after the task it waits for
+            self._reopen(current, now)
+        log.info("task %s retried, with %d dependents", task.id, len(again) - 1)
+        return task
+
+    def _failed_by(self, task_id: str) -> list[Task]:
+        """The tasks that failed because ``task_id`` ended badly, in memory or the store
+        (the memory's object of a task in both)."""
+        prefix = f"dependency {task_id} "
+        tasks = self.index.tasks
+        found = {
+            t.id: t
+            for t in self.index.by_status[TaskStatus.FAILED]
+            if t.error is not None and t.error.startswith(prefix)
+        }
+        if self.store is not None:
+            for stored in self.store.failed_by(task_id):
+                if stored.id not in tasks:
+                    found[stored.id] = stored
+        return sorted(found.values(), key=attrgetter("seq"))
+
+    def _reopen(self, task: Task, now: float) -> None:
+        """A finished task (in memory, or read from the store) pending again."""
+        if self.index.tasks.get(task.id) is not task:
+            self.index.restore(task)
+        self._set_status(task, TaskStatus.PENDING)  # before its size changes (the index's)
+        task.failures = 0
+        task.lost = 0
+        task.error = None
+        task.result = None
+        task.completed_at = None
+        task.worker_id = None
+        task.not_before = 0.0
+        if task.dependencies:
+            # It may still be listed under a dependency it did not fail by (listed until
+            # that one ends): listed again once, below.
+            for dep_id in task.dependencies:
+                listed = self.dependents.get(dep_id)
+                if listed:
+                    listed[:] = [child for child in listed if child.id != task.id]
+            self._attach_dependencies(task)
+        if task.status is TaskStatus.PENDING and task.waiting_on == 0:
+            self._make_ready(task, now)
+
+    def purge(self, status: TaskStatus, before: float | None, limit: int) -> dict[str, Any]:
+        """Delete up to ``limit`` finished tasks of ``status`` that completed before
+        ``before`` (any time when None): ``{"purged": n, "more": bool}``, ``more`` when
+        there may be more to delete. With a store, deleted there at once, in a transaction
+        of their own, which leaves out the tasks changed since the last commit."""
+        if status not in FINAL_STATUSES:
+            raise InvalidInput("status must be one of completed, failed, cancelled")
+        if self.store is not None:
+            deleted, more = self.store.purge(status, before, limit, self._dirty.keys())
+            for task_id, final in deleted:
+                self.index.forget(task_id, final)
+            count = len(deleted)
+        else:
+            matching = (
+                t
+                for t in self.index.order
+                if self.index.tasks.get(t.id) is t
+                and t.status is status
+                and (before is None or (t.completed_at or 0.0) < before)
+            )
+            doomed = list(itertools.islice(matching, limit + 1))
+            more = len(doomed) > limit
+            for task in doomed[:limit]:
+                self.index.forget(task.id, task.status)
+                self._dirty.pop(task.id, None)
+                self._pruned.append(task)
+            count = min(len(doomed), limit)
+        if count:
+            log.info("purged %d %s tasks", count, status.value)
+        return {"purged": count, "more": more}
+
     def wait(self, task_id: str, timeout: float, token: object, now: float) -> Task | None:
         """The task if final, else None after registering ``token`` to be answered later."""
         task = self.get(task_id)
@@ -330,6 +434,34 @@ class Scheduler(Lifecycle):
             "stale_outcomes": self.stale_outcomes,
             "dropped_messages": self.dropped_messages,
             "refused_replies": self.refused_replies,
+            "uptime": now - started,
+        }
+
+    def stats(self, now: float, started: float) -> dict[str, Any]:
+        """Counts for a dashboard, cheap enough to ask every second with a million tasks:
+        tasks by status (kept as they change), pending and running ones by handler (kept
+        too), the online workers (one pass over them), and the tasks completed and failed
+        in each ``broker.throughput`` bucket of the last 15 minutes."""
+        counts = self.index.counts
+        used = total = draining = 0
+        by_kind: dict[str, int] = {}
+        for worker in self.roster.online.values():
+            kind = worker.kind.value
+            by_kind[kind] = by_kind.get(kind, 0) + 1
+            draining += worker.draining
+            if worker.kind is WorkerKind.ZMQ:
+                used += len(worker.running)
+                total += worker.slots
+        return {
+            "tasks": {s.value: counts.get(s, 0) for s in TaskStatus},
+            "handlers": self.index.by_handler(),
+            "workers": {
+                "online": len(self.roster.online),
+                "draining": draining,
+                "slots": {"used": used, "total": total},
+                "by_kind": by_kind,
+            },
+            "throughput": self.throughput.recent(now),
             "uptime": now - started,
         }
 
@@ -407,6 +539,7 @@ class Scheduler(Lifecycle):
             registration=self._registered(),
             session=ready.session,
             adaptive_ping=ready.adaptive_ping,
+            draining=worker_id in self.drained,
         )
         if old is not None:
             self.matcher.leave(old)
@@ -466,11 +599,34 @@ class Scheduler(Lifecycle):
     def drain(self, worker: Worker, now: float) -> None:
         """A worker is stopping: nothing new goes to it; its runs may still finish (it says
         BYE when they have, or when its grace is over)."""
+        worker.stopping = True
         if not worker.draining:
-            worker.draining = True
-            self.matcher.touch(worker)
-            self.roster.changed()
+            self._set_draining(worker, True)
             log.info("worker %s is draining: %d runs left", worker.id, len(worker.running))
+
+    def drain_worker(self, worker_id: str, on: bool, now: float) -> Worker:
+        """An admin drains a worker (``on``): it gets no new task, its runs finish, and it
+        stays drained when it registers again, until an admin resumes it (``on`` false).
+        A worker stopping of its own accord stays draining whatever is asked. The drains
+        last while the broker runs: a restarted broker has none."""
+        worker = self.worker(worker_id)
+        if on:
+            self.drained.add(worker.id)
+        else:
+            self.drained.discard(worker.id)
+        draining = on or worker.stopping
+        if worker.draining != draining:
+            self._set_draining(worker, draining)
+            log.info(
+                "worker %s %s by an admin: %d runs", worker.id,
+                "drained" if draining else "resumed", len(worker.running),
+            )  # fmt: skip
+        return worker
+
+    def _set_draining(self, worker: Worker, draining: bool) -> None:
+        worker.draining = draining
+        self.matcher.touch(worker)
+        self.roster.changed()
 
     def goodbye(self, worker: Worker, now: float) -> None:
         """A worker shut down cleanly: its tasks go back to the queue without counting as lost."""
@@ -505,6 +661,7 @@ class Scheduler(Lifecycle):
             free=dict(request.resources),
             tags=frozenset(request.tags),
             registration=self._registered(),
+            draining=request.id in self.drained,
         )
         self.roster.workers[worker.id] = worker
         self._worker_changed(worker)

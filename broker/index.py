@@ -15,7 +15,9 @@ and the sets by status can never disagree with the tasks. Invariants, which
   ones until the next compaction);
 - ``finished`` holds every finished task in memory (and pruned or evicted ones), oldest
   completion first;
-- ``pending_by_shape[shape]`` is the number of pending tasks of that shape.
+- ``pending_by_shape[shape]`` is the number of pending tasks of that shape;
+- ``active[handler, s]`` (``s`` pending or running) is the number of tasks of that
+  handler and status.
 
 Tasks the broker holds in memory are the unfinished ones and the most recently finished
 (``evict_finished``); the others are in the store only. ``counts`` counts them all: a task
@@ -36,6 +38,9 @@ from broker.queue import Shape
 from broker.state import Task
 from common.models import FINAL_STATUSES, TaskStatus
 from common.ops import ListTasks
+
+#: The statuses whose tasks ``TaskIndex.active`` counts by handler.
+ACTIVE_STATUSES = frozenset({TaskStatus.PENDING, TaskStatus.RUNNING})
 
 
 class TaskIndex:
@@ -59,6 +64,9 @@ class TaskIndex:
         self.finished_bytes = 0
         #: Pending tasks by shape: what ``/health`` counts as waiting for no worker at all.
         self.pending_by_shape: Counter[Shape] = Counter()
+        #: Pending and running tasks by (handler, status): what ``stats`` shows by handler,
+        #: kept as statuses change so that no call counts them.
+        self.active: Counter[tuple[str, TaskStatus]] = Counter()
         self._dead_in_order = 0
 
     def load(self, tasks: list[Task]) -> None:
@@ -66,6 +74,7 @@ class TaskIndex:
         self.tasks.update((task.id, task) for task in tasks)
         self.order.extend(tasks)
         self.counts.update(task.status for task in tasks)
+        self.active.update((t.handler, t.status) for t in tasks if t.status in ACTIVE_STATUSES)
         self.by_key.update((t.idempotency_key, t) for t in tasks if t.idempotency_key is not None)
         # A million tasks at a restart: one pass, with the statuses most tasks have first.
         completed, pending = TaskStatus.COMPLETED, TaskStatus.PENDING
@@ -97,8 +106,22 @@ class TaskIndex:
             bucket.add(task)
         if task.status is TaskStatus.PENDING:
             self.pending_by_shape[task.handler, task.requires, task.resources] += 1
+            self.active[task.handler, TaskStatus.PENDING] += 1
         if task.idempotency_key is not None:
             self.by_key[task.idempotency_key] = task
+
+    def restore(self, task: Task) -> None:
+        """Bring back into memory a finished task read from the store (counted already),
+        to change it (a retry)."""
+        self.tasks[task.id] = task
+        bisect.insort(self.order, task, key=attrgetter("seq"))
+        bucket = self.by_status.get(task.status)
+        if bucket is not None:
+            bucket.add(task)
+        if task.idempotency_key is not None:
+            self.by_key[task.idempotency_key] = task
+        self.finished.append(task)
+        self.finished_bytes += task.size()
 
     def set_status(self, task: Task, status: TaskStatus) -> None:
         """Move a task to ``status`` (finished tasks join the completion order)."""
@@ -108,8 +131,15 @@ class TaskIndex:
         bucket = by_status.get(task.status)
         if bucket is not None:
             bucket.discard(task)
-        if task.status is TaskStatus.PENDING:
+        old = task.status
+        if old is TaskStatus.PENDING:
             self.pending_by_shape[task.handler, task.requires, task.resources] -= 1
+        elif old in FINAL_STATUSES:  # a retry: out of the finished ones' bytes
+            self.finished_bytes -= task.size()
+        if old in ACTIVE_STATUSES:
+            self.active[task.handler, old] -= 1
+        if status in ACTIVE_STATUSES:
+            self.active[task.handler, status] += 1
         if status is TaskStatus.PENDING:
             self.pending_by_shape[task.handler, task.requires, task.resources] += 1
         counts[status] += 1
@@ -209,3 +239,17 @@ class TaskIndex:
                 return page, True
             page.append(task)
         return page, False
+
+    def by_handler(self) -> dict[str, dict[str, int]]:
+        """Pending and running tasks by handler: ``{handler: {status: n}}``, handlers with
+        none left out (costs the number of handlers with such tasks, not of tasks)."""
+        shown: dict[str, dict[str, int]] = {}
+        empty = []
+        for (handler, status), count in self.active.items():
+            if count:
+                shown.setdefault(handler, {"pending": 0, "running": 0})[status.value] = count
+            else:
+                empty.append((handler, status))
+        for key in empty:  # handlers seen once are not kept for ever
+            del self.active[key]
+        return shown

@@ -150,6 +150,8 @@ def _workers(core: Scheduler) -> None:
         if worker.status is not WorkerStatus.ONLINE:
             _fail(f"address {address!r} names offline worker {worker.id}")
     for worker in roster.workers.values():
+        if worker.draining != (worker.stopping or worker.id in core.drained):
+            _fail(f"worker {worker.id} draining={worker.draining}: neither stopping nor drained")
         if worker.status is WorkerStatus.OFFLINE and (worker.running or worker.polls):
             _fail(f"offline worker {worker.id} holds runs or polls")
         taken: dict[str, float] = {}
@@ -264,7 +266,8 @@ def _timers(core: Scheduler) -> list[tuple[TimerKind, Any]]:
 CHECKED_METHODS = (
     "load", "submit", "submit_and_wait", "get", "list_tasks", "cancel", "wait", "wait_many",
     "register", "seen", "report", "drain", "goodbye", "http_register", "http_worker",
-    "http_next", "http_complete", "tick", "prune", "schedule",
+    "http_next", "http_complete", "tick", "prune", "schedule", "retry", "purge",
+    "drain_worker", "stats",
 )  # fmt: skip
 
 

@@ -36,6 +36,7 @@ from broker.queue import ReadyQueues, Shape
 from broker.roster import DEFAULT_PING_RATE, Roster
 from broker.state import Lease, Task, Worker
 from broker.store import Store
+from broker.throughput import Throughput
 from broker.timers import TimerKind, Timers
 from broker.waiters import Deferred
 from common.errors import NotFound
@@ -120,6 +121,8 @@ class Lifecycle:
         self.dropped_messages = 0
         #: Large replies refused because their peer had too much unread on the broker.
         self.refused_replies = 0
+        #: Tasks completed and failed over the last minutes (``stats``).
+        self.throughput = Throughput()
         self.outbox = Outbox()
         self._dirty: dict[str, Task] = {}
         self._pruned: list[Task] = []
@@ -450,6 +453,7 @@ class Lifecycle:
             current.error = err
             current.completed_at = now
             self._set_status(current, final)
+            self.throughput.count(final, now)
             deferred = self.deferred
             if current.id in deferred.by_task or current.id in deferred.watchers:
                 deferred.finished(current.id)
@@ -512,8 +516,8 @@ class Lifecycle:
         self._dirty[task.id] = task
 
 
-#: Final statuses that fail the dependents of a task.
-_ENDED_BADLY = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED})
+#: Final statuses that fail the dependents of a task (and that a retry starts again from).
+ENDED_BADLY = _ENDED_BADLY = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED})
 
 
 def _dependency_failed(dep_id: str, status: TaskStatus, start: tuple[str, TaskStatus]) -> str:

@@ -129,6 +129,22 @@ def _http_complete(
     return core.show(core.http_complete(request, now))
 
 
+def _retry(core: Scheduler, request: ops.Retry, token: object, now: float, started: float) -> Any:
+    return core.show(core.retry(request.id, now))
+
+
+def _purge(core: Scheduler, request: ops.Purge, token: object, now: float, started: float) -> Any:
+    return core.purge(request.status, request.before, request.limit)
+
+
+def _drain(core: Scheduler, request: ops.Drain, token: object, now: float, started: float) -> Any:
+    return core.drain_worker(request.id, request.on, now).record()
+
+
+def _stats(core: Scheduler, request: ops.Stats, token: object, now: float, started: float) -> Any:
+    return core.stats(now, started)
+
+
 _OPS: dict[type, Callable[[Scheduler, Any, object, float, float], Any]] = {
     ops.Submit: _submit,
     ops.Get: _get,
@@ -143,4 +159,8 @@ _OPS: dict[type, Callable[[Scheduler, Any, object, float, float], Any]] = {
     ops.HttpNext: _http_next,
     ops.HttpHeartbeat: _http_heartbeat,
     ops.HttpComplete: _http_complete,
+    ops.Retry: _retry,
+    ops.Purge: _purge,
+    ops.Drain: _drain,
+    ops.Stats: _stats,
 }

@@ -36,6 +36,10 @@ OP_ROLES: dict[Op, frozenset[Role]] = {
     Op.HTTP_NEXT: _ADMINS,
     Op.HTTP_HEARTBEAT: _ADMINS,
     Op.HTTP_COMPLETE: _ADMINS,
+    Op.RETRY: _CLIENTS,
+    Op.PURGE: _ADMINS,
+    Op.DRAIN: _ADMINS,
+    Op.STATS: _CLIENTS,
 }
 
 #: The roles allowed each one-way worker message, besides its name binding.

@@ -198,8 +198,11 @@ class Worker:
     #: Resources not taken by running tasks.
     free: dict[str, float] = field(default_factory=dict)
     last_ping: float = 0.0
-    #: It said it is stopping (DRAIN): nothing new is dispatched to it.
+    #: Nothing new is dispatched to it: it said it is stopping (``stopping``), or an admin
+    #: drained it (``Scheduler.drain_worker``).
     draining: bool = False
+    #: It said it is stopping (DRAIN): draining until it is gone, whatever an admin says.
+    stopping: bool = False
     #: Open long-polls of an HTTP worker, oldest first: token -> deadline.
     polls: dict[object, float] = field(default_factory=dict)
     #: Which capabilities are tags, not handlers: a task's handler and its ``requires`` are

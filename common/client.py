@@ -53,7 +53,7 @@ import zmq
 from common import endpoints, ops, protocol, settings
 from common.curve import ClientKeys
 from common.errors import InvalidInput, SchedulerError, Unavailable
-from common.limits import DEFAULT_PAGE, MAX_BATCH, MAX_WAIT, MAX_WAIT_IDS
+from common.limits import DEFAULT_PAGE, DEFAULT_PURGE, MAX_BATCH, MAX_WAIT, MAX_WAIT_IDS
 from common.models import FINAL_STATUSES, TaskStatus
 from common.ops import Op
 from common.transport import send_frames
@@ -433,6 +433,33 @@ class Client:
         result: dict[str, Any] = self.request(Op.CANCEL, {"id": task_id}, timeout)
         return result
 
+    def retry(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Run a failed or cancelled task again (same id; its attempts continue), with its
+        dependents that failed because of it; the task's record, pending. ``Conflict``
+        for a task that is not failed or cancelled."""
+        result: dict[str, Any] = self.request(Op.RETRY, {"id": task_id}, timeout)
+        return result
+
+    def purge(
+        self,
+        status: str,
+        before: float | None = None,
+        limit: int = DEFAULT_PURGE,
+        timeout: float | None = None,
+    ) -> int:
+        """Delete the finished tasks of ``status`` (completed, failed or cancelled) that
+        completed before ``before`` (seconds since the epoch; any time when None), in
+        requests of at most ``limit`` each until none is left; returns how many."""
+        args: dict[str, Any] = {"status": status, "limit": limit}
+        if before is not None:
+            args["before"] = before
+        total = 0
+        while True:
+            value = self.request(Op.PURGE, args, timeout)
+            total += int(value["purged"])
+            if not value["more"]:
+                return total
+
     def wait(self, task_id: str | Submitted, timeout: float | None = None) -> dict[str, Any]:
         """Wait up to ``timeout`` seconds (default ``MAX_WAIT``) for the task to finish and
         return its record; ``TaskTimeout`` (its ``tasks`` holding the record as it was) if
@@ -523,6 +550,19 @@ class Client:
 
     def health(self, timeout: float | None = None) -> dict[str, Any]:
         result: dict[str, Any] = self.request(Op.HEALTH, {}, timeout)
+        return result
+
+    def drain_worker(
+        self, worker_id: str, on: bool = True, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Drain a worker (no new task for it; its runs finish), or resume it with ``on``
+        false; the worker's record, which shows ``draining``."""
+        result: dict[str, Any] = self.request(Op.DRAIN, {"id": worker_id, "on": on}, timeout)
+        return result
+
+    def stats(self, timeout: float | None = None) -> dict[str, Any]:
+        """Tasks by status and by handler, workers, and throughput over the last 15 minutes."""
+        result: dict[str, Any] = self.request(Op.STATS, {}, timeout)
         return result
 
     # -- HTTP workers (used by the REST API) -----------------------------------------

@@ -28,6 +28,13 @@ DEFAULT_PAGE = 100
 #: Highest ``--max-payload``: SQLite stores a value of at most 1,000,000,000 bytes, and a
 #: task's args and result travel together in one reply.
 MAX_PAYLOAD = 256 * 1024 * 1024
+#: Most finished tasks one ``purge`` request deletes, and how many when it does not say:
+#: each request is one transaction of the store, so the broker's loop is held that long.
+MAX_PURGE = 10_000
+DEFAULT_PURGE = 1000
+#: Latest time a ``purge`` may name as ``before``, in seconds since the epoch (year 9999).
+MAX_TIME = 253_402_300_799.0
+
 #: Largest page of a task listing in bytes (about: the records' sizes as ``Task.size``
 #: counts them); a page holds at least one task however large.
 MAX_PAGE_BYTES = 4 * 1024 * 1024

@@ -20,13 +20,16 @@ from common import fields
 from common.errors import InvalidInput, SchedulerError
 from common.limits import (
     DEFAULT_PAGE,
+    DEFAULT_PURGE,
     MAX_BATCH,
     MAX_CAPABILITIES,
     MAX_CURSOR,
     MAX_ERROR_LENGTH,
     MAX_HTTP_WAIT,
     MAX_PAGE,
+    MAX_PURGE,
     MAX_REQUEST_NUMBER,
+    MAX_TIME,
     MAX_TRACEBACK_LENGTH,
     MAX_WAIT,
     MAX_WAIT_IDS,
@@ -53,6 +56,10 @@ class Op(StrEnum):
     HTTP_NEXT = "http_next"
     HTTP_HEARTBEAT = "http_heartbeat"
     HTTP_COMPLETE = "http_complete"
+    RETRY = "retry"
+    PURGE = "purge"
+    DRAIN = "drain"
+    STATS = "stats"
 
 
 def _wait(value: Any, where: str) -> float:
@@ -387,6 +394,95 @@ class HttpComplete:
         )
 
 
+@dataclass(slots=True)
+class Retry:
+    """Run a failed or cancelled task again (and its dependents that failed because of it)."""
+
+    OP: ClassVar[Op] = Op.RETRY
+    id: str
+
+    def to_args(self) -> dict[str, Any]:
+        return {"id": self.id}
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> Retry:
+        return cls(fields.identifier(args.get("id"), "id"))
+
+
+#: The statuses a purge may name: the final ones, in a stable order for messages.
+PURGEABLE = (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+
+
+@dataclass(slots=True)
+class Purge:
+    """Delete up to ``limit`` finished tasks of ``status`` that completed before ``before``
+    (seconds since the epoch; any time when None)."""
+
+    OP: ClassVar[Op] = Op.PURGE
+    status: TaskStatus
+    before: float | None = None
+    limit: int = DEFAULT_PURGE
+
+    def to_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {"status": self.status.value, "limit": self.limit}
+        if self.before is not None:
+            args["before"] = self.before
+        return args
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> Purge:
+        status = args.get("status")
+        if status not in PURGEABLE:  # a StrEnum's tuple: str members
+            known = ", ".join(s.value for s in PURGEABLE)
+            raise InvalidInput(f"status must be one of {known}")
+        before = args.get("before")
+        if before is not None and (
+            isinstance(before, bool)
+            or not isinstance(before, int | float)
+            or not 0 <= before <= MAX_TIME
+        ):
+            raise InvalidInput(
+                f"before must be a time in seconds since the epoch, 0 to {MAX_TIME:g}"
+            )
+        limit = args.get("limit", DEFAULT_PURGE)
+        if type(limit) is not int or not 1 <= limit <= MAX_PURGE:
+            raise InvalidInput(f"limit must be an integer from 1 to {MAX_PURGE}")
+        return cls(TaskStatus(status), None if before is None else float(before), limit)
+
+
+@dataclass(slots=True)
+class Drain:
+    """Drain a worker (``on``: no new task; its runs finish), or resume it (``on`` false)."""
+
+    OP: ClassVar[Op] = Op.DRAIN
+    id: str
+    on: bool = True
+
+    def to_args(self) -> dict[str, Any]:
+        return {"id": self.id, "on": self.on}
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> Drain:
+        on = args.get("on", True)
+        if not isinstance(on, bool):
+            raise InvalidInput("on must be true or false")
+        return cls(fields.identifier(args.get("id"), "id"), on)
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counts of tasks, workers and throughput, for a dashboard."""
+
+    OP: ClassVar[Op] = Op.STATS
+
+    def to_args(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> Stats:
+        return cls()
+
+
 Request: TypeAlias = (
     Submit
     | Get
@@ -401,6 +497,10 @@ Request: TypeAlias = (
     | HttpNext
     | HttpHeartbeat
     | HttpComplete
+    | Retry
+    | Purge
+    | Drain
+    | Stats
 )
 
 #: The decoder of each op's arguments.
@@ -420,6 +520,10 @@ _DECODERS: dict[str, Callable[[dict[str, Any]], Request]] = {
         HttpNext,
         HttpHeartbeat,
         HttpComplete,
+        Retry,
+        Purge,
+        Drain,
+        Stats,
     )
 }
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -101,6 +101,20 @@ class Store(Protocol):
         first: those completed at or before ``before``, and beyond them as many more as
         ``excess`` says (the finished tasks held beyond ``--max-finished``). Returns the id
         and status of each one deleted."""
+
+    def failed_by(self, task_id: str) -> list[Task]:
+        """The stored tasks that failed because their dependency ``task_id`` ended badly
+        (status failed, their error ``dependency <task_id> ...``), whole, in seq order: the
+        dependents a retry of ``task_id`` runs again."""
+
+    def purge(
+        self, status: TaskStatus, before: float | None, limit: int, keep: Collection[str] = ()
+    ) -> tuple[list[tuple[str, TaskStatus]], bool]:
+        """Delete, in one transaction, up to ``limit`` finished tasks of ``status`` (a final
+        one) that completed before ``before`` (any time when None), in seq order, but none
+        whose id is in ``keep`` (tasks the broker changed and has not saved yet). Returns
+        the id and status of each one deleted, and whether there may be more to delete
+        (the limit was reached)."""
 
     def load_workers(self) -> list[Worker]:
         """Every worker saved and not forgotten, as new objects: its id, kind,

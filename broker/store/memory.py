@@ -10,8 +10,9 @@ new objects too. It must never hand out, or keep, an object the core also holds.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import fields, replace
+from operator import attrgetter
 from typing import Any
 
 from broker.state import Lease, Task, Worker
@@ -127,6 +128,32 @@ class MemoryStore:
         for task in doomed:
             del self.tasks[task.seq]
         return [(task.id, task.status) for task in doomed]
+
+    def failed_by(self, task_id: str) -> list[Task]:
+        prefix = f"dependency {task_id} "
+        return [
+            _whole(held)
+            for held in (self.tasks[seq] for seq in sorted(self.tasks))
+            if held.status is TaskStatus.FAILED and (held.error or "").startswith(prefix)
+        ]
+
+    def purge(
+        self, status: TaskStatus, before: float | None, limit: int, keep: Collection[str] = ()
+    ) -> tuple[list[tuple[str, TaskStatus]], bool]:
+        candidates = sorted(
+            (
+                t
+                for t in self.tasks.values()
+                if t.status is status
+                and t.completed_at is not None
+                and (before is None or t.completed_at < before)
+            ),
+            key=attrgetter("seq"),
+        )[:limit]
+        doomed = [t for t in candidates if t.id not in keep]
+        for task in doomed:
+            del self.tasks[task.seq]
+        return [(task.id, task.status) for task in doomed], len(candidates) == limit
 
     def load_workers(self) -> list[Worker]:
         """As ``SqliteStore.load_workers``: new objects, offline."""

@@ -16,7 +16,7 @@ import math
 import os
 import sqlite3
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
 from typing import Any, cast
@@ -72,17 +72,19 @@ CREATE INDEX IF NOT EXISTS tasks_failed ON tasks (seq) WHERE status = 'failed';
 CREATE INDEX IF NOT EXISTS tasks_cancelled ON tasks (seq) WHERE status = 'cancelled';
 CREATE INDEX IF NOT EXISTS tasks_by_completion ON tasks (completed_at)
     WHERE completed_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_failed_by_error ON tasks (error) WHERE status = 'failed';
 """
 
 #: Version of the table layout above, kept in ``meta``. 3 added the workers table and a
 #: lease's traceback (an eighth field of its JSON when it has one); 4 the indexes that
 #: find finished tasks, which stay in the store and out of the broker's memory: by id, by
 #: idempotency key, the rare final statuses in seq order (a page of failures among
-#: millions of completed tasks), and by completion (pruning).
-SCHEMA_VERSION = "4"
+#: millions of completed tasks), and by completion (pruning); 5 the failed tasks by error,
+#: which finds the dependents a retry runs again.
+SCHEMA_VERSION = "5"
 #: Versions this broker opens and brings up to ``SCHEMA_VERSION``: what each lacks is
 #: made by ``_SCHEMA`` (``CREATE ... IF NOT EXISTS``), and its rows read as they are.
-_UPGRADES_FROM = ("2", "3")
+_UPGRADES_FROM = ("2", "3", "4")
 
 # A task's spec never changes after it is submitted: it is written once, with an INSERT.
 # Later writes UPDATE only the state columns, by rowid (seq), which is the cheapest write
@@ -533,6 +535,42 @@ class SqliteStore:
             raise
         db.execute("COMMIT")
         return [(task_id, _STATUSES[status]) for _, task_id, status in doomed]
+
+    def failed_by(self, task_id: str) -> list[Task]:
+        # A range of the error index: those that start with the prefix (' ' + 1 is '!').
+        prefix = f"dependency {task_id} "
+        rows = self._db.execute(
+            f"SELECT {_SELECT_LOAD} FROM tasks WHERE status = 'failed' "
+            "AND error >= ? AND error < ? ORDER BY seq",
+            (prefix, prefix[:-1] + "!"),
+        )
+        return [_task(row) for row in rows]
+
+    def purge(
+        self, status: TaskStatus, before: float | None, limit: int, keep: Collection[str] = ()
+    ) -> tuple[list[tuple[str, TaskStatus]], bool]:
+        if status not in FINAL_STATUSES:
+            return [], False
+        # The status as a literal, so that the partial index of failed or cancelled tasks
+        # serves (``finished_page``); in seq order, which the primary key gives completed.
+        where = f"status = {_literal(status.value)} AND completed_at IS NOT NULL"
+        params: list[object] = []
+        if before is not None:
+            where += " AND completed_at < ?"
+            params.append(before)
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            rows = db.execute(
+                f"SELECT seq, id FROM tasks WHERE {where} ORDER BY seq LIMIT ?", (*params, limit)
+            ).fetchall()
+            doomed = [(seq, task_id) for seq, task_id in rows if task_id not in keep]
+            db.executemany("DELETE FROM tasks WHERE seq = ?", [(seq,) for seq, _ in doomed])
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return [(task_id, status) for _, task_id in doomed], len(rows) == limit
 
     def load_workers(self) -> list[Worker]:
         """Every stored worker, offline."""

@@ -194,6 +194,39 @@ class CoreMachine(RuleBasedStateMachine):
             pass  # pruned
         self.turn()
 
+    @precondition(lambda self: bool(self.ids))
+    @rule(data=st.data())
+    def retry(self, data: st.DataObject) -> None:
+        task_id = data.draw(st.sampled_from(self.ids))
+        try:
+            self.core.retry(task_id, self.now)
+        except SchedulerError:
+            pass  # not failed or cancelled, its dependency is, or pruned
+        else:
+            # It and the dependents it brought back run again: a new outcome is theirs.
+            assert self.core.tasks[task_id].status is TaskStatus.PENDING
+            for task in self.core.tasks.values():
+                if task.status not in FINAL_STATUSES:
+                    self.final.pop(task.id, None)
+        self.turn()
+
+    @rule(
+        status=st.sampled_from([TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED]),
+        age=st.sampled_from([None, 0.0, 30.0]),
+        limit=st.integers(1, 3),
+    )
+    def purge(self, status: TaskStatus, age: float | None, limit: int) -> None:
+        before = None if age is None else self.now - age
+        reply = self.core.purge(status, before, limit)
+        assert reply["purged"] <= limit
+        self.turn()
+
+    @rule(worker_id=st.sampled_from((*WORKERS, HTTP_WORKER)), on=st.booleans())
+    def drain_worker(self, worker_id: str, on: bool) -> None:
+        with contextlib.suppress(SchedulerError):  # not registered yet
+            assert self.core.drain_worker(worker_id, on, self.now).draining is on
+        self.turn()
+
     # -- ZeroMQ workers ---------------------------------------------------------------------
 
     @rule(

@@ -30,9 +30,11 @@ def test_every_op_and_worker_message_has_a_row() -> None:
                                   Command.BYE}  # fmt: skip
 
 
-def test_clients_submit_and_inspect_but_make_no_http_worker_request() -> None:
+def test_clients_submit_and_inspect_but_make_no_http_worker_or_admin_request() -> None:
     http = {op for op in Op if op.value.startswith("http_")}
-    assert {op for op in Op if may_request(CLIENT, op)} == set(Op) - http
+    admin = {Op.PURGE, Op.DRAIN}
+    assert {op for op in Op if may_request(CLIENT, op)} == set(Op) - http - admin
+    assert may_request(CLIENT, Op.RETRY) and may_request(CLIENT, Op.STATS)
     assert all(may_request(ADMIN, op) for op in Op)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +84,14 @@ class CheckedStore:
 
     def prune(self, before: float, excess: int, limit: int) -> list[tuple[str, TaskStatus]]:
         return self.inner.prune(before, excess, limit)
+
+    def failed_by(self, task_id: str) -> list[Task]:
+        return self.inner.failed_by(task_id)
+
+    def purge(
+        self, status: TaskStatus, before: float | None, limit: int, keep: Collection[str] = ()
+    ) -> tuple[list[tuple[str, TaskStatus]], bool]:
+        return self.inner.purge(status, before, limit, keep)
 
     def save(
         self,

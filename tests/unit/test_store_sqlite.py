@@ -344,9 +344,10 @@ def test_a_store_of_schema_2_loads_and_is_brought_to_schema_4(tmp_path: Path) ->
         "tasks_failed",
         "tasks_cancelled",
         "tasks_by_completion",
+        "tasks_failed_by_error",
     }
     reopened.close()
-    assert SCHEMA_VERSION == "4"
+    assert SCHEMA_VERSION == "5"
     assert [t.record() for t in loaded] == [
         {"id": "a", "name": "echo", "handler": "echo", "args": b"\x00", "dependencies": [],
          "priority": 0, "status": "pending", "worker_id": None, "attempts": 0, "result": None,

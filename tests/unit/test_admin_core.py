@@ -1,0 +1,231 @@
+"""The core's admin operations: retry, purge, an admin's drain of a worker, and stats."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.core import Scheduler
+from broker.invariants import CheckedScheduler
+from broker.store import Store
+from broker.store.memory import MemoryStore
+from broker.store.sqlite import SqliteStore
+from broker.throughput import BUCKET, BUCKETS
+from common.errors import Conflict, NotFound
+from common.models import TaskStatus
+from tests.unit.test_core import T0, add_worker, dispatched, finish, submit
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: object) -> Store:
+    if request.param == "memory":
+        return MemoryStore()
+    return SqliteStore(f"{tmp_path}/scheduler.db", "off")
+
+
+@pytest.fixture
+def stored(store: Store) -> Scheduler:
+    """A core on a store, as the broker's: finished tasks leave memory once committed."""
+    core = CheckedScheduler()
+    core.load(store.load(), T0, store.load_workers(), store)
+    core.finished_in_memory = 0
+    return core
+
+
+def commit(core: Scheduler) -> None:
+    """What the socket loop does at the end of a turn: save, then let finished tasks go."""
+    assert core.store is not None
+    workers, forgotten = core.take_workers()
+    core.store.save(core.take_dirty(), core.take_pruned(), workers=workers, forgotten=forgotten)
+    core.evict()
+
+
+def alive(core: Scheduler, address: bytes, now: float) -> None:
+    """Time passes with the worker answering its pings: a retry's back-off is over."""
+    worker = core.worker_at(address)
+    assert worker is not None
+    core.seen(worker, now)
+    core.tick(now)
+
+
+def fail(core: Scheduler, address: bytes, task_id: str, now: float = T0) -> None:
+    alive(core, address, now)
+    assert dispatched(core, now) == {address: [task_id]}
+    finish(core, address, task_id, "failed", now, error="boom")
+
+
+# -- retry ---------------------------------------------------------------------------
+
+
+def test_retry_runs_a_failed_task_again_with_its_attempts_continued(stored: Scheduler) -> None:
+    address = add_worker(stored, "w1")
+    task_id = submit(stored, max_retries=1)
+    fail(stored, address, task_id)
+    fail(stored, address, task_id, T0 + 5)  # its one retry, after the back-off
+    commit(stored)
+    assert task_id not in stored.tasks  # finished: in the store only
+
+    alive(stored, address, T0 + 10)
+    record = stored.show(stored.retry(task_id, T0 + 10))
+    assert record["status"] == "pending" and record["error"] is None
+    assert [lease["outcome"] for lease in record["leases"]] == ["failed", "failed"]
+    commit(stored)
+    assert dispatched(stored, T0 + 10) == {address: [task_id]}
+    assert stored.tasks[task_id].attempts == 3
+    # Its failures count from zero: max_retries holds again.
+    finish(stored, address, task_id, "failed", T0 + 11, error="again")
+    assert stored.tasks[task_id].status is TaskStatus.PENDING
+    alive(stored, address, T0 + 20)
+    assert dispatched(stored, T0 + 20) == {address: [task_id]}
+    finish(stored, address, task_id, "completed", T0 + 21)
+    commit(stored)
+    assert stored.get(task_id).status is TaskStatus.COMPLETED
+    assert stored.index.counts[TaskStatus.FAILED] == 0
+    assert stored.index.counts[TaskStatus.COMPLETED] == 1
+
+
+def test_retry_brings_back_the_dependents_that_failed_because_of_it(stored: Scheduler) -> None:
+    address = add_worker(stored, "w1")
+    root = submit(stored)
+    child = submit(stored, dependencies=[root])
+    grandchild = submit(stored, dependencies=[child])
+    unrelated = submit(stored, handler="other")
+    stored.cancel(unrelated, T0)
+    fail(stored, address, root)
+    commit(stored)
+    assert stored.get(grandchild).error == (
+        f"dependency {child} failed (the first to end: task {root} failed)"
+    )
+
+    stored.retry(root, T0 + 1)
+    for task_id in (root, child, grandchild):
+        assert stored.get(task_id).status is TaskStatus.PENDING
+    assert stored.show(stored.get(grandchild))["waiting_for"] == {
+        "reason": "dependencies",
+        "tasks": [child],
+    }
+    assert stored.get(unrelated).status is TaskStatus.CANCELLED
+    commit(stored)
+    for expected in (root, child, grandchild):
+        assert dispatched(stored, T0 + 1) == {address: [expected]}
+        finish(stored, address, expected, now=T0 + 1)
+    commit(stored)
+    assert stored.index.counts[TaskStatus.COMPLETED] == 3
+
+
+def test_retry_of_a_cancelled_task_and_the_refusals(stored: Scheduler) -> None:
+    address = add_worker(stored, "w1")
+    running = submit(stored)
+    assert dispatched(stored) == {address: [running]}
+    with pytest.raises(Conflict, match="is running"):
+        stored.retry(running, T0)
+    stored.cancel(running, T0)
+    commit(stored)
+    # The worker still holds the cancelled run: the retry's run waits for its slot.
+    assert stored.retry(running, T0 + 1).status is TaskStatus.PENDING
+    assert dispatched(stored, T0 + 1) == {}
+    finish(stored, address, running, "cancelled", T0 + 1)  # the old run's report
+    assert stored.get(running).status is TaskStatus.PENDING
+    assert dispatched(stored, T0 + 1) == {address: [running]}
+    with pytest.raises(NotFound):
+        stored.retry("0" * 32, T0)
+    # A task failed by its dependency is retried through that dependency.
+    dep = submit(stored, handler="none")
+    child = submit(stored, dependencies=[dep])
+    stored.cancel(dep, T0 + 2)
+    with pytest.raises(Conflict, match=f"retry task {dep}"):
+        stored.retry(child, T0 + 2)
+
+
+# -- purge ---------------------------------------------------------------------------
+
+
+def test_purge_deletes_in_bounded_chunks_and_keeps_the_counts(stored: Scheduler) -> None:
+    ids = [submit(stored, handler="none") for _ in range(7)]
+    for i, task_id in enumerate(ids):
+        stored.cancel(task_id, T0 + i)
+    kept = submit(stored, handler="none")
+    commit(stored)
+    assert stored.purge(TaskStatus.FAILED, None, 10) == {"purged": 0, "more": False}
+    assert stored.purge(TaskStatus.CANCELLED, T0 + 2, 10) == {"purged": 2, "more": False}
+    assert stored.purge(TaskStatus.CANCELLED, None, 3) == {"purged": 3, "more": True}
+    # One changed and not committed yet is left for a later round.
+    stored.cancel(kept, T0 + 9)
+    assert stored.purge(TaskStatus.CANCELLED, None, 3) == {"purged": 2, "more": False}
+    commit(stored)
+    assert stored.purge(TaskStatus.CANCELLED, None, 3) == {"purged": 1, "more": False}
+    assert stored.index.counts[TaskStatus.CANCELLED] == 0
+    for task_id in [*ids, kept]:
+        with pytest.raises(NotFound):
+            stored.get(task_id)
+
+
+def test_purge_without_a_store_forgets_from_memory() -> None:
+    core = CheckedScheduler()
+    ids = [submit(core, handler="none") for _ in range(3)]
+    for task_id in ids:
+        core.cancel(task_id, T0)
+    assert core.purge(TaskStatus.CANCELLED, None, 2) == {"purged": 2, "more": True}
+    assert [t.id for t in core.take_pruned()] == ids[:2]
+    assert core.purge(TaskStatus.CANCELLED, None, 2) == {"purged": 1, "more": False}
+    assert core.index.counts[TaskStatus.CANCELLED] == 0
+
+
+# -- drain ---------------------------------------------------------------------------
+
+
+def test_an_admin_drain_holds_across_a_reconnect_until_resumed(stored: Scheduler) -> None:
+    address = add_worker(stored, "w1", slots=2)
+    first = submit(stored)
+    assert dispatched(stored) == {address: [first]}
+    assert stored.drain_worker("w1", True, T0).record()["draining"] is True
+    second = submit(stored)
+    assert dispatched(stored) == {}
+    assert stored.show(stored.get(second))["waiting_for"]["reason"] == "no worker"
+    finish(stored, address, first)  # its run finishes
+    # The worker registers again (a new connection): still drained.
+    add_worker(stored, "w1", slots=2)
+    assert stored.workers["w1"].draining
+    assert dispatched(stored) == {}
+    assert stored.drain_worker("w1", False, T0).draining is False
+    assert dispatched(stored) == {address: [second]}
+    with pytest.raises(NotFound):
+        stored.drain_worker("nobody", True, T0)
+
+
+def test_resuming_does_not_undo_a_worker_stopping_of_its_own(stored: Scheduler) -> None:
+    add_worker(stored, "w1")
+    worker = stored.workers["w1"]
+    stored.drain(worker, T0)
+    assert stored.drain_worker("w1", False, T0).draining is True
+
+
+# -- stats ---------------------------------------------------------------------------
+
+
+def test_stats_counts_by_status_handler_worker_and_time(stored: Scheduler) -> None:
+    address = add_worker(stored, "w1", ["echo"], slots=3)
+    add_worker(stored, "w2", ["echo"], slots=2)
+    stored.drain_worker("w2", True, T0)
+    done, failed, waiting = submit(stored), submit(stored), submit(stored, handler="resize")
+    running = submit(stored)
+    assert dispatched(stored) == {address: [done, failed, running]}
+    finish(stored, address, done, now=T0 + 1)
+    finish(stored, address, failed, "failed", T0 + BUCKET + 1, error="x")
+    commit(stored)
+    stats = stored.stats(T0 + BUCKET + 2, T0 - 5)
+    assert stats["tasks"] == {"pending": 1, "running": 1, "completed": 1, "failed": 1,
+                              "cancelled": 0}  # fmt: skip
+    assert stats["handlers"] == {
+        "echo": {"pending": 0, "running": 1},
+        "resize": {"pending": 1, "running": 0},
+    }
+    assert stats["workers"] == {"online": 2, "draining": 1, "slots": {"used": 1, "total": 5},
+                                "by_kind": {"zmq": 2}}  # fmt: skip
+    throughput = stats["throughput"]
+    assert throughput["bucket"] == BUCKET and len(throughput["completed"]) == BUCKETS
+    assert sum(throughput["completed"]) == 1 and throughput["failed"][-1] == 1
+    assert stats["uptime"] == BUCKET + 7
+    assert waiting in stored.tasks
+    # Fifteen minutes on, the buckets have passed.
+    later = stored.stats(T0 + BUCKET * BUCKETS + 20, T0)["throughput"]
+    assert sum(later["completed"]) + sum(later["failed"]) == 0
