@@ -1,5 +1,5 @@
 """The command-line client: ``zmq-scheduler submit``, ``tasks``, ``task``, ``cancel``,
-``workers``.
+``retry``, ``purge``, ``workers``, ``drain``, ``stats``.
 
 ``add_commands`` gives ``zmq-scheduler``'s parser a subcommand for each command of the
 table (``common.cli.commands``), each with the client's settings (``--broker`` or

@@ -86,6 +86,16 @@ class Backend(Protocol):
 
     def workers(self) -> list[dict[str, Any]]: ...
 
+    def retry(self, task_id: str) -> dict[str, Any]: ...
+
+    def purge(self, status: str, before: float | None) -> int:
+        """Delete the finished tasks of ``status`` finished before ``before``; how many."""
+        ...
+
+    def drain(self, worker_id: str, on: bool) -> dict[str, Any]: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
     def close(self) -> None: ...
 
 
@@ -157,6 +167,18 @@ class BrokerBackend:
 
     def workers(self) -> list[dict[str, Any]]:
         return list(render(self.client.workers()))
+
+    def retry(self, task_id: str) -> dict[str, Any]:
+        return dict(render(self.client.retry(task_id)))
+
+    def purge(self, status: str, before: float | None) -> int:
+        return self.client.purge(status, before)
+
+    def drain(self, worker_id: str, on: bool) -> dict[str, Any]:
+        return dict(render(self.client.drain_worker(worker_id, on)))
+
+    def stats(self) -> dict[str, Any]:
+        return dict(render(self.client.stats()))
 
     def close(self) -> None:
         self.client.close()
@@ -234,6 +256,26 @@ class HttpBackend:
             if after is None:
                 return workers
             query = {"after": after}
+
+    def retry(self, task_id: str) -> dict[str, Any]:
+        record: dict[str, Any] = self.request("POST", f"/tasks/{quote(task_id)}/retry")
+        return record
+
+    def purge(self, status: str, before: float | None) -> int:
+        query: dict[str, Any] = {"status": status}
+        if before is not None:
+            query["before"] = before
+        purged: int = self.request("DELETE", "/tasks", query)["purged"]
+        return purged
+
+    def drain(self, worker_id: str, on: bool) -> dict[str, Any]:
+        method = "POST" if on else "DELETE"
+        record: dict[str, Any] = self.request(method, f"/workers/{quote(worker_id)}/drain")
+        return record
+
+    def stats(self) -> dict[str, Any]:
+        found: dict[str, Any] = self.request("GET", "/stats")
+        return found
 
     def _page(self, path: str, query: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
         """A listing's page and the ``after`` of its ``Link`` to the next one."""

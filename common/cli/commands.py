@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from common.cli import batch
 from common.cli.backends import Backend
-from common.cli.output import Shown, payload, task_view, tasks_table, workers_table
+from common.cli.output import Shown, payload, stats_view, task_view, tasks_table, workers_table
 from common.errors import InvalidInput
 from common.limits import DEFAULT_PAGE, MAX_PAGE
 from common.models import TaskStatus
+from common.ops import PURGEABLE
 from common.spec import TaskSpec
 
 
@@ -186,3 +189,58 @@ def cancel(backend: Backend, args: argparse.Namespace) -> Shown:
 def workers(backend: Backend, args: argparse.Namespace) -> Shown:
     found = backend.workers()
     return Shown(found, workers_table(found))
+
+
+@command(
+    "retry",
+    "Run a failed or cancelled task again (same id, its attempts continue), with its "
+    "dependents that failed because of it.",
+    TASK_ID,
+)
+def retry(backend: Backend, args: argparse.Namespace) -> Shown:
+    record = backend.retry(args.id)
+    return Shown(record, f"{record['id']} {record['status']}")
+
+
+@command(
+    "purge",
+    "Delete the finished tasks of a status, those that finished before --before if given.",
+    arg("--status", required=True, choices=[s.value for s in PURGEABLE]),
+    arg("--before", metavar="TIME", help="seconds since the epoch, or ISO 8601 (UTC if no zone)"),
+)
+def purge(backend: Backend, args: argparse.Namespace) -> Shown:
+    purged = backend.purge(args.status, None if args.before is None else _time(args.before))
+    return Shown({"purged": purged}, f"purged {purged} {args.status} tasks")
+
+
+def _time(text: str) -> float:
+    """``--before``: seconds since the epoch, or an ISO 8601 time (UTC when it has no zone)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            seconds = math.nan
+        else:
+            seconds = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    if not math.isfinite(seconds):
+        raise UsageError(f"--before must be seconds since the epoch or ISO 8601, got {text!r}")
+    return seconds
+
+
+@command(
+    "drain",
+    "Drain a worker: it gets no new task and its running tasks finish (--resume: take work again).",
+    arg("id", metavar="WORKER_ID", help="the worker's id"),
+    arg("--resume", action="store_true", help="end the drain"),
+)
+def drain(backend: Backend, args: argparse.Namespace) -> Shown:
+    record = backend.drain(args.id, not args.resume)
+    return Shown(record, f"{record['id']} {'draining' if record['draining'] else 'taking work'}")
+
+
+@command("stats", "Show tasks by status and handler, workers, and throughput.")
+def stats(backend: Backend, args: argparse.Namespace) -> Shown:
+    found = backend.stats()
+    return Shown(found, stats_view(found))

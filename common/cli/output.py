@@ -157,3 +157,27 @@ def _waiting(why: dict[str, Any] | None) -> str | None:
     if isinstance(detail, list):
         detail = ", ".join(detail)
     return f"{why.get('reason')}: {detail}" if detail else str(why.get("reason"))
+
+
+def stats_view(stats: dict[str, Any]) -> str:
+    """``stats``: counts by status, queue by handler, workers, the last 15 minutes."""
+    tasks = stats.get("tasks") or {}
+    workers = stats.get("workers") or {}
+    slots = workers.get("slots") or {}
+    throughput = stats.get("throughput") or {}
+    bucket = throughput.get("bucket", 10)
+    completed, failed = throughput.get("completed") or [], throughput.get("failed") or []
+    minutes = len(completed) * bucket / 60
+    lines = [
+        "tasks:      " + ", ".join(f"{n} {status}" for status, n in tasks.items()),
+        f"workers:    {workers.get('online', 0)} online, {workers.get('draining', 0)} draining, "
+        f"slots {slots.get('used', 0)}/{slots.get('total', 0)} used",
+        f"last {minutes:g} min: {sum(completed)} completed, {sum(failed)} failed",
+        f"uptime:     {stats.get('uptime', 0):.0f} s",
+    ]
+    handlers = stats.get("handlers") or {}
+    if handlers:
+        statuses = sorted({status for counts in handlers.values() for status in counts})
+        rows = [[name, *(counts.get(s, 0) for s in statuses)] for name, counts in handlers.items()]
+        lines += ["", table(["handler", *statuses], rows)]
+    return "\n".join(lines)

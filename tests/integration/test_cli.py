@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import pytest
 
+from common.cli import COMMANDS
 from tests.conftest import Stack, wait_for
 from tests.integration.test_commands import run, table
 
@@ -174,6 +176,10 @@ def test_a_batch_reports_the_tasks_that_failed_by_line(stack: Stack) -> None:
         (["workers", "--api", "localhost:8080"], "--api (ZMQS_API) must be the API's URL"),
         (["workers", "--broker", "5555"], "--broker (ZMQS_BROKER) must be a ZeroMQ endpoint"),
         (["workers", "--curve-secret", "x"], "the CURVE keys cannot be used"),
+        (["purge"], "the following arguments are required: --status"),
+        (["purge", "--status", "pending"], "argument --status: invalid choice"),
+        (["purge", "--status", "failed", "--before", "yesterday"], "--before must be seconds"),
+        (["drain"], "the following arguments are required: WORKER_ID"),
     ],
 )
 def test_bad_input_is_refused_with_a_message_and_status_2(args: list[str], refused: str) -> None:
@@ -234,7 +240,7 @@ def test_a_scheduler_that_does_not_answer_is_status_1() -> None:
     assert by_api.returncode == 1 and "not reachable" in by_api.stderr
 
 
-@pytest.mark.parametrize("command", ["submit", "tasks", "task", "cancel", "workers"])
+@pytest.mark.parametrize("command", list(COMMANDS))
 def test_help_lists_the_client_settings_the_readme_gives_it(command: str) -> None:
     shown = run(f"zmq-scheduler {command}", "--help")
 
@@ -244,3 +250,48 @@ def test_help_lists_the_client_settings_the_readme_gives_it(command: str) -> Non
     assert {"--broker", "--api", "--token", "--request-timeout"} <= client
     for flag in client | {"--json", "--version"}:
         assert f"  {flag} " in shown.stdout, flag
+
+
+@pytest.mark.parametrize("door", DOORS)
+def test_retry_purge_drain_and_stats_through_each_door(door: str, stack: Stack) -> None:
+    start(stack, door)
+    client = stack.client()
+
+    # retry: a failed task runs again, same id, and fails again (its args are still bad).
+    failed = cli(stack, door, "submit", "fibonacci", "--args", '{"n": "x"}', "--wait", "--json")
+    task_id = json.loads(failed.stdout)["id"]
+    retried = cli(stack, door, "retry", task_id)
+    assert retried.returncode == 0, retried.stderr
+    assert retried.stdout == f"{task_id} pending\n"
+    wait_for(lambda: client.get(task_id)["attempts"] == 2, what="the second attempt")
+    wait_for(lambda: client.get(task_id)["status"] == "failed", what="the retry failed")
+    pending = cli(stack, door, "submit", "nobody-serves-this").stdout.strip()
+    not_failed = cli(stack, door, "retry", pending)
+    assert not_failed.returncode == 1 and "conflict: " in not_failed.stderr
+
+    # stats counts them.
+    shown = json.loads(cli(stack, door, "stats", "--json").stdout)
+    assert shown["tasks"]["failed"] == 1 and shown["workers"]["online"] == 1
+    text = cli(stack, door, "stats").stdout
+    assert "1 failed" in text and "1 online" in text
+
+    # purge deletes the failed one, and --before in the past deletes nothing.
+    none = cli(stack, door, "purge", "--status", "failed", "--before", "2000-01-01T00:00:00Z")
+    assert none.stdout == "purged 0 failed tasks\n", none.stderr
+    purged = json.loads(cli(stack, door, "purge", "--status", "failed", "--json").stdout)
+    assert purged == {"purged": 1}
+    assert cli(stack, door, "task", task_id).returncode == 1
+
+    # drain: the worker takes no new task until resumed.
+    drained = cli(stack, door, "drain", "worker-1")
+    assert drained.returncode == 0, drained.stderr
+    assert drained.stdout == "worker-1 draining\n"
+    waiting = cli(stack, door, "submit", "echo", "--args", "1").stdout.strip()
+    [row] = [line for line in cli(stack, door, "workers").stdout.splitlines() if "worker-1" in line]
+    assert row.split()[-1] == "yes"  # the DRAINING column
+    for _ in range(10):  # no deadline to meet: a worker that took it would have done so by now
+        assert client.get(waiting)["status"] == "pending"
+        time.sleep(0.05)
+    resumed = cli(stack, door, "drain", "worker-1", "--resume")
+    assert resumed.stdout == "worker-1 taking work\n", resumed.stderr
+    wait_for(lambda: client.get(waiting)["status"] == "completed", what="the task after resume")
