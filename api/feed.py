@@ -53,9 +53,6 @@ BRIEF_FIELDS = (
     "completed_at", "error",
 )  # fmt: skip
 
-#: The broker's ``stats`` op, once the protocol has it; until then counts come from ``health``.
-STATS_OP = next((op for op in Op if op.value == "stats"), None)
-
 
 class Requester(Protocol):
     def request(self, op: Op, args: dict[str, Any], timeout: float | None = None) -> Any: ...
@@ -192,7 +189,9 @@ class Feed:
         self._left_at = 0.0
         self._failures = NewestFailures()
         self._throughput = Throughput()
-        self._stats = STATS_OP is not None
+        #: Whether the broker answers ``stats`` (one older than the API does not: counts
+        #: come from ``health`` then).
+        self._stats = True
 
     def join(self) -> None:
         with self._changed:
@@ -283,10 +282,10 @@ class Feed:
         return content
 
     def _ask_stats(self, client: Requester) -> dict[str, Any] | None:
-        if not self._stats or STATS_OP is None:
+        if not self._stats:
             return None
         try:
-            stats: dict[str, Any] = client.request(STATS_OP, {})
+            stats: dict[str, Any] = client.request(Op.STATS, {})
         except Unavailable:
             raise
         except SchedulerError:

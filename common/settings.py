@@ -31,7 +31,9 @@ DISTRIBUTION = "zmq-scheduler"
 
 #: The commands that take a subset of the settings, by the names the table shows.
 BROKER, WORKER, API = "broker", "worker", "api"
-#: ``zmq-scheduler up``, which takes every setting.
+#: The command-line client (``zmq-scheduler submit``, ``tasks``...: ``common.cli``).
+CLIENT = "client"
+#: ``zmq-scheduler up``, which takes every setting but the client's own.
 UP = "up"
 #: The store's fsync modes (SQLite's ``synchronous``); only ``full`` makes an
 #: acknowledgement durable.
@@ -64,7 +66,7 @@ class Settings:
     # Where things are.
     #: ZeroMQ endpoint the broker binds (broker) or connects to (workers, API, clients).
     broker: str = _opt(
-        "tcp://127.0.0.1:5555", "broker ZeroMQ endpoint", "--broker", BROKER, WORKER, API
+        "tcp://127.0.0.1:5555", "broker ZeroMQ endpoint", "--broker", BROKER, WORKER, API, CLIENT
     )
     #: Where the broker's state is: an SQLite file's path, ``memory:`` (nothing durable) or
     #: another backend's ``scheme://`` location (``broker.store.open_store``).
@@ -209,7 +211,7 @@ class Settings:
     max_body: int = _opt(8 * 1024 * 1024, "largest request body in bytes", "--max-body", API)
     #: Seconds the API (or a client) waits for a broker reply.
     request_timeout: float = _opt(
-        5.0, "seconds to wait for a broker reply", "--request-timeout", API
+        5.0, "seconds to wait for a broker reply", "--request-timeout", API, CLIENT
     )
     #: Seconds a connection has to send a request's line and headers, from its opening or
     #: its previous answer: slow and idle connections are closed after it. Whole seconds,
@@ -219,11 +221,19 @@ class Settings:
     #: answer has to be taken by its client.
     body_timeout: float = _opt(10.0, "seconds to send a request's body", "--body-timeout", API)
 
+    # Command-line client.
+    #: The REST API's URL the command-line client goes through (``http://127.0.0.1:8080``);
+    #: empty: it talks to the broker (``broker``) directly.
+    api: str = _opt("", "REST API URL the client uses instead of the broker", "--api", CLIENT)
+    #: The bearer token the command-line client shows the REST API (one of its
+    #: ``--api-tokens``); better given in the environment than on a command line.
+    token: str = _opt("", "token the client shows the REST API", "--token", CLIENT)
+
     # Security (docs/security.md).
     #: This process's own CURVE certificate, the secret one (``zmq-scheduler keygen``): the
     #: broker's turns CURVE on; a worker's or client's is how the broker knows it.
     curve_secret: str = _opt(
-        "", "own secret CURVE certificate file", "--curve-secret", BROKER, WORKER, API
+        "", "own secret CURVE certificate file", "--curve-secret", BROKER, WORKER, API, CLIENT
     )
     #: Folder of the public CURVE certificates the broker lets in, each naming a role; read
     #: again on SIGHUP and when the folder changes.
@@ -232,7 +242,7 @@ class Settings:
     )
     #: The broker's public CURVE certificate, which workers and clients check it by.
     curve_server_key: str = _opt(
-        "", "broker's public CURVE certificate file", "--curve-server-key", WORKER, API
+        "", "broker's public CURVE certificate file", "--curve-server-key", WORKER, API, CLIENT
     )
     #: ``zmq-scheduler up`` makes CURVE keys (under the data folder's ``keys/``) for its
     #: broker, workers, API and one client, and starts its children with them.
@@ -360,8 +370,14 @@ def load(
 
 
 def names_for(command: str) -> list[str]:
-    """The settings ``command`` takes (``BROKER``, ``WORKER``, ``API``, or ``UP``: all)."""
-    return [f.name for f in fields(Settings) if command == UP or command in f.metadata["commands"]]
+    """The settings ``command`` takes (``BROKER``, ``WORKER``, ``API``, ``CLIENT``, or
+    ``UP``: all but those only the client takes)."""
+    return [
+        f.name
+        for f in fields(Settings)
+        if command in f.metadata["commands"]
+        or (command == UP and f.metadata["commands"] != (CLIENT,))
+    ]
 
 
 def version() -> str:
@@ -427,6 +443,8 @@ def to_argv(settings: Settings, command: str) -> list[str]:
 
 #: A ZeroMQ endpoint: ``transport://address``.
 _ENDPOINT = re.compile(r"[a-z]+://\S+")
+#: An HTTP URL with a host and no query: ``http[s]://host[:port][/path]``.
+_URL = re.compile(r"https?://[^/?#\s]+(/[^?#\s]*)?")
 #: A dotted module name.
 _MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
@@ -496,6 +514,8 @@ _RULES: list[tuple[str, Callable[[Settings], bool], str]] = [
     ("max_payload", lambda s: 1 <= s.max_payload <= MAX_PAYLOAD, f"must be 1 to {MAX_PAYLOAD}"),
     ("worker_retention", lambda s: s.worker_retention >= 0, "must be >= 0"),
     ("request_timeout", lambda s: s.request_timeout > 0, "must be > 0"),
+    ("api", lambda s: s.api == "" or bool(_URL.fullmatch(s.api)),
+     "must be the API's URL such as http://127.0.0.1:8080"),
     ("header_timeout", lambda s: s.header_timeout >= 1, "must be >= 1"),
     ("body_timeout", lambda s: s.body_timeout > 0, "must be > 0"),
     ("log_level", lambda s: s.log_level.upper() in logging.getLevelNamesMapping(),

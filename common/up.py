@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import IO, cast
 
-from common import keyring, logs
+from common import cli, keyring, logs
 from common import settings as config
 from common.settings import Settings
 from common.tokens import TokenFileError, read_tokens
@@ -201,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"%(prog)s {config.version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     keyring.add_keygen(sub)
+    cli.add_commands(sub)
     up = sub.add_parser(
         "up",
         help="run broker, API and local workers until Ctrl-C",
@@ -214,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "keygen":
         return keyring.run_keygen(args)
+    if args.command in cli.COMMANDS:
+        return cli.run(args)
     settings = config.from_args(up, args, config.UP)
     try:  # the API would refuse it as it starts: refused before anything starts
         if settings.api_tokens:

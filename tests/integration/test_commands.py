@@ -47,8 +47,13 @@ def table() -> list[tuple[str, str, set[str]]]:
 
 
 def flags_of(command: str) -> set[str]:
-    """The flags the README's table gives ``command`` (``up``: every one)."""
-    flags = {flag for flag, _, taken in table() if command == "up" or command in taken}
+    """The flags the README's table gives ``command`` (``up``: every one but the client's
+    own)."""
+    flags = {
+        flag
+        for flag, _, taken in table()
+        if command in taken or (command == "up" and taken != {"client"})
+    }
     if "--broker" in flags and command in ENDPOINT_FLAG:
         flags = (flags - {"--broker"}) | {ENDPOINT_FLAG[command]}
     return flags
@@ -145,6 +150,8 @@ FLAG_ONLY = "(given)"
 #: The CURVE settings, which ``zmq-scheduler up --secure`` gives each child its own of
 #: (tests/integration/test_curve.py).
 SECURITY = {"--curve-secret", "--curve-allow", "--curve-server-key", "--secure"}
+#: The settings only the command-line client takes (tests/integration/test_cli.py).
+CLIENT_ONLY = {"--api", "--token"}
 
 
 def argv_started(log: str) -> dict[str, list[str]]:
@@ -178,7 +185,7 @@ def test_up_passes_every_setting_on_to_the_children_that_take_it(tmp_path: Path)
         "--api-tokens": str(tmp_path / "tokens"), "--insecure": FLAG_ONLY,
     }  # fmt: skip
     (tmp_path / "tokens").write_text("a-token-of-the-test-0123456789 admin\n")
-    assert set(given) | SECURITY == {flag for flag, _, _ in table()}
+    assert set(given) | SECURITY | CLIENT_ONLY == {flag for flag, _, _ in table()}
     argv = [sys.executable, "-m", "common.up", "up"]
     for flag, value in given.items():
         argv += [ENDPOINT_FLAG["up"] if flag == "--broker" else flag, value]

@@ -48,6 +48,10 @@ NOT_RUN = {
         "installs on a server, in /opt; tests/unit/test_deploy.py holds the image's build "
         "steps to it"
     ),
+    "$ id=$(zmq-scheduler submit sleep --args '{\"seconds\": 60}' --name nap --priority 5)": (
+        "tables and ids that differ from run to run; tests/integration/test_cli.py runs each "
+        "of these commands, through the broker and through the API"
+    ),
     "# on the broker host": (
         "commands for other hosts: up binds every interface, and the worker connects to "
         "broker.example.internal"

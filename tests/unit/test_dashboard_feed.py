@@ -7,10 +7,12 @@ import time
 from typing import Any
 
 import falcon.testing
+import pytest
 
 from api.app import create_app
 from api.events import Stream
 from api.feed import Feed, NewestFailures, Throughput, TooBusy
+from common.errors import InvalidInput
 from common.ops import Op
 from common.settings import Settings
 
@@ -76,10 +78,20 @@ def test_throughput_counts_what_finished_in_each_bucket() -> None:
 
 
 class Counting:
-    def __init__(self, value: dict[str, Any]) -> None:
+    """A broker whose counts are ``value``; with ``stats`` false, one older than ``stats``."""
+
+    def __init__(self, value: dict[str, Any], stats: bool = True) -> None:
         self.value = value
+        self.stats = stats
 
     def request(self, op: Op, args: dict[str, Any], timeout: float | None = None) -> Any:
+        if op is Op.STATS:
+            if not self.stats:
+                raise InvalidInput("op must be one of ...")
+            workers = {"online": 0, "draining": 0, "slots": {"used": 0, "total": 0}, "by_kind": {}}
+            throughput = {"bucket": 10, "completed": [0] * 90, "failed": [0] * 90}
+            return {"tasks": dict(self.value), "handlers": {}, "workers": workers,
+                    "throughput": throughput, "uptime": 1.0}  # fmt: skip
         if op is Op.HEALTH:
             return {"tasks": dict(self.value), "unservable": 0}
         if op is Op.WORKERS:
@@ -87,8 +99,9 @@ class Counting:
         return {"tasks": [], "next": None}
 
 
-def test_one_poll_serves_every_listener_and_a_listener_too_many_is_refused() -> None:
-    broker = Counting({"completed": 1})
+@pytest.mark.parametrize("stats", [True, False], ids=["stats", "older-broker"])
+def test_one_poll_serves_every_listener_and_a_listener_too_many_is_refused(stats: bool) -> None:
+    broker = Counting({"completed": 1}, stats)
     feed = Feed(lambda: broker, interval=0.05, max_listeners=3, idle_stop=0.2)
     streams = []
     for _ in range(3):
@@ -104,7 +117,8 @@ def test_one_poll_serves_every_listener_and_a_listener_too_many_is_refused() -> 
     assert all(first.startswith(b"retry: ") for first, _ in firsts)
     assert len({snapshot for _, snapshot in firsts}) == 1
     data = json.loads(firsts[0][1].split(b"data: ", 1)[1])
-    assert data["tasks"] == {"completed": 1} and data["source"] in ("health", "stats")
+    assert data["tasks"] == {"completed": 1}
+    assert data["source"] == ("stats" if stats else "health")
     # a change reaches every stream; no change is a heartbeat
     broker.value = {"completed": 2}
     assert all(b'"completed":2' in next(s) for s in streams)
