@@ -2,7 +2,8 @@
 
 A ZeroMQ worker is online from its READY until it says BYE or falls silent for its window,
 ``liveness`` times its ping interval (any message is a sign of life). The broker pings it
-every interval: ``ping_interval`` (1 s) while at most ``ping_rate`` ZeroMQ workers are
+every interval, unless it heard from it within the last one (a busy worker is not pinged):
+``ping_interval`` (1 s) while at most ``ping_rate`` ZeroMQ workers are
 online, and longer beyond, ``workers / ping_rate`` seconds, so that all pings together
 stay near ``ping_rate`` a second however large the cluster (``interval_for``;
 ``detection_time`` is the window for a cluster's size). Only a worker whose READY said
@@ -225,9 +226,15 @@ class Roster:
             return Verdict.SILENT
         verdict = Verdict.NOTHING
         if now + 1e-9 >= worker.last_ping + worker.interval:
-            worker.interval = self.interval_of(worker)
-            worker.last_ping = now
-            verdict = Verdict.PING
+            if now - worker.last_seen < worker.interval:
+                # Heard from within an interval (a busy worker reports all the time, and
+                # hears ACKs and DISPATCHes back): not pinged this time, at its own phase
+                # still. Its interval changes only with a ping, which tells it.
+                worker.last_ping += worker.interval
+            else:
+                worker.interval = self.interval_of(worker)
+                worker.last_ping = now
+                verdict = Verdict.PING
         deadline = worker.last_seen + worker.interval * self.liveness + AFTER
         self.timers.add(
             min(_slot(worker.last_ping + worker.interval), deadline),

@@ -47,7 +47,9 @@ def test_each_ping_tells_an_adaptive_worker_the_interval_of_the_cluster_it_is_in
             pinged.setdefault(address, core.ping(address).ping_interval or 0.0)
     # Then every ping said 2 s (4 workers / 2 a second), and the next comes 2 s later
     assert pinged == dict.fromkeys(addresses, 2.0)
-    assert now <= T0 + 2.0 + SLOT  # the first pings came within the interval each was told
+    # the first pings came within two intervals (none in the first: each READY was a sign
+    # of life)
+    assert now <= T0 + 2 * 2.0 + SLOT
     for worker in core.roster.online.values():
         assert worker.interval == 2.0
 
@@ -60,25 +62,53 @@ def test_a_worker_that_does_not_follow_keeps_the_interval_its_welcome_said() -> 
     now, pings = T0, 0
     while now < T0 + 10:
         now += SLOT
-        for worker in core.roster.online.values():
+        pinged = core.tick(now)
+        for address in pinged:  # each answers its pings
+            worker = core.worker_at(address)
+            assert worker is not None
             core.seen(worker, now)
-        pings += core.tick(now).count(old)
+        pings += pinged.count(old)
         assert core.ping(old).ping_interval == 1.0
-    assert pings >= 9
+    assert pings >= 8
 
 
 def test_pings_of_workers_registered_together_are_spread_over_the_interval() -> None:
     core = core_with(ping_rate=1000.0)
     for i in range(50):
         join(core, f"w{i}")
-    slots: dict[float, int] = {}
-    now = T0
-    for step in range(1, 11):
+    first: dict[bytes, float] = {}
+    for step in range(1, 31):
         now = T0 + step * SLOT
-        slots[round(now - T0, 1)] = len(core.tick(now))
-    # every worker pinged once within the first interval, no slot taking more than a fifth
-    assert sum(slots.values()) == 50
-    assert max(slots.values()) <= 10
+        for address in core.tick(now):
+            first.setdefault(address, round(now - T0, 1))
+    # none pinged within the first interval (each READY was a sign of life), then every
+    # worker pinged within the second, no slot taking more than a fifth
+    assert len(first) == 50 and all(1.0 <= at <= 2.0 for at in first.values())
+    slots = [list(first.values()).count(at) for at in set(first.values())]
+    assert max(slots) <= 10
+
+
+def test_a_worker_heard_from_within_its_interval_is_not_pinged() -> None:
+    # Given a worker that reports every half interval (a busy one), then falls silent
+    core = core_with(ping_rate=1000.0)
+    address = join(core, "busy")
+    worker = core.worker_at(address)
+    assert worker is not None
+    now, pings = T0, []
+    while now < T0 + 10:
+        now += SLOT
+        if round((now - T0) / SLOT) % 5 == 0:
+            core.seen(worker, now)
+        pings += [now for a in core.tick(now) if a == address]
+    # Then it was never pinged
+    assert pings == []
+    # When it falls silent, it is pinged within two intervals, and offline after three
+    silent_from = worker.last_seen
+    while worker.status is WorkerStatus.ONLINE and now < silent_from + 10:
+        now += SLOT
+        pings += [now for a in core.tick(now) if a == address]
+    assert pings and pings[0] <= silent_from + 2.0 + SLOT
+    assert silent_from + 3.0 < now <= silent_from + 3.0 + 2 * SLOT
 
 
 def test_a_silent_adaptive_worker_is_offline_after_liveness_intervals_of_its_own() -> None:
