@@ -102,6 +102,7 @@ def fakes(endpoint: str, count: int, handler: str, status_path: str) -> None:
         sock.connect(endpoint)
         body = Ready(name, 1, [handler], host="bench", pid=os.getpid()).to_body()
         body["adaptive_ping"] = True  # it watches no broker: any interval suits it
+        body["acks_in_dispatch"] = True  # as zmq-worker says (it keeps no outcomes anyway)
         readies[ident] = protocol.pack(Command.READY, body)
     unsent = list(readies)
     welcomed: set[bytes] = set()

@@ -574,6 +574,7 @@ class Scheduler(Lifecycle):
             registration=self._registered(),
             session=ready.session,
             adaptive_ping=ready.adaptive_ping,
+            acks_in_dispatch=ready.acks_in_dispatch,
             draining=worker_id in self.drained,
         )
         if old is not None:

@@ -72,6 +72,10 @@ COMMIT_DELAY = 0.01
 #: one per worker, rather than one after each commit (a worker needs an ACK only to forget
 #: an outcome, and each one costs it a wake-up and the broker a send).
 ACK_DELAY = 0.01
+#: Longest time in seconds the ACKs of a busy worker whose READY said ``acks_in_dispatch``
+#: wait for a DISPATCH to that worker to carry them, before they go alone: a worker that
+#: reports outcome after outcome gets a DISPATCH after each, and needs no ACK of its own.
+ACK_HOLD = 1.0
 #: Seconds between two rounds of pruning finished tasks past their retention.
 PRUNE_INTERVAL = 1.0
 #: Tasks submitted since the collector last had long-lived objects moved out of its sight
@@ -179,6 +183,11 @@ class BrokerServer:
         #: When the ACKs of ``_acked`` are due: ``ACK_DELAY`` after the first of them was
         #: reported (None: there is none).
         self._ack_due: float | None = None
+        #: Outcomes committed of busy workers that take ACKs in a DISPATCH, by address: the
+        #: next DISPATCH to each carries them, or an ACK at ``_held_due``.
+        self._held: dict[bytes, list[messages.RunKey]] = {}
+        #: When the ACKs of ``_held`` go alone: ``ACK_HOLD`` after the first was held.
+        self._held_due: float | None = None
         #: WELCOME and RESYNC of this turn: sent at its end, before the commit.
         self._commands: list[Frames] = []
         #: When the oldest change that is not committed yet was made (None: there is none).
@@ -280,6 +289,8 @@ class BrokerServer:
         if self._ack_due is not None:
             # Set once the outcomes are committed: the others wait for their commit above.
             wake = self._ack_due if wake is None else min(wake, self._ack_due)
+        if self._held_due is not None:
+            wake = self._held_due if wake is None else min(wake, self._held_due)
         if wake is None:
             return math.ceil(MAX_POLL_SECONDS * 1000)
         return math.ceil(min(MAX_POLL_SECONDS, max(0.0, wake - self.clock())) * 1000)
@@ -326,7 +337,7 @@ class BrokerServer:
             body = messages.CancelRuns(task_ids).to_body()
             self._send(socket, [address, *protocol.pack(Command.CANCEL, body)])
         for address, entries in outbox.dispatch.items():
-            body = messages.Dispatch(entries).to_body()
+            body = messages.Dispatch(entries, self._acks_for(address)).to_body()
             self._send(socket, [address, *protocol.pack(Command.DISPATCH, body)])
         promises = self._promises
         self._promises = []
@@ -352,9 +363,21 @@ class BrokerServer:
                 return
         # Every change so far is committed: so are the outcomes reported so far.
         if self._acks_since is not None:
-            acked = self._acked
+            acked, held, worker_at = self._acked, self._held, core.worker_at
             for address, runs in self._acks.items():
-                acked.setdefault(address, []).extend(runs)
+                worker = worker_at(address)
+                if (
+                    worker is not None
+                    and worker.acks_in_dispatch
+                    and worker.running
+                    and not worker.draining
+                ):
+                    held.setdefault(address, []).extend(runs)
+                    if self._held_due is None:
+                        self._held_due = now + ACK_HOLD
+                else:  # with what it held: idle, it gets no DISPATCH soon
+                    acked.setdefault(address, []).extend(held.pop(address, ()))
+                    acked[address].extend(runs)
             self._acks = {}
             due = self._acks_since + ACK_DELAY
             self._ack_due = due if self._ack_due is None else min(self._ack_due, due)
@@ -368,15 +391,36 @@ class BrokerServer:
         self._send_due(socket)
         self._outflow_of(socket).sweep()
 
+    def _acks_for(self, address: bytes) -> list[messages.RunKey]:
+        """The committed outcomes of the worker at ``address`` that a DISPATCH to it may
+        carry (none unless its READY said ``acks_in_dispatch``)."""
+        runs = self._held.pop(address, [])
+        if address in self._acked:
+            worker = self.core.worker_at(address)
+            if worker is not None and worker.acks_in_dispatch:
+                runs += self._acked.pop(address)
+        return runs
+
     def _send_acks(self, socket: zmq.Socket[bytes], now: float) -> None:
         """Send the ACKs of the committed outcomes once they are due, one per worker."""
+        held_due = self._held_due
+        if held_due is not None and not held_due - ACK_HOLD <= now < held_due:
+            self._held_due = None
+            for address, runs in self._held.items():
+                self._send_ack(socket, address, runs)
+            self._held = {}
         due = self._ack_due
         if due is None or due - ACK_DELAY <= now < due:  # not due, unless the clock went back
             return
         for address, runs in self._acked.items():
-            self._send(socket, [address, *protocol.pack(Command.ACK, messages.Ack(runs).to_body())])
+            self._send_ack(socket, address, runs)
         self._acked = {}
         self._ack_due = None
+
+    def _send_ack(
+        self, socket: zmq.Socket[bytes], address: bytes, runs: list[messages.RunKey]
+    ) -> None:
+        self._send(socket, [address, *protocol.pack(Command.ACK, messages.Ack(runs).to_body())])
 
     def _freeze(self) -> None:
         """Move the objects that survived so far out of the collector's sight.

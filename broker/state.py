@@ -218,6 +218,9 @@ class Worker:
     #: It follows the interval each PING carries (its READY said so): the broker may then
     #: lengthen its pings as the cluster grows (``broker.roster``).
     adaptive_ping: bool = False
+    #: It takes ACKs carried by a DISPATCH (its READY said so): the socket loop may hold
+    #: its ACKs while it is busy, until the next DISPATCH takes them.
+    acks_in_dispatch: bool = False
     #: Seconds between its pings, as the last PING (or its WELCOME) told it.
     interval: float = 0.0
     #: Which watch of the roster's its liveness timer belongs to (a timer of an earlier

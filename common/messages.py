@@ -82,6 +82,10 @@ class Ready:
     #: lengthen its pings as the cluster grows. A worker that does not say so is pinged
     #: every interval its WELCOME said.
     adaptive_ping: bool = False
+    #: It takes acknowledgements carried by a ``DISPATCH`` (``Dispatch.acks``): the broker
+    #: may then hold a busy worker's ACKs until its next DISPATCH rather than send them
+    #: alone.
+    acks_in_dispatch: bool = False
 
     def to_body(self) -> dict[str, Any]:
         return {
@@ -95,6 +99,7 @@ class Ready:
             "tags": self.tags,
             "session": self.session,
             "adaptive_ping": self.adaptive_ping,
+            "acks_in_dispatch": self.acks_in_dispatch,
         }
 
     @classmethod
@@ -125,6 +130,7 @@ class Ready:
             tags=fields.names(body.get("tags"), "tags", MAX_CAPABILITIES),
             session=_session(body.get("session")),
             adaptive_ping=_flag(body.get("adaptive_ping"), "adaptive_ping"),
+            acks_in_dispatch=_flag(body.get("acks_in_dispatch"), "acks_in_dispatch"),
         )
 
 
@@ -322,12 +328,24 @@ class Unreadable(NamedTuple):
 
 @dataclass(slots=True)
 class Dispatch:
-    """``DISPATCH``: runs to start, one a lease."""
+    """``DISPATCH``: runs to start, one a lease; and to a worker whose READY said
+    ``acks_in_dispatch``, outcomes committed (as an ``ACK`` would say)."""
 
     tasks: list[Assignment]
+    acks: list[RunKey] = field(default_factory=list)
 
     def to_body(self) -> dict[str, Any]:
-        return {"tasks": [assignment.to_body() for assignment in self.tasks]}
+        body: dict[str, Any] = {"tasks": [assignment.to_body() for assignment in self.tasks]}
+        if self.acks:
+            body["results"] = Ack(self.acks).to_body()["results"]
+        return body
+
+    @staticmethod
+    def acks_of(body: dict[str, Any]) -> list[RunKey]:
+        """The outcomes it acknowledges (``Ack``'s ``results``), if it carries any."""
+        if body.get("results") is None:
+            return []
+        return Ack.decode(body).runs
 
     @staticmethod
     def decode(body: dict[str, Any]) -> list[Assignment | Unreadable]:

@@ -321,6 +321,7 @@ class Agent:
             self.tags,
             self._session,
             adaptive_ping=True,
+            acks_in_dispatch=True,
         )
         self._send(Command.READY, ready.to_body())
 
@@ -395,6 +396,11 @@ class Agent:
 
     def _on_dispatch(self, body: dict[str, Any]) -> None:
         assert self._runner is not None
+        try:
+            for run in messages.Dispatch.acks_of(body):
+                self._unacked.pop(run, None)
+        except InvalidInput as exc:  # the runs still start; the outcomes wait for an ACK
+            logger.warning("dropped the malformed acknowledgements of a DISPATCH: %s", exc)
         for entry in messages.Dispatch.decode(body):
             task_id, attempt = entry.run
             if self._drain_deadline is not None:

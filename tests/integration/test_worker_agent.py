@@ -281,6 +281,33 @@ def test_unacked_outcomes_are_sent_again_after_registering_again(
     assert reply.command is Command.PONG
 
 
+def test_a_dispatch_may_carry_the_acks_of_earlier_outcomes(
+    broker: FakeBroker, start_worker: StartWorker
+) -> None:
+    # given a worker that says it takes ACKs in a DISPATCH, and an outcome not acknowledged
+    identity = register(broker, start_worker)
+    broker.send(identity, Command.DISPATCH, {"tasks": [task("t1", "echo", b"one")]})
+    broker.expect(Command.DONE)
+    broker.send(identity, Command.RESYNC)
+    identity, ready = broker.expect(Command.READY)
+    assert ready.body["acks_in_dispatch"] is True
+    assert ready.body["running"] == [{"task_id": "t1", "attempt": 1}]
+    broker.send(identity, Command.WELCOME, PATIENT)
+    broker.expect(Command.DONE)  # sent again: still not acknowledged
+    # when the next DISPATCH acknowledges it (and one with a malformed ack still runs)
+    broker.send(identity, Command.DISPATCH,
+                {"tasks": [task("t2", "echo", b"two")], "results": [["t1", 1]]})  # fmt: skip
+    broker.expect(Command.DONE)
+    broker.send(identity, Command.DISPATCH, {"tasks": [task("t3", "echo", b"3")], "results": 7})
+    _, third = broker.expect(Command.DONE)
+    assert [r["task_id"] for r in third.body["results"]] == ["t3"]
+    # then the next registration claims t2 and t3, not t1
+    broker.send(identity, Command.RESYNC)
+    identity, ready = broker.expect(Command.READY)
+    claimed = sorted(r["task_id"] for r in ready.body["running"])
+    assert claimed == ["t2", "t3"]
+
+
 def test_cancel_of_a_sleep_reports_cancelled(broker: FakeBroker, start_worker: StartWorker) -> None:
     # given a long sleep running on the worker
     identity = register(broker, start_worker)

@@ -368,8 +368,11 @@ def turn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Turn]:
         store.close()
 
 
-def register(turn: Turn, slots: int = 1, address: bytes = WORKER) -> None:
-    ready = {"id": address.decode(), "slots": slots, "capabilities": ["echo"], "running": []}
+def register(
+    turn: Turn, slots: int = 1, address: bytes = WORKER, acks_in_dispatch: bool = False
+) -> None:
+    ready = {"id": address.decode(), "slots": slots, "capabilities": ["echo"], "running": [],
+             "acks_in_dispatch": acks_in_dispatch}  # fmt: skip
     turn.queue(address, Command.READY, ready)
 
 
@@ -399,7 +402,7 @@ def assert_every_answer_was_durable(events: list[tuple[str, Any]]) -> int:
                 if status in FINAL_STATUSES:
                     assert committed[task_id] == status, f"reply showed {task_id} {status} first"
             checked += 1
-        elif message.command is Command.ACK:
+        elif message.command is Command.ACK or "results" in message.body:  # or a DISPATCH
             for task_id, _attempt in message.body["results"]:
                 assert committed.get(task_id) in FINAL_STATUSES, f"ACK of {task_id} before commit"
             checked += 1
@@ -443,6 +446,60 @@ def test_every_answer_leaves_after_the_commit_of_what_it_shows(turn: Turn) -> No
     assert replies[brief]["tasks"][0]["status"] == "completed"
     assert replies[later]["status"] == "completed" and replies[later]["result"] == b"2"
     assert assert_every_answer_was_durable(turn.events) == 7  # 6 replies and 1 ACK
+
+
+def test_a_busy_worker_that_takes_acks_in_a_dispatch_gets_no_ack_of_its_own(turn: Turn) -> None:
+    # Given a one-slot worker whose READY said acks_in_dispatch, and three tasks for it
+    register(turn, acks_in_dispatch=True)
+    turn.request(b"client", "submit", tasks=[{"handler": "echo"}] * 3)
+
+    def dispatched(sent: list[tuple[bytes, protocol.Message]]) -> list[Any]:
+        return [(m.body["tasks"][0]["task_id"], m.body.get("results")) for _, m in sent
+                if m.command is Command.DISPATCH]  # fmt: skip
+
+    [(first, acks)] = dispatched(turn.run(T0))
+    assert acks is None
+    # When it reports each, the next DISPATCH carries the ACK of the one before (committed
+    # meanwhile), and no ACK goes alone while it is busy
+    turn.queue(WORKER, Command.DONE, done(first))
+    [(second, acks)] = dispatched(turn.run(T0 + 1))
+    assert acks is None  # the first is not committed yet
+    assert turn.run(T0 + 1 + PROMISED_COMMIT_DELAY) == []  # committed: held, not sent
+    turn.queue(WORKER, Command.DONE, done(second))
+    [(third, acks)] = dispatched(turn.run(T0 + 1.5))
+    assert acks == [[first, 1]]
+    assert turn.run(T0 + 1.5 + PROMISED_COMMIT_DELAY) == []
+    # Then, idle after the last, it gets an ACK of what it held and of the last, at once
+    turn.queue(WORKER, Command.DONE, done(third))
+    assert turn.run(T0 + 1.6) == []
+    assert turn.run(T0 + 1.6 + PROMISED_COMMIT_DELAY) == [
+        (WORKER, protocol.Message(Command.ACK, {"results": [[second, 1], [third, 1]]}))
+    ]
+    assert assert_every_answer_was_durable(turn.events) >= 3
+
+
+def test_held_acks_go_alone_after_a_second_and_an_older_worker_gets_each(turn: Turn) -> None:
+    # A worker that takes acks in a dispatch, busy with a long run; and one that does not
+    register(turn, slots=2, acks_in_dispatch=True)
+    register(turn, address=b"older")
+    turn.request(b"client", "submit", tasks=[{"handler": "echo"}] * 3)
+    sent = turn.run(T0)
+    runs = {a: [e["task_id"] for e in m.body["tasks"]] for a, m in sent
+            if m.command is Command.DISPATCH}  # fmt: skip
+    assert sorted(map(len, runs.values())) == [1, 2]
+    busy, older = runs[WORKER], runs[b"older"]
+    turn.queue(WORKER, Command.DONE, done(busy[0]))
+    turn.queue(b"older", Command.DONE, done(older[0]))
+    turn.run(T0 + 1)
+    sent = turn.run(T0 + 1 + PROMISED_COMMIT_DELAY)
+    assert sent == [(b"older", protocol.Message(Command.ACK, {"results": [[older[0], 1]]}))]
+    # the busy worker's ACK waits for a DISPATCH, a second at most
+    assert turn.run(T0 + 1.5) == []
+    assert turn.server._poll_timeout_ms() <= 1000
+    assert turn.run(T0 + 2.1) == [
+        (WORKER, protocol.Message(Command.ACK, {"results": [[busy[0], 1]]}))
+    ]
+    assert_every_answer_was_durable(turn.events)
 
 
 def test_a_burst_of_submits_shares_one_commit(turn: Turn, monkeypatch: pytest.MonkeyPatch) -> None:
