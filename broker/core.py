@@ -77,9 +77,6 @@ class Scheduler(Lifecycle):
         #: Per worker id, the connection whose refused READY was logged last (an online
         #: worker's only): a connection that keeps trying is logged once.
         self._refused_from: dict[str, bytes] = {}
-        #: Ids of the workers an admin drained (``drain_worker``): a worker that registers
-        #: again under one of them is draining still, until an admin resumes it.
-        self.drained: set[str] = set()
 
     def load(
         self,
@@ -558,6 +555,8 @@ class Scheduler(Lifecycle):
             raise IdentityTaken(f"worker {worker_id} is online on another connection")
         self._refused_from.pop(worker_id, None)
         held = old.running if old is not None and old.status is WorkerStatus.ONLINE else {}
+        # An admin's drain outlasts the registration (``drain_worker``).
+        drained = old is not None and old.drained
         worker = Worker(
             id=worker_id,
             kind=WorkerKind.ZMQ,
@@ -575,7 +574,8 @@ class Scheduler(Lifecycle):
             session=ready.session,
             adaptive_ping=ready.adaptive_ping,
             acks_in_dispatch=ready.acks_in_dispatch,
-            draining=worker_id in self.drained,
+            draining=drained,
+            drained=drained,
         )
         if old is not None:
             self.matcher.leave(old)
@@ -648,13 +648,16 @@ class Scheduler(Lifecycle):
     def drain_worker(self, worker_id: str, on: bool, now: float) -> Worker:
         """An admin drains a worker (``on``): it gets no new task, its runs finish, and it
         stays drained when it registers again, until an admin resumes it (``on`` false).
-        A worker stopping of its own accord stays draining whatever is asked. The drains
-        last while the broker runs: a restarted broker has none."""
+        A worker stopping of its own accord stays draining whatever is asked.
+
+        The drain is the worker's ``drained``, which the store keeps: the change is
+        committed with this turn, before the reply, and a restarted broker loads it back
+        with the worker (``load``), so that the worker is draining still when it registers
+        again. A drained worker is kept while offline, however long, until resumed."""
         worker = self.worker(worker_id)
-        if on:
-            self.drained.add(worker.id)
-        else:
-            self.drained.discard(worker.id)
+        if worker.drained != on:
+            worker.drained = on
+            self._worker_changed(worker)
         draining = on or worker.stopping
         if worker.draining != draining:
             self._set_draining(worker, draining)
@@ -702,7 +705,6 @@ class Scheduler(Lifecycle):
             free=dict(request.resources),
             tags=frozenset(request.tags),
             registration=self._registered(),
-            draining=request.id in self.drained,
         )
         self.roster.workers[worker.id] = worker
         self._worker_changed(worker)

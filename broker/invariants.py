@@ -150,7 +150,7 @@ def _workers(core: Scheduler) -> None:
         if worker.status is not WorkerStatus.ONLINE:
             _fail(f"address {address!r} names offline worker {worker.id}")
     for worker in roster.workers.values():
-        if worker.draining != (worker.stopping or worker.id in core.drained):
+        if worker.draining != (worker.stopping or worker.drained):
             _fail(f"worker {worker.id} draining={worker.draining}: neither stopping nor drained")
         if worker.status is WorkerStatus.OFFLINE and (worker.running or worker.polls):
             _fail(f"offline worker {worker.id} holds runs or polls")

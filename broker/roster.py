@@ -142,13 +142,16 @@ class Roster:
         self.go_online(worker)
 
     def add_offline(self, worker: Worker) -> None:
-        """List a worker known from before a restart: offline until it speaks."""
+        """List a worker known from before a restart: offline until it speaks, and
+        draining if an admin drained it (what it said of stopping ended with the broker)."""
         worker.status = WorkerStatus.OFFLINE
+        worker.stopping = False
+        worker.draining = worker.drained
         self.workers[worker.id] = worker
 
     def forget_offline(self, before: float, limit: int) -> list[Worker]:
-        """Forget up to ``limit`` of the workers offline and last seen before this time;
-        returns them."""
+        """Forget up to ``limit`` of the workers offline and last seen before this time,
+        but none an admin drained (its drain is kept until it is resumed); returns them."""
         if len(self.workers) == len(self.online):
             return []
         gone = list(
@@ -156,7 +159,9 @@ class Roster:
                 (
                     worker
                     for worker in self.workers.values()
-                    if worker.status is not WorkerStatus.ONLINE and worker.last_seen < before
+                    if worker.status is not WorkerStatus.ONLINE
+                    and worker.last_seen < before
+                    and not worker.drained
                 ),
                 limit,
             )

@@ -199,10 +199,15 @@ class Worker:
     free: dict[str, float] = field(default_factory=dict)
     last_ping: float = 0.0
     #: Nothing new is dispatched to it: it said it is stopping (``stopping``), or an admin
-    #: drained it (``Scheduler.drain_worker``).
+    #: drained it (``drained``); derived from those two, and not stored.
     draining: bool = False
     #: It said it is stopping (DRAIN): draining until it is gone, whatever an admin says.
+    #: Ends with the process, so it is not stored.
     stopping: bool = False
+    #: An admin drained it (``Scheduler.drain_worker``): stored, so that it stays draining
+    #: when it registers again, after a restart of the broker too, until an admin resumes
+    #: it; a worker so drained is never forgotten (``Roster.forget_offline``).
+    drained: bool = False
     #: Open long-polls of an HTTP worker, oldest first: token -> deadline.
     polls: dict[object, float] = field(default_factory=dict)
     #: Which capabilities are tags, not handlers: a task's handler and its ``requires`` are
@@ -245,6 +250,7 @@ class Worker:
     #: What a store keeps of a worker: the rest is derived, or lives only while it is online.
     STORED: ClassVar[tuple[str, ...]] = (
         "id", "kind", "capabilities", "resources", "slots", "host", "pid", "last_seen", "tags",
+        "drained",
     )  # fmt: skip
 
     def capacity(self) -> int:

@@ -406,7 +406,8 @@ class Client:
         self, worker_id: str, on: bool = True, timeout: float | None = None
     ) -> dict[str, Any]:
         """Drain a worker (no new task for it; its runs finish), or resume it with ``on``
-        false; the worker's record, which shows ``draining``."""
+        false; the worker's record, which shows ``draining``. The drain is stored before
+        the answer: it holds across reconnects and restarts of the broker until resumed."""
         return self._run(calls.drain_worker(worker_id, on, timeout))
 
     def stats(self, timeout: float | None = None) -> dict[str, Any]:

@@ -122,8 +122,9 @@ class Store(Protocol):
 
     def load_workers(self) -> list[Worker]:
         """Every worker saved and not forgotten, as new objects: its id, kind,
-        capabilities, resources, slots, host, pid and when it was last seen. Whether it is
-        online is not stored: after a restart every worker is offline until it speaks."""
+        capabilities, resources, slots, host, pid, when it was last seen and whether an
+        admin drained it (``Worker.STORED``). Whether it is online is not stored: after a
+        restart every worker is offline until it speaks."""
 
     def save(
         self,
@@ -137,7 +138,7 @@ class Store(Protocol):
         of each changed task as it is now, the deleted tasks gone, every stored field of
         each of ``workers`` as it is now, and the workers of the ``forgotten`` ids gone.
         A worker saved with the ``registration`` it was last saved (or loaded) with has
-        changed only its ``last_seen``: a backend may write only that.
+        changed only its ``last_seen`` and ``drained``: a backend may write only those.
 
         Once it returns, a crash of the process (or, as the backend's ``sync`` allows, of
         the machine) loses none of it; what is saved is a copy, which later changes to the

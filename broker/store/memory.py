@@ -54,6 +54,7 @@ def _worker_copy(worker: Worker) -> Worker:
         worker.id, worker.kind, frozenset(worker.capabilities), dict(worker.resources),
         worker.slots, worker.last_seen, host=worker.host, pid=worker.pid,
         status=WorkerStatus.OFFLINE, free=dict(worker.resources), tags=frozenset(worker.tags),
+        drained=worker.drained,
     )  # fmt: skip
 
 

@@ -62,7 +62,8 @@ CREATE TABLE IF NOT EXISTS workers (
     host         TEXT NOT NULL,
     pid          INTEGER NOT NULL,
     last_seen    REAL NOT NULL,
-    tags         TEXT NOT NULL
+    tags         TEXT NOT NULL,
+    drained      INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE UNIQUE INDEX IF NOT EXISTS tasks_by_id ON tasks (id);
@@ -80,11 +81,17 @@ CREATE INDEX IF NOT EXISTS tasks_failed_by_error ON tasks (error) WHERE status =
 #: find finished tasks, which stay in the store and out of the broker's memory: by id, by
 #: idempotency key, the rare final statuses in seq order (a page of failures among
 #: millions of completed tasks), and by completion (pruning); 5 the failed tasks by error,
-#: which finds the dependents a retry runs again.
-SCHEMA_VERSION = "5"
-#: Versions this broker opens and brings up to ``SCHEMA_VERSION``: what each lacks is
-#: made by ``_SCHEMA`` (``CREATE ... IF NOT EXISTS``), and its rows read as they are.
-_UPGRADES_FROM = ("2", "3", "4")
+#: which finds the dependents a retry runs again; 6 a worker's ``drained`` (an admin's
+#: drain, kept until resumed).
+SCHEMA_VERSION = "6"
+#: Versions this broker opens and brings up to ``SCHEMA_VERSION``, in one transaction:
+#: the tables and indexes each lacks are made by ``_SCHEMA`` (``CREATE ... IF NOT
+#: EXISTS``), the columns by ``_ADDED_COLUMNS``, and its rows read as they are.
+_UPGRADES_FROM = ("2", "3", "4", "5")
+#: Columns added to a table after it was first made, each with what a row written before
+#: holds: (table, column, its declaration). A store whose table lacks one gains it when
+#: it is upgraded (a table made by ``_SCHEMA`` at the upgrade has it already).
+_ADDED_COLUMNS = (("workers", "drained", "INTEGER NOT NULL DEFAULT 0"),)
 #: Most ids in one ``find_many`` query (SQLite binds at most 32,766 values; a smaller list
 #: keeps each statement's plan a short run of index lookups).
 _IDS_A_QUERY = 500
@@ -150,7 +157,7 @@ class _Batch:
     #: Rows of the workers to write whole, when the others were last seen, and ids of those
     #: to delete.
     workers: list[tuple[object, ...]] = field(default_factory=list)
-    seen: list[tuple[float, str]] = field(default_factory=list)
+    seen: list[tuple[float, int, str]] = field(default_factory=list)
     forgotten: list[tuple[str]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
@@ -356,10 +363,9 @@ def _resource_key(text: str) -> ResourceKey:
     return tuple((kind, amount) for kind, amount in json.loads(text))
 
 
+_WORKER_COLUMNS = "id, kind, capabilities, resources, slots, host, pid, last_seen, tags, drained"
 _WORKER_UPSERT = (
-    "INSERT OR REPLACE INTO workers "
-    "(id, kind, capabilities, resources, slots, host, pid, last_seen, tags) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT OR REPLACE INTO workers ({_WORKER_COLUMNS}) VALUES ({', '.join('?' * 10)})"
 )
 
 
@@ -374,21 +380,22 @@ def _worker_row(worker: Worker) -> tuple[object, ...]:
         worker.pid,
         worker.last_seen,
         json.dumps(sorted(worker.tags)),
+        int(worker.drained),
     )
 
 
 def _worker(row: Any) -> Worker:
-    worker_id, kind, capabilities, resources_json, slots, host, pid, last_seen, tags = row
+    worker_id, kind, capabilities, resources_json, slots, host, pid, last_seen, tags, drained = row
     resources = {str(k): float(v) for k, v in json.loads(resources_json).items()}
     return Worker(
         worker_id, WorkerKind(kind), frozenset(json.loads(capabilities)), resources, slots,
         last_seen, host=host, pid=pid, status=WorkerStatus.OFFLINE, free=dict(resources),
-        tags=frozenset(json.loads(tags)),
+        tags=frozenset(json.loads(tags)), drained=bool(drained),
     )  # fmt: skip
 
 
 _DELETE = "DELETE FROM tasks WHERE seq = ?"
-_WORKER_SEEN = "UPDATE workers SET last_seen = ? WHERE id = ?"
+_WORKER_SEEN = "UPDATE workers SET last_seen = ?, drained = ? WHERE id = ?"
 _WORKER_DELETE = "DELETE FROM workers WHERE id = ?"
 
 #: Tasks read by one query by seq (SQLite allows 999 bound parameters in older builds).
@@ -420,18 +427,35 @@ class SqliteStore:
             raise
 
     def _open(self, sync: str) -> None:
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={sync.upper()}")
-        self._db.executescript(_SCHEMA)
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-        if row is None:
-            self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
-        elif row[0] in _UPGRADES_FROM:
-            self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
-        elif row[0] != SCHEMA_VERSION:
-            raise RuntimeError(
-                f"{self.path}: store schema {row[0]}, this broker needs {SCHEMA_VERSION}"
-            )
+        db = self._db
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={sync.upper()}")
+        # One transaction, the tables' making included (``executescript`` commits nothing
+        # with ``isolation_level=None``): an upgrade cut short leaves the store as it was,
+        # and a store of a version refused is left untouched.
+        db.executescript("BEGIN IMMEDIATE;" + _SCHEMA)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            elif row[0] in _UPGRADES_FROM:
+                self._add_columns()
+                db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
+            elif row[0] != SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path}: store schema {row[0]}, this broker needs {SCHEMA_VERSION}"
+                )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _add_columns(self) -> None:
+        """Add the columns of ``_ADDED_COLUMNS`` that a store being upgraded lacks."""
+        for table, column, declaration in _ADDED_COLUMNS:
+            present = {info[1] for info in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def load(self) -> list[Task]:
         """Every unfinished task, in no particular order (the two reads see one snapshot)."""
@@ -591,11 +615,7 @@ class SqliteStore:
     def load_workers(self) -> list[Worker]:
         """Every stored worker, offline."""
         workers = [
-            _worker(row)
-            for row in self._db.execute(
-                "SELECT id, kind, capabilities, resources, slots, host, pid, last_seen, tags "
-                "FROM workers"
-            )
+            _worker(row) for row in self._db.execute(f"SELECT {_WORKER_COLUMNS} FROM workers")
         ]
         self._registrations = {worker.id: worker.registration for worker in workers}
         return workers
@@ -614,9 +634,9 @@ class SqliteStore:
         whole: dict[str, int] = {}
         for worker in workers:
             if written.get(worker.id) == worker.registration:
-                # Only when it was last seen changed: its capabilities, possibly thousands
-                # of names, are not written again.
-                batch.seen.append((worker.last_seen, worker.id))
+                # Only when it was last seen and its drain changed: its capabilities,
+                # possibly thousands of names, are not written again.
+                batch.seen.append((worker.last_seen, int(worker.drained), worker.id))
             else:
                 batch.workers.append(_worker_row(worker))
                 whole[worker.id] = worker.registration

@@ -111,6 +111,38 @@ def test_broker_restart_leaves_a_running_task_with_its_worker(stack: Stack, tmp_
     assert len(note.read_text().split()) == 1  # it ran once: the lease stayed with "w"
 
 
+def test_an_admin_drain_outlasts_a_broker_killed_until_resumed(stack: Stack) -> None:
+    # Given a worker an admin drained (the answer means the drain is stored), and a task
+    # it may not take.
+    stack.start_broker()
+    worker = stack.start_worker(worker_id="w1", slots=2)
+    stack.wait_workers("w1")
+    client = stack.client()
+    assert client.drain_worker("w1")["draining"] is True
+    held = client.submit("echo", b"held")
+
+    # When the broker is killed and started again on its store
+    assert stack.broker is not None
+    stack.broker.kill9()
+    stack.start_broker()
+    client = stack.client()
+
+    # Then the same worker process reconnects on its own, drained still, and takes nothing:
+    # its READY's turn ran a scheduling round before the reads below (asked afterwards).
+    wait_for(lambda: client.worker("w1")["status"] == "online", what="w1 back online")
+    record = client.worker("w1")
+    assert (record["pid"], record["draining"]) == (worker.pid, True)
+    later = client.submit("echo", b"later")
+    assert [client.get(i)["status"] for i in (held, later)] == ["pending", "pending"]
+    assert client.stats()["workers"]["draining"] == 1
+
+    # Once resumed, it runs both.
+    assert client.drain_worker("w1", on=False)["draining"] is False
+    assert client.result(held, timeout=30) == b"held"
+    assert client.result(later, timeout=30) == b"later"
+    assert client.get(held)["worker_id"] == "w1"
+
+
 def test_a_submit_that_timed_out_and_was_retried_makes_one_task(stack: Stack) -> None:
     stack.start_broker()
     client = stack.client(timeout=0.5)

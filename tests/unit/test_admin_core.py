@@ -12,6 +12,7 @@ from broker.store.sqlite import SqliteStore
 from broker.throughput import BUCKET, BUCKETS
 from common.errors import Conflict, NotFound
 from common.models import TaskStatus
+from tests import edge
 from tests.unit.test_core import T0, add_worker, dispatched, finish, report, submit
 
 
@@ -190,6 +191,104 @@ def test_an_admin_drain_holds_across_a_reconnect_until_resumed(stored: Scheduler
     assert dispatched(stored) == {address: [second]}
     with pytest.raises(NotFound):
         stored.drain_worker("nobody", True, T0)
+
+
+def restarted(core: Scheduler, now: float = T0) -> Scheduler:
+    """A broker started again on what ``core`` committed (its SQLite store opened anew)."""
+    store = core.store
+    assert store is not None
+    if isinstance(store, SqliteStore):
+        store.close()
+        store = SqliteStore(store.path, "off")
+    again = CheckedScheduler()
+    again.load(store.load(), now, store.load_workers(), store)
+    again.finished_in_memory = 0
+    return again
+
+
+def test_an_admin_drain_is_a_change_to_commit_before_its_reply(stored: Scheduler) -> None:
+    add_worker(stored, "w1")
+    commit(stored)
+    stored.drain_worker("w1", True, T0)
+    assert stored.has_changes()  # the socket loop commits before it replies
+    assert [w.id for w in stored.take_workers()[0]] == ["w1"]
+    stored.drain_worker("w1", True, T0)  # asked again: nothing changes
+    assert not stored.has_changes()
+
+
+def test_an_admin_drain_outlasts_a_restart_of_the_broker_until_resumed(stored: Scheduler) -> None:
+    # Given a worker an admin drained, and a task submitted; the broker is killed after
+    # the turn's commit.
+    add_worker(stored, "w1", slots=2)
+    stored.drain_worker("w1", True, T0)
+    task = submit(stored)
+    commit(stored)
+
+    # When the broker starts again on its store, then the worker is listed drained.
+    core = restarted(stored, T0 + 1)
+    assert core.workers["w1"].draining and core.workers["w1"].drained
+    assert core.worker("w1").record()["status"] == "offline"
+    # It registers again (it reconnects on its own): still draining, and it gets no task.
+    address = add_worker(core, "w1", slots=2, now=T0 + 2)
+    assert core.workers["w1"].record()["draining"] is True
+    assert dispatched(core, T0 + 2) == {}
+    assert core.show(core.get(task))["waiting_for"]["reason"] == "no worker"
+    commit(core)
+
+    # The drain survives a second restart too, until an admin resumes it, which is stored.
+    core = restarted(core, T0 + 3)
+    address = add_worker(core, "w1", slots=2, now=T0 + 4)
+    assert dispatched(core, T0 + 4) == {}
+    assert core.drain_worker("w1", False, T0 + 4).draining is False
+    assert dispatched(core, T0 + 4) == {address: [task]}
+    commit(core)
+    core = restarted(core, T0 + 5)
+    assert not core.workers["w1"].drained and not core.workers["w1"].draining
+
+
+def test_a_resume_after_a_restart_gives_the_worker_tasks(stored: Scheduler) -> None:
+    add_worker(stored, "w1")
+    stored.drain_worker("w1", True, T0)
+    commit(stored)
+    core = restarted(stored)
+    # Resumed while it is offline, then it registers: it takes the task.
+    core.drain_worker("w1", False, T0 + 1)
+    task = submit(core, T0 + 1)
+    commit(core)
+    core = restarted(core, T0 + 2)
+    address = add_worker(core, "w1", now=T0 + 2)
+    assert dispatched(core, T0 + 2) == {address: [task]}
+
+
+def test_a_drained_http_worker_stays_drained_after_a_restart(stored: Scheduler) -> None:
+    edge.http_register(stored, {"id": "h1", "capabilities": ["echo"]}, T0)
+    stored.drain_worker("h1", True, T0)
+    commit(stored)
+    core = restarted(stored, T0 + 1)
+    worker = core.http_worker("h1", T0 + 1)  # it carries on: online again, still drained
+    assert worker.record()["status"] == "online" and worker.draining
+    worker, created = edge.http_register(core, {"id": "h1", "capabilities": ["echo"]}, T0 + 2)
+    assert not created and worker.draining
+
+
+def test_a_drained_worker_is_kept_offline_until_resumed(stored: Scheduler) -> None:
+    # Offline far longer than workers are kept: the drained one is not forgotten (its
+    # drain would be), the other is; once resumed, it is forgotten in turn.
+    add_worker(stored, "w1")
+    add_worker(stored, "w2")
+    stored.drain_worker("w1", True, T0)
+    later = T0 + stored.timing.worker_retention + 60
+    stored.tick(later)  # both silent: offline
+    stored.prune(later)
+    assert set(stored.workers) == {"w1"}
+    commit(stored)
+    core = restarted(stored, later)
+    assert set(core.workers) == {"w1"} and core.workers["w1"].drained
+    core.drain_worker("w1", False, later)
+    core.prune(later)
+    assert core.workers == {}
+    commit(core)
+    assert restarted(core, later).workers == {}
 
 
 def test_resuming_does_not_undo_a_worker_stopping_of_its_own(stored: Scheduler) -> None:

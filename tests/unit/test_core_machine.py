@@ -7,13 +7,14 @@ dependencies, priorities, retries, timeouts, resources and idempotency keys;
 registrations of ZeroMQ workers (again, with the runs they hold, or some of them) and
 of an HTTP worker; outcomes of the runs workers hold, late and forged reports, cancels
 obeyed or not; time passing with workers alive or silent; clean shutdowns; pruning;
-waits; and broker restarts from what was committed. Each step ends as the socket loop's
-turn does: a scheduling round, then a commit to an in-memory store.
+waits; an admin's drains and resumes; and broker restarts from what was committed. Each
+step ends as the socket loop's turn does: a scheduling round, then a commit to an
+in-memory store.
 
 Beyond the core's own invariants, the machine checks the promises a client sees: a task
 that was final stays final with the same outcome (exactly one outcome), a committed
-task survives a restart as it was committed, and nothing runs before its dependencies
-completed.
+task survives a restart as it was committed, an admin's drain holds (through restarts
+too) until it is resumed, and nothing runs before its dependencies completed.
 
 ``make test`` runs a few dozen sequences; ``make fuzz-core`` many more (``ZMQS_FUZZ_EXAMPLES``).
 """
@@ -76,6 +77,8 @@ class CoreMachine(RuleBasedStateMachine):
         self.started_runs: list[tuple[str, float]] = []
         #: Tasks a client watches whose outcome it was not sent yet.
         self.watched: set[str] = set()
+        #: Workers an admin drained and did not resume: kept, drained, through restarts.
+        self.drained: set[str] = set()
 
     def _new_core(self) -> CheckedScheduler:
         """A core on the store, as the broker's: finished tasks leave memory once committed,
@@ -225,7 +228,13 @@ class CoreMachine(RuleBasedStateMachine):
     def drain_worker(self, worker_id: str, on: bool) -> None:
         with contextlib.suppress(SchedulerError):  # not registered yet
             assert self.core.drain_worker(worker_id, on, self.now).draining is on
+            (self.drained.add if on else self.drained.discard)(worker_id)
         self.turn()
+
+    @invariant()
+    def admin_drains_hold_until_resumed(self) -> None:
+        drained = {w.id for w in self.core.workers.values() if w.drained}
+        assert drained == self.drained, f"drained {drained}, {self.drained} expected"
 
     # -- ZeroMQ workers ---------------------------------------------------------------------
 
@@ -350,7 +359,7 @@ class CoreMachine(RuleBasedStateMachine):
         """kill -9 and start again: only what was committed comes back. ``mid_turn``: the
         broker dies after sending a scheduling round's dispatches, before their commit."""
         committed = {task.id: _stored(task) for task in self.core.tasks.values()}
-        registered = {w.id: (w.kind, w.capabilities) for w in self.core.workers.values()}
+        registered = {w.id: (w.kind, w.capabilities, w.drained) for w in self.core.workers.values()}
         if mid_turn:
             self.core.tick(self.now)
             self.core.schedule(self.now)
@@ -359,7 +368,9 @@ class CoreMachine(RuleBasedStateMachine):
         self.watched.clear()  # a restarted broker forgets who watched
         self.core = self._new_core()
         # Every worker registered is listed again, offline until it speaks.
-        assert {w.id: (w.kind, w.capabilities) for w in self.core.workers.values()} == registered
+        assert {
+            w.id: (w.kind, w.capabilities, w.drained) for w in self.core.workers.values()
+        } == registered
         assert self.core.roster.online == {}
         for task_id, stored in committed.items():
             task = self.core.find(task_id)

@@ -514,6 +514,34 @@ def test_a_worker_saved_again_is_replaced_and_a_forgotten_one_is_gone(store: Sto
     assert store.load_workers() == []
 
 
+def test_an_admin_drain_is_stored_with_its_worker_and_so_is_its_resume(opened: Opened) -> None:
+    # Given a worker saved whole, then drained (the same registration: only what changes
+    # after a registration is written again).
+    worker = Worker("w1", WorkerKind.ZMQ, frozenset({"echo"}), {}, 2, 10.0, registration=3)
+    other = Worker("w2", WorkerKind.HTTP, frozenset({"x"}), {}, 0, 11.0, drained=True)
+    opened.store.save([], workers=[worker, other])
+    worker.drained, worker.last_seen = True, 12.0
+    opened.store.save([], workers=[worker])
+
+    # When the store is opened again, then both come back drained, and offline.
+    store = opened.again() if opened.backend != "memory" else opened.store
+    loaded = {w.id: w for w in store.load_workers()}
+    assert {i: (w.drained, w.last_seen) for i, w in loaded.items()} == {
+        "w1": (True, 12.0), "w2": (True, 11.0)
+    }  # fmt: skip
+    assert [_stored_of(loaded[w.id]) for w in (worker, other)] == [
+        _stored_of(worker), _stored_of(other)
+    ]  # fmt: skip
+
+    # A resume is stored the same way, whether with the registration loaded or a new one.
+    again = loaded["w1"]
+    again.drained = False
+    other.drained, other.registration = False, 9
+    store.save([], workers=[again, other])
+    store = opened.again() if opened.backend != "memory" else store
+    assert {w.id: w.drained for w in store.load_workers()} == {"w1": False, "w2": False}
+
+
 def test_a_store_opened_again_at_its_location_holds_what_was_saved(opened: Opened) -> None:
     task = _task(1, TaskStatus.RUNNING, **STATES[TaskStatus.RUNNING])
     opened.store.save([task])

@@ -18,7 +18,7 @@ import pytest
 
 from broker.core import Scheduler
 from broker.state import Lease, Task, Worker
-from broker.store import StoreInUse, open_store
+from broker.store import StoreInUse, open_store, sqlite
 from broker.store.sqlite import (
     _COLUMNS,
     _FRESH_STATE,
@@ -296,24 +296,49 @@ def test_a_store_is_opened_by_its_path_or_its_sqlite_url_with_its_sync_mode(
         open_store(str(tmp_path / "s.db"), "sometimes")
 
 
-def test_a_store_of_schema_2_loads_and_is_brought_to_schema_4(tmp_path: Path) -> None:
+#: The tasks table as every schema from 2 on made it.
+_OLD_TASKS = """
+    CREATE TABLE tasks (
+        seq INTEGER PRIMARY KEY, id TEXT NOT NULL, name TEXT NOT NULL,
+        handler TEXT NOT NULL, args BLOB NOT NULL, dependencies TEXT NOT NULL,
+        priority INTEGER NOT NULL, max_retries INTEGER NOT NULL, timeout REAL,
+        requires TEXT NOT NULL, resources TEXT NOT NULL, created_at REAL NOT NULL,
+        idempotency_key TEXT, status TEXT NOT NULL, worker_id TEXT,
+        attempts INTEGER NOT NULL, failures INTEGER NOT NULL, lost INTEGER NOT NULL,
+        result BLOB, error TEXT, started_at REAL, completed_at REAL,
+        not_before REAL NOT NULL, leases TEXT NOT NULL
+    );
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+#: The workers table as schemas 3 to 5 made it: without ``drained`` (6).
+_OLD_WORKERS = """
+    CREATE TABLE workers (
+        id TEXT PRIMARY KEY, kind TEXT NOT NULL, capabilities TEXT NOT NULL,
+        resources TEXT NOT NULL, slots INTEGER NOT NULL, host TEXT NOT NULL,
+        pid INTEGER NOT NULL, last_seen REAL NOT NULL, tags TEXT NOT NULL
+    );
+"""
+#: The indexes schemas 4 and 5 added.
+_OLD_INDEXES = {
+    "4": """
+        CREATE UNIQUE INDEX tasks_by_id ON tasks (id);
+        CREATE INDEX tasks_by_key ON tasks (idempotency_key) WHERE idempotency_key IS NOT NULL;
+        CREATE INDEX tasks_failed ON tasks (seq) WHERE status = 'failed';
+        CREATE INDEX tasks_cancelled ON tasks (seq) WHERE status = 'cancelled';
+        CREATE INDEX tasks_by_completion ON tasks (completed_at) WHERE completed_at IS NOT NULL;
+    """,
+    "5": "CREATE INDEX tasks_failed_by_error ON tasks (error) WHERE status = 'failed';",
+}
+
+
+def test_a_store_of_schema_2_loads_and_is_brought_to_the_current_schema(tmp_path: Path) -> None:
     # A file laid out by hand as schema 2 (no workers table, leases of seven fields, no
-    # indexes) loads, and gains what schemas 3 and 4 added.
+    # indexes) loads, and gains what schemas 3 to 6 added.
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)
     db.executescript(
-        """
-        CREATE TABLE tasks (
-            seq INTEGER PRIMARY KEY, id TEXT NOT NULL, name TEXT NOT NULL,
-            handler TEXT NOT NULL, args BLOB NOT NULL, dependencies TEXT NOT NULL,
-            priority INTEGER NOT NULL, max_retries INTEGER NOT NULL, timeout REAL,
-            requires TEXT NOT NULL, resources TEXT NOT NULL, created_at REAL NOT NULL,
-            idempotency_key TEXT, status TEXT NOT NULL, worker_id TEXT,
-            attempts INTEGER NOT NULL, failures INTEGER NOT NULL, lost INTEGER NOT NULL,
-            result BLOB, error TEXT, started_at REAL, completed_at REAL,
-            not_before REAL NOT NULL, leases TEXT NOT NULL
-        );
-        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        _OLD_TASKS
+        + """
         INSERT INTO meta VALUES ('schema', '2');
         INSERT INTO tasks VALUES (1, 'a', 'echo', 'echo', x'00', '[]', 0, 0, NULL, '[]', '[]',
             10.0, NULL, 'pending', NULL, 0, 0, 0, NULL, NULL, NULL, NULL, 0.0, '[]');
@@ -329,13 +354,14 @@ def test_a_store_of_schema_2_loads_and_is_brought_to_schema_4(tmp_path: Path) ->
     found = store.find_key("key")
     assert found is not None and found.id == "b"
     assert store.load_workers() == []
-    worker = Worker("w", WorkerKind.HTTP, frozenset({"fib"}), {"cpu": 2.0}, 0, 14.0)
+    worker = Worker("w", WorkerKind.HTTP, frozenset({"fib"}), {"cpu": 2.0}, 0, 14.0, drained=True)
     store.save([], workers=[worker])
     store.close()
     reopened = SqliteStore(str(path))
     assert [w.record() for w in reopened.load_workers()] == [
         {**worker.record(), "status": "offline"}
     ]
+    assert [w.drained for w in reopened.load_workers()] == [True]
     assert reopened._db.execute("SELECT value FROM meta").fetchone() == (SCHEMA_VERSION,)
     query = "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'tasks_%'"
     assert {row[0] for row in reopened._db.execute(query)} == {
@@ -347,7 +373,7 @@ def test_a_store_of_schema_2_loads_and_is_brought_to_schema_4(tmp_path: Path) ->
         "tasks_failed_by_error",
     }
     reopened.close()
-    assert SCHEMA_VERSION == "5"
+    assert SCHEMA_VERSION == "6"
     assert [t.record() for t in loaded] == [
         {"id": "a", "name": "echo", "handler": "echo", "args": b"\x00", "dependencies": [],
          "priority": 0, "status": "pending", "worker_id": None, "attempts": 0, "result": None,
@@ -364,3 +390,79 @@ def test_a_store_of_schema_2_loads_and_is_brought_to_schema_4(tmp_path: Path) ->
                      "traceback": None}], "traceback": None,
          "waiting_for": None},
     ]  # fmt: skip
+
+
+def _store_laid_out_as(path: Path, version: str) -> None:
+    """A store at ``path`` made by hand as a broker of this version (3 to 5) made it, with
+    a worker and a pending task."""
+    indexes = "".join(_OLD_INDEXES[v] for v in sorted(_OLD_INDEXES) if v <= version)
+    db = sqlite3.connect(path)
+    db.executescript(_OLD_TASKS + _OLD_WORKERS + indexes)
+    db.execute("INSERT INTO meta VALUES ('schema', ?)", (version,))
+    db.execute(
+        """INSERT INTO workers VALUES ('w', 'zmq', '["echo", "gpu"]', '{"cpu": 2.0}', 2,
+        'node-1', 7, 14.0, '["gpu"]')"""
+    )
+    db.execute(
+        """INSERT INTO tasks VALUES (1, 'a', 'echo', 'echo', x'00', '[]', 0, 0, NULL, '[]',
+        '[]', 10.0, NULL, 'pending', NULL, 0, 0, 0, NULL, NULL, NULL, NULL, 0.0, '[]')"""
+    )
+    db.commit()
+    db.close()
+
+
+def _columns(store: SqliteStore, table: str) -> list[str]:
+    return [info[1] for info in store._db.execute(f"PRAGMA table_info({table})")]
+
+
+@pytest.mark.parametrize("version", ["3", "4", "5"])
+def test_a_store_of_schema_3_to_5_gains_the_drain_of_its_workers_once(
+    tmp_path: Path, version: str
+) -> None:
+    # Given a store as an older broker left it, whose workers table has no drain.
+    path = tmp_path / "old.db"
+    _store_laid_out_as(path, version)
+
+    # When this broker opens it, then its rows read as they were, every worker not drained.
+    store = SqliteStore(str(path))
+    [worker] = store.load_workers()
+    assert (worker.id, worker.slots, worker.capabilities, worker.tags, worker.drained) == (
+        "w", 2, frozenset({"echo", "gpu"}), frozenset({"gpu"}), False
+    )  # fmt: skip
+    assert [task.id for task in store.load()] == ["a"]
+    assert _columns(store, "workers")[-1] == "drained"
+
+    # A drain saved is kept; opened again (at the new version), nothing is added again.
+    worker.drained = True
+    store.save([], workers=[worker])
+    store.close()
+    reopened = SqliteStore(str(path))
+    assert [w.drained for w in reopened.load_workers()] == [True]
+    assert _columns(reopened, "workers").count("drained") == 1
+    assert reopened._db.execute("SELECT value FROM meta").fetchone() == (SCHEMA_VERSION,)
+    reopened.close()
+
+
+def test_an_upgrade_cut_short_leaves_the_store_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a store of schema 5, and an upgrade whose second step fails (SQLite cannot add
+    # a NOT NULL column without a default).
+    path = tmp_path / "old.db"
+    _store_laid_out_as(path, "5")
+    broken = (*sqlite._ADDED_COLUMNS, ("workers", "broken", "INTEGER NOT NULL"))
+    monkeypatch.setattr(sqlite, "_ADDED_COLUMNS", broken)
+
+    # When it is opened, then that fails, and nothing of the upgrade is kept.
+    with pytest.raises(sqlite3.OperationalError, match="NOT NULL"):
+        SqliteStore(str(path))
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM meta").fetchall() == [("5",)]
+    assert "drained" not in [info[1] for info in db.execute("PRAGMA table_info(workers)")]
+    db.close()
+
+    # The upgrade as it is succeeds afterwards (the store was left unlocked too).
+    monkeypatch.undo()
+    store = SqliteStore(str(path))
+    assert [w.drained for w in store.load_workers()] == [False]
+    store.close()
