@@ -128,3 +128,10 @@ def configure(level: str | int, format: str, log_format: str = "text") -> None:
     logging.basicConfig(
         level=level.upper() if isinstance(level, str) else level, handlers=[handler]
     )
+
+
+def format_in_use() -> str:
+    """``json`` when the root logger writes JSON lines (``configure``), else ``text``: what
+    a process started to do this one's work (a worker's child) is to log in."""
+    handlers = logging.getLogger().handlers
+    return "json" if any(isinstance(h.formatter, JsonFormatter) for h in handlers) else "text"

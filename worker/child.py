@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 import os
 import signal
 import threading
@@ -23,6 +22,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
+from common import logs
 from worker import context, handlers
 
 #: Seconds between checks that the parent (the worker) is still alive.
@@ -32,14 +32,14 @@ Request = tuple[str, int, str, bytes, float | None]
 Reply = tuple[str, Any]
 
 
-def main(conn: Connection, handler_modules: list[str], log_level: int) -> None:
-    """Entry point of a child process."""
+def main(
+    conn: Connection, handler_modules: list[str], log_level: int, log_format: str = "text"
+) -> None:
+    """Entry point of a child process; it logs as its worker does (``log_format``)."""
     # Ctrl-C reaches the whole process group: the parent decides what happens to runs,
     # so a child must not die of KeyboardInterrupt in the middle of one.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(
-        level=log_level, format="%(asctime)s %(levelname)s %(name)s[child]: %(message)s"
-    )
+    logs.configure(log_level, "%(asctime)s %(levelname)s %(name)s[child]: %(message)s", log_format)
     # A busy child never reads its pipe, so it would not notice a parent killed with
     # SIGKILL and could spin on as an orphan: watch the parent instead.
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()

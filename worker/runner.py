@@ -42,6 +42,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from common import logs
 from common.messages import RunKey
 from common.models import TaskStatus
 from worker import child, context, handlers
@@ -462,7 +463,12 @@ class _Child:
         # daemon: multiprocessing kills it if the worker exits without shutdown().
         self.process: BaseProcess = mp.Process(
             target=child.main,
-            args=(child_end, handler_modules, logging.getLogger().getEffectiveLevel()),
+            args=(
+                child_end,
+                handler_modules,
+                logging.getLogger().getEffectiveLevel(),
+                logs.format_in_use(),
+            ),
             name=f"worker-child-{index}",
             daemon=True,
         )

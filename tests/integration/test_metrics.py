@@ -173,3 +173,27 @@ def test_json_logs_carry_the_events_fields_and_never_a_token(tmp_path: Path) -> 
         assert secret not in everything
     # The request lines name the route, not the path: no task id in them.
     assert not any(task["id"] in json.dumps(line) for line in requests)
+
+
+def test_a_process_pool_child_logs_json_as_its_worker_does(tmp_path: Path) -> None:
+    stack = Stack(tmp_path)
+    try:
+        stack.start_broker()
+        worker = stack.start_worker(
+            "--log-format", "json", "--pool", "process", "--handlers", "flaky_handlers",
+            worker_id="pw",
+        )  # fmt: skip
+        stack.wait_workers("pw")
+        with stack.client() as client:
+            child = int(client.run("log_pid", b"", wait=60))
+
+        def child_line() -> list[dict[str, object]]:
+            lines = log_lines(worker.output())
+            return [line for line in lines if str(child) in str(line["message"])]
+
+        [line] = wait_for(child_line, what="the child's line")
+        assert line["level"] == "WARNING" and line["logger"] == "flaky_handlers"
+    finally:
+        stack.close()
+    for line in log_lines(worker.log_path.read_text()):
+        assert {"time", "level", "logger", "message"} <= set(line)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -41,3 +42,10 @@ def spin(args: bytes) -> None:
     """Burn CPU and never look at cancellation: only a process pool can stop it."""
     while True:
         pass
+
+
+@handler("log_pid")
+def log_pid(args: bytes) -> int:
+    """Log a warning naming this process, and return its pid."""
+    logging.getLogger("flaky_handlers").warning("handler ran in %d", os.getpid())
+    return os.getpid()
