@@ -336,10 +336,17 @@ class Scheduler(Lifecycle):
                     f"task {task.id} depends on task {dep_id}, which {dep.status.value}: "
                     f"retry task {dep_id}"
                 )
+        gone = self._unknown_dependency(task)
+        if gone is not None:
+            raise Conflict(
+                f"task {task.id} depends on task {gone}, which was deleted before the task "
+                "ever ran: whether it completed is unknown, so submit the task again"
+            )
         again, stack, seen = [task], [task.id], {task.id}
         while stack:
             for child in self._failed_by(stack.pop()):
-                if child.id not in seen:
+                # A dependent with another dependency deleted stays failed, and so do its own.
+                if child.id not in seen and self._unknown_dependency(child) is None:
                     seen.add(child.id)
                     again.append(child)
                     stack.append(child.id)
@@ -348,6 +355,18 @@ class Scheduler(Lifecycle):
             self._reopen(current, now)
         log.info("task %s retried, with %d dependents", task.id, len(again) - 1)
         return task
+
+    def _unknown_dependency(self, task: Task) -> str | None:
+        """A dependency of a task that never ran which is no longer known, if any.
+
+        Pending again, a task takes a dependency it cannot find for one pruned after it
+        completed (``_attach_dependencies``); but a purge deletes failed and cancelled tasks
+        too, so for a task that never ran a missing dependency may never have completed. A
+        task that ran had every dependency completed then."""
+        if task.leases:
+            return None
+        found = self.find_many(list(task.dependencies)) if task.dependencies else {}
+        return next((dep_id for dep_id in task.dependencies if dep_id not in found), None)
 
     def _failed_by(self, task_id: str) -> list[Task]:
         """The tasks that failed because ``task_id`` ended badly, in memory or the store

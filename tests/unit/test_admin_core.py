@@ -229,3 +229,42 @@ def test_stats_counts_by_status_handler_worker_and_time(stored: Scheduler) -> No
     # Fifteen minutes on, the buckets have passed.
     later = stored.stats(T0 + BUCKET * BUCKETS + 20, T0)["throughput"]
     assert sum(later["completed"]) + sum(later["failed"]) == 0
+
+
+def test_a_retry_never_runs_a_task_whose_dependency_ended_badly_and_was_purged(
+    stored: Scheduler,
+) -> None:
+    # Given a dependent failed by its cancelled dependency, which a purge then deletes
+    address = add_worker(stored, "w1")
+    dep = submit(stored, handler="none")
+    child = submit(stored, dependencies=[dep])
+    stored.cancel(dep, T0)
+    commit(stored)
+    assert stored.purge(TaskStatus.CANCELLED, None, 10) == {"purged": 1, "more": False}
+    # When the dependent is retried, then it is refused: nothing says its dependency completed
+    with pytest.raises(Conflict, match=f"depends on task {dep}"):
+        stored.retry(child, T0 + 1)
+    assert stored.get(child).status is TaskStatus.FAILED
+    assert dispatched(stored, T0 + 1) == {}
+
+    # Nor does the retry of a dependency bring back a dependent whose other one is gone
+    root, other = submit(stored), submit(stored, handler="none")
+    both = submit(stored, dependencies=[root, other])
+    fail(stored, address, root, T0 + 2)
+    stored.cancel(other, T0 + 2)
+    commit(stored)
+    stored.purge(TaskStatus.CANCELLED, None, 10)
+    stored.retry(root, T0 + 3)
+    assert stored.get(both).status is TaskStatus.FAILED
+
+    # A task that ran had its dependencies completed: one purged since is no obstacle
+    first = submit(stored)
+    assert dispatched(stored, T0 + 3) == {address: [root]}
+    finish(stored, address, root, now=T0 + 3)
+    assert dispatched(stored, T0 + 3) == {address: [first]}
+    finish(stored, address, first, now=T0 + 3)
+    second = submit(stored, dependencies=[first])
+    fail(stored, address, second, T0 + 4)
+    commit(stored)
+    stored.purge(TaskStatus.COMPLETED, None, 10)
+    assert stored.retry(second, T0 + 5).status is TaskStatus.PENDING
