@@ -18,6 +18,7 @@ and every deadline (``broker.timers``).
 
 from __future__ import annotations
 
+import heapq
 import hmac
 import itertools
 import logging
@@ -45,6 +46,7 @@ from common.spec import TaskSpec
 __all__ = [
     "MAX_LOST",
     "PRUNE_BATCH",
+    "STATS_HANDLERS",
     "WORKER_PRUNE_BATCH",
     "IdentityTaken",
     "Outbox",
@@ -56,6 +58,10 @@ log = logging.getLogger(__name__)
 
 #: Most finished tasks pruned in one call of ``prune``, so pruning never stalls the loop.
 PRUNE_BATCH = 1000
+#: Handlers ``stats`` shows a line each, those with the most pending and running tasks; the
+#: others are summed under ``broker.metrics.OTHER``. Handler names come from clients: every
+#: dashboard's snapshot carries them, once a second, however many a client made up.
+STATS_HANDLERS = 100
 #: Most offline workers forgotten in one round: each may have thousands of capabilities,
 #: which the store deletes with it.
 WORKER_PRUNE_BATCH = 100
@@ -507,7 +513,7 @@ class Scheduler(Lifecycle):
                 total += worker.slots
         return {
             "tasks": {s.value: counts.get(s, 0) for s in TaskStatus},
-            "handlers": self.index.by_handler(),
+            "handlers": _busiest(self.index.by_handler()),
             "workers": {
                 "online": len(self.roster.online),
                 "draining": draining,
@@ -872,6 +878,21 @@ class Scheduler(Lifecycle):
             self._lease(task, worker, now)
 
         return self.matcher.match(lease)
+
+
+def _busiest(handlers: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """The ``STATS_HANDLERS`` handlers with the most tasks, and the others' sum as one."""
+    if len(handlers) <= STATS_HANDLERS:
+        return handlers
+    shown = heapq.nlargest(
+        STATS_HANDLERS, handlers, key=lambda name: (sum(handlers[name].values()), name)
+    )
+    out = {name: handlers[name] for name in sorted(shown)}
+    rest = out.setdefault(metrics.OTHER, {"pending": 0, "running": 0})
+    for name in handlers.keys() - shown:
+        for status, count in handlers[name].items():
+            rest[status] = rest.get(status, 0) + count
+    return out
 
 
 def _spec_of(task: Task | TaskSpec) -> dict[str, Any]:

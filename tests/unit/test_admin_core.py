@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from broker.core import Scheduler
+from broker.core import STATS_HANDLERS, Scheduler
 from broker.invariants import CheckedScheduler
+from broker.metrics import OTHER
 from broker.store import Store
 from broker.store.memory import MemoryStore
 from broker.store.sqlite import SqliteStore
@@ -268,3 +269,18 @@ def test_a_retry_never_runs_a_task_whose_dependency_ended_badly_and_was_purged(
     commit(stored)
     stored.purge(TaskStatus.COMPLETED, None, 10)
     assert stored.retry(second, T0 + 5).status is TaskStatus.PENDING
+
+
+def test_stats_shows_a_bounded_number_of_handlers_however_many_are_queued() -> None:
+    # Given more distinct handlers queued than stats shows (handler names come from clients)
+    core = CheckedScheduler()
+    busy = [submit(core, handler="busy") for _ in range(3)]
+    assert busy
+    for i in range(STATS_HANDLERS + 50):
+        submit(core, handler=f"h{i}")
+    # When stats is asked, then the busiest handlers have a line each, the rest one together
+    handlers = core.stats(T0, T0)["handlers"]
+    assert len(handlers) == STATS_HANDLERS + 1
+    assert handlers["busy"] == {"pending": 3, "running": 0}
+    assert handlers[OTHER]["pending"] == 51
+    assert sum(h["pending"] for h in handlers.values()) == STATS_HANDLERS + 53
