@@ -420,8 +420,12 @@ class Scheduler(Lifecycle):
         of their own, which leaves out the tasks changed since the last commit."""
         if status not in FINAL_STATUSES:
             raise InvalidInput("status must be one of completed, failed, cancelled")
+        # A run stopped (cancelled, expired) holds its worker's slot and resources until
+        # the worker reports it, and the report gives back what the task's record names:
+        # such a task is left for a later purge, as are those not committed yet.
+        held = {task_id for worker in self.roster.online.values() for task_id in worker.running}
         if self.store is not None:
-            deleted, more = self.store.purge(status, before, limit, self._dirty.keys())
+            deleted, more = self.store.purge(status, before, limit, self._dirty.keys() | held)
             for task_id, final in deleted:
                 self.index.forget(task_id, final)
             count = len(deleted)
@@ -431,6 +435,7 @@ class Scheduler(Lifecycle):
                 for t in self.index.order
                 if self.index.tasks.get(t.id) is t
                 and t.status is status
+                and t.id not in held
                 and (before is None or (t.completed_at or 0.0) < before)
             )
             doomed = list(itertools.islice(matching, limit + 1))

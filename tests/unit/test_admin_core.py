@@ -284,3 +284,22 @@ def test_stats_shows_a_bounded_number_of_handlers_however_many_are_queued() -> N
     assert handlers["busy"] == {"pending": 3, "running": 0}
     assert handlers[OTHER]["pending"] == 51
     assert sum(h["pending"] for h in handlers.values()) == STATS_HANDLERS + 53
+
+
+def test_a_purge_leaves_a_stopped_run_its_worker_holds_so_its_resources_come_back(
+    stored: Scheduler,
+) -> None:
+    # Given a running task cancelled, whose worker has not stopped the run yet
+    address = add_worker(stored, "w1", slots=2, resources={"cpu": 2})
+    task_id = submit(stored, resources={"cpu": 2})
+    assert dispatched(stored) == {address: [task_id]}
+    stored.cancel(task_id, T0)
+    commit(stored)
+    # When it is purged, then it is left for later: its record names what the run holds
+    assert stored.purge(TaskStatus.CANCELLED, None, 10) == {"purged": 0, "more": False}
+    report(stored, address, task_id, 1, "cancelled", T0 + 1)
+    assert stored.purge(TaskStatus.CANCELLED, None, 10) == {"purged": 1, "more": False}
+    # And the worker has its cpus back, and runs the next task that needs them
+    assert stored.workers["w1"].free == {"cpu": 2}
+    following = submit(stored, resources={"cpu": 2})
+    assert dispatched(stored, T0 + 1) == {address: [following]}
