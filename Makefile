@@ -53,7 +53,7 @@ test-fast: $(STAMP)
 
 # The core's state machine test with many more random sequences than make test runs.
 fuzz-core: $(STAMP)
-	ZMQS_FUZZ_EXAMPLES=$${ZMQS_FUZZ_EXAMPLES:-3000} $(BIN)/pytest -q -s -p no:logging \
+	ZMQS_FUZZ_EXAMPLES=$${ZMQS_FUZZ_EXAMPLES:-3000} $(BIN)/pytest -q -s -p no:logging --timeout=0 \
 		tests/unit/test_core_machine.py
 
 # Generated frames from 8 peers at once against a real broker and worker, in many more

@@ -18,6 +18,7 @@ and every deadline (``broker.timers``).
 
 from __future__ import annotations
 
+import heapq
 import hmac
 import itertools
 import logging
@@ -45,6 +46,7 @@ from common.spec import TaskSpec
 __all__ = [
     "MAX_LOST",
     "PRUNE_BATCH",
+    "STATS_HANDLERS",
     "WORKER_PRUNE_BATCH",
     "IdentityTaken",
     "Outbox",
@@ -56,6 +58,10 @@ log = logging.getLogger(__name__)
 
 #: Most finished tasks pruned in one call of ``prune``, so pruning never stalls the loop.
 PRUNE_BATCH = 1000
+#: Handlers ``stats`` shows a line each, those with the most pending and running tasks; the
+#: others are summed under ``broker.metrics.OTHER``. Handler names come from clients: every
+#: dashboard's snapshot carries them, once a second, however many a client made up.
+STATS_HANDLERS = 100
 #: Most offline workers forgotten in one round: each may have thousands of capabilities,
 #: which the store deletes with it.
 WORKER_PRUNE_BATCH = 100
@@ -333,10 +339,17 @@ class Scheduler(Lifecycle):
                     f"task {task.id} depends on task {dep_id}, which {dep.status.value}: "
                     f"retry task {dep_id}"
                 )
+        gone = self._unknown_dependency(task)
+        if gone is not None:
+            raise Conflict(
+                f"task {task.id} depends on task {gone}, which was deleted before the task "
+                "ever ran: whether it completed is unknown, so submit the task again"
+            )
         again, stack, seen = [task], [task.id], {task.id}
         while stack:
             for child in self._failed_by(stack.pop()):
-                if child.id not in seen:
+                # A dependent with another dependency deleted stays failed, and so do its own.
+                if child.id not in seen and self._unknown_dependency(child) is None:
                     seen.add(child.id)
                     again.append(child)
                     stack.append(child.id)
@@ -345,6 +358,18 @@ class Scheduler(Lifecycle):
             self._reopen(current, now)
         log.info("task %s retried, with %d dependents", task.id, len(again) - 1)
         return task
+
+    def _unknown_dependency(self, task: Task) -> str | None:
+        """A dependency of a task that never ran which is no longer known, if any.
+
+        Pending again, a task takes a dependency it cannot find for one pruned after it
+        completed (``_attach_dependencies``); but a purge deletes failed and cancelled tasks
+        too, so for a task that never ran a missing dependency may never have completed. A
+        task that ran had every dependency completed then."""
+        if task.leases:
+            return None
+        found = self.find_many(list(task.dependencies)) if task.dependencies else {}
+        return next((dep_id for dep_id in task.dependencies if dep_id not in found), None)
 
     def _failed_by(self, task_id: str) -> list[Task]:
         """The tasks that failed because ``task_id`` ended badly, in memory or the store
@@ -392,8 +417,12 @@ class Scheduler(Lifecycle):
         of their own, which leaves out the tasks changed since the last commit."""
         if status not in FINAL_STATUSES:
             raise InvalidInput("status must be one of completed, failed, cancelled")
+        # A run stopped (cancelled, expired) holds its worker's slot and resources until
+        # the worker reports it, and the report gives back what the task's record names:
+        # such a task is left for a later purge, as are those not committed yet.
+        held = {task_id for worker in self.roster.online.values() for task_id in worker.running}
         if self.store is not None:
-            deleted, more = self.store.purge(status, before, limit, self._dirty.keys())
+            deleted, more = self.store.purge(status, before, limit, self._dirty.keys() | held)
             for task_id, final in deleted:
                 self.index.forget(task_id, final)
             count = len(deleted)
@@ -403,6 +432,7 @@ class Scheduler(Lifecycle):
                 for t in self.index.order
                 if self.index.tasks.get(t.id) is t
                 and t.status is status
+                and t.id not in held
                 and (before is None or (t.completed_at or 0.0) < before)
             )
             doomed = list(itertools.islice(matching, limit + 1))
@@ -485,7 +515,7 @@ class Scheduler(Lifecycle):
                 total += worker.slots
         return {
             "tasks": {s.value: counts.get(s, 0) for s in TaskStatus},
-            "handlers": self.index.by_handler(),
+            "handlers": _busiest(self.index.by_handler()),
             "workers": {
                 "online": len(self.roster.online),
                 "draining": draining,
@@ -856,6 +886,21 @@ class Scheduler(Lifecycle):
             self._lease(task, worker, now)
 
         return self.matcher.match(lease)
+
+
+def _busiest(handlers: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """The ``STATS_HANDLERS`` handlers with the most tasks, and the others' sum as one."""
+    if len(handlers) <= STATS_HANDLERS:
+        return handlers
+    shown = heapq.nlargest(
+        STATS_HANDLERS, handlers, key=lambda name: (sum(handlers[name].values()), name)
+    )
+    out = {name: handlers[name] for name in sorted(shown)}
+    rest = out.setdefault(metrics.OTHER, {"pending": 0, "running": 0})
+    for name in handlers.keys() - shown:
+        for status, count in handlers[name].items():
+            rest[status] = rest.get(status, 0) + count
+    return out
 
 
 def _spec_of(task: Task | TaskSpec) -> dict[str, Any]:

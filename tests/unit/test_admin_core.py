@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from broker.core import Scheduler
+from broker.core import STATS_HANDLERS, Scheduler
 from broker.invariants import CheckedScheduler
+from broker.metrics import OTHER
 from broker.store import Store
 from broker.store.memory import MemoryStore
 from broker.store.sqlite import SqliteStore
@@ -328,3 +329,76 @@ def test_stats_counts_by_status_handler_worker_and_time(stored: Scheduler) -> No
     # Fifteen minutes on, the buckets have passed.
     later = stored.stats(T0 + BUCKET * BUCKETS + 20, T0)["throughput"]
     assert sum(later["completed"]) + sum(later["failed"]) == 0
+
+
+def test_a_retry_never_runs_a_task_whose_dependency_ended_badly_and_was_purged(
+    stored: Scheduler,
+) -> None:
+    # Given a dependent failed by its cancelled dependency, which a purge then deletes
+    address = add_worker(stored, "w1")
+    dep = submit(stored, handler="none")
+    child = submit(stored, dependencies=[dep])
+    stored.cancel(dep, T0)
+    commit(stored)
+    assert stored.purge(TaskStatus.CANCELLED, None, 10) == {"purged": 1, "more": False}
+    # When the dependent is retried, then it is refused: nothing says its dependency completed
+    with pytest.raises(Conflict, match=f"depends on task {dep}"):
+        stored.retry(child, T0 + 1)
+    assert stored.get(child).status is TaskStatus.FAILED
+    assert dispatched(stored, T0 + 1) == {}
+
+    # Nor does the retry of a dependency bring back a dependent whose other one is gone
+    root, other = submit(stored), submit(stored, handler="none")
+    both = submit(stored, dependencies=[root, other])
+    fail(stored, address, root, T0 + 2)
+    stored.cancel(other, T0 + 2)
+    commit(stored)
+    stored.purge(TaskStatus.CANCELLED, None, 10)
+    stored.retry(root, T0 + 3)
+    assert stored.get(both).status is TaskStatus.FAILED
+
+    # A task that ran had its dependencies completed: one purged since is no obstacle
+    first = submit(stored)
+    assert dispatched(stored, T0 + 3) == {address: [root]}
+    finish(stored, address, root, now=T0 + 3)
+    assert dispatched(stored, T0 + 3) == {address: [first]}
+    finish(stored, address, first, now=T0 + 3)
+    second = submit(stored, dependencies=[first])
+    fail(stored, address, second, T0 + 4)
+    commit(stored)
+    stored.purge(TaskStatus.COMPLETED, None, 10)
+    assert stored.retry(second, T0 + 5).status is TaskStatus.PENDING
+
+
+def test_stats_shows_a_bounded_number_of_handlers_however_many_are_queued() -> None:
+    # Given more distinct handlers queued than stats shows (handler names come from clients)
+    core = CheckedScheduler()
+    busy = [submit(core, handler="busy") for _ in range(3)]
+    assert busy
+    for i in range(STATS_HANDLERS + 50):
+        submit(core, handler=f"h{i}")
+    # When stats is asked, then the busiest handlers have a line each, the rest one together
+    handlers = core.stats(T0, T0)["handlers"]
+    assert len(handlers) == STATS_HANDLERS + 1
+    assert handlers["busy"] == {"pending": 3, "running": 0}
+    assert handlers[OTHER]["pending"] == 51
+    assert sum(h["pending"] for h in handlers.values()) == STATS_HANDLERS + 53
+
+
+def test_a_purge_leaves_a_stopped_run_its_worker_holds_so_its_resources_come_back(
+    stored: Scheduler,
+) -> None:
+    # Given a running task cancelled, whose worker has not stopped the run yet
+    address = add_worker(stored, "w1", slots=2, resources={"cpu": 2})
+    task_id = submit(stored, resources={"cpu": 2})
+    assert dispatched(stored) == {address: [task_id]}
+    stored.cancel(task_id, T0)
+    commit(stored)
+    # When it is purged, then it is left for later: its record names what the run holds
+    assert stored.purge(TaskStatus.CANCELLED, None, 10) == {"purged": 0, "more": False}
+    report(stored, address, task_id, 1, "cancelled", T0 + 1)
+    assert stored.purge(TaskStatus.CANCELLED, None, 10) == {"purged": 1, "more": False}
+    # And the worker has its cpus back, and runs the next task that needs them
+    assert stored.workers["w1"].free == {"cpu": 2}
+    following = submit(stored, resources={"cpu": 2})
+    assert dispatched(stored, T0 + 1) == {address: [following]}
