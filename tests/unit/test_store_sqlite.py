@@ -296,9 +296,9 @@ def test_a_store_is_opened_by_its_path_or_its_sqlite_url_with_its_sync_mode(
         open_store(str(tmp_path / "s.db"), "sometimes")
 
 
-def test_a_store_of_schema_2_loads_and_is_brought_to_schema_4(tmp_path: Path) -> None:
+def test_a_store_of_schema_2_loads_and_is_brought_to_schema_6(tmp_path: Path) -> None:
     # A file laid out by hand as schema 2 (no workers table, leases of seven fields, no
-    # indexes) loads, and gains what schemas 3 and 4 added.
+    # indexes) loads, and gains what schemas 3 to 6 added: the dependents of its tasks too.
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)
     db.executescript(
@@ -346,8 +346,9 @@ def test_a_store_of_schema_2_loads_and_is_brought_to_schema_4(tmp_path: Path) ->
         "tasks_by_completion",
         "tasks_failed_by_error",
     }
+    assert reopened.dependents("a", 10) == ["b"] and reopened.dependents("b", 10) == []
     reopened.close()
-    assert SCHEMA_VERSION == "5"
+    assert SCHEMA_VERSION == "6"
     assert [t.record() for t in loaded] == [
         {"id": "a", "name": "echo", "handler": "echo", "args": b"\x00", "dependencies": [],
          "priority": 0, "status": "pending", "worker_id": None, "attempts": 0, "result": None,
