@@ -21,6 +21,7 @@ from typing import Any
 from api import dashboard
 from common.limits import (
     DEFAULT_PAGE,
+    DEPENDENTS_SHOWN,
     ID_CHARACTERS,
     MAX_BATCH,
     MAX_CAPABILITIES,
@@ -225,6 +226,27 @@ def schemas() -> dict[str, Any]:
                 },
             }
         ),
+        "TaskDetail": {
+            "allOf": [
+                _ref("Task"),
+                _object(
+                    {
+                        "dependents": {
+                            "type": "array",
+                            "maxItems": DEPENDENTS_SHOWN,
+                            "items": _ref("Id"),
+                            "description": f"the first {DEPENDENTS_SHOWN} tasks, in submission "
+                            "order, whose dependencies name this one, finished or not",
+                        },
+                        "more_dependents": {
+                            "type": "boolean",
+                            "description": "whether more tasks than those listed depend on it",
+                        },
+                    }
+                ),
+            ],
+            "description": "a task, as GET /tasks/{task_id} shows it: with its dependents",
+        },
         "Lease": _object(
             {
                 "attempt": {"type": "integer", "minimum": 1},
@@ -565,7 +587,13 @@ def paths(max_body: int) -> dict[str, Any]:
     )
     get_task = _operation(
         "one task",
-        {"200": _answer("the task", _ref("Task")), **unknown_task},
+        {
+            "200": _answer(
+                "the task with its dependents; with ?wait, the task as the wait ends (without)",
+                {"anyOf": [_ref("TaskDetail"), _ref("Task")]},
+            ),
+            **unknown_task,
+        },
         parameters=[task_id, _wait("until the task is final")],
     )
     list_workers = _listing(

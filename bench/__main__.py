@@ -24,6 +24,7 @@ import traceback
 from collections.abc import Callable
 
 from bench import (
+    dashboard,
     durable_submit,
     floor,
     graph,
@@ -48,6 +49,7 @@ BENCHMARKS: dict[str, Runner] = {
     "latency": latency.run,
     "graph": graph.run,
     "history": history.run,
+    "dashboard": dashboard.run,
     "scale_workers": scale_workers.run,
     "scale": scale.run,
 }

@@ -36,7 +36,7 @@ from broker.store import Store
 from broker.timers import TimerKind
 from broker.waiters import Waiter
 from common.errors import Conflict, InvalidInput, NotFound, TooLarge
-from common.limits import MAX_PAGE_BYTES, MAX_PAYLOAD
+from common.limits import DEPENDENTS_SHOWN, MAX_PAGE_BYTES, MAX_PAYLOAD
 from common.logs import listing
 from common.messages import Ping, Ready, RunKey, RunOutcome
 from common.models import FINAL_STATUSES, LeaseOutcome, TaskStatus, WorkerKind, WorkerStatus
@@ -268,6 +268,30 @@ class Scheduler(Lifecycle):
     def get(self, task_id: str) -> Task:
         """The task with this id, to be shown."""
         return self._known(task_id)
+
+    def dependents_of(self, task_id: str, limit: int = DEPENDENTS_SHOWN) -> tuple[list[str], bool]:
+        """The ids of the first ``limit`` tasks, in seq order, that name ``task_id`` among
+        their dependencies, finished or not, and whether there are more.
+
+        With a store, those it holds (its index of dependencies: a task that ran, finished
+        and left memory long ago is found as one still pending), then those submitted
+        since the last commit, not stored yet, which came after every stored one.
+        Without, the tasks in memory, which are all there are."""
+        if self.store is not None:
+            found = self.store.dependents(task_id, limit + 1)
+            if len(found) <= limit:
+                unsaved = sorted(
+                    (t for t in self._dirty.values() if not t.stored and task_id in t.dependencies),
+                    key=attrgetter("seq"),
+                )
+                found += [t.id for t in unsaved[: limit + 1 - len(found)]]
+        else:
+            tasks = self.index.tasks
+            matching = (
+                t.id for t in self.index.order if task_id in t.dependencies and tasks.get(t.id) is t
+            )
+            found = list(itertools.islice(matching, limit + 1))
+        return found[:limit], len(found) > limit
 
     def list_tasks(self, query: ListTasks) -> dict[str, Any]:
         """A page of tasks in submission order, optionally filtered by status and handler:

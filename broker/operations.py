@@ -60,7 +60,9 @@ def _submit_each(core: Scheduler, request: ops.Submit, now: float) -> list[dict[
 
 
 def _get(core: Scheduler, request: ops.Get, token: object, now: float, started: float) -> Any:
-    return core.show(core.get(request.id))
+    task = core.get(request.id)
+    dependents, more = core.dependents_of(task.id)
+    return {**core.show(task), "dependents": dependents, "more_dependents": more}
 
 
 def _list(

@@ -56,6 +56,9 @@ MAX_HOST_LENGTH = 256
 
 #: Most dependencies of one task.
 MAX_DEPENDENCIES = 10_000
+#: Most dependents a task's record lists (``get``), the first ones submitted: a task may
+#: have millions, and a record stays small (it says whether there are more).
+DEPENDENTS_SHOWN = 100
 #: Most tags a task may require.
 MAX_REQUIRES = 256
 #: Most capabilities (handlers and tags) one worker may declare.

@@ -181,7 +181,7 @@ function drawWorkers(snap) {
       el("td", {}, worker.id), el("td", { class: "worker-status" }, worker.status), el("td", {}, worker.kind),
       el("td", {}, worker.slots === null ? used : used + "/" + worker.slots),
       el("td", {}, (worker.handlers || []).join(", ")), el("td", {}, (worker.tags || []).join(", ")),
-      el("td", {}, ago(worker.last_seen)), el("td", {}, worker.draining ? "yes" : ""), el("td", {}, button));
+      el("td", {}, ago(worker.last_seen)), el("td", { class: "worker-draining" }, worker.draining ? "yes" : ""), el("td", {}, button));
   });
   $("workers").querySelector("tbody").replaceChildren(...rows);
 }
@@ -250,8 +250,10 @@ async function showTask(id, message) {
   $("task-error").textContent = (task.error || "") + (task.traceback ? "\n\n" + task.traceback : "");
   const links = (ids, none) => ids && ids.length ? ids.map((d) => el("li", {}, taskLink(d))) : [el("li", { class: "note" }, none)];
   $("task-dependencies").replaceChildren(...links(task.dependencies, "none"));
-  $("task-dependents").replaceChildren(...links(task.dependents,
-    task.dependents === undefined ? "not listed by this broker" : "none"));
+  // A task may have millions of dependents: the broker lists the first 100 and says if there are more.
+  const dependents = links(task.dependents, task.dependents === undefined ? "not listed by this broker" : "none");
+  if (task.more_dependents) dependents.push(el("li", { class: "note", id: "more-dependents" }, "… and more"));
+  $("task-dependents").replaceChildren(...dependents);
   $("task-leases").tBodies[0].replaceChildren(...(task.leases || []).map((lease) => el("tr", {},
     el("td", {}, lease.attempt), el("td", {}, lease.worker_id), el("td", {}, lease.started_at || ""),
     el("td", {}, lease.ended_at || ""), el("td", {}, lease.outcome || "running"), el("td", { class: "error" }, lease.error || ""))));

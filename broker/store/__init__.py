@@ -106,6 +106,12 @@ class Store(Protocol):
         ``excess`` says (the finished tasks held beyond ``--max-finished``). Returns the id
         and status of each one deleted."""
 
+    def dependents(self, task_id: str, limit: int) -> list[str]:
+        """The ids of up to ``limit`` stored tasks that name ``task_id`` among their
+        dependencies, finished or not, in seq order: found by an index of (dependency,
+        dependent) that a backend writes with a task that has dependencies (and only then,
+        so that a task without any costs nothing more), and deletes with that task."""
+
     def failed_by(self, task_id: str) -> list[Task]:
         """The stored tasks that failed because their dependency ``task_id`` ended badly
         (status failed, their error ``dependency <task_id> ...``), whole, in seq order: the

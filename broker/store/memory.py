@@ -76,6 +76,8 @@ class MemoryStore:
         self.tasks: dict[int, Task] = {}
         #: A copy of each worker saved and not forgotten, by id, as it was last saved.
         self.workers: dict[str, Worker] = {}
+        #: Task id -> the seqs of the saved tasks that name it among their dependencies.
+        self.by_dependency: dict[str, set[int]] = {}
 
     def load(self) -> list[Task]:
         """As ``SqliteStore.load``: unfinished tasks (here in seq order)."""
@@ -131,8 +133,24 @@ class MemoryStore:
             t for i, t in enumerate(finished) if (t.completed_at or 0.0) <= before or i < excess
         ]
         for task in doomed:
-            del self.tasks[task.seq]
+            self._delete(task.seq)
         return [(task.id, task.status) for task in doomed]
+
+    def dependents(self, task_id: str, limit: int) -> list[str]:
+        seqs = sorted(self.by_dependency.get(task_id, ()))[:limit]
+        return [self.tasks[seq].id for seq in seqs]
+
+    def _delete(self, seq: int) -> None:
+        """Delete the task ``seq``, if held, and its entries in ``by_dependency``."""
+        held = self.tasks.pop(seq, None)
+        if held is None or not held.dependencies:
+            return
+        for dep_id in held.dependencies:
+            seqs = self.by_dependency.get(dep_id)
+            if seqs is not None:
+                seqs.discard(seq)
+                if not seqs:
+                    del self.by_dependency[dep_id]
 
     def failed_by(self, task_id: str) -> list[Task]:
         prefix = f"dependency {task_id} "
@@ -157,7 +175,7 @@ class MemoryStore:
         )[:limit]
         doomed = [t for t in candidates if t.id not in keep]
         for task in doomed:
-            del self.tasks[task.seq]
+            self._delete(task.seq)
         return [(task.id, task.status) for task in doomed], len(candidates) == limit
 
     def load_workers(self) -> list[Worker]:
@@ -178,10 +196,12 @@ class MemoryStore:
             if not task.stored:
                 self.tasks[task.seq] = _whole(task)
                 new.append(task)
+                for dep_id in task.dependencies:
+                    self.by_dependency.setdefault(dep_id, set()).add(task.seq)
             elif (held := self.tasks.get(task.seq)) is not None:  # else deleted: as SQLite's
                 _copy(task, held, _STATE)  # UPDATE of a row no longer there, nothing
         for task in deleted:
-            self.tasks.pop(task.seq, None)
+            self._delete(task.seq)
         for worker in workers:
             self.workers[worker.id] = _worker_copy(worker)
         for worker_id in forgotten:

@@ -66,6 +66,11 @@ CREATE TABLE IF NOT EXISTS workers (
     drained      INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS dependencies (
+    dep_id       TEXT NOT NULL,
+    task_seq     INTEGER NOT NULL,
+    PRIMARY KEY (dep_id, task_seq)
+) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS tasks_by_id ON tasks (id);
 CREATE INDEX IF NOT EXISTS tasks_by_key ON tasks (idempotency_key)
     WHERE idempotency_key IS NOT NULL;
@@ -82,11 +87,13 @@ CREATE INDEX IF NOT EXISTS tasks_failed_by_error ON tasks (error) WHERE status =
 #: idempotency key, the rare final statuses in seq order (a page of failures among
 #: millions of completed tasks), and by completion (pruning); 5 the failed tasks by error,
 #: which finds the dependents a retry runs again; 6 a worker's ``drained`` (an admin's
-#: drain, kept until resumed).
+#: drain, kept until resumed) and the table ``dependencies``, one row per (dependency,
+#: dependent), which finds a task's dependents (``dependents``).
 SCHEMA_VERSION = "6"
 #: Versions this broker opens and brings up to ``SCHEMA_VERSION``, in one transaction:
 #: the tables and indexes each lacks are made by ``_SCHEMA`` (``CREATE ... IF NOT
-#: EXISTS``), the columns by ``_ADDED_COLUMNS``, and its rows read as they are.
+#: EXISTS``), the columns by ``_ADDED_COLUMNS``, the rows of ``dependencies`` from the
+#: tasks' own lists (``_FILL_DEPENDENCIES``), and its rows read as they are.
 _UPGRADES_FROM = ("2", "3", "4", "5")
 #: Columns added to a table after it was first made, each with what a row written before
 #: holds: (table, column, its declaration). A store whose table lacks one gains it when
@@ -152,6 +159,10 @@ class _Batch:
     inserts: list[tuple[object, ...]] = field(default_factory=list)
     updates: list[tuple[object, ...]] = field(default_factory=list)
     deletes: list[tuple[int]] = field(default_factory=list)
+    #: Rows of ``dependencies`` to insert (new tasks that have some) and to delete.
+    dependencies: list[tuple[str, int]] = field(default_factory=list)
+    #: (Rows of the first come with ``fresh`` or ``inserts``, of the second with ``deletes``.)
+    undepend: list[tuple[str, int]] = field(default_factory=list)
     #: The tasks inserted: marked ``stored`` once the rows are committed.
     new: list[Task] = field(default_factory=list)
     #: Rows of the workers to write whole, when the others were last seen, and ids of those
@@ -174,6 +185,9 @@ def _prepare(tasks: Iterable[Task], deleted: Sequence[Task] = ()) -> _Batch:
     (``_write``), so that a failed commit leaves them as they were.
     """
     batch = _Batch(deletes=[(task.seq,) for task in deleted])
+    for task in deleted:
+        if task.dependencies:
+            batch.undepend += _dependency_rows(task.dependencies, task.seq)
     for task in tasks:
         state = _state_row(task)
         if task.stored:
@@ -184,7 +198,14 @@ def _prepare(tasks: Iterable[Task], deleted: Sequence[Task] = ()) -> _Batch:
             else:
                 batch.inserts.append(_spec_row(task) + state)
             batch.new.append(task)
+            if task.dependencies:
+                batch.dependencies += _dependency_rows(task.dependencies, task.seq)
     return batch
+
+
+def _dependency_rows(dependencies: Iterable[str], seq: int) -> list[tuple[str, int]]:
+    """The rows of ``dependencies`` of the task ``seq`` (a task may name one twice)."""
+    return [(dep_id, seq) for dep_id in dict.fromkeys(dependencies)]
 
 
 def _json(value: Any) -> str:
@@ -395,11 +416,36 @@ def _worker(row: Any) -> Worker:
 
 
 _DELETE = "DELETE FROM tasks WHERE seq = ?"
+# A task's dependencies are its spec: their rows are written with its INSERT and deleted
+# with it, by primary key (the task's list names them), and only for a task that has some:
+# a task without dependencies writes and deletes exactly what it did before they existed.
+_DEPENDENCY_INSERT = "INSERT OR IGNORE INTO dependencies (dep_id, task_seq) VALUES (?, ?)"
+_DEPENDENCY_DELETE = "DELETE FROM dependencies WHERE dep_id = ? AND task_seq = ?"
+#: The rows of ``dependencies`` of the tasks a store made before the table (schema 5 and
+#: older), from their own lists: once, when it is upgraded.
+_FILL_DEPENDENCIES = (
+    "INSERT OR IGNORE INTO dependencies (dep_id, task_seq) "
+    "SELECT each.value, tasks.seq FROM tasks, json_each(tasks.dependencies) AS each "
+    "WHERE tasks.dependencies != '[]'"
+)
 _WORKER_SEEN = "UPDATE workers SET last_seen = ?, drained = ? WHERE id = ?"
 _WORKER_DELETE = "DELETE FROM workers WHERE id = ?"
 
 #: Tasks read by one query by seq (SQLite allows 999 bound parameters in older builds).
 _READ_CHUNK = 500
+
+
+def _undepend(db: sqlite3.Connection, deleted: list[tuple[int, str | None]]) -> None:
+    """Delete the rows of ``dependencies`` of these tasks, deleted: (seq, the JSON of their
+    dependencies, None for none)."""
+    rows = [
+        row
+        for seq, deps in deleted
+        if deps is not None
+        for row in _dependency_rows(json.loads(deps), seq)
+    ]
+    if rows:
+        db.executemany(_DEPENDENCY_DELETE, rows)
 
 
 class SqliteStore:
@@ -440,6 +486,7 @@ class SqliteStore:
                 db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
             elif row[0] in _UPGRADES_FROM:
                 self._add_columns()
+                db.execute(_FILL_DEPENDENCIES)
                 db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
             elif row[0] != SCHEMA_VERSION:
                 raise RuntimeError(
@@ -559,22 +606,32 @@ class SqliteStore:
             # Without an excess, only the rows past ``before`` are read.
             horizon = "" if excess else "AND completed_at <= ? "
             rows = db.execute(
-                f"SELECT seq, id, status, completed_at FROM tasks "
+                f"SELECT seq, id, status, completed_at, NULLIF(dependencies, '[]') FROM tasks "
                 f"WHERE completed_at IS NOT NULL {horizon}AND {_FINISHED} "
                 f"ORDER BY completed_at LIMIT ?",
                 (limit,) if excess else (before, limit),
             ).fetchall()
             doomed = [
-                (seq, task_id, status)
-                for i, (seq, task_id, status, completed_at) in enumerate(rows)
+                (seq, task_id, status, deps)
+                for i, (seq, task_id, status, completed_at, deps) in enumerate(rows)
                 if completed_at <= before or i < excess
             ]
-            db.executemany("DELETE FROM tasks WHERE seq = ?", [(seq,) for seq, _, _ in doomed])
+            db.executemany("DELETE FROM tasks WHERE seq = ?", [(row[0],) for row in doomed])
+            _undepend(db, [(seq, deps) for seq, _, _, deps in doomed])
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
-        return [(task_id, _STATUSES[status]) for _, task_id, status in doomed]
+        return [(task_id, _STATUSES[status]) for _, task_id, status, _ in doomed]
+
+    def dependents(self, task_id: str, limit: int) -> list[str]:
+        # A range of the primary key of ``dependencies``, which is in seq order already.
+        rows = self._db.execute(
+            "SELECT tasks.id FROM dependencies JOIN tasks ON tasks.seq = dependencies.task_seq "
+            "WHERE dependencies.dep_id = ? ORDER BY dependencies.task_seq LIMIT ?",
+            (task_id, limit),
+        )
+        return [task_id for (task_id,) in rows]
 
     def failed_by(self, task_id: str) -> list[Task]:
         # A range of the error index: those that start with the prefix (' ' + 1 is '!').
@@ -602,15 +659,18 @@ class SqliteStore:
         db.execute("BEGIN")
         try:
             rows = db.execute(
-                f"SELECT seq, id FROM tasks WHERE {where} ORDER BY seq LIMIT ?", (*params, limit)
+                f"SELECT seq, id, NULLIF(dependencies, '[]') FROM tasks WHERE {where} "
+                "ORDER BY seq LIMIT ?",
+                (*params, limit),
             ).fetchall()
-            doomed = [(seq, task_id) for seq, task_id in rows if task_id not in keep]
-            db.executemany("DELETE FROM tasks WHERE seq = ?", [(seq,) for seq, _ in doomed])
+            doomed = [row for row in rows if row[1] not in keep]
+            db.executemany("DELETE FROM tasks WHERE seq = ?", [(row[0],) for row in doomed])
+            _undepend(db, [(seq, deps) for seq, _, deps in doomed])
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
-        return [(task_id, status) for _, task_id in doomed], len(rows) == limit
+        return [(task_id, status) for _, task_id, _ in doomed], len(rows) == limit
 
     def load_workers(self) -> list[Worker]:
         """Every stored worker, offline."""
@@ -660,6 +720,8 @@ class SqliteStore:
                 (_INSERT, batch.inserts),
                 (_UPDATE, batch.updates),
                 (_DELETE, batch.deletes),
+                (_DEPENDENCY_INSERT, batch.dependencies),
+                (_DEPENDENCY_DELETE, batch.undepend),
                 (_WORKER_UPSERT, batch.workers),
                 (_WORKER_SEEN, batch.seen),
                 (_WORKER_DELETE, batch.forgotten),

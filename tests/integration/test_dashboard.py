@@ -2,7 +2,9 @@
 
 A broker, a worker and the API with tokens; the page is opened, given a token, and read
 as a user would: the worker, the counts moving without a reload, a completed task's
-decoded result, a failed one's error, and the cancel button cancelling a pending task.
+decoded result, a failed one's error, and the cancel button cancelling a pending task;
+then a task's dependents as links, finished ones included, the retry button running a
+failed task again, and the drain button keeping a new task pending until Resume.
 Screenshots of each step are saved under the test's tmp_path (and copied to
 ``var/screenshots/``, which is not committed).
 """
@@ -151,3 +153,97 @@ def test_the_dashboard_shows_the_stack_live_and_cancels_a_task(
     assert client.get(pending)["status"] == "cancelled"
     poll(browser, lambda d: count(d, "cancelled") == 1 and count(d, "pending") == 0, "counts")
     shoot(browser, tmp_path, "5-cancelled")
+
+
+def use_token(driver: WebDriver, token: str) -> None:
+    """Give the page this token, as a user types it, and wait for the stream to go live."""
+    field = driver.find_element(By.ID, "token")
+    field.clear()
+    field.send_keys(token)
+    driver.find_element(By.CSS_SELECTOR, "#token-form button").click()
+    poll(driver, lambda d: text(d, "#connection") == "live", "the stream to go live")
+
+
+def links(driver: WebDriver, css: str) -> list[str]:
+    """The task ids a list of links in the task view points to."""
+    return [a.get_attribute("data-task") or "" for a in driver.find_elements(By.CSS_SELECTOR, css)]
+
+
+def test_the_dashboard_links_dependents_retries_a_task_and_drains_a_worker(
+    stack: Stack, browser: WebDriver, tmp_path: Path
+) -> None:
+    # given a completed parent with two dependents that ran too, and a failed task
+    stack.start_broker()
+    stack.start_worker(worker_id="dash-worker")
+    stack.start_api("--api-tokens", str(write_tokens(tmp_path / "tokens")))
+    stack.wait_workers("dash-worker")
+    client = stack.client()
+    parent = client.submit("fibonacci", b'{"n": 10}', name="parent")
+    children = [
+        client.submit("echo", b"child %d" % i, name=f"child-{i}", dependencies=[parent])
+        for i in (1, 2)
+    ]
+    bad = client.submit("fibonacci", b'{"n": "ten"}', name="fib-bad")
+    finished = client.wait_many([parent, *children, bad], timeout=DEADLINE)
+    assert [task["status"] for task in finished] == ["completed"] * 3 + ["failed"]
+    browser.get(stack.api_url + "/")
+    use_token(browser, TOKENS["client"])
+
+    # when the parent's view is opened
+    browser.get(f"{stack.api_url}/#task/{parent}")
+    # then its dependents, finished, are listed as links
+    dependents = "#task-dependents a"
+    poll(browser, lambda d: links(d, dependents) == children, "the dependents as links")
+    assert text(browser, "#task-dependencies") == "none"
+    shoot(browser, tmp_path, "6-dependents")
+    # and a dependent's link opens that task, which links back to its dependency
+    browser.find_element(By.CSS_SELECTOR, f'{dependents}[data-task="{children[0]}"]').click()
+    poll(browser, lambda d: children[0] in text(d, "#task-title"), "the dependent's view")
+    poll(browser, lambda d: links(d, "#task-dependencies a") == [parent], "the link back")
+    assert text(browser, "#task-dependents") == "none"
+    assert "child 1" in text(browser, "#task-result")
+
+    # when the failed task's Retry button is pressed
+    browser.get(f"{stack.api_url}/#task/{bad}")
+    poll(browser, lambda d: text(d, "#task-status") == "failed", "the failed task shown")
+    assert client.get(bad)["attempts"] == 1
+    browser.find_element(By.ID, "retry").click()
+    # then it is pending again and runs again (bad args: it fails once more, a second run)
+    poll(browser, lambda d: text(d, "#task-message") == "to run again", "the retry's answer")
+    poll(
+        browser,
+        lambda d: (t := client.get(bad))["attempts"] == 2 and t["status"] == "failed",
+        "the second run to end",
+    )
+    browser.refresh()
+    poll(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#task-leases tbody tr")) == 2,
+         "two runs in the lease history")  # fmt: skip
+    assert text(browser, "#task-status") == "failed"
+    shoot(browser, tmp_path, "7-retried")
+
+    # when an admin drains the worker with its button
+    use_token(browser, TOKENS["admin"])
+    row = '#workers tr[data-worker="dash-worker"]'
+    poll(browser, lambda d: text(d, f"{row} button.drain") == "Drain", "the drain button")
+    browser.find_element(By.CSS_SELECTOR, f"{row} button.drain").click()
+    # then the page shows it draining, with a Resume button, and so does the broker
+    poll(browser, lambda d: text(d, f"{row} .worker-draining") == "yes", "the worker draining")
+    poll(browser, lambda d: text(d, f"{row} button.drain") == "Resume", "the resume button")
+    assert client.worker("dash-worker")["draining"] is True
+    # and a new task stays pending: no worker takes it, and the page says why
+    waiting = client.submit("echo", b"after the drain", name="waits")
+    poll(browser, lambda d: count(d, "pending") == 1, "the new task counted pending")
+    browser.get(f"{stack.api_url}/#task/{waiting}")
+    poll(browser, lambda d: "no online worker" in text(d, "#task-message"), "why it waits")
+    assert client.get(waiting)["status"] == "pending"
+    shoot(browser, tmp_path, "8-draining")
+
+    # when the worker is resumed with the same button
+    poll(browser, lambda d: text(d, f"{row} button.drain") == "Resume", "the resume button")
+    browser.find_element(By.CSS_SELECTOR, f"{row} button.drain").click()
+    # then it takes the task, which completes, and the page shows it taking work again
+    assert client.wait(waiting, timeout=DEADLINE)["status"] == "completed"
+    poll(browser, lambda d: text(d, f"{row} .worker-draining") == "", "the worker resumed")
+    poll(browser, lambda d: count(d, "pending") == 0, "nothing pending")
+    assert client.worker("dash-worker")["draining"] is False
+    shoot(browser, tmp_path, "9-resumed")

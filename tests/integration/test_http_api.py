@@ -26,6 +26,8 @@ TASK_KEYS = frozenset({"id", "name", "handler", "args", "dependencies", "priorit
                        "worker_id", "attempts", "result", "error", "max_retries", "timeout",
                        "requires", "resources", "created_at", "started_at", "completed_at",
                        "idempotency_key", "leases", "traceback", "waiting_for"})  # fmt: skip
+#: What ``GET /tasks/{id}`` (without ``?wait``) adds to a task, as the README lists it.
+DETAIL_KEYS = frozenset({"dependents", "more_dependents"})
 #: A lease's keys (one run of a task), as the README lists them.
 LEASE_KEYS = frozenset({"attempt", "worker_id", "started_at", "ended_at", "outcome", "error",
                         "refused", "traceback"})  # fmt: skip
@@ -55,8 +57,10 @@ def assert_error(response: Response, status: int, *named: str) -> dict[str, Any]
 
 
 def assert_task_shape(task: dict[str, Any]) -> None:
-    """Every key the README lists for a task, and for each of its leases; no others."""
-    assert set(task) == TASK_KEYS, set(task) ^ TASK_KEYS
+    """Every key the README lists for a task (and, as ``GET /tasks/{id}`` shows it, its
+    dependents), and for each of its leases; no others."""
+    keys = TASK_KEYS | DETAIL_KEYS if "dependents" in task else TASK_KEYS
+    assert set(task) == keys, set(task) ^ keys
     for lease in task["leases"]:
         assert set(lease) == LEASE_KEYS, set(lease) ^ LEASE_KEYS
 

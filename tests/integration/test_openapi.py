@@ -155,7 +155,14 @@ def test_answers_of_every_operation_match_the_document(api: Described) -> None:
     api("GET", "/tasks", "/tasks?" + "handler=x&" * 2000)  # past the request line's limit
     for task in (made, stuck, after, failed):
         api("GET", "/tasks/{task_id}", f"/tasks/{task['id']}")
-    api("GET", "/tasks/{task_id}", f"/tasks/{made['id']}?wait=20")
+    # Without ?wait, the task with its dependents: what TaskDetail says, not only Task.
+    _, shown, _ = api("GET", "/tasks/{task_id}", f"/tasks/{stuck['id']}")
+    detail = api.validator({"$ref": "#/components/schemas/TaskDetail"})
+    assert not list(detail.iter_errors(shown)), shown
+    assert shown["dependents"] == [after["id"]] and shown["more_dependents"] is False
+    # With ?wait, the task as the wait ends, without them (the other answer it lists).
+    _, waited, _ = api("GET", "/tasks/{task_id}", f"/tasks/{made['id']}?wait=20")
+    assert "dependents" not in waited and not detail.is_valid(waited)
     api("GET", "/tasks/{task_id}", f"/tasks/{stuck['id']}?wait=0.1")
     api("GET", "/tasks/{task_id}", "/tasks/no-such-task")
     api("GET", "/tasks/{task_id}", "/tasks/not%20an%20id")

@@ -91,6 +91,9 @@ class CheckedStore:
     def failed_by(self, task_id: str) -> list[Task]:
         return self.inner.failed_by(task_id)
 
+    def dependents(self, task_id: str, limit: int) -> list[str]:
+        return self.inner.dependents(task_id, limit)
+
     def purge(
         self, status: TaskStatus, before: float | None, limit: int, keep: Collection[str] = ()
     ) -> tuple[list[tuple[str, TaskStatus]], bool]:

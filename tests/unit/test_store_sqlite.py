@@ -333,7 +333,7 @@ _OLD_INDEXES = {
 
 def test_a_store_of_schema_2_loads_and_is_brought_to_the_current_schema(tmp_path: Path) -> None:
     # A file laid out by hand as schema 2 (no workers table, leases of seven fields, no
-    # indexes) loads, and gains what schemas 3 to 6 added.
+    # indexes) loads, and gains what schemas 3 to 6 added: the dependents of its tasks too.
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)
     db.executescript(
@@ -372,6 +372,7 @@ def test_a_store_of_schema_2_loads_and_is_brought_to_the_current_schema(tmp_path
         "tasks_by_completion",
         "tasks_failed_by_error",
     }
+    assert reopened.dependents("a", 10) == ["b"] and reopened.dependents("b", 10) == []
     reopened.close()
     assert SCHEMA_VERSION == "6"
     assert [t.record() for t in loaded] == [
