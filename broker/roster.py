@@ -258,7 +258,13 @@ class Roster:
         reason = self._unserved.get(shape, _UNKNOWN)
         if reason is _UNKNOWN:
             taking = (worker for worker in self.online.values() if not worker.draining)
-            reason = self._unserved[shape] = unserved(shape, taking)
+            reason = unserved(shape, taking)
+            if reason is not None:
+                draining = [w for w in self.online.values() if w.draining]
+                if draining and unserved(shape, draining) is None:
+                    # Some could, but take no new task: say so, not that none serves it.
+                    reason = f"{reason}, but for {len(draining)} draining"
+            self._unserved[shape] = reason
         assert reason is None or isinstance(reason, str)
         return reason
 

@@ -234,7 +234,7 @@ def test_the_dashboard_links_dependents_retries_a_task_and_drains_a_worker(
     waiting = client.submit("echo", b"after the drain", name="waits")
     poll(browser, lambda d: count(d, "pending") == 1, "the new task counted pending")
     browser.get(f"{stack.api_url}/#task/{waiting}")
-    poll(browser, lambda d: "no online worker" in text(d, "#task-message"), "why it waits")
+    poll(browser, lambda d: "but for 1 draining" in text(d, "#task-message"), "why it waits")
     assert client.get(waiting)["status"] == "pending"
     shoot(browser, tmp_path, "8-draining")
 

@@ -1517,7 +1517,8 @@ def test_a_draining_worker_is_sent_nothing_new_and_keeps_its_runs(core: Schedule
     third = submit(core, now=T0 + 2)
     assert dispatched(core, T0 + 2) == {}  # a free slot, but it is stopping
     assert core.show(core.get(third))["waiting_for"] == {
-        "reason": "no worker", "detail": "no online worker serves handler 'echo'",
+        "reason": "no worker",
+        "detail": "no online worker serves handler 'echo', but for 1 draining",
     }  # fmt: skip
     fresh = add_worker(core, "fresh", now=T0 + 3)
     assert dispatched(core, T0 + 3) == {fresh: [third]}
