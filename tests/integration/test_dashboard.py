@@ -67,6 +67,20 @@ def poll(driver: WebDriver, check: Callable[[WebDriver], Any], what: str) -> Any
     return WebDriverWait(driver, DEADLINE, poll_frequency=0.1).until(tolerant, what)
 
 
+def click(driver: WebDriver, css: str, what: str) -> None:
+    """Click the element ``css`` finds, looked up again if the page redraws it meanwhile (a
+    live update replaces the tables it fills)."""
+
+    def clicked(d: WebDriver) -> bool:
+        found = d.find_elements(By.CSS_SELECTOR, css)
+        if not found:
+            return False
+        found[0].click()
+        return True
+
+    poll(driver, clicked, what)
+
+
 def text(driver: WebDriver, css: str) -> str:
     found = driver.find_elements(By.CSS_SELECTOR, css)
     return found[0].text if found else ""
@@ -146,7 +160,7 @@ def test_the_dashboard_shows_the_stack_live_and_cancels_a_task(
     poll(browser, lambda d: text(d, "#task-status") == "pending", "the pending task shown")
     assert "no-such-tag" in text(browser, "#task-message")
     shoot(browser, tmp_path, "4-pending-task")
-    browser.find_element(By.ID, "cancel").click()
+    click(browser, "#cancel", "the cancel button")
 
     # then the broker has it cancelled, and the page says so, counts included
     poll(browser, lambda d: text(d, "#task-status") == "cancelled", "the task shown cancelled")
@@ -197,7 +211,7 @@ def test_the_dashboard_links_dependents_retries_a_task_and_drains_a_worker(
     assert text(browser, "#task-dependencies") == "none"
     shoot(browser, tmp_path, "6-dependents")
     # and a dependent's link opens that task, which links back to its dependency
-    browser.find_element(By.CSS_SELECTOR, f'{dependents}[data-task="{children[0]}"]').click()
+    click(browser, f'{dependents}[data-task="{children[0]}"]', "the dependent's link")
     poll(browser, lambda d: children[0] in text(d, "#task-title"), "the dependent's view")
     poll(browser, lambda d: links(d, "#task-dependencies a") == [parent], "the link back")
     assert text(browser, "#task-dependents") == "none"
@@ -207,7 +221,7 @@ def test_the_dashboard_links_dependents_retries_a_task_and_drains_a_worker(
     browser.get(f"{stack.api_url}/#task/{bad}")
     poll(browser, lambda d: text(d, "#task-status") == "failed", "the failed task shown")
     assert client.get(bad)["attempts"] == 1
-    browser.find_element(By.ID, "retry").click()
+    click(browser, "#retry", "the retry button")
     # then it is pending again and runs again (bad args: it fails once more, a second run)
     poll(browser, lambda d: text(d, "#task-message") == "to run again", "the retry's answer")
     poll(
@@ -225,7 +239,7 @@ def test_the_dashboard_links_dependents_retries_a_task_and_drains_a_worker(
     use_token(browser, TOKENS["admin"])
     row = '#workers tr[data-worker="dash-worker"]'
     poll(browser, lambda d: text(d, f"{row} button.drain") == "Drain", "the drain button")
-    browser.find_element(By.CSS_SELECTOR, f"{row} button.drain").click()
+    click(browser, f"{row} button.drain", "the drain button")
     # then the page shows it draining, with a Resume button, and so does the broker
     poll(browser, lambda d: text(d, f"{row} .worker-draining") == "yes", "the worker draining")
     poll(browser, lambda d: text(d, f"{row} button.drain") == "Resume", "the resume button")
@@ -240,7 +254,7 @@ def test_the_dashboard_links_dependents_retries_a_task_and_drains_a_worker(
 
     # when the worker is resumed with the same button
     poll(browser, lambda d: text(d, f"{row} button.drain") == "Resume", "the resume button")
-    browser.find_element(By.CSS_SELECTOR, f"{row} button.drain").click()
+    click(browser, f"{row} button.drain", "the drain button")
     # then it takes the task, which completes, and the page shows it taking work again
     assert client.wait(waiting, timeout=DEADLINE)["status"] == "completed"
     poll(browser, lambda d: text(d, f"{row} .worker-draining") == "", "the worker resumed")
