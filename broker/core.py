@@ -444,7 +444,7 @@ class Scheduler(Lifecycle):
         # A run stopped (cancelled, expired) holds its worker's slot and resources until
         # the worker reports it, and the report gives back what the task's record names:
         # such a task is left for a later purge, as are those not committed yet.
-        held = {task_id for worker in self.roster.online.values() for task_id in worker.running}
+        held = self._held_runs()
         if self.store is not None:
             deleted, more = self.store.purge(status, before, limit, self._dirty.keys() | held)
             for task_id, final in deleted:
@@ -869,6 +869,10 @@ class Scheduler(Lifecycle):
                 )  # fmt: skip
                 self._lose(task, now)
 
+    def _held_runs(self) -> set[str]:
+        """The tasks whose runs online workers hold (a stopped one until it is reported)."""
+        return {task_id for worker in self.roster.online.values() for task_id in worker.running}
+
     def prune(self, now: float, limit: int = PRUNE_BATCH) -> int:
         """Forget up to ``limit`` tasks that finished more than ``retention`` seconds ago,
         and up to ``WORKER_PRUNE_BATCH`` workers offline for longer than
@@ -878,7 +882,12 @@ class Scheduler(Lifecycle):
             # Finished tasks are in the store: pruned there, in a transaction of their own.
             finished = sum(self.index.counts[status] for status in FINAL_STATUSES)
             excess = max(0, finished - self.max_finished) if self.max_finished else 0
-            deleted = self.store.prune(before, excess, limit)
+            # Left for later, as a purge leaves them: a task changed and not committed yet
+            # (a retry made it pending again, the store still says it failed), and a run
+            # stopped that its worker still holds (its report gives back what the task's
+            # record names).
+            keep = self._dirty.keys() | self._held_runs()
+            deleted = self.store.prune(before, excess, limit, keep)
             for task_id, status in deleted:
                 self._dirty.pop(task_id, None)
                 self.index.forget(task_id, status)

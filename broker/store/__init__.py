@@ -100,7 +100,9 @@ class Store(Protocol):
         always in): a page of a status that is rare among millions of tasks is found
         without reading them all, and large tasks beyond the cut are not read."""
 
-    def prune(self, before: float, excess: int, limit: int) -> list[tuple[str, TaskStatus]]:
+    def prune(
+        self, before: float, excess: int, limit: int, keep: Collection[str] = ()
+    ) -> list[tuple[str, TaskStatus]]:
         """Delete, in one transaction, up to ``limit`` finished tasks, oldest completion
         first: those completed at or before ``before``, and beyond them as many more as
         ``excess`` says (the finished tasks held beyond ``--max-finished``). Returns the id

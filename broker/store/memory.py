@@ -124,13 +124,17 @@ class MemoryStore:
                 page.append(_whole(held))
         return page
 
-    def prune(self, before: float, excess: int, limit: int) -> list[tuple[str, TaskStatus]]:
+    def prune(
+        self, before: float, excess: int, limit: int, keep: Collection[str] = ()
+    ) -> list[tuple[str, TaskStatus]]:
         finished = sorted(
             (t for t in self.tasks.values() if t.status in FINAL_STATUSES and t.completed_at),
             key=lambda t: t.completed_at or 0.0,
         )[:limit]
         doomed = [
-            t for i, t in enumerate(finished) if (t.completed_at or 0.0) <= before or i < excess
+            t
+            for i, t in enumerate(finished)
+            if ((t.completed_at or 0.0) <= before or i < excess) and t.id not in keep
         ]
         for task in doomed:
             self._delete(task.seq)

@@ -597,7 +597,9 @@ class SqliteStore:
             tasks += [_task(row) for row in self._db.execute(query, chunk)]
         return tasks
 
-    def prune(self, before: float, excess: int, limit: int) -> list[tuple[str, TaskStatus]]:
+    def prune(
+        self, before: float, excess: int, limit: int, keep: Collection[str] = ()
+    ) -> list[tuple[str, TaskStatus]]:
         db = self._db
         db.execute("BEGIN")
         try:
@@ -614,7 +616,7 @@ class SqliteStore:
             doomed = [
                 (seq, task_id, status, deps)
                 for i, (seq, task_id, status, completed_at, deps) in enumerate(rows)
-                if completed_at <= before or i < excess
+                if (completed_at <= before or i < excess) and task_id not in keep
             ]
             db.executemany("DELETE FROM tasks WHERE seq = ?", [(row[0],) for row in doomed])
             _undepend(db, [(seq, deps) for seq, _, _, deps in doomed])

@@ -402,3 +402,42 @@ def test_a_purge_leaves_a_stopped_run_its_worker_holds_so_its_resources_come_bac
     assert stored.workers["w1"].free == {"cpu": 2}
     following = submit(stored, resources={"cpu": 2})
     assert dispatched(stored, T0 + 1) == {address: [following]}
+
+
+def test_pruning_leaves_a_retry_not_committed_and_a_stopped_run_its_worker_holds(
+    stored: Scheduler,
+) -> None:
+    # Given at most one finished task kept, a failed task, and a running one cancelled
+    # whose worker has not stopped the run yet
+    stored.max_finished = 1
+    address = add_worker(stored, "w1", slots=2, resources={"cpu": 2})
+    failed = submit(stored)
+    fail(stored, address, failed)
+    held = submit(stored, resources={"cpu": 2})
+    assert dispatched(stored, T0 + 1) == {address: [held]}
+    stored.cancel(held, T0 + 1)
+    done = submit(stored, now=T0 + 1)
+    assert dispatched(stored, T0 + 1) == {address: [done]}  # the second slot
+    finish(stored, address, done, "completed", T0 + 1.5)
+    commit(stored)
+    # When the failed one is retried and a prune comes before the retry is committed (two
+    # finished beyond the one kept: the oldest two by completion are the failed and the
+    # held one)
+    alive(stored, address, T0 + 2)
+    stored.retry(failed, T0 + 2)
+    assert stored.prune(T0 + 2) == 0
+    # Then neither is pruned: the retry holds, and the held run keeps its record
+    commit(stored)
+    assert stored.get(failed).status is TaskStatus.PENDING
+    assert stored.get(held).status is TaskStatus.CANCELLED
+    # And once the worker reports the stopped run, it has its cpus back and the task goes
+    report(stored, address, held, 1, "cancelled", T0 + 3)
+    commit(stored)
+    assert stored.workers["w1"].free == {"cpu": 2}
+    assert dispatched(stored, T0 + 3) == {address: [failed]}
+    finish(stored, address, failed, "completed", T0 + 4)
+    commit(stored)
+    assert stored.prune(T0 + 4) == 2  # three finished, one kept: the two older go
+    commit(stored)
+    with pytest.raises(NotFound):
+        stored.get(held)

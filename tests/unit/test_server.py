@@ -85,8 +85,10 @@ class CheckedStore:
     ) -> list[Task]:  # fmt: skip
         return self.inner.finished_page(status, handler, after, limit, max_bytes)
 
-    def prune(self, before: float, excess: int, limit: int) -> list[tuple[str, TaskStatus]]:
-        return self.inner.prune(before, excess, limit)
+    def prune(
+        self, before: float, excess: int, limit: int, keep: Collection[str] = ()
+    ) -> list[tuple[str, TaskStatus]]:
+        return self.inner.prune(before, excess, limit, keep)
 
     def failed_by(self, task_id: str) -> list[Task]:
         return self.inner.failed_by(task_id)

@@ -315,6 +315,7 @@ def test_finished_tasks_are_found_by_id_key_and_page_and_pruned_oldest_first(
     one = tasks[0].size()
     assert page(None, limit=4, max_bytes=2 * one + one // 2) in ([1, 2], [1, 2, 3])
     # Pruned oldest completion first: past ``before``, then the excess.
+    assert store.prune(before=990.5, excess=0, limit=100, keep={"task-10"}) == []
     assert store.prune(before=990.5, excess=0, limit=100) == [("task-10", TaskStatus.CANCELLED)]
     assert store.prune(before=0.0, excess=2, limit=100) == [
         ("task-9", TaskStatus.FAILED), ("task-8", TaskStatus.CANCELLED),
