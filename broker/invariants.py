@@ -26,7 +26,7 @@ from broker.dispatch import provides, service_of
 from broker.queue import Shape
 from broker.state import Lease, Task
 from broker.timers import TimerKind
-from broker.waiters import MAX_WATCHERS
+from broker.waiters import MAX_WATCHERS, client_of
 from common.messages import RunKey
 from common.models import FINAL_STATUSES, LeaseOutcome, TaskStatus, WorkerStatus
 
@@ -253,6 +253,9 @@ def _waiters(core: Scheduler) -> None:
             _fail(f"watchers are listed under {task_id}, which is gone or final")
         if not 0 < len(tokens) <= MAX_WATCHERS:
             _fail(f"{len(tokens)} watchers are listed under {task_id}")
+    watching = Counter(client_of(t) for tokens in core.deferred.watchers.values() for t in tokens)
+    if watching != core.deferred.watching:
+        _fail(f"outcomes awaited by client {dict(core.deferred.watching)}, listed {dict(watching)}")
     for kind, subject in _timers(core):
         if kind is TimerKind.WAIT and not subject.done and listed[id(subject)] != subject.pending:
             _fail(f"a waiter counts {subject.pending} pending, listed {listed[id(subject)]} times")

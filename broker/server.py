@@ -46,6 +46,7 @@ from broker.operations import DEFERRED, perform
 from broker.outflow import HIGH_WATER_MARK, Outflow
 from broker.roles import Peer, may_act_as, may_request
 from broker.store import Store
+from broker.waiters import client_of
 from common import curve, messages, ops, protocol
 from common.errors import Forbidden, InvalidInput, SchedulerError, TooLarge
 from common.logs import Throttled
@@ -67,6 +68,11 @@ TURN_REPLY_BYTES = 16 * 1024 * 1024
 MAX_POLL_SECONDS = 0.1
 #: Longest time in seconds a change that nothing waits for stays uncommitted.
 COMMIT_DELAY = 0.01
+#: A client that still waits for at most this many outcomes of the tasks it watches gets
+#: an outcome with a commit made for it at once (it likely waits for that one); one with
+#: more in flight (a pipeline) gets its outcomes with the next commit, at most
+#: ``COMMIT_DELAY`` later, so that a burst of outcomes shares one commit.
+URGENT_OUTCOMES = 8
 #: Longest time in seconds between a worker's outcome and its ACK, which is sent once the
 #: outcome is committed: the ACKs of every outcome reported in that time go out together,
 #: one per worker, rather than one after each commit (a worker needs an ACK only to forget
@@ -188,6 +194,8 @@ class BrokerServer:
         self._held: dict[bytes, list[messages.RunKey]] = {}
         #: When the ACKs of ``_held`` go alone: ``ACK_HOLD`` after the first was held.
         self._held_due: float | None = None
+        #: Outcomes for watchers, made but not committed yet (``URGENT_OUTCOMES``).
+        self._notices: list[tuple[object, dict[str, Any]]] = []
         #: WELCOME and RESYNC of this turn: sent at its end, before the commit.
         self._commands: list[Frames] = []
         #: When the oldest change that is not committed yet was made (None: there is none).
@@ -344,14 +352,15 @@ class BrokerServer:
         for token, value in outbox.replies:
             address, req_id = cast(tuple[bytes, int], token)
             promises.append((address, ops.Reply(req_id, value), None))
-        notices = outbox.notices
+        notices = self._notices
+        notices += outbox.notices
         self._packed = 0
         if core.has_changes():
             if self._dirty_since is None:
                 self._dirty_since = now
             # (or the clock went back: waiting for it to catch up could take hours)
             delayed = self._dirty_since <= now < self._dirty_since + COMMIT_DELAY
-            if promises or notices or not delayed:
+            if promises or not delayed or (outbox.notices and self._urgent(outbox.notices)):
                 self._dirty_since = None
                 # Raises if the store fails: the loop stops and nothing here is sent.
                 self._commit()
@@ -386,6 +395,7 @@ class BrokerServer:
         # Outcomes before replies: a client that reads a reply showing a task final has
         # read the task's OUTCOME already (docs/protocol.md).
         if notices:
+            self._notices = []
             self._send_notices(socket, notices)
         self._due.extend(promises)
         self._send_due(socket)
@@ -467,6 +477,12 @@ class BrokerServer:
             if size >= outflow.track_bytes and outflow.over(address):
                 frames = self._refusal(outflow, address, answer.req)
             self._send(socket, frames)
+
+    def _urgent(self, notices: list[tuple[object, dict[str, Any]]]) -> bool:
+        """Whether a client of these outcomes waits for few enough (``URGENT_OUTCOMES``)
+        that it likely waits for one of them now."""
+        watched_by = self.core.deferred.watched_by
+        return any(watched_by(client_of(token)) <= URGENT_OUTCOMES for token, _ in notices)
 
     def _send_notices(
         self, socket: zmq.Socket[bytes], notices: list[tuple[object, dict[str, Any]]]

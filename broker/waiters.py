@@ -76,6 +76,8 @@ class Deferred:
         self.by_task: dict[str, dict[Waiter, None]] = {}
         #: Task id -> the clients its brief record goes to once it is final (``watch``).
         self.watchers: dict[str, list[object]] = {}
+        #: Client -> how many outcomes it still waits for (``watch``), for ``watched_by``.
+        self.watching: dict[object, int] = {}
 
     # -- waits -----------------------------------------------------------------------
 
@@ -125,16 +127,31 @@ class Deferred:
         tokens = self.watchers.setdefault(task_id, [])
         if len(tokens) < MAX_WATCHERS:
             tokens.append(token)
+            client = client_of(token)
+            self.watching[client] = self.watching.get(client, 0) + 1
+
+    def watched_by(self, client: object) -> int:
+        """How many outcomes the client (a token's, ``client_of``) still waits for."""
+        return self.watching.get(client, 0)
 
     def finished(self, task_id: str) -> None:
         """The task is final: send its outcome to its watchers and answer the waiters that
         now have every task they waited for."""
         task = self.find(task_id)
         tokens = self.watchers.pop(task_id, None)
-        if tokens is not None and task is not None:
-            outcome = brief(task)
+        if tokens is not None:
+            watching = self.watching
             for token in tokens:
-                self.notice(token, outcome)
+                client = client_of(token)
+                left = watching[client] - 1
+                if left:
+                    watching[client] = left
+                else:
+                    del watching[client]
+            if task is not None:
+                outcome = brief(task)
+                for token in tokens:
+                    self.notice(token, outcome)
         for waiter in self.by_task.pop(task_id, ()):
             if task is not None:
                 waiter.held[task_id] = task
@@ -223,3 +240,8 @@ def answer(waiter: Waiter, tasks: dict[str, Task], show: Callable[[Task], dict[s
         if task is not None and task.status in FINAL_STATUSES:
             briefs.append(brief(task))
     return {"tasks": briefs}
+
+
+def client_of(token: object) -> object:
+    """The client a token answers: the socket loop's tokens are (address, request)."""
+    return token[0] if isinstance(token, tuple) else token

@@ -22,7 +22,7 @@ import pytest
 import zmq
 
 from broker.outflow import Outflow
-from broker.server import BrokerServer
+from broker.server import URGENT_OUTCOMES, BrokerServer
 from broker.state import Task, Worker
 from broker.store import StoreSummary
 from broker.store.memory import MemoryStore
@@ -351,6 +351,10 @@ class Turn:
     def commits(self) -> int:
         return sum(1 for kind, _ in self.events if kind == "commit")
 
+    def sent(self) -> list[tuple[bytes, protocol.Message]]:
+        """Every message sent so far, with its address."""
+        return [(a, m) for kind, (a, m, _) in ((k, e) for k, e in self.events if k == "sent")]
+
     def replies(self) -> dict[int, Any]:
         """Each REPLY sent so far, by request number: its value."""
         return {
@@ -584,6 +588,36 @@ def test_a_watched_outcome_leaves_unasked_with_the_commit_of_its_turn(turn: Turn
     assert [m.command for m in to_fourth] == [Command.OUTCOME, Command.REPLY]
     assert to_fourth[0].body["tasks"][0]["id"] == entry["id"]
     assert_every_answer_was_durable(turn.events)
+
+
+def test_outcomes_for_a_client_with_many_in_flight_share_the_delayed_commit(turn: Turn) -> None:
+    # Given a client that watches more tasks than URGENT_OUTCOMES (a pipeline)
+    client = b"pipeline"
+    register(turn, slots=URGENT_OUTCOMES + 4)
+    count = URGENT_OUTCOMES + 4
+    submit = turn.request(client, "submit", tasks=[{"handler": "echo"}] * count, notify=True)
+    turn.run(T0)
+    ids = [entry["id"] for entry in turn.replies()[submit]["tasks"]]
+    commits = turn.commits()
+
+    def outcomes(sent: list[tuple[bytes, protocol.Message]]) -> list[str]:
+        return [o["id"] for a, m in sent if m.command is Command.OUTCOME for o in m.body["tasks"]]
+
+    # When its first tasks finish, one a turn, then their outcomes wait for the commit
+    # that comes COMMIT_DELAY after the first, and leave together with it
+    for i in range(3):
+        turn.queue(WORKER, Command.DONE, done(ids[i]))
+        assert outcomes(turn.run(T0 + 1 + i * 0.001)) == []
+    assert turn.commits() == commits
+    assert outcomes(turn.run(T0 + 1 + PROMISED_COMMIT_DELAY)) == ids[:3]
+    assert turn.commits() == commits + 1
+    # And once it waits for few enough, each outcome comes with a commit of its own, at once
+    for i in range(3, count):
+        turn.queue(WORKER, Command.DONE, done(ids[i]))
+        turn.run(T0 + 2 + i * 0.001)
+    assert outcomes(turn.sent()) == ids
+    assert turn.commits() > commits + 1 + URGENT_OUTCOMES - 1
+    assert assert_every_answer_was_durable(turn.events) >= 2
 
 
 def test_a_separate_submit_refuses_each_bad_task_alone(turn: Turn) -> None:
