@@ -455,7 +455,9 @@ class BrokerServer:
         except zmq.ZMQError as exc:  # peer gone or its queue full: it will resync
             log.debug("send failed: %s", exc)
             return
-        self.metrics.sent[frames[2]] += 1  # [address, signature, command, body]
+        sent, command = self.metrics.sent, frames[2]  # [address, signature, command, body]
+        if command in sent:  # always, for frames protocol made; never a KeyError here
+            sent[command] += 1
 
     def _send_due(self, socket: zmq.Socket[bytes]) -> None:
         """Send the committed replies that are due, about ``TURN_REPLY_BYTES`` of them (a
