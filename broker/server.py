@@ -78,9 +78,11 @@ URGENT_OUTCOMES = 8
 #: one per worker, rather than one after each commit (a worker needs an ACK only to forget
 #: an outcome, and each one costs it a wake-up and the broker a send).
 ACK_DELAY = 0.01
-#: Longest time in seconds the ACKs of a busy worker whose READY said ``acks_in_dispatch``
-#: wait for a DISPATCH to that worker to carry them, before they go alone: a worker that
-#: reports outcome after outcome gets a DISPATCH after each, and needs no ACK of its own.
+#: Longest time in seconds the ACKs of a full worker (every slot taken) whose READY said
+#: ``acks_in_dispatch`` wait for a DISPATCH to that worker to carry them, before they go
+#: alone: a worker that reports outcome after outcome gets a DISPATCH after each, and
+#: needs no ACK of its own. A worker with a free slot may get no DISPATCH for a while: its
+#: ACKs go as before.
 ACK_HOLD = 1.0
 #: Seconds between two rounds of pruning finished tasks past their retention.
 PRUNE_INTERVAL = 1.0
@@ -189,7 +191,7 @@ class BrokerServer:
         #: When the ACKs of ``_acked`` are due: ``ACK_DELAY`` after the first of them was
         #: reported (None: there is none).
         self._ack_due: float | None = None
-        #: Outcomes committed of busy workers that take ACKs in a DISPATCH, by address: the
+        #: Outcomes committed of full workers that take ACKs in a DISPATCH, by address: the
         #: next DISPATCH to each carries them, or an ACK at ``_held_due``.
         self._held: dict[bytes, list[messages.RunKey]] = {}
         #: When the ACKs of ``_held`` go alone: ``ACK_HOLD`` after the first was held.
@@ -378,7 +380,7 @@ class BrokerServer:
                 if (
                     worker is not None
                     and worker.acks_in_dispatch
-                    and worker.running
+                    and len(worker.running) >= worker.slots
                     and not worker.draining
                 ):
                     held.setdefault(address, []).extend(runs)

@@ -488,25 +488,27 @@ def test_a_busy_worker_that_takes_acks_in_a_dispatch_gets_no_ack_of_its_own(turn
 
 
 def test_held_acks_go_alone_after_a_second_and_an_older_worker_gets_each(turn: Turn) -> None:
-    # A worker that takes acks in a dispatch, busy with a long run; and one that does not
-    register(turn, slots=2, acks_in_dispatch=True)
+    # A one-slot worker that takes acks in a dispatch, and one that does not, each given a
+    # task while two more wait
+    register(turn, acks_in_dispatch=True)
     register(turn, address=b"older")
-    turn.request(b"client", "submit", tasks=[{"handler": "echo"}] * 3)
+    turn.request(b"client", "submit", tasks=[{"handler": "echo"}] * 4)
     sent = turn.run(T0)
-    runs = {a: [e["task_id"] for e in m.body["tasks"]] for a, m in sent
-            if m.command is Command.DISPATCH}  # fmt: skip
-    assert sorted(map(len, runs.values())) == [1, 2]
-    busy, older = runs[WORKER], runs[b"older"]
-    turn.queue(WORKER, Command.DONE, done(busy[0]))
-    turn.queue(b"older", Command.DONE, done(older[0]))
+    first = {a: m.body["tasks"][0]["task_id"] for a, m in sent if m.command is Command.DISPATCH}
+    assert sorted(first) == [b"older", WORKER]
+    # When both report theirs, each is given the next one (full again)
+    for address, task_id in first.items():
+        turn.queue(address, Command.DONE, done(task_id))
     turn.run(T0 + 1)
     sent = turn.run(T0 + 1 + PROMISED_COMMIT_DELAY)
-    assert sent == [(b"older", protocol.Message(Command.ACK, {"results": [[older[0], 1]]}))]
-    # the busy worker's ACK waits for a DISPATCH, a second at most
+    # Then the older one gets an ACK as before, and the full one's waits for a DISPATCH
+    acked = {a: m.body["results"] for a, m in sent if m.command is Command.ACK}
+    assert acked == {b"older": [[first[b"older"], 1]]}
     assert turn.run(T0 + 1.5) == []
+    # a second at most: none comes, so it goes alone
     assert turn.server._poll_timeout_ms() <= 1000
     assert turn.run(T0 + 2.1) == [
-        (WORKER, protocol.Message(Command.ACK, {"results": [[busy[0], 1]]}))
+        (WORKER, protocol.Message(Command.ACK, {"results": [[first[WORKER], 1]]}))
     ]
     assert_every_answer_was_durable(turn.events)
 
