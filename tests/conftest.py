@@ -166,10 +166,16 @@ class Proc:
         if self.popen.poll() is None:
             self.signal(self.stop_signal)
             try:
-                self.popen.wait(timeout=grace)
+                # A worker drains on the first signal (waiting, with its broker gone, for
+                # ACKs that never come) and stops at once on a second one.
+                self.popen.wait(timeout=min(1.0, grace))
             except subprocess.TimeoutExpired:
-                self.signal(signal.SIGKILL)
-                self.popen.wait(timeout=10)
+                self.signal(self.stop_signal)
+                try:
+                    self.popen.wait(timeout=grace)
+                except subprocess.TimeoutExpired:
+                    self.signal(signal.SIGKILL)
+                    self.popen.wait(timeout=10)
         # Anything left in its group (a gunicorn worker, a pool child) goes too.
         self.signal(signal.SIGKILL)
         self._log.close()
