@@ -25,6 +25,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.wait import WebDriverWait
 
+from common.client import Client
 from tests.conftest import ROOT, Stack
 from tests.integration.test_http_auth import TOKENS, write_tokens
 
@@ -99,15 +100,20 @@ def shoot(driver: WebDriver, tmp_path: Path, name: str) -> None:
     shutil.copy(path, kept / path.name)
 
 
-def test_the_dashboard_shows_the_stack_live_and_cancels_a_task(
-    stack: Stack, browser: WebDriver, tmp_path: Path
-) -> None:
-    # given a broker, a worker and the API with tokens, a completed task and a failed one
+def start_stack(stack: Stack, tmp_path: Path) -> Client:
+    """A broker, the worker ``dash-worker`` online, the API with tokens; a client of it."""
     stack.start_broker()
     stack.start_worker(worker_id="dash-worker")
     stack.start_api("--api-tokens", str(write_tokens(tmp_path / "tokens")))
     stack.wait_workers("dash-worker")
-    client = stack.client()
+    return stack.client()
+
+
+def test_the_dashboard_shows_the_stack_live_and_cancels_a_task(
+    stack: Stack, browser: WebDriver, tmp_path: Path
+) -> None:
+    # given a broker, a worker and the API with tokens, a completed task and a failed one
+    client = start_stack(stack, tmp_path)
     done = client.submit("fibonacci", b'{"n": 10}', name="fib-10")
     bad = client.submit("fibonacci", b'{"n": "ten"}', name="fib-bad")
     finished = client.wait_many([done, bad], timeout=DEADLINE)
@@ -119,9 +125,7 @@ def test_the_dashboard_shows_the_stack_live_and_cancels_a_task(
     poll(browser, lambda d: "token" in text(d, "#connection"), "the page to ask for a token")
     shoot(browser, tmp_path, "1-token-needed")
     # and given one, it goes live
-    browser.find_element(By.ID, "token").send_keys(TOKENS["client"])
-    browser.find_element(By.CSS_SELECTOR, "#token-form button").click()
-    poll(browser, lambda d: text(d, "#connection") == "live", "the stream to go live")
+    use_token(browser, TOKENS["client"])
 
     # then it shows the worker, the counts, and the failure with its error
     row = '#workers tr[data-worker="dash-worker"]'
@@ -187,11 +191,7 @@ def test_the_dashboard_links_dependents_retries_a_task_and_drains_a_worker(
     stack: Stack, browser: WebDriver, tmp_path: Path
 ) -> None:
     # given a completed parent with two dependents that ran too, and a failed task
-    stack.start_broker()
-    stack.start_worker(worker_id="dash-worker")
-    stack.start_api("--api-tokens", str(write_tokens(tmp_path / "tokens")))
-    stack.wait_workers("dash-worker")
-    client = stack.client()
+    client = start_stack(stack, tmp_path)
     parent = client.submit("fibonacci", b'{"n": 10}', name="parent")
     children = [
         client.submit("echo", b"child %d" % i, name=f"child-{i}", dependencies=[parent])
