@@ -65,14 +65,33 @@ def quit_once(worker: Any) -> None:
         signal.signal(signum, once)
 
 
-def body_timeout(seconds: float) -> Callable[[Any, Any], None]:
-    """Gunicorn's ``post_fork`` hook that gives a worker (``api.jsonworker``) its body
-    timeout: gunicorn has no setting for it."""
+#: Signals with which gunicorn's master tells a worker to stop (SIGTERM: gracefully).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM)
 
-    def post_fork(server: Any, worker: Any) -> None:
-        worker.body_timeout = seconds
 
-    return post_fork
+def _quit_while_booting(signum: int, frame: FrameType | None) -> None:
+    os._exit(0)
+
+
+def post_fork(body_timeout: float) -> Callable[[Any, Any], None]:
+    """Gunicorn's ``post_fork`` hook, in a new worker before it boots.
+
+    It gives the worker (``api.jsonworker``) its body timeout: gunicorn has no setting for
+    it. And it makes a stop signal end a worker still booting. Until the worker sets its
+    own handlers, which it does only after importing gevent and patching the standard
+    library, it has the master's, which queue the signal for a master loop the worker does
+    not run: a worker told to stop then booted anyway, and the master waited its whole
+    graceful timeout (36 s) before killing it. A master orphaned by ``zmq-scheduler up``
+    right after it started its workers stops them at once, and hung on for that long.
+    A booting worker has nothing to finish, so it exits at once.
+    """
+
+    def hook(server: Any, worker: Any) -> None:
+        worker.body_timeout = body_timeout
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, _quit_while_booting)
+
+    return hook
 
 
 #: The metrics folder the master made itself (removed at exit), if it made one.
@@ -157,7 +176,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         # Gunicorn >= 24 opens a control socket at one fixed path per user, which a second
         # API server on the host would fight over; nothing here uses it.
         "control_socket_disable": True,
-        "post_fork": body_timeout(settings.body_timeout),
+        "post_fork": post_fork(settings.body_timeout),
         "post_worker_init": quit_once,
         "on_starting": prepare_metrics,
         "child_exit": worker_exited,

@@ -26,7 +26,13 @@ from typing import Any
 import pytest
 
 from api.cli import APIServer, main
-from api.serve import MAX_REQUEST_LINE, bind_address, gunicorn_options, quit_once
+from api.serve import (
+    MAX_REQUEST_LINE,
+    STOP_SIGNALS,
+    bind_address,
+    gunicorn_options,
+    quit_once,
+)
 from common.limits import MAX_HTTP_WAIT as MAX_WAIT
 from common.settings import Settings
 
@@ -219,6 +225,45 @@ def test_gunicorn_options_follow_the_settings() -> None:
     # A long-poll and the broker's reply to it fit in a graceful shutdown.
     assert options["graceful_timeout"] >= MAX_WAIT + settings.request_timeout
     assert options["post_worker_init"] is quit_once
+
+
+@pytest.mark.parametrize("signum", STOP_SIGNALS, ids=lambda s: signal.Signals(s).name)
+def test_a_worker_told_to_stop_while_booting_exits_at_once(signum: int) -> None:
+    # Given a forked worker process that ran the post_fork hook and boots on (its own
+    # handlers come later: until then it has what the master had).
+    class Worker:
+        body_timeout = 0.0
+
+    hook = gunicorn_options(Settings())["post_fork"]
+    pid = os.fork()
+    if pid == 0:  # the worker
+        try:
+            signal.signal(signum, lambda *_: os._exit(3))  # the master's, inherited
+            hook(None, Worker())
+            # When the master tells it to stop.
+            signal.raise_signal(signum)
+            os._exit(4)  # booted on, as if told nothing
+        finally:
+            os._exit(5)
+
+    # Then it exits at once, with 0.
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_the_post_fork_hook_gives_a_worker_its_body_timeout() -> None:
+    class Worker:
+        body_timeout = 0.0
+
+    worker = Worker()
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    try:
+        gunicorn_options(Settings(body_timeout=7.5))["post_fork"](None, worker)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    assert worker.body_timeout == 7.5
 
 
 def test_a_worker_quits_once_when_ctrl_c_and_the_masters_quit_overlap() -> None:
