@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from api.metrics import MULTIPROC_DIR
 from common import protocol
 from common.client import Client
 from common.curve import ClientKeys
@@ -128,6 +129,9 @@ class Proc:
 
     #: What ``stop`` sends first.
     stop_signal: int = signal.SIGTERM
+    #: Killed at the end of a test rather than stopped: its stop is not what tests look at
+    #: there, and costs time (the stops that matter have tests of their own).
+    kill_at_teardown: bool = False
 
     def __init__(
         self,
@@ -224,16 +228,21 @@ class Stack:
         port = free_port()
         argv = [sys.executable, "-m", "api", "--listen", f"127.0.0.1:{port}",
                 "--broker", self.endpoint, "--processes", "1", *extra]  # fmt: skip
-        proc = self._start("api", argv)
-        # Gunicorn's quick stop: a graceful one waits for the gevent worker's 1 s tick, a
-        # second at every teardown; the graceful stop has tests of its own.
+        # Its metrics folder under tmp_path, not one it makes and removes as it exits: the
+        # test's end kills it (a quick stop took 0.4 s at every teardown).
+        env = child_env()
+        env[MULTIPROC_DIR] = str(self.tmp_path / self._name("api-metrics"))
+        proc = self._start("api", argv, env)
+        proc.kill_at_teardown = True
+        # Gunicorn's quick stop when a test stops it: a graceful one waits for the gevent
+        # worker's 1 s tick; the graceful stop has tests of its own.
         proc.stop_signal = signal.SIGINT
         self.api_url = f"http://127.0.0.1:{port}"
         wait_for(lambda: self.http("GET", "/health")[0] == 200, what="API health")
         return proc
 
-    def _start(self, name: str, argv: list[str]) -> Proc:
-        proc = Proc(name, argv, self.tmp_path)
+    def _start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+        proc = Proc(name, argv, self.tmp_path, env=env)
         self.procs.append(proc)
         return proc
 
@@ -285,7 +294,9 @@ class Stack:
         for client in self._clients:
             client.close()
         for proc in reversed(self.procs):
-            proc.stop()
+            if proc.kill_at_teardown:
+                proc.kill9()
+            proc.stop()  # closes its log; a killed one is reaped already
 
 
 @pytest.fixture

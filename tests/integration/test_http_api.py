@@ -72,6 +72,19 @@ def api(stack: Stack) -> Iterator[Stack]:
     yield stack
 
 
+@pytest.fixture(scope="module")
+def refusing_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One broker and API for the tests that only send what is refused, and so change
+    nothing that another of them could see."""
+    stack = Stack(tmp_path_factory.mktemp("refusing"))
+    try:
+        stack.start_broker()
+        stack.start_api()
+        yield stack
+    finally:
+        stack.close()
+
+
 class RawWorker:
     """A ZeroMQ worker spoken by hand (docs/protocol.md), so that the test decides when it
     answers pings and which outcomes it sends."""
@@ -270,8 +283,9 @@ def test_cancel_over_http_stops_the_run_and_frees_its_slot(api: Stack) -> None:
         (json.dumps({"handler": "echo", "resources": {"cpu": "lots"}}).encode(), "cpu"),
     ],
 )
-def test_bad_input_is_a_400_naming_the_field(api: Stack, body: bytes, field: str) -> None:
-    assert_error(api.http("POST", "/tasks", raw=body), 400, field)
+def test_bad_input_is_a_400_naming_the_field(refusing_api: Stack, body: bytes, field: str) -> None:
+    assert_error(refusing_api.http("POST", "/tasks", raw=body), 400, field)
+    assert refusing_api.http("GET", "/tasks")[1] == []
 
 
 def test_a_body_that_is_not_json_by_its_type_is_a_415(api: Stack) -> None:
