@@ -15,11 +15,14 @@ connection (a reconnect) for the same worker only with the same token. With ``cu
 keys the socket is a CURVE client of the broker (``common.curve``).
 
 Runner threads hand outcomes over through a queue and wake the loop by writing a
-byte to a pipe whose read end sits in the same ``zmq.Poller`` as the socket.
+byte to a pipe whose read end sits in the same ``zmq.Poller`` as the socket. A worker of
+one slot (thread pool) runs the handler of a plain function on the loop's own thread
+instead, and a second thread takes the loop over if it runs long (``worker.relay``).
 
-This module must never let another thread touch the socket (ZeroMQ sockets are
-not thread-safe), must never open a context at import time, and must never die
-on a malformed message from the broker: such a message is logged and dropped.
+This module must never let any thread but the loop's touch the socket (ZeroMQ sockets
+are not thread-safe; a relayed loop passes from thread to thread only through
+``worker.relay``), must never open a context at import time, and must never die on a
+malformed message from the broker: such a message is logged and dropped.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from common.messages import RunKey
 from common.models import TaskStatus
 from common.protocol import Command
 from common.transport import send_frames
+from worker.relay import Relay
 from worker.runner import OnDone, Outcome, Runner
 
 logger = logging.getLogger(__name__)
@@ -146,6 +150,10 @@ class Agent:
         self._reconnect_at = 0.0
         self._backoff = backoff_initial
         self._unacked: dict[RunKey, Outcome] = {}
+        #: Hands the loop between two threads when runs may run on its thread (else None).
+        self._relay: Relay | None = None
+        #: A run started this turn, for the loop's thread to run once the turn is over.
+        self._inline_job: Callable[[], None] | None = None
 
     # -- called from other threads -------------------------------------------------
 
@@ -165,7 +173,9 @@ class Agent:
     def _deliver(self, outcome: Outcome) -> None:
         """The runner's ``on_done``: queue the outcome for the loop thread."""
         self._outcomes.put(outcome)
-        self._wake()
+        if self._relay is None or not self._relay.running_inline():
+            self._wake()
+        # else the loop's own thread ran it, and sends it once the handler returns
 
     def _wake(self) -> None:
         with self._wake_lock:
@@ -194,10 +204,41 @@ class Agent:
             self._context = zmq.Context()
             self._poller.register(read_end, zmq.POLLIN)
             self._connect()
-            while not self._stop_requested:
-                self._turn()
+            if self._runner.inline:
+                self._relay = Relay()
+                for name in ("agent-1", "agent-2"):
+                    threading.Thread(target=self._hold_loop, name=name, daemon=True).start()
+                # The loop ends in one of them; a handler may still run in the other, which
+                # is left to finish or to die with the process, as a pool thread's would.
+                self._relay.wait()
+            else:
+                while not self._stop_requested:
+                    self._turn()
         finally:
             self._shutdown()
+
+    def _hold_loop(self) -> None:
+        """One of the two threads of a relayed loop (``worker.relay``): serve while holding
+        the loop, run a run's handler right after the turn that started it, and stand by
+        when the other thread took the loop over meanwhile."""
+        relay = self._relay
+        assert relay is not None
+        try:
+            while relay.take():
+                # Outcomes queued while the other thread held it, which woke nobody.
+                self._flush_outcomes()
+                while not self._stop_requested:
+                    self._turn()
+                    job, self._inline_job = self._inline_job, None
+                    if job is not None:
+                        if not relay.run_inline(job):
+                            break  # taken over: stand by
+                        self._flush_outcomes()
+                else:
+                    relay.finish()
+                    return
+        except BaseException as exc:  # the loop's error, raised by run() in its thread
+            relay.finish(exc)
 
     def _turn(self) -> None:
         now = time.monotonic()
@@ -415,7 +456,13 @@ class Agent:
                 # Report it, or the lease would sit until the broker expires it.
                 self._deliver(Outcome(task_id, attempt, TaskStatus.FAILED, error=entry.problem))
                 continue
-            self._runner.start(task_id, attempt, entry.handler, entry.args, entry.timeout)
+            if self._inline_job is None and self._relay is not None and self._relay.can_inline():
+                # Run on this thread once the turn is over, if it gets the slot at once.
+                self._inline_job = self._runner.start_inline(
+                    task_id, attempt, entry.handler, entry.args, entry.timeout
+                )
+            else:
+                self._runner.start(task_id, attempt, entry.handler, entry.args, entry.timeout)
 
     def _on_cancel(self, body: dict[str, Any]) -> None:
         assert self._runner is not None

@@ -170,6 +170,53 @@ class Runner:
             self._admit()
         return True
 
+    @property
+    def inline(self) -> bool:
+        """Whether ``start_inline`` may hand runs to its caller: one slot, thread pool."""
+        return self._processes is None and self.slots == 1
+
+    def start_inline(
+        self, task_id: str, attempt: int, handler: str, args: bytes, timeout: float | None = None
+    ) -> Callable[[], None] | None:
+        """``start``, for a caller that can run the handler itself as soon as it returns.
+
+        When the run gets the slot at once and its handler is a plain function of the
+        thread pool (``inline``), the run is admitted and returned as a job for the caller
+        to call on its own thread, which saves handing it to a pool thread and back. The
+        run is like any other meanwhile: ``running`` lists it, a cancel or its timeout
+        reports it at once, and calling the job reports its outcome unless they did.
+        Otherwise the run starts as ``start`` starts it, and None is returned.
+        """
+        run = _Run(task_id, attempt, handler, args, timeout, TaskContext(task_id, attempt))
+        fn = handlers.get(handler)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("runner is shut down")
+            inline = (
+                self.inline
+                and fn is not None
+                and not inspect.iscoroutinefunction(fn)
+                and not self._pending
+                and self._active < self.slots
+                and run.key not in self._runs
+            )
+            if inline:
+                self._runs[run.key] = run
+                run.fn = fn
+                run.admitted = True
+                self._active += 1
+        if not inline:
+            self.start(task_id, attempt, handler, args, timeout)
+            return None
+        assert fn is not None
+
+        def job() -> None:
+            if not run.claimed:  # else cancelled before it began
+                self._arm(run)
+                self._run_thread(run, fn)
+
+        return job
+
     def cancel(self, task_id: str) -> int:
         """Stop every run of ``task_id`` and report it cancelled; returns how many there were."""
         with self._lock:
@@ -306,6 +353,7 @@ class Runner:
     def _run_thread(self, run: _Run, fn: handlers.Handler) -> None:
         token = context.activate(run.ctx)
         thread = threading.current_thread()
+        name = thread.name
         thread.name = f"task-{run.task_id}-{run.attempt}"  # for stack dumps and profilers
         try:
             result = handlers.to_bytes(fn(run.args))
@@ -315,7 +363,7 @@ class Runner:
             self._finish(run, TaskStatus.COMPLETED, result=result)
         finally:
             context.deactivate(token)  # the thread serves other runs next
-            thread.name = "runner"
+            thread.name = name
 
     def _failed(self, run: _Run, exc: BaseException) -> None:
         """The handler raised: the run failed, saying what and where."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 from worker import handler, register
@@ -49,3 +50,14 @@ def log_pid(args: bytes) -> int:
     """Log a warning naming this process, and return its pid."""
     logging.getLogger("flaky_handlers").warning("handler ran in %d", os.getpid())
     return os.getpid()
+
+
+@handler("stubborn_sleep")
+def stubborn_sleep(args: bytes) -> dict[str, float]:
+    """Sleep ``seconds`` deaf to cancels and timeouts (``time.sleep``, not the task's
+    ``context.sleep``), then append "done" to the file ``note``."""
+    spec = json.loads(args)
+    time.sleep(spec["seconds"])
+    with Path(spec["note"]).open("a") as out:
+        out.write("done\n")
+    return {"slept": spec["seconds"]}

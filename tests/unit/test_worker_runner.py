@@ -58,6 +58,11 @@ def sum_of_squares(args: bytes) -> int:
     return sum(i * i for i in range(n))
 
 
+@handler("test-runner.async-echo")
+async def async_echo(args: bytes) -> bytes:
+    return args
+
+
 @handler("test-runner.exit")
 def hard_exit(args: bytes) -> None:
     os._exit(3)
@@ -687,3 +692,64 @@ def pid_exists(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+# -- runs handed to the caller (one slot) --------------------------------------------
+
+
+def test_a_one_slot_runner_hands_a_plain_run_to_its_caller_to_run(
+    make_runner: Callable[..., Runner], outcomes: Outcomes, registered: Register
+) -> None:
+    # Given a thread runner of one slot.
+    threads: list[str] = []
+    registered("test-runner.where", lambda args: threads.append(threading.current_thread().name))
+    runner = make_runner(slots=1)
+    assert runner.inline
+
+    # When a run is started for the caller to run.
+    job = runner.start_inline("here", 1, "test-runner.where", b"", timeout=60)
+
+    # Then it holds the slot until the caller runs it, on the caller's thread, under its own
+    # name meanwhile; its outcome is reported once, and the thread keeps its name.
+    assert job is not None
+    assert runner.running() == [("here", 1)]
+    assert runner.start_inline("next", 1, "echo", b"x") is None  # no slot: it waits its turn
+    name = threading.current_thread().name
+    job()
+    assert threads == ["task-here-1"]
+    assert threading.current_thread().name == name
+    assert outcomes.wait("here").status is TaskStatus.COMPLETED
+    assert outcomes.wait("next").result == b"x"  # then ran on a pool thread
+    assert len(outcomes.of("here")) == 1
+
+
+def test_a_run_handed_to_the_caller_and_cancelled_first_never_runs(
+    make_runner: Callable[..., Runner], outcomes: Outcomes, registered: Register
+) -> None:
+    ran: list[bytes] = []
+    registered("test-runner.record", ran.append)
+    runner = make_runner(slots=1)
+    job = runner.start_inline("early", 1, "test-runner.record", b"x")
+    assert job is not None
+
+    assert runner.cancel("early") == 1
+    job()
+
+    assert ran == []
+    assert [o.status for o in outcomes.of("early")] == [TaskStatus.CANCELLED]
+    assert runner.running() == []
+
+
+def test_only_a_plain_handler_of_a_one_slot_thread_runner_is_handed_over(
+    make_runner: Callable[..., Runner], outcomes: Outcomes
+) -> None:
+    # A runner of two slots, an async handler and an unknown one start as start() starts them.
+    assert not make_runner(slots=2).inline
+    assert make_runner(slots=2).start_inline("two", 1, "echo", b"2") is None
+    solo = make_runner(slots=1)
+    assert solo.start_inline("async", 1, "test-runner.async-echo", b"a") is None
+    assert solo.start_inline("unknown", 1, "no-such-handler", b"") is None
+
+    assert outcomes.wait("two").result == b"2"
+    assert outcomes.wait("async").result == b"a"
+    assert outcomes.wait("unknown").status is TaskStatus.FAILED
