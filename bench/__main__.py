@@ -36,6 +36,7 @@ from bench import (
     scale,
     scale_workers,
     throughput,
+    worker_cycle,
 )
 from bench.harness import Report
 
@@ -47,6 +48,7 @@ BENCHMARKS: dict[str, Runner] = {
     "throughput": throughput.run,
     "http": http.run,
     "latency": latency.run,
+    "worker_cycle": worker_cycle.run,
     "graph": graph.run,
     "history": history.run,
     "dashboard": dashboard.run,
