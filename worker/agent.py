@@ -231,7 +231,7 @@ class Agent:
                     self._turn()
                     job, self._inline_job = self._inline_job, None
                     if job is not None:
-                        if not relay.run_inline(job):
+                        if not self._run_inline(relay, job):
                             break  # taken over: stand by
                         self._flush_outcomes()
                 else:
@@ -239,6 +239,19 @@ class Agent:
                     return
         except BaseException as exc:  # the loop's error, raised by run() in its thread
             relay.finish(exc)
+
+    @staticmethod
+    def _run_inline(relay: Relay, job: Callable[[], None]) -> bool:
+        """Run a run on this thread; whether this thread still holds the loop after.
+
+        A run's error is its own (the runner reports what a handler raises): one that
+        escapes all the same must not end the loop, which the other thread may hold by now.
+        """
+        try:
+            return relay.run_inline(job)
+        except Exception:
+            logger.exception("a run on the loop's thread failed")
+            return relay.holds()
 
     def _turn(self) -> None:
         now = time.monotonic()

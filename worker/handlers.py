@@ -124,5 +124,8 @@ def describe_traceback(exc: BaseException) -> str:
 
 def describe_error(exc: BaseException) -> str:
     """The error a failed run reports: ``"<ExceptionType>: <message>"``."""
-    message = str(exc)
+    try:
+        message = str(exc)
+    except Exception:  # its __str__ raised: the type alone (traceback's own way)
+        message = "<exception str() failed>"
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

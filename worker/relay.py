@@ -51,6 +51,9 @@ class Relay:
         #: Until when the thread standing by looks every ``handover`` seconds.
         self._watch_until = 0.0
         self._finished = False
+        #: Set with ``_finished``, for ``wait``: that thread never waits on ``_cond``, whose
+        #: one wake-up (``run_inline``'s) must reach the thread standing by.
+        self._done = threading.Event()
         #: What ended the loop, if it was an error; ``wait`` raises it.
         self._error: BaseException | None = None
 
@@ -99,7 +102,7 @@ class Relay:
             self._inline_since = now
             self._watch_until = now + WATCH
             if self._asleep:
-                self._cond.notify()
+                self._cond.notify_all()  # the thread standing by: nobody else waits on it
         try:
             job()
         finally:
@@ -108,6 +111,11 @@ class Relay:
                 if held:
                     self._inline_since = None
         return held
+
+    def holds(self) -> bool:
+        """Whether the calling thread holds the loop."""
+        with self._cond:
+            return self._holder is threading.current_thread()
 
     def running_inline(self) -> bool:
         """Whether the calling thread holds the loop and runs a job: what it reports now, it
@@ -122,6 +130,7 @@ class Relay:
             self._holder = None
             self._error = error
             self._cond.notify_all()
+        self._done.set()
 
     def wait(self) -> None:
         """Until ``finish``; raises the error that ended the loop, if any.
@@ -131,8 +140,8 @@ class Relay:
         another thread does not interrupt this one's wait (a worker that got Ctrl-C there
         went on serving until it was killed).
         """
+        while not self._done.wait(SIGNAL_CHECK):
+            pass
         with self._cond:
-            while not self._finished:
-                self._cond.wait(SIGNAL_CHECK)
             if self._error is not None:
                 raise self._error

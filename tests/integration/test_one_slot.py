@@ -132,3 +132,22 @@ def test_a_stop_signal_that_lands_on_any_thread_stops_the_worker(stack: Stack) -
     # Then it stops as if the main thread had got it.
     assert solo.popen.wait(timeout=20) == 0
     wait_for(lambda: client.worker("solo")["status"] == "offline", what="worker gone")
+
+
+def test_an_error_that_cannot_be_put_in_words_fails_its_task_and_nothing_else(
+    stack: Stack,
+) -> None:
+    stack.start_broker()
+    stack.start_worker("--handlers", "flaky_handlers", worker_id="solo", slots=1)
+    stack.wait_workers("solo")
+    client = stack.client()
+
+    # Given handlers whose exception's str() raises, quickly and after a takeover (0.2 s).
+    for seconds in (b"0", b"0.2"):
+        task = client.submit("raise_unprintable", seconds)
+
+        # Then the task fails naming the exception's type, and the worker carries on.
+        wait_for(lambda: client.get(task)["status"] == "failed", what="failed")  # noqa: B023
+        assert client.get(task)["error"].startswith("Unprintable"), client.get(task)
+        assert client.result(client.submit("echo", b"on"), 30) == b"on"
+        assert client.worker("solo")["status"] == "online"

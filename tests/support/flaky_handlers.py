@@ -61,3 +61,15 @@ def stubborn_sleep(args: bytes) -> dict[str, float]:
     with Path(spec["note"]).open("a") as out:
         out.write("done\n")
     return {"slept": spec["seconds"]}
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise ValueError("no words for it")
+
+
+@handler("raise_unprintable")
+def raise_unprintable(args: bytes) -> None:
+    """Raise an exception whose ``str()`` raises too, after ``args`` seconds."""
+    time.sleep(float(args or b"0"))
+    raise Unprintable()

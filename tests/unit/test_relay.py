@@ -71,3 +71,29 @@ def test_the_end_of_the_loop_releases_whoever_stands_by_and_wait_raises_its_erro
         assert str(exc) == "loop failed"
     else:
         raise AssertionError("wait() did not raise the loop's error")
+
+
+def test_a_sleeping_stand_by_is_woken_by_a_job_while_another_thread_waits_for_the_end() -> None:
+    # Given the thread of Agent.run waiting for the loop's end first, then a second thread
+    # standing by asleep (no job ran lately).
+    relay = Relay(handover=0.05)
+    assert relay.take()
+    waiter, _ = in_thread(relay.wait, "waits for the end")
+    standby, took = in_thread(relay.take, "standby")
+    until_standing_by(relay)
+    deadline = time.monotonic() + PATIENCE
+    while not relay._asleep:
+        assert time.monotonic() < deadline, "the stand-by never slept"
+        time.sleep(0.01)
+
+    # When the holder runs a job that lasts until someone takes the loop over.
+    def long_job() -> None:
+        standby.join(PATIENCE)
+
+    held = relay.run_inline(long_job)
+
+    # Then the thread standing by took it (the job's wake-up did not go to the waiter).
+    assert took == [True] and not held
+    relay.finish()
+    waiter.join(PATIENCE)
+    assert not waiter.is_alive()
