@@ -150,24 +150,10 @@ class Runner:
         counts from when the handler starts, not from this call: a run that waits for a
         slot (or for a child to be replaced) keeps its whole budget.
         """
-        run = _Run(task_id, attempt, handler, args, timeout, TaskContext(task_id, attempt))
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("runner is shut down")
-            if run.key in self._runs:
-                logger.warning("task %s attempt %d is already running", task_id, attempt)
-                return False
-            self._runs[run.key] = run
-        run.fn = handlers.get(handler)
-        if run.fn is None:
-            self._finish(run, TaskStatus.FAILED, error=handlers.unknown(handler))
-            return True
-        if self._processes is not None:
-            self._processes.submit(run)
-        else:
-            with self._lock:
-                self._pending.append(run)
-            self._admit()
+        run = self._register(task_id, attempt, handler, args, timeout)
+        if run is None:
+            return False
+        self._queue(run)
         return True
 
     @property
@@ -187,35 +173,54 @@ class Runner:
         reports it at once, and calling the job reports its outcome unless they did.
         Otherwise the run starts as ``start`` starts it, and None is returned.
         """
+        run = self._register(task_id, attempt, handler, args, timeout)
+        if run is None:
+            return None
+        fn = run.fn
+        if fn is not None and self.inline and not inspect.iscoroutinefunction(fn):
+            with self._lock:
+                free = not self._pending and self._active < self.slots
+                if free and not self._closed and not run.claimed:
+                    run.admitted = True
+                    self._active += 1
+            if run.admitted:
+
+                def job() -> None:
+                    if not run.claimed:  # else cancelled before it began
+                        self._arm(run)
+                        self._run_thread(run, fn)
+
+                return job
+        self._queue(run)
+        return None
+
+    def _register(
+        self, task_id: str, attempt: int, handler: str, args: bytes, timeout: float | None
+    ) -> _Run | None:
+        """The run, listed as in progress with its handler looked up; None (logged) if it is
+        in progress already."""
         run = _Run(task_id, attempt, handler, args, timeout, TaskContext(task_id, attempt))
-        fn = handlers.get(handler)
         with self._lock:
             if self._closed:
                 raise RuntimeError("runner is shut down")
-            inline = (
-                self.inline
-                and fn is not None
-                and not inspect.iscoroutinefunction(fn)
-                and not self._pending
-                and self._active < self.slots
-                and run.key not in self._runs
-            )
-            if inline:
-                self._runs[run.key] = run
-                run.fn = fn
-                run.admitted = True
-                self._active += 1
-        if not inline:
-            self.start(task_id, attempt, handler, args, timeout)
-            return None
-        assert fn is not None
+            if run.key in self._runs:
+                logger.warning("task %s attempt %d is already running", task_id, attempt)
+                return None
+            self._runs[run.key] = run
+        run.fn = handlers.get(handler)
+        return run
 
-        def job() -> None:
-            if not run.claimed:  # else cancelled before it began
-                self._arm(run)
-                self._run_thread(run, fn)
-
-        return job
+    def _queue(self, run: _Run) -> None:
+        """Start a registered run in its pool, in turn for a slot; fail one whose handler
+        is unknown."""
+        if run.fn is None:
+            self._finish(run, TaskStatus.FAILED, error=handlers.unknown(run.handler))
+        elif self._processes is not None:
+            self._processes.submit(run)
+        else:
+            with self._lock:
+                self._pending.append(run)
+            self._admit()
 
     def cancel(self, task_id: str) -> int:
         """Stop every run of ``task_id`` and report it cancelled; returns how many there were."""

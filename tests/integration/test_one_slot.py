@@ -17,7 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Stack, alive, wait_for
+from common.client import Client
+from tests.conftest import Proc, Stack, alive, wait_for
+
+
+def start_solo(stack: Stack, *extra: str) -> tuple[Proc, Client]:
+    """A broker and its one worker, ``solo``, of one slot with the test handlers; online."""
+    stack.start_broker()
+    solo = stack.start_worker("--handlers", "flaky_handlers", *extra, worker_id="solo", slots=1)
+    stack.wait_workers("solo")
+    return solo, stack.client()
 
 
 def stubborn(seconds: float, note: Path) -> bytes:
@@ -27,10 +36,7 @@ def stubborn(seconds: float, note: Path) -> bytes:
 def test_a_long_handler_leaves_its_worker_answering_and_its_cancel_frees_the_slot(
     stack: Stack, tmp_path: Path
 ) -> None:
-    stack.start_broker()
-    stack.start_worker("--handlers", "flaky_handlers", worker_id="solo", slots=1)
-    stack.wait_workers("solo")
-    client = stack.client()
+    _, client = start_solo(stack)
     note = tmp_path / "note"
 
     # Given a run that lasts fifty liveness windows, deaf to cancels.
@@ -58,10 +64,7 @@ def test_a_long_handler_leaves_its_worker_answering_and_its_cancel_frees_the_slo
 def test_a_long_handler_times_out_on_time_and_the_next_task_runs(
     stack: Stack, tmp_path: Path
 ) -> None:
-    stack.start_broker()
-    stack.start_worker("--handlers", "flaky_handlers", worker_id="solo", slots=1)
-    stack.wait_workers("solo")
-    client = stack.client()
+    _, client = start_solo(stack)
 
     # Given a task allowed 0.5 s whose handler sleeps 30 s and ignores its deadline.
     late = client.submit("stubborn_sleep", stubborn(30, tmp_path / "note"), timeout=0.5)
@@ -76,12 +79,7 @@ def test_a_long_handler_times_out_on_time_and_the_next_task_runs(
 def test_a_worker_stops_while_a_long_handler_runs_and_its_task_runs_elsewhere(
     stack: Stack, tmp_path: Path
 ) -> None:
-    stack.start_broker()
-    solo = stack.start_worker(
-        "--handlers", "flaky_handlers", "--drain-grace", "0.5", worker_id="solo", slots=1
-    )
-    stack.wait_workers("solo")
-    client = stack.client()
+    solo, client = start_solo(stack, "--drain-grace", "0.5")
     note = tmp_path / "note"
     task = client.submit("stubborn_sleep", stubborn(30, note))
     wait_for(lambda: client.get(task)["status"] == "running", what="task running")
@@ -116,10 +114,7 @@ def taking(pid: int, signum: int) -> list[int]:
 
 @pytest.mark.skipif(os.uname().machine not in TGKILL, reason="tgkill's number unknown here")
 def test_a_stop_signal_that_lands_on_any_thread_stops_the_worker(stack: Stack) -> None:
-    stack.start_broker()
-    solo = stack.start_worker(worker_id="solo", slots=1)
-    stack.wait_workers("solo")
-    client = stack.client()
+    solo, client = start_solo(stack)
     assert client.result(client.submit("echo", b"x"), 30) == b"x"  # its loop relayed once
 
     # When SIGTERM is delivered to a thread of the worker other than its main one (the
@@ -137,10 +132,7 @@ def test_a_stop_signal_that_lands_on_any_thread_stops_the_worker(stack: Stack) -
 def test_an_error_that_cannot_be_put_in_words_fails_its_task_and_nothing_else(
     stack: Stack,
 ) -> None:
-    stack.start_broker()
-    stack.start_worker("--handlers", "flaky_handlers", worker_id="solo", slots=1)
-    stack.wait_workers("solo")
-    client = stack.client()
+    _, client = start_solo(stack)
 
     # Given handlers whose exception's str() raises, quickly and after a takeover (0.2 s).
     for seconds in (b"0", b"0.2"):
