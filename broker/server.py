@@ -52,6 +52,7 @@ from common.errors import Forbidden, InvalidInput, SchedulerError, TooLarge
 from common.logs import Throttled
 from common.protocol import Command
 from common.settings import Settings
+from common.transport import receive_frames
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,9 @@ NOTICE_BYTES = 1024 * 1024
 MAX_PEERS = 10_000
 
 Frames = list[bytes]
+
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 
 
 def timing_from(settings: Settings) -> Timing:
@@ -266,9 +270,9 @@ class BrokerServer:
         try:
             turn = self.metrics.turn
             while not self._stopping.is_set():
-                zmq.zmq_poll(waiting, self._poll_timeout_ms())
+                ready = zmq.zmq_poll(waiting, self._poll_timeout_ms())
                 began = time.perf_counter()
-                self._turn(socket)
+                self._turn(socket, bool(ready))
                 turn.observe(time.perf_counter() - began)
             clean = True
         finally:
@@ -305,14 +309,23 @@ class BrokerServer:
             return math.ceil(MAX_POLL_SECONDS * 1000)
         return math.ceil(min(MAX_POLL_SECONDS, max(0.0, wake - self.clock())) * 1000)
 
-    def _turn(self, socket: zmq.Socket[bytes]) -> None:
+    def _turn(self, socket: zmq.Socket[bytes], ready: bool = True) -> None:
+        """One turn: take in what waits on ``socket`` (``ready``: the poll said something
+        does), then schedule, commit and answer.
+
+        Whether another message waits is asked of the socket (``EVENTS``, as plain ints:
+        pyzmq's flags are enum members, and ``&`` on them costs a microsecond) before each
+        receive after the first: a receive that finds nothing raises ``zmq.Again``, which
+        cost 4 us a turn and the question 2.4 (most turns take in one or two messages)."""
         ends = time.monotonic() + TURN_SECONDS
-        for _ in range(MAX_MESSAGES_PER_TURN):
+        for i in range(MAX_MESSAGES_PER_TURN):
+            if not (ready if i == 0 else cast(int, socket.getsockopt(_EVENTS)) & _POLLIN):
+                break
             try:
                 if self._curve:
                     frames, peer = self._receive_with_peer(socket)
                 else:
-                    frames, peer = socket.recv_multipart(zmq.NOBLOCK), None
+                    frames, peer = receive_frames(socket), None
             except zmq.Again:
                 break
             now = self.clock()
@@ -539,17 +552,17 @@ class BrokerServer:
     def _receive_with_peer(self, socket: zmq.Socket[bytes]) -> tuple[Frames, Peer]:
         """One message and the key it came with (raises ``zmq.Again`` when none waits).
 
-        Only the first frame is taken without copying, to read its ``User-Id``: about as
-        cheap as ``recv_multipart`` (5.4 against 5.4 us a message, where taking every
-        frame without copying cost 8)."""
-        first = socket.recv(zmq.NOBLOCK, copy=False)
+        Taken as ``receive_frames`` takes it, frame by frame without copying: the first
+        frame also says which key sent it (its ``User-Id``)."""
+        frame = socket.recv(zmq.NOBLOCK, copy=False)
         try:
-            user = str(first.get("User-Id"))
+            user = str(frame.get("User-Id"))
         except zmq.ZMQError:  # no ZAP handler answered for this connection
             user = ":"
-        # The rest of the message as today's loop takes it: a frame loop of its own would
-        # cost twice the receive (pyzmq's socket option properties are slow).
-        frames = [first.bytes, *socket.recv_multipart(zmq.NOBLOCK)]
+        frames = [frame.bytes]
+        while frame.more:
+            frame = socket.recv(zmq.NOBLOCK, copy=False)
+            frames.append(frame.bytes)
         peer = self._peers.get(user)
         if peer is None:
             if len(self._peers) >= MAX_PEERS:

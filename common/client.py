@@ -59,7 +59,7 @@ from common.errors import SchedulerError, Unavailable
 from common.inbox import Inbox
 from common.limits import DEFAULT_PAGE, DEFAULT_PURGE
 from common.ops import Op
-from common.transport import send_frames
+from common.transport import receive_frames, send_frames
 
 if TYPE_CHECKING:
     from common.pipeline import Pipeline, Submitted
@@ -169,9 +169,11 @@ class Client:
 
     def _receive(self, seconds: float) -> bool:
         """Take in one message, waiting up to ``seconds``; False if none came."""
+        # The socket's own poll, not zmq.zmq_poll: the API's green sockets wait on gevent's
+        # hub there (``api.clients``), where zmq_poll would block every greenlet.
         if not self._socket.poll(int(seconds * 1000) + 1, zmq.POLLIN):
             return False
-        self._take(self._socket.recv_multipart())
+        self._take(receive_frames(self._socket))
         return True
 
     def pump(self) -> None:
@@ -180,7 +182,7 @@ class Client:
         # Asked first: a receive that finds nothing costs three times as much (zmq.Again).
         while cast(int, socket.getsockopt(_EVENTS)) & _POLLIN:
             try:
-                frames = socket.recv_multipart(zmq.NOBLOCK)
+                frames = receive_frames(socket)
             except zmq.Again:
                 return
             self._take(frames)

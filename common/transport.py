@@ -1,4 +1,4 @@
-"""Putting a message's frames on a ZeroMQ socket, without waiting.
+"""Putting a message's frames on a ZeroMQ socket, and taking them off, without waiting.
 
 ``send_frames(socket, frames)`` is ``socket.send_multipart(frames, zmq.NOBLOCK)`` at
 about a third of its cost: pyzmq's flags are ``IntFlag`` members, and ``send_multipart``
@@ -6,7 +6,13 @@ computes ``SNDMORE | flags`` for every frame but the last, an enum operation tha
 more than the send itself (9.7 against 2.9 us for a 4-frame message). Here the flags
 are plain ints, computed once. The semantics are ``send_multipart``'s: the frames go
 out as one message, and ``zmq.Again`` (or another ``zmq.ZMQError``) is raised from the
-first frame when it cannot be queued. This module knows nothing of what the frames
+first frame when it cannot be queued.
+
+``receive_frames(socket)`` is ``socket.recv_multipart(zmq.NOBLOCK)`` at about half its
+cost, for the same reason: ``recv_multipart`` asks ``getsockopt(zmq.RCVMORE)`` after every
+frame, and turns the option into its enum member each time; a frame taken without copying
+says whether more follow (``Frame.more``), and its bytes are then copied out once (2.8-4.2
+against 5.8-8.3 us for a 4-frame message). This module knows nothing of what the frames
 hold (``common.protocol`` does).
 """
 
@@ -26,3 +32,14 @@ def send_frames(socket: zmq.Socket[bytes], frames: Sequence[bytes]) -> None:
     for i in range(last):
         socket.send(frames[i], _MORE)
     socket.send(frames[last], _LAST)
+
+
+def receive_frames(socket: zmq.Socket[bytes]) -> list[bytes]:
+    """The frames of the next message on ``socket``, or raise ``zmq.Again`` when none waits
+    (the frames of a message arrive together: only its first can find nothing)."""
+    frame = socket.recv(_LAST, copy=False)
+    frames = [frame.bytes]
+    while frame.more:
+        frame = socket.recv(_LAST, copy=False)
+        frames.append(frame.bytes)
+    return frames

@@ -284,14 +284,24 @@ class Wire:
         self.store = store
         self.events = events
         self.inbox: deque[list[bytes]] = deque()
+        #: The frames of the message being received.
+        self._rest: deque[bytes] = deque()
         self._frames: list[bytes] = []
         #: One for every large message sent, in order.
         self.trackers: list[Tracker] = []
 
-    def recv_multipart(self, flags: int = 0) -> list[bytes]:
-        if not self.inbox:
-            raise zmq.Again()
-        return self.inbox.popleft()
+    def recv(self, flags: int = 0, copy: bool = True) -> Frame:
+        """The next frame, as ``copy=False`` gives it."""
+        if not self._rest:
+            if not self.inbox:
+                raise zmq.Again()
+            self._rest = deque(self.inbox.popleft())
+        frame = self._rest.popleft()
+        return Frame(frame, bool(self._rest))
+
+    def getsockopt(self, option: int) -> int:
+        assert option == zmq.EVENTS
+        return zmq.POLLIN if self.inbox or self._rest else 0
 
     def send(
         self, frame: bytes, flags: int = 0, copy: bool = True, track: bool = False
@@ -308,6 +318,14 @@ class Wire:
         tracker = Tracker()
         self.trackers.append(tracker)
         return tracker
+
+
+@dataclass
+class Frame:
+    """Stands in for ``zmq.Frame``: its bytes, and whether more of its message follow."""
+
+    bytes: bytes
+    more: bool
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""``common.transport.send_frames``: one multipart message, or ``zmq.Again`` and nothing."""
+"""``common.transport``: ``send_frames`` queues one multipart message, or raises ``zmq.Again``
+and queues nothing; ``receive_frames`` takes one whole message, or raises ``zmq.Again``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import zmq
 
-from common.transport import send_frames
+from common.transport import receive_frames, send_frames
 
 Sockets = Callable[[int], zmq.Socket[bytes]]
 
@@ -63,3 +64,29 @@ def test_no_peer_raises_again_and_queues_nothing(socket: Sockets) -> None:
     send_frames(dealer, [b"after"])
     assert router.poll(5000)
     assert router.recv_multipart()[1:] == [b"after"]
+
+
+def test_receive_takes_one_whole_message_at_a_time_and_again_when_none_waits(
+    socket: Sockets,
+) -> None:
+    # given a ROUTER with nothing to read
+    router = socket(zmq.ROUTER)
+    router.bind("inproc://transport-receive")
+    # then a receive raises zmq.Again at once, as recv_multipart(NOBLOCK) does
+    with pytest.raises(zmq.Again):
+        receive_frames(router)
+    # when a peer sends messages of several frames, of one, and one with an empty frame
+    dealer = socket(zmq.DEALER)
+    dealer.setsockopt(zmq.ROUTING_ID, b"peer")
+    dealer.connect("inproc://transport-receive")
+    large = bytes(range(256)) * 4096  # past ZeroMQ's inline size: a frame it does not copy
+    for frames in ([b"ZS1", b"DONE", large], [b"one"], [b"", b"last"]):
+        send_frames(dealer, frames)
+    assert router.poll(5000)
+    # then each receive takes one message, whole and in order, as bytes
+    assert receive_frames(router) == [b"peer", b"ZS1", b"DONE", large]
+    assert receive_frames(router) == [b"peer", b"one"]
+    got = receive_frames(router)
+    assert got == [b"peer", b"", b"last"] and all(type(frame) is bytes for frame in got)
+    with pytest.raises(zmq.Again):
+        receive_frames(router)
