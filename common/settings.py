@@ -99,6 +99,12 @@ class Settings:
     # Local stack (zmq-scheduler up).
     #: Number of local zmq-worker processes started by ``zmq-scheduler up``.
     workers: int = _opt(2, "number of local workers", "--workers")
+    #: Seconds ``zmq-scheduler up`` waits before restarting a child that died; doubled at
+    #: each start-up failure in a row (a child that dies within 10 s of its start).
+    restart_delay: float = _opt(
+        1.0, "seconds before up restarts a child that died (doubling while it fails)",
+        "--restart-delay",
+    )  # fmt: skip
     #: Gunicorn worker processes serving the API.
     processes: int = _opt(2, "API server processes", "--processes", API)
     #: Connections one API process serves at once (gunicorn's ``worker_connections``); each
@@ -485,6 +491,7 @@ _RULES: list[tuple[str, Callable[[Settings], bool], str]] = [
      "must be a loopback address such as 127.0.0.1:8080 while the API is open (no "
      "--api-tokens), unless --insecure is given"),
     ("workers", lambda s: s.workers >= 0, "must be >= 0"),
+    ("restart_delay", lambda s: s.restart_delay > 0, "must be > 0"),
     ("processes", lambda s: s.processes >= 1, "must be >= 1"),
     ("connections", lambda s: s.connections >= 1, "must be >= 1"),
     ("concurrency", lambda s: s.concurrency >= 0, "must be >= 0 (0: CPU count)"),

@@ -6,10 +6,11 @@ SIGTERM. Signal handlers only set a flag; the supervision loop does the work.
 
 A child that fails as it starts (its port taken, its store held by another broker, a
 handler module missing) would fail again at once: such quick failures are restarted
-after a back-off (1 s, doubling), and after ``MAX_QUICK_FAILURES`` in a row ``up`` stops
-everything and exits 1, printing the last lines the child wrote. A child that ran for
-``STARTUP_WINDOW`` seconds before it died is restarted as soon as ever. Children's
-standard error passes through ``up`` (which keeps each one's last lines for that).
+after a back-off (``--restart-delay``, 1 s by default, doubling), and after
+``MAX_QUICK_FAILURES`` in a row ``up`` stops everything and exits 1, printing the last
+lines the child wrote. A child that ran for ``STARTUP_WINDOW`` seconds before it died is
+restarted after ``--restart-delay``. Children's standard error passes through ``up``
+(which keeps each one's last lines for that).
 
 The children die with ``up`` however it ends: on Linux each is started with the
 parent-death signal set to SIGTERM, so even ``kill -9`` of ``up`` leaves no broker or
@@ -46,9 +47,6 @@ log = logging.getLogger("zmq-scheduler")
 #: Seconds children get to stop after SIGTERM before they are killed; a worker gets its
 #: drain grace (``--drain-grace``) besides.
 STOP_GRACE = 10.0
-#: Seconds to wait before restarting a child that died; the first back-off of a child
-#: that keeps failing as it starts, doubled at each failure in a row.
-RESTART_DELAY = 1.0
 #: A child that exits within this many seconds of its start failed at start-up (gunicorn
 #: tries a taken port for 5 s before it gives up).
 STARTUP_WINDOW = 10.0
@@ -66,6 +64,9 @@ PR_SET_PDEATHSIG = 1
 class Backoff:
     """When to restart a child that exited: a policy with no clock of its own."""
 
+    #: Seconds to wait before restarting a child that died (``--restart-delay``); the first
+    #: back-off of a child that keeps failing as it starts, doubled at each failure in a row.
+    restart_delay: float = 1.0
     #: Start-up failures in a row.
     failures: int = 0
 
@@ -74,11 +75,11 @@ class Backoff:
         to give up on it."""
         if ran_for >= STARTUP_WINDOW:
             self.failures = 0
-            return RESTART_DELAY
+            return self.restart_delay
         self.failures += 1
         if self.failures >= MAX_QUICK_FAILURES:
             return None
-        return RESTART_DELAY * 2.0 ** (self.failures - 1)
+        return self.restart_delay * 2.0 ** (self.failures - 1)
 
 
 @dataclass
@@ -189,6 +190,8 @@ def children(settings: Settings) -> list[Child]:
         argv = [python, "-m", "worker", *worker]
         grace = settings.drain_grace + STOP_GRACE
         out.append(Child(f"worker-{i}", argv, grace=grace, drains=True))
+    for child in out:
+        child.backoff = Backoff(settings.restart_delay)
     return out
 
 

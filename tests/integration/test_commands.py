@@ -169,8 +169,9 @@ def test_up_passes_every_setting_on_to_the_children_that_take_it(tmp_path: Path)
     port = free_port()
     given = {
         "--broker": stack.endpoint, "--data": str(tmp_path / "s.db"), "--sync": "normal",
-        "--listen": f"127.0.0.1:{port}", "--workers": "1", "--processes": "1",
-        "--connections": "300", "--concurrency": "2", "--id": "w", "--capabilities": "gpu",
+        "--listen": f"127.0.0.1:{port}", "--workers": "1", "--restart-delay": "0.5",
+        "--processes": "1", "--connections": "300", "--concurrency": "2", "--id": "w",
+        "--capabilities": "gpu",
         "--cpu": "2.0", "--memory": "512.0", "--disk": "1024.0",
         "--handlers": "flaky_handlers", "--pool": "process", "--drain-grace": "7.0",
         "--reconnect-backoff": "0.5",

@@ -96,18 +96,20 @@ def test_up_gives_up_on_a_broker_whose_address_is_taken_and_stops_everything(
     task_id = client.submit("echo", b"mine")
 
     # When `zmq-scheduler up` is started on the same address and the same store.
+    # (its first back-off 0.1 s instead of 1 s).
     argv = up_argv(stack, free_port(), "--workers", "1", "--processes", "1")
+    argv += ["--restart-delay", "0.1"]
     argv[argv.index("--data") + 1] = stack.data
     up = Proc("up", argv, stack.tmp_path)
     try:
         # Then it exits 1 once its broker failed 5 times in a row, backing off in between,
-        # and says why with the broker's own last words (it could not bind: it never got
-        # as far as the live broker's store).
+        # doubling the delay, and says why with the broker's own last words (it could not
+        # bind: it never got as far as the live broker's store).
         assert up.popen.wait(timeout=90) == 1
         output = up.output()
         assert len(re.findall(r"started broker \(pid \d+\)", output)) == 5, output
         assert re.findall(r"broker \(pid \d+\) exited with 1 .*restarting in (\S+) s", output) == [
-            "1", "2", "4", "8"
+            "0.1", "0.2", "0.4", "0.8"
         ], output  # fmt: skip
         summary = output.split("zmq-scheduler: broker exited 5 times in a row", 1)
         assert len(summary) == 2, output

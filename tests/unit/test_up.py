@@ -1,5 +1,6 @@
 """``zmq-scheduler up``'s restart policy: back off a child that fails as it starts, give up
-after a few such failures in a row, restart at once one that ran a while; and how it stops
+after a few such failures in a row, restart one that ran a while after the first back-off
+(``--restart-delay``); and how it stops
 its children: the workers first, each within its drain grace, then the others."""
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from typing import Any
 from common.settings import Settings
 from common.up import (
     MAX_QUICK_FAILURES,
-    RESTART_DELAY,
     STARTUP_WINDOW,
     STOP_GRACE,
     Backoff,
@@ -25,6 +25,8 @@ from tests.conftest import wait_for
 
 QUICK = STARTUP_WINDOW / 10
 LONG = STARTUP_WINDOW * 10
+#: ``--restart-delay``'s default.
+RESTART_DELAY = Settings().restart_delay
 
 
 def test_failures_as_it_starts_back_off_doubling_then_give_up() -> None:
@@ -33,7 +35,18 @@ def test_failures_as_it_starts_back_off_doubling_then_give_up() -> None:
     assert delays == [RESTART_DELAY * 2**n for n in range(MAX_QUICK_FAILURES - 1)] + [None]
 
 
-def test_a_child_that_ran_a_while_is_restarted_at_once_and_its_count_starts_again() -> None:
+def test_the_back_off_starts_at_the_restart_delay_of_the_settings() -> None:
+    assert RESTART_DELAY == 1.0
+    procs = children(Settings(workers=1, restart_delay=0.25))
+    assert [child.name for child in procs] == ["broker", "api", "worker-1"]
+    for child in procs:
+        assert [child.backoff.delay(QUICK) for _ in range(MAX_QUICK_FAILURES)] == [
+            0.25, 0.5, 1.0, 2.0, None
+        ], child.name  # fmt: skip
+        assert child.backoff.delay(LONG) == 0.25
+
+
+def test_a_child_that_ran_a_while_is_restarted_after_the_delay_and_its_count_starts_again() -> None:
     backoff = Backoff()
     for _ in range(MAX_QUICK_FAILURES - 1):
         backoff.delay(QUICK)
