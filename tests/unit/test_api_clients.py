@@ -1,15 +1,19 @@
-"""The API's broker client pool: green sockets that poll whatever their file descriptor."""
+"""The API's broker client pool: green sockets that poll whatever their file descriptor, and
+wait on gevent's hub, not holding it."""
 
 from __future__ import annotations
 
 import os
 import resource
+import time
 from collections.abc import Iterator
 
 import pytest
 import zmq
 
 from api.clients import green_context
+from common.client import Client
+from common.errors import Unavailable
 
 #: Open files to hold, so the next sockets get descriptors past select's limit (1,023).
 HELD = 1100
@@ -50,4 +54,37 @@ def test_green_sockets_poll_past_selects_file_descriptor_limit(many_files_open: 
     finally:
         a.close(linger=0)
         b.close(linger=0)
+        context.term()
+
+
+def test_a_client_on_green_sockets_lets_other_greenlets_run_while_it_waits() -> None:
+    import gevent
+
+    # given a broker that never answers, and a client of the API's green context
+    context = green_context()
+    silent: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.ROUTER)
+    port = silent.bind_to_random_port("tcp://127.0.0.1")
+    client = Client(f"tcp://127.0.0.1:{port}", timeout=5, context=context)
+    ticks: list[float] = []
+
+    def tick() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            gevent.sleep(0.01)
+
+    ticker = gevent.spawn(tick)
+    try:
+        gevent.sleep(0.05)
+        # when a call waits for its reply until it gives up
+        began, before = time.monotonic(), len(ticks)
+        with pytest.raises(Unavailable):
+            client.health(timeout=0.5)
+        # then another greenlet of the process ran all along (a poll that held the hub
+        # would have let it run not once: every request of an API process would wait)
+        assert time.monotonic() - began >= 0.5
+        assert len(ticks) - before >= 10
+    finally:
+        ticker.kill()
+        client.close()
+        silent.close(linger=0)
         context.term()
