@@ -254,7 +254,10 @@ def supervise(procs: list[Child]) -> int:
         child.start(selector)
     try:
         while failed is None:
-            relay_output(selector, POLL_SECONDS)
+            # Woken for the next restart too: a --restart-delay under POLL_SECONDS holds.
+            due = [child.restart_at for child in procs if child.restart_at is not None]
+            wait = POLL_SECONDS if not due else min(POLL_SECONDS, min(due) - time.monotonic())
+            relay_output(selector, max(0.0, wait))
             if stopping:  # Ctrl-C reaches the children too: their exits are no crash
                 break
             now = time.monotonic()
