@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import zmq
 
@@ -59,7 +59,7 @@ from common.errors import SchedulerError, Unavailable
 from common.inbox import Inbox
 from common.limits import DEFAULT_PAGE, DEFAULT_PURGE
 from common.ops import Op
-from common.transport import receive_frames, send_frames
+from common.transport import message_waits, receive_frames, send_frames
 
 if TYPE_CHECKING:
     from common.pipeline import Pipeline, Submitted
@@ -71,8 +71,6 @@ T = TypeVar("T")
 #: Seconds a call waits for the broker when no timeout is given (``ZMQS_REQUEST_TIMEOUT``
 #: overrides it for ``Client()``).
 DEFAULT_TIMEOUT: float = settings.Settings().request_timeout
-
-_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
 class Client:
@@ -180,7 +178,7 @@ class Client:
         """Take in every message that waits on the socket, without waiting."""
         socket = self._socket
         # Asked first: a receive that finds nothing costs three times as much (zmq.Again).
-        while cast(int, socket.getsockopt(_EVENTS)) & _POLLIN:
+        while message_waits(socket):
             try:
                 frames = receive_frames(socket)
             except zmq.Again:

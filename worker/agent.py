@@ -15,7 +15,7 @@ connection (a reconnect) for the same worker only with the same token. With ``cu
 keys the socket is a CURVE client of the broker (``common.curve``).
 
 Runner threads hand outcomes over through a queue and wake the loop by writing a
-byte to a pipe whose read end sits in the same ``zmq.Poller`` as the socket. A worker of
+byte to a pipe whose read end the loop polls with the socket. A worker of
 one slot (thread pool) runs the handler of a plain function on the loop's own thread
 instead, and a second thread takes the loop over if it runs long (``worker.relay``).
 
@@ -37,7 +37,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 import zmq
 
@@ -48,7 +48,7 @@ from common.limits import MAX_ERROR_LENGTH
 from common.messages import RunKey
 from common.models import TaskStatus
 from common.protocol import Command
-from common.transport import receive_frames, send_frames
+from common.transport import message_waits, receive_frames, send_frames
 from worker.relay import Relay
 from worker.runner import OnDone, Outcome, Runner
 
@@ -73,8 +73,6 @@ SHUTDOWN_LINGER_MS = 500
 MAX_POLL = 1.0
 #: Most messages handled per loop turn, so outcomes are flushed under a flood of messages.
 RECEIVE_BATCH = 1000
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
 #: Result bytes in one DONE past which the next outcome goes in another: the broker reads
 #: no frame larger than its ``--max-payload`` and 16 MiB, nor 64 MiB.
 DONE_BYTES = 16 * 1024 * 1024
@@ -392,12 +390,12 @@ class Agent:
 
     def _receive(self) -> None:
         """Handle what the broker sent, the poll having said something waits: whether more
-        does is asked of the socket (``EVENTS``, as plain ints) rather than found by a
-        receive that raises ``zmq.Again``, which costs twice as much."""
+        does is asked (``message_waits``) rather than found by a receive that raises
+        ``zmq.Again``, which costs twice as much."""
         for i in range(RECEIVE_BATCH):
             if self._socket is None:
                 return
-            if i and not cast(int, self._socket.getsockopt(_EVENTS)) & _POLLIN:
+            if i and not message_waits(self._socket):
                 return
             try:
                 frames = receive_frames(self._socket)

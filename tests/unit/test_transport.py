@@ -1,5 +1,6 @@
 """``common.transport``: ``send_frames`` queues one multipart message, or raises ``zmq.Again``
-and queues nothing; ``receive_frames`` takes one whole message, or raises ``zmq.Again``."""
+and queues nothing; ``receive_frames`` takes one whole message, or raises ``zmq.Again``,
+which ``message_waits`` tells in advance."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import zmq
 
-from common.transport import receive_frames, send_frames
+from common.transport import message_waits, receive_frames, send_frames
 
 Sockets = Callable[[int], zmq.Socket[bytes]]
 
@@ -72,7 +73,9 @@ def test_receive_takes_one_whole_message_at_a_time_and_again_when_none_waits(
     # given a ROUTER with nothing to read
     router = socket(zmq.ROUTER)
     router.bind("inproc://transport-receive")
-    # then a receive raises zmq.Again at once, as recv_multipart(NOBLOCK) does
+    # then none is said to wait, and a receive raises zmq.Again at once, as
+    # recv_multipart(NOBLOCK) does
+    assert not message_waits(router)
     with pytest.raises(zmq.Again):
         receive_frames(router)
     # when a peer sends messages of several frames, of one, and one with an empty frame
@@ -86,7 +89,9 @@ def test_receive_takes_one_whole_message_at_a_time_and_again_when_none_waits(
     # then each receive takes one message, whole and in order, as bytes
     assert receive_frames(router) == [b"peer", b"ZS1", b"DONE", large]
     assert receive_frames(router) == [b"peer", b"one"]
+    assert message_waits(router)
     got = receive_frames(router)
     assert got == [b"peer", b"", b"last"] and all(type(frame) is bytes for frame in got)
+    assert not message_waits(router)
     with pytest.raises(zmq.Again):
         receive_frames(router)
