@@ -1,0 +1,275 @@
+"""Workload A of the peers' comparison, beside the least that workload could cost.
+
+Workload A (``bench/peers``): tasks submitted one call each (``Client.pipeline().submit``,
+which keeps submits in flight), each result read with its own ``Client.result``, two
+``zmq-worker --concurrency 1`` processes and a broker with ``--sync off``. The caller batches
+nothing, and a worker gets a task only once its one slot is free, so each task costs a
+round trip between the broker and a worker.
+
+Its floor is the same workload with nothing but that message path: a relay process (one
+ROUTER, as the broker's) that queues each submitted task, hands it to a worker whose task is
+done and answers the submit with the result; the workers are the floor's echo workers
+(``bench.floor``). The frames are ours (``common.protocol``); there is no store, no index, no
+lease, no acknowledgement and no liveness.
+
+Both run side by side, the rounds alternated (ours, then the floor, then ours...) so that
+each sees the same moments of a noisy machine: tasks/s for each (medians of the rounds),
+and the CPU a task of each kind of process (client, broker or relay, the two workers).
+The ratio says how much of the message path's speed the scheduler keeps; the CPU split
+says where the rest goes: on a machine of two cores the processes share, the whole
+system's CPU a task sets the pace as much as any one process's does.
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import zmq
+
+from bench.harness import (
+    Procs,
+    Report,
+    StopFlag,
+    arg_parser,
+    cpu_seconds,
+    free_endpoint,
+    start_broker,
+    start_workers,
+)
+from common import protocol
+from common.client import Client
+from common.ops import Reply
+from common.protocol import Command
+from common.transport import message_waits, receive_frames, send_frames
+
+#: Tasks a round, rounds of each system, and unmeasured tasks first.
+TASKS = 10_000
+ROUNDS = 5
+WARMUP = 500
+#: One-slot worker processes, as in the peers' rows.
+WORKERS = 2
+#: Seconds a round may take before the benchmark fails.
+ROUND_LIMIT = 120.0
+
+
+# -- the floor: a relay that leases one task at a time to each worker ----------------------
+
+
+def relay(endpoint: str) -> None:
+    """Serve the floor's relay on ``endpoint`` until SIGTERM (``python -m bench.per_call
+    relay --bind ENDPOINT``)."""
+    stop = StopFlag()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 100_000)
+    sock.setsockopt(zmq.RCVHWM, 100_000)
+    sock.bind(endpoint)
+    waiting = [(sock, zmq.POLLIN)]
+    queued: deque[tuple[str, dict[str, object]]] = deque()
+    free: deque[bytes] = deque()
+    workers = 0
+    #: The client's address and request of each task, by id.
+    asked: dict[str, tuple[bytes, int]] = {}
+    seq = 0
+    while not stop.flag:
+        if not zmq.zmq_poll(waiting, 100):
+            continue
+        while message_waits(sock):
+            address, *frames = receive_frames(sock)
+            message = protocol.unpack(frames)
+            body = message.body
+            if message.command is Command.REQUEST:
+                if body["op"] == "health":
+                    answer = Reply(body["req"], {"workers": workers})
+                    send_frames(sock, [address, *protocol.reply(answer)])
+                    continue
+                spec = body["args"]["tasks"][0]
+                seq += 1
+                task_id = f"{seq:032x}"
+                asked[task_id] = (address, body["req"])
+                entry = {"task_id": task_id, "attempt": 1, "handler": spec["handler"],
+                         "args": spec["args"], "timeout": None}  # fmt: skip
+                queued.append((task_id, entry))
+            elif message.command is Command.READY:
+                workers += 1
+                free.append(address)
+            elif message.command is Command.DONE:
+                for result in body["results"]:
+                    client, req = asked.pop(result["task_id"])
+                    value = {"id": result["task_id"], "status": result["status"],
+                             "result": result["result"]}  # fmt: skip
+                    send_frames(sock, [client, *protocol.reply(Reply(req, value))])
+                free.append(address)
+        while queued and free:
+            _, entry = queued.popleft()
+            body = {"tasks": [entry]}
+            send_frames(sock, [free.popleft(), *protocol.pack(Command.DISPATCH, body)])
+    ctx.destroy(linger=0)
+
+
+class FloorClient:
+    """Workload A against the floor's relay: every submit sent, then every result read."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, 100_000)
+        self.sock.setsockopt(zmq.RCVHWM, 100_000)
+        self.sock.connect(endpoint)
+        self.req = 0
+
+    def _send(self, op: str, args: dict[str, object]) -> int:
+        self.req += 1
+        send_frames(self.sock, protocol.pack(Command.REQUEST, {"req": self.req, "op": op,
+                                                                "args": args}))  # fmt: skip
+        return self.req
+
+    def _receive(self, deadline: float) -> dict[str, object]:
+        left = deadline - time.monotonic()
+        if left <= 0 or not self.sock.poll(int(left * 1000)):
+            raise RuntimeError("the floor's relay did not answer in time")
+        body: dict[str, object] = protocol.unpack(receive_frames(self.sock)).body
+        return body
+
+    def wait_workers(self, count: int) -> None:
+        deadline = time.monotonic() + 30
+        while True:
+            req = self._send("health", {})
+            while (body := self._receive(deadline))["req"] != req:
+                pass
+            value = body["value"]
+            assert isinstance(value, dict)
+            if value["workers"] >= count:
+                return
+            time.sleep(0.05)
+
+    def workload(self, first: int, count: int) -> None:
+        deadline = time.monotonic() + ROUND_LIMIT
+        expected: dict[int, bytes] = {}
+        for i in range(first, first + count):
+            args = b"%d" % i
+            expected[self._send("submit", {"tasks": [{"handler": "echo", "args": args}]})] = args
+        while expected:
+            body = self._receive(deadline)
+            value = body["value"]
+            assert isinstance(value, dict) and isinstance(body["req"], int)
+            if value["result"] != expected.pop(body["req"]):
+                raise RuntimeError(f"wrong result from the floor: {body!r}")
+
+    def close(self) -> None:
+        self.ctx.destroy(linger=0)
+
+
+def ours(client: Client, first: int, count: int) -> None:
+    """Workload A against the scheduler: a pipelined submit and a ``result`` per task."""
+    pipeline = client.pipeline()
+    handles = [pipeline.submit("echo", b"%d" % i) for i in range(first, first + count)]
+    pipeline.flush()
+    for i, handle in zip(range(first, first + count), handles, strict=True):
+        if client.result(handle, ROUND_LIMIT) != b"%d" % i:
+            raise RuntimeError(f"wrong result for task {i}")
+
+
+# -- the benchmark ----------------------------------------------------------------------------
+
+
+@dataclass
+class Side:
+    """One system under measurement: its process groups and what each round measured."""
+
+    name: str
+    #: Process groups of the server (broker or relay) and of each worker.
+    server: int
+    workers: list[int]
+    rates: list[float] = field(default_factory=list)
+    #: CPU seconds of each kind of process, summed over the rounds.
+    cpu: dict[str, float] = field(default_factory=lambda: {"client": 0.0, "server": 0.0,
+                                                           "workers": 0.0})  # fmt: skip
+    tasks: int = 0
+
+    def measure(self, count: int, workload: Callable[[], None]) -> None:
+        began_cpu = self._cpu()
+        began = time.perf_counter()
+        workload()
+        seconds = time.perf_counter() - began
+        for kind, used in self._cpu().items():
+            self.cpu[kind] += used - began_cpu[kind]
+        self.rates.append(count / seconds)
+        self.tasks += count
+
+    def _cpu(self) -> dict[str, float]:
+        return {
+            "client": time.process_time(),
+            "server": cpu_seconds(self.server),
+            "workers": sum(cpu_seconds(pgid) for pgid in self.workers),
+        }
+
+    def us_per_task(self, kind: str) -> float:
+        return self.cpu[kind] / self.tasks * 1e6
+
+
+def run(quick: bool = False, floor: object = None) -> Report:
+    tasks, rounds, warmup = (TASKS // 5, 2, WARMUP // 5) if quick else (TASKS, ROUNDS, WARMUP)
+    report = Report("one call per task: workload A of bench/peers beside its floor")
+    with Procs() as procs:
+        broker = start_broker(procs, "--sync", "off")
+        workers = start_workers(procs, broker.endpoint, WORKERS, concurrency=1)
+        relay_endpoint = free_endpoint()
+        relay_proc = procs.python("per-call-relay", "bench.per_call", "relay", "--bind",
+                                  relay_endpoint)  # fmt: skip
+        echoes = [procs.python("per-call-echo", "bench.floor", "worker", "--back",
+                               relay_endpoint) for _ in range(WORKERS)]  # fmt: skip
+        ours_side = Side("ours", broker.proc.pid, [p.pid for p in workers.values()])
+        floor_side = Side("floor", relay_proc.pid, [p.pid for p in echoes])
+        floor_client = FloorClient(relay_endpoint)
+        try:
+            with Client(broker.endpoint, timeout=30.0) as client:
+                floor_client.wait_workers(WORKERS)
+                ours(client, 0, warmup)
+                floor_client.workload(0, warmup)
+                for r in range(rounds):
+                    first = warmup + r * tasks
+                    ours_side.measure(tasks, functools.partial(ours, client, first, tasks))
+                    floor_round = functools.partial(floor_client.workload, first, tasks)
+                    floor_side.measure(tasks, floor_round)
+        finally:
+            floor_client.close()
+    setup = f"{tasks:,} tasks, 2 one-slot workers, {rounds} rounds alternated"
+    ours_rate = statistics.median(ours_side.rates)
+    floor_rate = statistics.median(floor_side.rates)
+    report.add(f"floor: tasks/s ({setup})", floor_rate, "tasks/s")
+    report.add("ours: tasks/s, broker --sync off", ours_rate, "tasks/s", base=floor_rate)
+    for kind, label in (("server", "broker (floor: relay)"), ("workers", "2 workers"),
+                        ("client", "client")):  # fmt: skip
+        floor_us = floor_side.us_per_task(kind)
+        report.add(f"floor: CPU a task, {label}", floor_us, "us")
+        report.add(f"ours: CPU a task, {label}", ours_side.us_per_task(kind), "us",
+                   base=floor_us)  # fmt: skip
+    floor_total = sum(floor_side.us_per_task(k) for k in floor_side.cpu)
+    report.add("floor: CPU a task, whole system", floor_total, "us")
+    ours_total = sum(ours_side.us_per_task(k) for k in ours_side.cpu)
+    report.add("ours: CPU a task, whole system", ours_total, "us", base=floor_total)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = arg_parser(__doc__)
+    parser.add_argument("--quick", action="store_true")
+    sub = parser.add_subparsers(dest="role")
+    sub.add_parser("relay").add_argument("--bind", required=True)
+    args = parser.parse_args(argv)
+    if args.role == "relay":
+        relay(args.bind)
+    else:
+        print(run(args.quick).table())
+
+
+if __name__ == "__main__":
+    main()
