@@ -2,9 +2,10 @@
 
 Workload A (``bench/peers``): tasks submitted one call each (``Client.pipeline().submit``,
 which keeps submits in flight), each result read with its own ``Client.result``, two
-``zmq-worker --concurrency 1`` processes and a broker with ``--sync off``. The caller batches
-nothing, and a worker gets a task only once its one slot is free, so each task costs a
-round trip between the broker and a worker.
+``zmq-worker --concurrency 1`` processes and a broker with ``--sync off`` (and, beside it, one
+with ``--sync full``, an fsync a commit, with two workers of its own). The caller batches
+nothing, and a worker gets a task only once its one slot is free, so each task costs a round
+trip between the broker and a worker.
 
 Its floor is the same workload with nothing but that message path: a relay process (one
 ROUTER, as the broker's) that queues each submitted task, hands it to a worker whose task is
@@ -12,9 +13,10 @@ done and answers the submit with the result; the workers are the floor's echo wo
 (``bench.floor``). The frames are ours (``common.protocol``); there is no store, no index, no
 lease, no acknowledgement and no liveness.
 
-Both run side by side, the rounds alternated (ours, then the floor, then ours...) so that
-each sees the same moments of a noisy machine: tasks/s for each (medians of the rounds),
-and the CPU a task of each kind of process (client, broker or relay, the two workers).
+They run side by side, the rounds alternated (ours, ours with fsync, the floor, ours...) so
+that each sees the same moments of a noisy machine: tasks/s for each (medians of the rounds),
+and the CPU a task of each kind of process (client, broker or relay, the two workers, with
+``--sync off``).
 The ratio says how much of the message path's speed the scheduler keeps; the CPU split
 says where the rest goes: on a machine of two cores the processes share, the whole
 system's CPU a task sets the pace as much as any one process's does.
@@ -22,6 +24,7 @@ system's CPU a task sets the pace as much as any one process's does.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import statistics
 import time
@@ -219,43 +222,54 @@ def run(quick: bool = False, floor: object = None) -> Report:
     tasks, rounds, warmup = (TASKS // 5, 2, WARMUP // 5) if quick else (TASKS, ROUNDS, WARMUP)
     report = Report("one call per task: workload A of bench/peers beside its floor")
     with Procs() as procs:
-        broker = start_broker(procs, "--sync", "off")
-        workers = start_workers(procs, broker.endpoint, WORKERS, concurrency=1)
+        brokers = {sync: start_broker(procs, "--sync", sync) for sync in ("off", "full")}
+        sides: dict[str, Side] = {}
+        for sync, broker in brokers.items():
+            workers = start_workers(procs, broker.endpoint, WORKERS, concurrency=1)
+            sides[sync] = Side(sync, broker.proc.pid, [p.pid for p in workers.values()])
         relay_endpoint = free_endpoint()
         relay_proc = procs.python("per-call-relay", "bench.per_call", "relay", "--bind",
                                   relay_endpoint)  # fmt: skip
         echoes = [procs.python("per-call-echo", "bench.floor", "worker", "--back",
                                relay_endpoint) for _ in range(WORKERS)]  # fmt: skip
-        ours_side = Side("ours", broker.proc.pid, [p.pid for p in workers.values()])
         floor_side = Side("floor", relay_proc.pid, [p.pid for p in echoes])
         floor_client = FloorClient(relay_endpoint)
         try:
-            with Client(broker.endpoint, timeout=30.0) as client:
+            with contextlib.ExitStack() as stack:
+                clients = {
+                    sync: stack.enter_context(Client(broker.endpoint, timeout=30.0))
+                    for sync, broker in brokers.items()
+                }
                 floor_client.wait_workers(WORKERS)
-                ours(client, 0, warmup)
+                for client in clients.values():
+                    ours(client, 0, warmup)
                 floor_client.workload(0, warmup)
                 for r in range(rounds):
                     first = warmup + r * tasks
-                    ours_side.measure(tasks, functools.partial(ours, client, first, tasks))
+                    for sync, client in clients.items():
+                        sides[sync].measure(tasks, functools.partial(ours, client, first, tasks))
                     floor_round = functools.partial(floor_client.workload, first, tasks)
                     floor_side.measure(tasks, floor_round)
         finally:
             floor_client.close()
     setup = f"{tasks:,} tasks, 2 one-slot workers, {rounds} rounds alternated"
-    ours_rate = statistics.median(ours_side.rates)
     floor_rate = statistics.median(floor_side.rates)
     report.add(f"floor: tasks/s ({setup})", floor_rate, "tasks/s")
-    report.add("ours: tasks/s, broker --sync off", ours_rate, "tasks/s", base=floor_rate)
+    report.add("ours: tasks/s, broker --sync off", statistics.median(sides["off"].rates),
+               "tasks/s", base=floor_rate)  # fmt: skip
+    report.add("ours: tasks/s, broker --sync full (an fsync a commit)",
+               statistics.median(sides["full"].rates), "tasks/s", base=floor_rate)  # fmt: skip
+    ours_side = sides["off"]
     for kind, label in (("server", "broker (floor: relay)"), ("workers", "2 workers"),
                         ("client", "client")):  # fmt: skip
         floor_us = floor_side.us_per_task(kind)
         report.add(f"floor: CPU a task, {label}", floor_us, "us")
-        report.add(f"ours: CPU a task, {label}", ours_side.us_per_task(kind), "us",
+        report.add(f"ours: CPU a task, {label}, --sync off", ours_side.us_per_task(kind), "us",
                    base=floor_us)  # fmt: skip
     floor_total = sum(floor_side.us_per_task(k) for k in floor_side.cpu)
     report.add("floor: CPU a task, whole system", floor_total, "us")
     ours_total = sum(ours_side.us_per_task(k) for k in ours_side.cpu)
-    report.add("ours: CPU a task, whole system", ours_total, "us", base=floor_total)
+    report.add("ours: CPU a task, whole system, --sync off", ours_total, "us", base=floor_total)
     return report
 
 
