@@ -8,18 +8,19 @@ nothing, and a worker gets a task only once its one slot is free, so each task c
 trip between the broker and a worker.
 
 Its floor is the same workload with nothing but that message path: a relay process (one
-ROUTER, as the broker's) that queues each submitted task, hands it to a worker whose task is
-done and answers the submit with the result; the workers are the floor's echo workers
-(``bench.floor``). The frames are ours (``common.protocol``); there is no store, no index, no
-lease, no acknowledgement and no liveness.
+ROUTER, as the broker's) that answers a submit of many tasks with their ids at once, hands each
+task to a worker whose one task is done, and sends the outcomes a turn collects to their
+client in one ``OUTCOME``, as the broker sends them; the workers are the floor's echo workers
+(``bench.floor``), and its client submits in batches of ``BATCH`` as the pipeline does. The
+frames are ours (``common.protocol``); there is no store, no index, no lease, no
+acknowledgement of outcomes and no liveness.
 
 They run side by side, the rounds alternated (ours, ours with fsync, the floor, ours...) so
 that each sees the same moments of a noisy machine: tasks/s for each (medians of the rounds),
 and the CPU a task of each kind of process (client, broker or relay, the two workers, with
-``--sync off``).
-The ratio says how much of the message path's speed the scheduler keeps; the CPU split
-says where the rest goes: on a machine of two cores the processes share, the whole
-system's CPU a task sets the pace as much as any one process's does.
+``--sync off``). The ratio says how much of the message path's speed the scheduler keeps;
+the CPU split says where the rest goes: on a machine of two cores the processes share, the
+whole system's CPU a task sets the pace as much as any one process's does.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from bench.harness import (
 )
 from common import protocol
 from common.client import Client
-from common.ops import Reply
+from common.ops import Outcomes, Reply
 from common.protocol import Command
 from common.transport import message_waits, receive_frames, send_frames
 
@@ -56,6 +57,8 @@ ROUNDS = 5
 WARMUP = 500
 #: One-slot worker processes, as in the peers' rows.
 WORKERS = 2
+#: Tasks a submit carries, as ``Client.pipeline()`` batches them.
+BATCH = 1000
 #: Seconds a round may take before the benchmark fails.
 ROUND_LIMIT = 120.0
 
@@ -65,7 +68,12 @@ ROUND_LIMIT = 120.0
 
 def relay(endpoint: str) -> None:
     """Serve the floor's relay on ``endpoint`` until SIGTERM (``python -m bench.per_call
-    relay --bind ENDPOINT``)."""
+    relay --bind ENDPOINT``).
+
+    The wire is ours: a ``submit`` of many tasks is answered at once with their ids, each
+    task goes in a ``DISPATCH`` to a worker whose one task is done, and the outcomes a turn
+    collects go to their client in one ``OUTCOME``; only the scheduler's work is missing.
+    """
     stop = StopFlag()
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
@@ -74,50 +82,64 @@ def relay(endpoint: str) -> None:
     sock.setsockopt(zmq.RCVHWM, 100_000)
     sock.bind(endpoint)
     waiting = [(sock, zmq.POLLIN)]
-    queued: deque[tuple[str, dict[str, object]]] = deque()
+    queued: deque[dict[str, object]] = deque()
     free: deque[bytes] = deque()
     workers = 0
-    #: The client's address and request of each task, by id.
-    asked: dict[str, tuple[bytes, int]] = {}
+    #: The client of each task, by id.
+    client_of: dict[str, bytes] = {}
     seq = 0
     while not stop.flag:
         if not zmq.zmq_poll(waiting, 100):
             continue
+        outcomes: dict[bytes, list[dict[str, object]]] = {}
         while message_waits(sock):
             address, *frames = receive_frames(sock)
             message = protocol.unpack(frames)
             body = message.body
             if message.command is Command.REQUEST:
-                if body["op"] == "health":
-                    answer = Reply(body["req"], {"workers": workers})
-                    send_frames(sock, [address, *protocol.reply(answer)])
-                    continue
-                spec = body["args"]["tasks"][0]
-                seq += 1
-                task_id = f"{seq:032x}"
-                asked[task_id] = (address, body["req"])
-                entry = {"task_id": task_id, "attempt": 1, "handler": spec["handler"],
-                         "args": spec["args"], "timeout": None}  # fmt: skip
-                queued.append((task_id, entry))
+                value: object = {"workers": workers}
+                if body["op"] == "submit":
+                    ids = []
+                    for spec in body["args"]["tasks"]:
+                        seq += 1
+                        task_id = f"{seq:032x}"
+                        client_of[task_id] = address
+                        entry = {
+                            "task_id": task_id,
+                            "attempt": 1,
+                            "handler": spec["handler"],
+                            "args": spec["args"],
+                            "timeout": None,
+                        }
+                        queued.append(entry)
+                        ids.append(task_id)
+                    value = {"ids": ids}
+                send_frames(sock, [address, *protocol.reply(Reply(body["req"], value))])
             elif message.command is Command.READY:
                 workers += 1
                 free.append(address)
             elif message.command is Command.DONE:
                 for result in body["results"]:
-                    client, req = asked.pop(result["task_id"])
-                    value = {"id": result["task_id"], "status": result["status"],
-                             "result": result["result"]}  # fmt: skip
-                    send_frames(sock, [client, *protocol.reply(Reply(req, value))])
+                    task_id = result["task_id"]
+                    outcome = {
+                        "id": task_id,
+                        "status": result["status"],
+                        "result": result["result"],
+                        "error": result["error"],
+                    }
+                    outcomes.setdefault(client_of.pop(task_id), []).append(outcome)
                 free.append(address)
         while queued and free:
-            _, entry = queued.popleft()
-            body = {"tasks": [entry]}
+            body = {"tasks": [queued.popleft()]}
             send_frames(sock, [free.popleft(), *protocol.pack(Command.DISPATCH, body)])
+        for client, tasks in outcomes.items():
+            send_frames(sock, [client, *protocol.outcomes(Outcomes(tasks))])
     ctx.destroy(linger=0)
 
 
 class FloorClient:
-    """Workload A against the floor's relay: every submit sent, then every result read."""
+    """Workload A against the floor's relay: the submits sent in batches of ``BATCH`` as our
+    pipeline sends them, each batch's ids awaited, then every outcome read."""
 
     def __init__(self, endpoint: str) -> None:
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -134,37 +156,39 @@ class FloorClient:
                                                                 "args": args}))  # fmt: skip
         return self.req
 
-    def _receive(self, deadline: float) -> dict[str, object]:
+    def _receive(self, deadline: float) -> protocol.Message:
         left = deadline - time.monotonic()
         if left <= 0 or not self.sock.poll(int(left * 1000)):
             raise RuntimeError("the floor's relay did not answer in time")
-        body: dict[str, object] = protocol.unpack(receive_frames(self.sock)).body
-        return body
+        return protocol.unpack(receive_frames(self.sock))
 
     def wait_workers(self, count: int) -> None:
         deadline = time.monotonic() + 30
         while True:
             req = self._send("health", {})
-            while (body := self._receive(deadline))["req"] != req:
+            while (body := self._receive(deadline).body).get("req") != req:
                 pass
-            value = body["value"]
-            assert isinstance(value, dict)
-            if value["workers"] >= count:
+            if body["value"]["workers"] >= count:
                 return
             time.sleep(0.05)
 
     def workload(self, first: int, count: int) -> None:
         deadline = time.monotonic() + ROUND_LIMIT
-        expected: dict[int, bytes] = {}
-        for i in range(first, first + count):
-            args = b"%d" % i
-            expected[self._send("submit", {"tasks": [{"handler": "echo", "args": args}]})] = args
-        while expected:
-            body = self._receive(deadline)
-            value = body["value"]
-            assert isinstance(value, dict) and isinstance(body["req"], int)
-            if value["result"] != expected.pop(body["req"]):
-                raise RuntimeError(f"wrong result from the floor: {body!r}")
+        batches: dict[int, list[bytes]] = {}
+        for lo in range(first, first + count, BATCH):
+            args = [b"%d" % i for i in range(lo, min(lo + BATCH, first + count))]
+            tasks = [{"handler": "echo", "args": a} for a in args]
+            batches[self._send("submit", {"tasks": tasks})] = args
+        expected: dict[str, bytes] = {}
+        while batches or expected:
+            message = self._receive(deadline)
+            if message.command is Command.REPLY:
+                ids = message.body["value"]["ids"]
+                expected.update(zip(ids, batches.pop(message.body["req"]), strict=True))
+                continue
+            for outcome in message.body["tasks"]:
+                if outcome["result"] != expected.pop(outcome["id"]):
+                    raise RuntimeError(f"wrong result from the floor: {outcome!r}")
 
     def close(self) -> None:
         self.ctx.destroy(linger=0)
