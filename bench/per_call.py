@@ -11,9 +11,9 @@ Its floor is the same workload with nothing but that message path: a relay proce
 ROUTER, as the broker's) that answers a submit of many tasks with their ids at once, hands each
 task to a worker whose one task is done, and sends the outcomes a turn collects to their
 client in one ``OUTCOME``, as the broker sends them; the workers are the floor's echo workers
-(``bench.floor``), and its client submits in batches of ``BATCH`` as the pipeline does. The
-frames are ours (``common.protocol``); there is no store, no index, no lease, no
-acknowledgement of outcomes and no liveness.
+(``bench.floor``: a DONE for each DISPATCH, with no runner), and its client submits in batches
+of ``BATCH`` as the pipeline does. The frames are ours (``common.protocol``); there is no
+store, no index, no lease, no acknowledgement of outcomes and no liveness.
 
 They run side by side, the rounds alternated (ours, ours with fsync, the floor, ours...) so
 that each sees the same moments of a noisy machine: tasks/s for each (medians of the rounds),
