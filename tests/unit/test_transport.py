@@ -67,6 +67,45 @@ def test_no_peer_raises_again_and_queues_nothing(socket: Sockets) -> None:
     assert router.recv_multipart()[1:] == [b"after"]
 
 
+class _Recording(zmq.Socket[bytes]):
+    """A socket of another kind than ``zmq.Socket`` (as gevent's green sockets are), whose
+    ``send`` notes each frame before it sends it."""
+
+    sent: list[bytes]
+
+    def send(  # type: ignore[override]
+        self, data: bytes, flags: int = 0, copy: bool = True, track: bool = False
+    ) -> zmq.MessageTracker | None:
+        self.sent.append(data)
+        return super().send(data, flags, copy=copy, track=track)
+
+
+def test_a_socket_of_another_kind_keeps_its_own_send() -> None:
+    # given a DEALER of a socket class with its own send (gevent's green sockets wait on
+    # the hub there), connected to a plain ROUTER
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        router = context.socket(zmq.ROUTER)
+        router.bind("inproc://transport-kind")
+        dealer = context.socket(zmq.DEALER, socket_class=_Recording)
+        dealer.sent = []
+        dealer.connect("inproc://transport-kind")
+        # when a message is sent with send_frames
+        send_frames(dealer, [b"ZS1", b"PONG", b"\x80"])
+        # then every frame went through that send, and the message arrives whole
+        assert dealer.sent == [b"ZS1", b"PONG", b"\x80"]
+        assert router.poll(5000)
+        assert router.recv_multipart()[1:] == [b"ZS1", b"PONG", b"\x80"]
+        # and with no peer it raises zmq.Again from there too
+        lonely = context.socket(zmq.DEALER, socket_class=_Recording)
+        lonely.sent = []
+        with pytest.raises(zmq.Again):
+            send_frames(lonely, [b"ZS1", b"DONE"])
+        assert lonely.sent == [b"ZS1"]
+    finally:
+        context.destroy(linger=0)
+
+
 def test_receive_takes_one_whole_message_at_a_time_and_again_when_none_waits(
     socket: Sockets,
 ) -> None:
