@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from bench.floor import RelayClient
 from bench.harness import (
     Procs,
     Report,
@@ -137,24 +138,10 @@ def relay(endpoint: str) -> None:
     ctx.destroy(linger=0)
 
 
-class FloorClient:
+class FloorClient(RelayClient):
     """Workload A against the floor's relay: the submits sent in batches of ``BATCH`` as our
-    pipeline sends them, each batch's ids awaited, then every outcome read."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SNDHWM, 100_000)
-        self.sock.setsockopt(zmq.RCVHWM, 100_000)
-        self.sock.connect(endpoint)
-        self.req = 0
-
-    def _send(self, op: str, args: dict[str, object]) -> int:
-        self.req += 1
-        send_frames(self.sock, protocol.pack(Command.REQUEST, {"req": self.req, "op": op,
-                                                                "args": args}))  # fmt: skip
-        return self.req
+    pipeline sends them, each batch's ids awaited, then every outcome read. The socket,
+    requests, ``wait_workers`` and ``close`` are ``bench.floor``'s client's."""
 
     def _receive(self, deadline: float) -> protocol.Message:
         left = deadline - time.monotonic()
@@ -162,23 +149,13 @@ class FloorClient:
             raise RuntimeError("the floor's relay did not answer in time")
         return protocol.unpack(receive_frames(self.sock))
 
-    def wait_workers(self, count: int) -> None:
-        deadline = time.monotonic() + 30
-        while True:
-            req = self._send("health", {})
-            while (body := self._receive(deadline).body).get("req") != req:
-                pass
-            if body["value"]["workers"] >= count:
-                return
-            time.sleep(0.05)
-
     def workload(self, first: int, count: int) -> None:
         deadline = time.monotonic() + ROUND_LIMIT
         batches: dict[int, list[bytes]] = {}
         for lo in range(first, first + count, BATCH):
             args = [b"%d" % i for i in range(lo, min(lo + BATCH, first + count))]
             tasks = [{"handler": "echo", "args": a} for a in args]
-            batches[self._send("submit", {"tasks": tasks})] = args
+            batches[self.send("submit", {"tasks": tasks})] = args
         expected: dict[str, bytes] = {}
         while batches or expected:
             message = self._receive(deadline)
@@ -189,9 +166,6 @@ class FloorClient:
             for outcome in message.body["tasks"]:
                 if outcome["result"] != expected.pop(outcome["id"]):
                     raise RuntimeError(f"wrong result from the floor: {outcome!r}")
-
-    def close(self) -> None:
-        self.ctx.destroy(linger=0)
 
 
 def ours(client: Client, first: int, count: int) -> None:
