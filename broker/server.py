@@ -42,6 +42,9 @@ from typing import Any, cast
 import zmq
 
 from broker.core import IdentityTaken, Scheduler, Timing
+from broker.intake import MAX_TASKS as MAX_INTAKE
+from broker.intake import Intake
+from broker.lifecycle import Outbox
 from broker.operations import DEFERRED, perform
 from broker.outflow import HIGH_WATER_MARK, Outflow
 from broker.roles import Peer, may_act_as, may_request
@@ -65,6 +68,13 @@ TURN_SECONDS = 0.025
 #: hold this much, and sends no more than this (and one more reply) of the answers that
 #: are due; the rest wait for the next turn, which comes at once.
 TURN_REPLY_BYTES = 16 * 1024 * 1024
+#: Longest time in seconds a turn takes in queued submits (``broker.intake``) while no
+#: message waits on the socket, before it commits and answers.
+INTAKE_SECONDS = 0.005
+#: Tasks taken in from queued submits since the last commit from which a turn stops taking
+#: in and commits them: a reply that another client waits for meanwhile shares a commit of at
+#: most these rows (about 5 ms), not of every task taken in since the last commit.
+INTAKE_COMMIT_TASKS = 512
 #: Longest sleep of the loop in seconds: the resolution of liveness checks and pings.
 MAX_POLL_SECONDS = 0.1
 #: Longest time in seconds a change that nothing waits for stays uncommitted.
@@ -103,6 +113,9 @@ NOTICE_BYTES = 1024 * 1024
 MAX_PEERS = 10_000
 
 Frames = list[bytes]
+
+#: Marker: a request failed, and its error is promised.
+_FAILED: Any = object()
 
 
 def timing_from(settings: Settings) -> Timing:
@@ -199,6 +212,12 @@ class BrokerServer:
         self._held_due: float | None = None
         #: Outcomes for watchers, made but not committed yet (``URGENT_OUTCOMES``).
         self._notices: list[tuple[object, dict[str, Any]]] = []
+        #: Large submits read and not taken in yet, taken in a slice at a time.
+        self._intake = Intake()
+        #: Whether this turn took tasks in: the next one comes at once, to schedule them.
+        self._took_in = False
+        #: Tasks taken in from queued submits since the last commit.
+        self._taken_since_commit = 0
         #: WELCOME and RESYNC of this turn: sent at its end, before the commit.
         self._commands: list[Frames] = []
         #: When the oldest change that is not committed yet was made (None: there is none).
@@ -287,10 +306,11 @@ class BrokerServer:
         began = time.perf_counter()
         self.store.save(core.take_dirty(), core.take_pruned(), workers=workers, forgotten=forgotten)
         self.metrics.commit.observe(time.perf_counter() - began)
+        self._taken_since_commit = 0
         core.evict()  # finished tasks committed: the store serves them from now on
 
     def _poll_timeout_ms(self) -> int:
-        if self._due:
+        if self._due or self._intake or self._took_in:
             return 0
         # The earliest of the times the loop must wake at, if any: one clock read.
         wake = self.core.next_timer()
@@ -329,7 +349,11 @@ class BrokerServer:
                 self._handle(frames, now, peer)
             except Exception:  # never let one message take the broker down
                 log.exception("error handling a message; dropped")
-            if self._packed >= TURN_REPLY_BYTES or time.monotonic() >= ends:
+            if (
+                self._packed >= TURN_REPLY_BYTES
+                or self._intake.tasks >= MAX_INTAKE
+                or time.monotonic() >= ends
+            ):
                 break
         now = self.clock()
         core = self.core
@@ -352,12 +376,15 @@ class BrokerServer:
             self._send(socket, message)
         self._commands = []
         outbox = core.take_outbox()
-        for address, task_ids in outbox.cancel.items():
-            body = messages.CancelRuns(task_ids).to_body()
-            self._send(socket, [address, *protocol.pack(Command.CANCEL, body)])
-        for address, entries in outbox.dispatch.items():
-            body = messages.Dispatch(entries, self._acks_for(address)).to_body()
-            self._send(socket, [address, *protocol.pack(Command.DISPATCH, body)])
+        self._send_runs(socket, outbox)
+        self._took_in = bool(self._intake)
+        if self._took_in:
+            # After the runs went out: a worker starts its next task while submits come in.
+            self._take_in(socket, now)
+            later = core.take_outbox()
+            self._send_runs(socket, later)
+            outbox.replies += later.replies
+            outbox.notices += later.notices
         promises = self._promises
         self._promises = []
         for token, value in outbox.replies:
@@ -371,7 +398,12 @@ class BrokerServer:
                 self._dirty_since = now
             # (or the clock went back: waiting for it to catch up could take hours)
             delayed = self._dirty_since <= now < self._dirty_since + COMMIT_DELAY
-            if promises or not delayed or (outbox.notices and self._urgent(outbox.notices)):
+            if (
+                promises
+                or not delayed
+                or self._taken_since_commit >= INTAKE_COMMIT_TASKS
+                or (outbox.notices and self._urgent(outbox.notices))
+            ):
                 self._dirty_since = None
                 # Raises if the store fails: the loop stops and nothing here is sent.
                 self._commit()
@@ -411,6 +443,41 @@ class BrokerServer:
         self._due.extend(promises)
         self._send_due(socket)
         self._outflow_of(socket).sweep()
+
+    def _send_runs(self, socket: zmq.Socket[bytes], outbox: Outbox) -> None:
+        """Send the outbox's commands to workers: runs to stop, then runs to start."""
+        for address, task_ids in outbox.cancel.items():
+            body = messages.CancelRuns(task_ids).to_body()
+            self._send(socket, [address, *protocol.pack(Command.CANCEL, body)])
+        for address, entries in outbox.dispatch.items():
+            body = messages.Dispatch(entries, self._acks_for(address)).to_body()
+            self._send(socket, [address, *protocol.pack(Command.DISPATCH, body)])
+
+    def _take_in(self, socket: zmq.Socket[bytes], now: float) -> None:
+        """Take in queued submits a slice at a time, until none is left, a message waits on
+        the socket, ``INTAKE_SECONDS`` passed or ``INTAKE_COMMIT_TASKS`` wait for a commit
+        (one slice at least, and down to ``MAX_INTAKE`` tasks whatever waits); a submit
+        wholly taken in is answered."""
+        intake = self._intake
+        ends = time.monotonic() + INTAKE_SECONDS
+        while intake:
+            piece = intake.take()
+            self._taken_since_commit += len(piece.request.tasks)
+            value = self._perform(piece.address, piece.req, piece.request, now)
+            if value is _FAILED:
+                intake.drop(piece)
+            elif piece.request.separate:
+                piece.entries += value["tasks"]
+                if piece.last:
+                    self._promise(piece.address, ops.Reply(piece.req, {"tasks": piece.entries}))
+            elif value is not DEFERRED:
+                self._promise(piece.address, ops.Reply(piece.req, value))
+            if intake.tasks < MAX_INTAKE and (
+                self._taken_since_commit >= INTAKE_COMMIT_TASKS
+                or message_waits(socket)
+                or time.monotonic() >= ends
+            ):
+                return
 
     def _acks_for(self, address: bytes) -> list[messages.RunKey]:
         """The committed outcomes of the worker at ``address`` that a DISPATCH to it may
@@ -672,15 +739,31 @@ class BrokerServer:
             if peer is not None and not may_request(peer, request.OP):
                 raise Forbidden(f"a {peer.role or 'role-less'} key may not {request.OP.value}")
             self._check_payloads(request)
-            value = perform(self.core, request, (address, req), now, self.started)
-        except SchedulerError as exc:
-            error = ops.ErrorInfo(exc.status, exc.title, exc.description)
-            self._promise(address, ops.Reply(req, error=error))
+        except Exception as exc:
+            self._promise_error(address, req, exc, body.get("op"))
             return
-        except Exception:
-            log.exception("request %r failed", body.get("op"))
-            error = ops.ErrorInfo(500, "Internal error", "the broker hit a bug")
-            self._promise(address, ops.Reply(req, error=error))
+        if self._intake.wants(address, request):
+            self._intake.add(address, req, cast(ops.Submit, request))
             return
-        if value is not DEFERRED:
+        value = self._perform(address, req, request, now)
+        if value is not DEFERRED and value is not _FAILED:
             self._promise(address, ops.Reply(req, value))
+
+    def _perform(self, address: bytes, req: int, request: ops.Request, now: float) -> Any:
+        """Run a request; returns its reply's value, ``DEFERRED``, or ``_FAILED`` once its
+        error is promised."""
+        try:
+            return perform(self.core, request, (address, req), now, self.started)
+        except Exception as exc:
+            self._promise_error(address, req, exc, request.OP.value)
+            return _FAILED
+
+    def _promise_error(self, address: bytes, req: int, exc: Exception, op: object) -> None:
+        """Answer a request with the error it met: a ``SchedulerError`` as it says, anything
+        else as the broker's bug (500, logged)."""
+        if isinstance(exc, SchedulerError):
+            error = ops.ErrorInfo(exc.status, exc.title, exc.description)
+        else:
+            log.error("request %r failed", op, exc_info=exc)
+            error = ops.ErrorInfo(500, "Internal error", "the broker hit a bug")
+        self._promise(address, ops.Reply(req, error=error))

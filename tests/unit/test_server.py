@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import zmq
 
+from broker.intake import SLICE
 from broker.outflow import Outflow
 from broker.server import URGENT_OUTCOMES, BrokerServer
 from broker.state import Task, Worker
@@ -842,4 +843,106 @@ def test_a_turn_packs_about_its_byte_budget_of_replies_and_the_next_turn_the_res
     assert len(turn.run()) == 4 and turn.server._poll_timeout_ms() == 0
     assert len(turn.run()) == 2 and turn.server._poll_timeout_ms() > 0
     assert sorted(req for req in turn.replies() if req in waits) == waits
+    assert_every_answer_was_durable(turn.events)
+
+
+def submit_entries(turn: Turn, req: int) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = turn.replies()[req]["tasks"]
+    return entries
+
+
+def test_a_large_separate_submit_comes_in_a_slice_a_turn_after_the_workers_runs_went_out(
+    turn: Turn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # However fast the machine: one slice a turn, so each turn's order can be read.
+    monkeypatch.setattr("broker.server.INTAKE_SECONDS", 0.0)
+    register(turn)
+    first = turn.request(b"client", "submit", tasks=[{"handler": "echo"}])
+    turn.run(T0)
+    [running] = dispatched(turn.sent())
+    assert [entry["id"] for entry in submit_entries(turn, first)] == [running]
+    # 100 tasks, one of them refused (its entry an error, the others taken as they come).
+    specs: list[dict[str, Any]] = [{"handler": "echo", "args": b"%d" % i} for i in range(100)]
+    specs[70]["dependencies"] = ["nope"]
+    batch = turn.request(b"client", "submit", tasks=specs, separate=True, notify=True)
+    assert turn.run(T0 + 0.001) == [] and turn.server._poll_timeout_ms() == 0
+    assert len(turn.server.core.index.tasks) == 1 + SLICE
+    # The worker's outcome, read while the submit is still coming in: its next run goes out
+    # before the next slice is taken in, and the ACK rides on it once committed.
+    turn.queue(WORKER, Command.DONE, done(running))
+    sent = turn.run(T0 + 0.002)
+    assert [m.command for _, m in sent] == [Command.DISPATCH]
+    assert len(turn.server.core.index.tasks) == 1 + 2 * SLICE
+    turn.run(T0 + 0.003)
+    assert batch not in turn.replies() and turn.server._poll_timeout_ms() == 0
+    # The last slice: the reply, once every task of the submit is committed.
+    turn.run(T0 + 0.004)
+    entries = submit_entries(turn, batch)
+    assert len(entries) == 100 and "nope" in entries[70]["error"]["description"]
+    ids = [entry["id"] for entry in entries if "id" in entry]
+    assert len(ids) == 99 and ids == sorted(ids)  # taken in the order sent
+    assert set(ids) <= set(turn.store.committed())
+    assert turn.run(T0 + 0.005) == [] and turn.server._poll_timeout_ms() > 0
+    assert_every_answer_was_durable(turn.events)
+
+
+def test_a_clients_submits_keep_their_order_behind_a_large_one_and_others_go_at_once(
+    turn: Turn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("broker.server.INTAKE_SECONDS", 0.0)
+    large = [{"handler": "echo"} for _ in range(3 * SLICE)]
+    batch = turn.request(b"client", "submit", tasks=large, separate=True)
+    small = turn.request(b"client", "submit", tasks=[{"handler": "echo"}])
+    other = turn.request(b"other", "submit", tasks=[{"handler": "echo"}])
+    health = turn.request(b"client", "health")
+    turn.run(T0)
+    # The other client's submit, and this client's request that is not a submit, are
+    # answered at once; this client's small submit waits behind its large one.
+    assert set(turn.replies()) == {other, health}
+    while small not in turn.replies():
+        turn.run()
+    before = [entry["id"] for entry in submit_entries(turn, batch)]
+    [after] = submit_entries(turn, small)
+    assert max(before) < after["id"] and submit_entries(turn, other)[0]["id"] < min(before)
+    assert_every_answer_was_durable(turn.events)
+
+
+def test_a_turn_reads_no_more_messages_once_its_queued_submits_hold_the_most_tasks(
+    turn: Turn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("broker.server.INTAKE_SECONDS", 0.0)
+    monkeypatch.setattr("broker.server.MAX_INTAKE", 2 * SLICE)
+    requests = [
+        turn.request(b"client-%d" % i, "submit", tasks=[{"handler": "echo"}] * (SLICE + 8),
+                     separate=True)
+        for i in range(3)
+    ]  # fmt: skip
+    turn.run(T0)
+    # Two read (80 tasks queued, the bound): the third waits on the socket. The turn took
+    # in down below the bound, then stopped.
+    assert len(turn.wire.inbox) == 1
+    assert len(turn.server.core.index.tasks) == SLICE
+    while len(turn.replies()) < 3:
+        turn.run()
+    assert sorted(turn.replies()) == requests
+    assert len(turn.server.core.index.tasks) == 3 * (SLICE + 8)
+    assert_every_answer_was_durable(turn.events)
+
+
+def test_tasks_taken_in_from_a_queued_submit_are_committed_a_few_hundred_at_a_time(
+    turn: Turn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # However slow the machine: only the count of tasks stops a turn's intake here.
+    monkeypatch.setattr("broker.server.INTAKE_SECONDS", 60.0)
+    monkeypatch.setattr("broker.server.INTAKE_COMMIT_TASKS", 2 * SLICE)
+    batch = turn.request(b"client", "submit", tasks=[{"handler": "echo"}] * (5 * SLICE),
+                         separate=True)  # fmt: skip
+    # Each turn stops taking in once two slices wait for a commit, and commits them though
+    # no reply is due yet: another client's reply would share a commit of no more.
+    assert turn.run(T0) == [] and turn.commits() == 1
+    assert len(turn.store.committed()) == 2 * SLICE
+    assert turn.run(T0 + 0.001) == [] and turn.commits() == 2
+    assert len(turn.store.committed()) == 4 * SLICE
+    turn.run(T0 + 0.002)
+    assert turn.commits() == 3 and len(submit_entries(turn, batch)) == 5 * SLICE
     assert_every_answer_was_durable(turn.events)
