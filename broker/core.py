@@ -25,7 +25,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from operator import attrgetter
-from typing import Any
+from typing import Any, cast
 
 from broker import metrics
 from broker.lifecycle import ENDED_BADLY, MAX_LOST, Lifecycle, Outbox, Timing
@@ -35,7 +35,7 @@ from broker.state import Task, Worker
 from broker.store import Store
 from broker.timers import TimerKind
 from broker.waiters import Waiter
-from common.errors import Conflict, InvalidInput, NotFound, TooLarge
+from common.errors import Conflict, InvalidInput, NotFound, SchedulerError, TooLarge
 from common.limits import DEPENDENTS_SHOWN, MAX_PAGE_BYTES, MAX_PAYLOAD
 from common.logs import listing
 from common.messages import Ping, Ready, RunKey, RunOutcome
@@ -152,8 +152,30 @@ class Scheduler(Lifecycle):
         idempotency key used before must come with the same spec, and with
         ``refuse_unservable`` some online worker must be able to run each task. A task no
         online worker could run is logged, once for its shape until the workers change."""
-        shapes, known_keys = self._check_submit(specs, refuse_unservable)
-        out = []
+        shapes, known_keys, _ = self._check_submit(specs, refuse_unservable, separate=False)
+        # Nothing refused: every entry is a task's.
+        return cast(list[dict[str, Any]], self._make(specs, shapes, known_keys, now, {}))
+
+    def submit_each(
+        self, specs: list[TaskSpec], now: float, *, refuse_unservable: bool = False
+    ) -> list[dict[str, Any] | SchedulerError]:
+        """Add each task on its own, as ``submit`` of it alone would, in order: a task
+        refused does not refuse the others, and its entry is the error it met."""
+        shapes, known_keys, refused = self._check_submit(specs, refuse_unservable, separate=True)
+        return self._make(specs, shapes, known_keys, now, refused)
+
+    def _make(
+        self,
+        specs: list[TaskSpec],
+        shapes: list[Shape],
+        known_keys: dict[str, Task],
+        now: float,
+        refused: dict[int, SchedulerError],
+    ) -> list[dict[str, Any] | SchedulerError]:
+        """Make the tasks of a checked submit (but those ``refused``); returns each one's
+        entry: its id and status, and whether it was made (not an idempotency key's
+        existing task), or the error it met."""
+        out: list[dict[str, Any] | SchedulerError] = []
         # An id is 32 hex digits: the task's seq (12) then 80 random bits, drawn in one call
         # for the whole batch. Ids in submission order are appended at the end of the
         # store's index by id, where random ones landed anywhere in it: a batch of 1,000
@@ -164,6 +186,11 @@ class Scheduler(Lifecycle):
         metrics = self.metrics
         submitted = metrics.submitted
         for i, spec in enumerate(specs):
+            if refused:
+                error = refused.get(i)
+                if error is not None:
+                    out.append(error)
+                    continue
             key = spec.idempotency_key
             known = (by_key.get(key) or known_keys.get(key)) if key else None
             if known is not None:
@@ -197,46 +224,68 @@ class Scheduler(Lifecycle):
         return out
 
     def _check_submit(
-        self, specs: list[TaskSpec], refuse_unservable: bool
-    ) -> tuple[list[Shape], dict[str, Task]]:
-        """What must hold before any task of a submit is made; returns each one's shape and
-        the tasks that hold the idempotency keys used before, by key."""
-        prefix = len(specs) > 1
+        self, specs: list[TaskSpec], refuse_unservable: bool, separate: bool
+    ) -> tuple[list[Shape], dict[str, Task], dict[int, SchedulerError]]:
+        """What must hold before any task of a submit is made; returns each one's shape, the
+        tasks that hold the idempotency keys used before, by key, and (``separate``: each
+        task checked as if submitted alone, after those before it) the error of each task
+        refused, by index; raises the first error otherwise."""
+        prefix = len(specs) > 1 and not separate
         roster = self.roster
         known_keys: dict[str, Task] = {}
+        refused: dict[int, SchedulerError] = {}
         if self._warned_at != roster.generation:
             self._warned.clear()
             self._warned_at = roster.generation
         shapes: list[Shape] = []
         keyed: dict[str, dict[str, Any]] = {}
         for i, spec in enumerate(specs):
-            where = f"tasks[{i}]." if prefix else ""
-            if len(spec.args) > self.max_payload:
-                size = len(spec.args)
-                raise TooLarge(f"{where}args is {size} bytes, more than {self.max_payload}")
-            for dep in spec.dependencies:
-                if self.find(dep) is None:
-                    raise InvalidInput(f"{where}dependencies: unknown task {dep!r}")
             shape: Shape = (
                 spec.handler,
                 tuple(sorted(spec.requires)) if spec.requires else (),
                 tuple(sorted(spec.resources.items())) if spec.resources else (),
             )
             shapes.append(shape)
-            key = spec.idempotency_key
-            if key is not None:
-                known = known_keys.get(key) or self._keyed(key)
-                if known is not None:
-                    known_keys[key] = known
-                    _same_spec(key, _spec_of(known), _spec_of(spec), f"task {known.id}", where)
-                    continue
-                if key in keyed:  # twice in one batch: the first makes the task
-                    _same_spec(key, keyed[key], _spec_of(spec), "an earlier entry", where)
-                    continue
-                keyed[key] = _spec_of(spec)
-            unserved = roster.why_unserved(shape)
-            if unserved is None:
-                continue
+            try:
+                self._check_spec(
+                    spec, shape, f"tasks[{i}]." if prefix else "", refuse_unservable,
+                    known_keys, keyed,
+                )  # fmt: skip
+            except SchedulerError as exc:
+                if not separate:
+                    raise
+                refused[i] = exc
+        return shapes, known_keys, refused
+
+    def _check_spec(
+        self,
+        spec: TaskSpec,
+        shape: Shape,
+        where: str,
+        refuse_unservable: bool,
+        known_keys: dict[str, Task],
+        keyed: dict[str, dict[str, Any]],
+    ) -> None:
+        """Raise why this task of a submit is refused (``where``: its place in the
+        request's errors), if it is; note its idempotency key, once it is not."""
+        if len(spec.args) > self.max_payload:
+            size = len(spec.args)
+            raise TooLarge(f"{where}args is {size} bytes, more than {self.max_payload}")
+        for dep in spec.dependencies:
+            if self.find(dep) is None:
+                raise InvalidInput(f"{where}dependencies: unknown task {dep!r}")
+        key = spec.idempotency_key
+        if key is not None:
+            known = known_keys.get(key) or self._keyed(key)
+            if known is not None:
+                known_keys[key] = known
+                _same_spec(key, _spec_of(known), _spec_of(spec), f"task {known.id}", where)
+                return
+            if key in keyed:  # twice in one batch: the first makes the task
+                _same_spec(key, keyed[key], _spec_of(spec), "an earlier entry", where)
+                return
+        unserved = self.roster.why_unserved(shape)
+        if unserved is not None:
             if refuse_unservable:
                 raise Conflict(f"{where}refused: {unserved}")
             if shape not in self._warned:
@@ -245,7 +294,8 @@ class Scheduler(Lifecycle):
                     "tasks of handler %r will wait: %s", spec.handler, unserved,
                     extra={"handler": spec.handler},
                 )  # fmt: skip
-        return shapes, known_keys
+        if key is not None:
+            keyed[key] = _spec_of(spec)
 
     def submit_and_wait(
         self,

@@ -267,7 +267,8 @@ def _timers(core: Scheduler) -> list[tuple[TimerKind, Any]]:
 
 #: The scheduler's methods after which the tests check every invariant.
 CHECKED_METHODS = (
-    "load", "submit", "submit_and_wait", "get", "list_tasks", "cancel", "wait", "wait_many",
+    "load", "submit", "submit_each", "submit_and_wait", "get", "list_tasks", "cancel", "wait",
+    "wait_many",
     "register", "seen", "report", "drain", "goodbye", "http_register", "http_worker",
     "http_next", "http_complete", "tick", "prune", "schedule", "retry", "purge",
     "drain_worker", "stats",

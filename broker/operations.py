@@ -48,15 +48,13 @@ def _submit(core: Scheduler, request: ops.Submit, token: object, now: float, sta
 
 def _submit_each(core: Scheduler, request: ops.Submit, now: float) -> list[dict[str, Any]]:
     """Each task submitted on its own: the entry of one refused is ``{error}``."""
-    entries = []
-    refuse = request.refuse_unservable
-    for spec in request.tasks:
-        try:
-            entries += core.submit([spec], now, refuse_unservable=refuse)
-        except SchedulerError as exc:
-            error = ops.ErrorInfo(exc.status, exc.title, exc.description)
-            entries.append({"error": error.to_body()})
-    return entries
+    entries = core.submit_each(request.tasks, now, refuse_unservable=request.refuse_unservable)
+    return [
+        {"error": ops.ErrorInfo(e.status, e.title, e.description).to_body()}
+        if isinstance(e, SchedulerError)
+        else e
+        for e in entries
+    ]
 
 
 def _get(core: Scheduler, request: ops.Get, token: object, now: float, started: float) -> Any:

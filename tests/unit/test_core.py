@@ -9,7 +9,8 @@ import pytest
 from broker.core import MAX_LOST, WORKER_PRUNE_BATCH, Scheduler, Timing
 from broker.invariants import CheckedScheduler
 from broker.store.memory import MemoryStore
-from common.errors import Conflict, InvalidInput, NotFound
+from common import ops
+from common.errors import Conflict, InvalidInput, NotFound, SchedulerError
 from common.limits import MAX_PAGE_BYTES
 from common.models import TaskStatus, WorkerStatus
 from common.ops import ListWorkers, Submit
@@ -1505,6 +1506,47 @@ def test_an_idempotency_key_sent_again_with_another_spec_is_a_conflict(core: Sch
     with pytest.raises(Conflict, match=r"tasks\[1\]\.idempotency_key 'j' names an earlier entry"):
         edge.submit(core, twice, T0)
     assert len(core.tasks) == 1
+
+
+def test_a_separate_submit_makes_each_task_as_submitting_it_alone_would() -> None:
+    specs = ops.Submit.from_args({"tasks": [
+        {"handler": "echo", "args": b"fine"},
+        {"handler": "echo", "args": b"x" * 11},  # too large
+        {"handler": "echo", "dependencies": ["nope"]},
+        {"handler": "echo", "idempotency_key": "k", "args": b"a"},
+        {"handler": "echo", "idempotency_key": "k", "args": b"a"},  # the same task again
+        {"handler": "echo", "idempotency_key": "k", "args": b"b"},  # another spec: refused
+        {"handler": "echo", "idempotency_key": "j", "args": b"x" * 11},  # refused: j is free
+        {"handler": "echo", "idempotency_key": "j", "args": b"ok"},
+        {"handler": "nobody"},  # no worker serves it, and the submit refuses those
+        {"handler": "echo", "args": b"last"},
+    ]}).tasks  # fmt: skip
+    each, alone = CheckedScheduler(), CheckedScheduler()
+    for core in (each, alone):
+        core.max_payload = 10
+        add_worker(core, "w")
+    # One at a time, as a client would send them: the reference.
+    expected: list[Any] = []
+    for spec in specs:
+        try:
+            expected += alone.submit([spec], T0, refuse_unservable=True)
+        except SchedulerError as exc:
+            expected.append(exc)
+    entries = each.submit_each(specs, T0, refuse_unservable=True)
+
+    def seen(entry: Any) -> Any:
+        if isinstance(entry, SchedulerError):
+            return type(entry), entry.status
+        return entry["id"][:12], entry["status"], entry["created"]  # the seq: ids are random
+
+    assert [seen(e) for e in entries] == [seen(e) for e in expected]
+    assert [type(e).__name__ for e in entries if isinstance(e, SchedulerError)] == [
+        "TooLarge", "InvalidInput", "Conflict", "TooLarge", "Conflict"
+    ]  # fmt: skip
+    assert [str(e) for e in entries if isinstance(e, SchedulerError)][::3] == [
+        str(e) for e in expected if isinstance(e, SchedulerError)
+    ][::3]  # messages as alone (the key's conflict names an earlier entry, not its task)
+    assert len(each.tasks) == len(alone.tasks) == 4
 
 
 def test_a_draining_worker_is_sent_nothing_new_and_keeps_its_runs(core: Scheduler) -> None:
