@@ -26,6 +26,7 @@ from collections.abc import Callable
 from bench import (
     dashboard,
     durable_submit,
+    flood,
     floor,
     graph,
     harness,
@@ -49,6 +50,7 @@ BENCHMARKS: dict[str, Runner] = {
     "throughput": throughput.run,
     "http": http.run,
     "latency": latency.run,
+    "flood": flood.run,
     "per_call": per_call.run,
     "worker_cycle": worker_cycle.run,
     "graph": graph.run,
