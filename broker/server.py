@@ -19,8 +19,11 @@ whose reply waits for the task to finish is written once, finished), at most
 ``COMMIT_DELAY`` later; ACKs, which only let a worker forget outcomes, wait for
 that commit too, and go out together, one per worker, ``ACK_DELAY`` after the first
 outcome they answer (or at that commit, if later). A failed commit stops the broker
-before anything it held is acknowledged. This module holds no scheduling logic,
-and nothing a peer sends can make it raise.
+before anything it held is acknowledged. A large pipelined submit is not taken in within
+the turn that reads it: it is queued (``broker.intake``) and taken in a slice at a time
+after each turn's commands have gone out, so that no client's batch holds up the workers'
+next tasks or other clients' answers. This module holds no scheduling logic, and nothing a
+peer sends can make it raise.
 
 With CURVE on (``--curve-secret``), each message comes with the ZAP ``User-Id`` of the
 key that sent it (``broker.gate``), read off its first frame; what that key's role may
