@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.role == "flooder":
         _flooder(args.endpoint, args.seconds, args.out)
     else:
-        standalone(__doc__, lambda quick: run(quick), ["--quick"] if args.quick else [])
+        standalone(__doc__, run, ["--quick"] if args.quick else [])
 
 
 if __name__ == "__main__":

@@ -103,12 +103,14 @@ class Intake:
         start = head.taken
         end = start + SLICE if request.separate else len(request.tasks)
         last = end >= len(request.tasks)
-        tasks = request.tasks[start:end] if start or not last else request.tasks
-        head.taken = start + len(tasks)
-        self.tasks -= len(tasks)
+        if start == 0 and last:
+            part = request  # whole: no copy
+        else:
+            part = dataclasses.replace(request, tasks=request.tasks[start:end])
+        head.taken = start + len(part.tasks)
+        self.tasks -= len(part.tasks)
         if last:
             self._forget()
-        part = request if tasks is request.tasks else dataclasses.replace(request, tasks=tasks)
         return Slice(head.address, head.req, part, head.entries, last)
 
     def drop(self, piece: Slice) -> None:
