@@ -8,6 +8,7 @@ import pytest
 
 from broker.core import MAX_LOST, WORKER_PRUNE_BATCH, Scheduler, Timing
 from broker.invariants import CheckedScheduler
+from broker.operations import perform
 from broker.store.memory import MemoryStore
 from common import ops
 from common.errors import Conflict, InvalidInput, NotFound, SchedulerError
@@ -1488,9 +1489,11 @@ def test_a_task_no_worker_could_run_is_logged_once_until_the_workers_change(
         submit(core, handler="rare")
     add_worker(core, "w1", capabilities=["echo"])
     submit(core, handler="rare")
-    warnings = [r.getMessage() for r in caplog.records if "will wait" in r.getMessage()]
-    assert warnings == ["tasks of handler 'rare' will wait: no online worker serves handler "
-                        "'rare'"] * 2  # fmt: skip
+    records = [r for r in caplog.records if "will wait" in r.getMessage()]
+    assert [r.getMessage() for r in records] == [
+        "tasks of handler 'rare' will wait: no online worker serves handler 'rare'"
+    ] * 2
+    assert [getattr(r, "handler", None) for r in records] == ["rare"] * 2  # a field of JSON logs
 
 
 def test_an_idempotency_key_sent_again_with_another_spec_is_a_conflict(core: Scheduler) -> None:
@@ -1505,6 +1508,9 @@ def test_an_idempotency_key_sent_again_with_another_spec_is_a_conflict(core: Sch
     twice = [{"handler": "x", "idempotency_key": "j"}, {"handler": "y", "idempotency_key": "j"}]
     with pytest.raises(Conflict, match=r"tasks\[1\]\.idempotency_key 'j' names an earlier entry"):
         edge.submit(core, twice, T0)
+    batch = [{"handler": "echo"}, {"handler": "echo", "args": b"b", "idempotency_key": "k"}]
+    with pytest.raises(Conflict, match=rf"tasks\[1\]\.idempotency_key 'k' names task {first}"):
+        edge.submit(core, batch, T0)  # the entry's place, as for any error of a batch
     assert len(core.tasks) == 1
 
 
@@ -1547,6 +1553,38 @@ def test_a_separate_submit_makes_each_task_as_submitting_it_alone_would() -> Non
         str(e) for e in expected if isinstance(e, SchedulerError)
     ][::3]  # messages as alone (the key's conflict names an earlier entry, not its task)
     assert len(each.tasks) == len(alone.tasks) == 4
+
+
+def test_a_separate_submit_keeps_a_task_no_worker_serves_unless_asked_to_refuse_it() -> None:
+    core = CheckedScheduler()
+    add_worker(core, "w", capabilities=["echo"])
+    lonely = Submit.from_args({"tasks": [{"handler": "nobody"}, {"handler": "echo"}]}).tasks
+    kept = core.submit_each(lonely, T0)  # as submit: it waits for a worker
+    assert [e["status"] for e in kept if isinstance(e, dict)] == ["pending", "pending"]
+    # Through the wire's op, as a pipeline's batch with refuse_unservable comes
+    request = Submit.from_args({"tasks": [{"handler": "nobody"}, {"handler": "echo"}],
+                                "separate": True, "refuse_unservable": True})  # fmt: skip
+    refused, made = perform(core, request, None, T0, T0)["tasks"]
+    assert refused["error"]["status"] == 409 and "nobody" in refused["error"]["description"]
+    assert made["status"] == "pending" and made["created"] is True
+    assert len(core.tasks) == 3
+
+
+def test_task_ids_are_the_seq_then_80_random_bits_drawn_once_for_each_task() -> None:
+    drawn: list[bytes] = []
+
+    def random_bytes(n: int) -> bytes:
+        chunk = bytes((len(drawn) * 7 + i) % 256 for i in range(n))
+        drawn.append(chunk)
+        return chunk
+
+    core = CheckedScheduler(random_bytes=random_bytes)
+    first = core.submit(Submit.from_args({"tasks": [{"handler": "echo"}] * 3}).tasks, T0)
+    second = core.submit_each(Submit.from_args({"tasks": [{"handler": "echo"}] * 2}).tasks, T0)
+    ids = [e["id"] for e in first] + [e["id"] for e in second if isinstance(e, dict)]
+    assert [len(chunk) for chunk in drawn] == [30, 20]  # 10 bytes a task, one draw a submit
+    random = b"".join(drawn).hex()
+    assert ids == [f"{i + 1:012x}{random[20 * i : 20 * i + 20]}" for i in range(5)]  # seq from 1
 
 
 def test_a_draining_worker_is_sent_nothing_new_and_keeps_its_runs(core: Scheduler) -> None:
