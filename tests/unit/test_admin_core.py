@@ -138,6 +138,28 @@ def test_retry_of_a_cancelled_task_and_the_refusals(stored: Scheduler) -> None:
         stored.retry(child, T0 + 2)
 
 
+@pytest.mark.parametrize("committed", [False, True])
+def test_a_task_cancelled_while_it_waited_runs_once_when_retried(
+    stored: Scheduler, committed: bool
+) -> None:
+    # Given tasks waiting for a worker, one cancelled there (its queue entry is left behind,
+    # and once committed the task itself leaves memory for the store)
+    first, cancelled, last = (submit(stored) for _ in range(3))
+    stored.cancel(cancelled, T0)
+    if committed:
+        commit(stored)
+    # When it is retried and a worker comes, then it runs in its turn, once
+    assert stored.retry(cancelled, T0 + 1).status is TaskStatus.PENDING
+    address = add_worker(stored, "w1", now=T0 + 1)
+    ran = []
+    for step in range(4):
+        now = T0 + 2 + step
+        for task_id in dispatched(stored, now).get(address, []):
+            ran.append(task_id)
+            finish(stored, address, task_id, now=now)
+    assert ran == [first, cancelled, last]
+
+
 # -- purge ---------------------------------------------------------------------------
 
 
@@ -170,6 +192,25 @@ def test_purge_without_a_store_forgets_from_memory() -> None:
     assert [t.id for t in core.take_pruned()] == ids[:2]
     assert core.purge(TaskStatus.CANCELLED, None, 2) == {"purged": 1, "more": False}
     assert core.index.counts[TaskStatus.CANCELLED] == 0
+
+
+def test_purge_without_a_store_takes_only_its_status_before_the_time_and_no_held_run() -> None:
+    core = CheckedScheduler()
+    address = add_worker(core, "w1", slots=2)
+    held, done = submit(core), submit(core)
+    assert dispatched(core) == {address: [held, done]}
+    finish(core, address, done, now=T0 + 1)  # completed: another status
+    core.cancel(held, T0)  # its worker has not stopped the run yet
+    late, early, edge_ = (submit(core, handler="none") for _ in range(3))
+    core.cancel(late, T0 + 5)
+    core.cancel(early, T0 + 1)
+    core.cancel(edge_, T0 + 3)
+    # Only the cancelled ones completed before the time, whose runs are over: two, no more
+    assert core.purge(TaskStatus.CANCELLED, T0 + 3, 2) == {"purged": 1, "more": False}
+    assert [t.id for t in core.take_pruned()] == [early]
+    assert core.purge(TaskStatus.CANCELLED, None, 2) == {"purged": 2, "more": False}
+    assert [t.id for t in core.take_pruned()] == [late, edge_]
+    assert set(core.tasks) == {held, done}
 
 
 # -- drain ---------------------------------------------------------------------------
