@@ -23,6 +23,7 @@ from typing import Any
 
 from broker.core import Scheduler
 from broker.dispatch import provides, service_of
+from broker.index import ACTIVE_STATUSES
 from broker.queue import Shape
 from broker.state import Lease, Task
 from broker.timers import TimerKind
@@ -83,6 +84,10 @@ def _index(core: Scheduler) -> None:
     shapes = Counter(t.shape for t in tasks.values() if t.status is TaskStatus.PENDING)
     if +index.pending_by_shape != shapes:
         _fail(f"pending tasks by shape: counted {dict(index.pending_by_shape)}, are {dict(shapes)}")
+    active = Counter((t.handler, t.status) for t in tasks.values() if t.status in ACTIVE_STATUSES)
+    counted = {key: count for key, count in index.active.items() if count}
+    if counted != dict(active):
+        _fail(f"pending and running tasks by handler: counted {counted}, are {dict(active)}")
     if any(task.seq >= core.next_seq for task in tasks.values()):
         _fail("a task's seq is not below the next one to give")
 
