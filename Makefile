@@ -96,7 +96,7 @@ attack-http: $(STAMP)
 	$(BIN)/python -m bench.attack_http
 
 # Mutation testing of the broker modules that [tool.mutmut] in pyproject.toml names (all of
-# broker/ but its socket loop and command line) against tests/unit: up to an hour on 2 cores.
+# broker/ but its socket loop and command line) against tests/unit: about 17 minutes on 2 cores.
 # Starts afresh every time: mutmut keeps earlier verdicts for unchanged code even when the
 # tests changed. Survivors and their diffs go to var/mutation-report.txt.
 mutate: $(MUTATE_STAMP)
