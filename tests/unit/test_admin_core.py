@@ -69,6 +69,8 @@ def test_retry_runs_a_failed_task_again_with_its_attempts_continued(stored: Sche
     alive(stored, address, T0 + 10)
     record = stored.show(stored.retry(task_id, T0 + 10))
     assert record["status"] == "pending" and record["error"] is None
+    assert record["result"] is None and record["completed_at"] is None
+    assert stored.tasks[task_id].lost == 0 and stored.tasks[task_id].not_before == 0.0
     assert [lease["outcome"] for lease in record["leases"]] == ["failed", "failed"]
     commit(stored)
     assert dispatched(stored, T0 + 10) == {address: [task_id]}
@@ -422,8 +424,13 @@ def test_stats_shows_a_bounded_number_of_handlers_however_many_are_queued() -> N
     handlers = core.stats(T0, T0)["handlers"]
     assert len(handlers) == STATS_HANDLERS + 1
     assert handlers["busy"] == {"pending": 3, "running": 0}
-    assert handlers[OTHER]["pending"] == 51
+    assert handlers[OTHER] == {"pending": 51, "running": 0}
     assert sum(h["pending"] for h in handlers.values()) == STATS_HANDLERS + 53
+    # As many handlers as there are lines: each its own, and no line for the rest
+    few = CheckedScheduler()
+    for i in range(STATS_HANDLERS):
+        submit(few, handler=f"h{i}")
+    assert sorted(few.stats(T0, T0)["handlers"]) == sorted(f"h{i}" for i in range(STATS_HANDLERS))
 
 
 def test_a_purge_leaves_a_stopped_run_its_worker_holds_so_its_resources_come_back(
