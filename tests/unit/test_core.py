@@ -1255,11 +1255,13 @@ def test_an_http_worker_that_completes_is_seen_and_its_result_kept(core: Schedul
     task_id = submit(core)
     edge.http_next(core, {"id": "h1", "wait": 0}, "poll", T0)
     core.schedule(T0)
-    args = {"worker_id": "h1", "task_id": task_id, "status": "failed", "error": "bad input"}
+    args = {"worker_id": "h1", "task_id": task_id, "status": "failed", "error": "bad input",
+            "traceback": "Traceback (most recent call last):\nValueError: bad input"}  # fmt: skip
     edge.http_complete(core, args, T0 + 9)
     assert core.workers["h1"].last_seen == T0 + 9
     task = core.tasks[task_id]
     assert (task.status, task.error, task.completed_at) == (TaskStatus.FAILED, "bad input", T0 + 9)
+    assert task.leases[-1].traceback == args["traceback"]  # on its lease, as a worker's DONE
 
 
 def test_cancelling_an_http_workers_run_frees_its_resources_at_once(core: Scheduler) -> None:
