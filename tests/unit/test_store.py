@@ -323,9 +323,11 @@ def test_finished_tasks_are_found_by_id_key_and_page_and_pruned_oldest_first(
     assert store.prune(before=995.0, excess=0, limit=2) == [
         ("task-7", TaskStatus.FAILED), ("task-6", TaskStatus.COMPLETED),
     ]  # fmt: skip
+    # Completed at the cutoff itself: pruned ("at or before"), the next one not
+    assert store.prune(before=995.0, excess=0, limit=100) == [("task-5", TaskStatus.COMPLETED)]
     assert store.prune(before=0.0, excess=0, limit=100) == []
-    assert page(None) == [1, 2, 3, 4, 5]
-    assert store.summary().finished == {TaskStatus.COMPLETED: 5}
+    assert page(None) == [1, 2, 3, 4]
+    assert store.summary().finished == {TaskStatus.COMPLETED: 4}
     assert [t.id for t in store.load()] == ["task-11"]
 
 
