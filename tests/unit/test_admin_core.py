@@ -203,15 +203,16 @@ def test_purge_without_a_store_takes_only_its_status_before_the_time_and_no_held
     assert dispatched(core) == {address: [held, done]}
     finish(core, address, done, now=T0 + 1)  # completed: another status
     core.cancel(held, T0)  # its worker has not stopped the run yet
-    late, early, edge_ = (submit(core, handler="none") for _ in range(3))
+    late, early, at_cutoff = (submit(core, handler="none") for _ in range(3))
     core.cancel(late, T0 + 5)
     core.cancel(early, T0 + 1)
-    core.cancel(edge_, T0 + 3)
-    # Only the cancelled ones completed before the time, whose runs are over: two, no more
+    core.cancel(at_cutoff, T0 + 3)
+    # Cancelled strictly before the time, with no run held: one, though two may go
     assert core.purge(TaskStatus.CANCELLED, T0 + 3, 2) == {"purged": 1, "more": False}
     assert [t.id for t in core.take_pruned()] == [early]
+    # Any time: the two left, exactly the limit, and nothing more to come
     assert core.purge(TaskStatus.CANCELLED, None, 2) == {"purged": 2, "more": False}
-    assert [t.id for t in core.take_pruned()] == [late, edge_]
+    assert [t.id for t in core.take_pruned()] == [late, at_cutoff]
     assert set(core.tasks) == {held, done}
 
 

@@ -1563,7 +1563,7 @@ def test_a_separate_submit_keeps_a_task_no_worker_serves_unless_asked_to_refuse_
     lonely = Submit.from_args({"tasks": [{"handler": "nobody"}, {"handler": "echo"}]}).tasks
     kept = core.submit_each(lonely, T0)  # as submit: it waits for a worker
     assert [e["status"] for e in kept if isinstance(e, dict)] == ["pending", "pending"]
-    # Through the wire's op, as a pipeline's batch with refuse_unservable comes
+    # Through the wire's op: a separate submit that asks for those to be refused
     request = Submit.from_args({"tasks": [{"handler": "nobody"}, {"handler": "echo"}],
                                 "separate": True, "refuse_unservable": True})  # fmt: skip
     refused, made = perform(core, request, None, T0, T0)["tasks"]
