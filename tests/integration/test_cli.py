@@ -103,15 +103,17 @@ def test_tasks_is_paged_and_all_follows_every_page(door: str, stack: Stack) -> N
     ids = stack.client().submit_many([{"handler": "nobody"} for _ in range(5)])
 
     first = cli(stack, door, "tasks", "--limit", "2")
+    assert first.returncode == 0, first.stderr
     *rows, more = first.stdout.splitlines()
     assert [row.split()[0] for row in rows[1:]] == ids[:2]
     assert more.startswith("more: --after ")
     cursor = more.split()[-1]
-    second = json.loads(
-        cli(stack, door, "tasks", "--limit", "2", "--after", cursor, "--json").stdout
-    )
-    assert [t["id"] for t in second["tasks"]] == ids[2:4]
-    every = json.loads(cli(stack, door, "tasks", "--limit", "2", "--all", "--json").stdout)
+    shown = cli(stack, door, "tasks", "--limit", "2", "--after", cursor, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert [t["id"] for t in json.loads(shown.stdout)["tasks"]] == ids[2:4]
+    shown = cli(stack, door, "tasks", "--limit", "2", "--all", "--json")
+    assert shown.returncode == 0, shown.stderr
+    every = json.loads(shown.stdout)
     assert [t["id"] for t in every["tasks"]] == ids and every["next"] is None
 
 
