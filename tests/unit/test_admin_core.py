@@ -350,6 +350,7 @@ def test_stats_counts_by_status_handler_worker_and_time(stored: Scheduler) -> No
     address = add_worker(stored, "w1", ["echo"], slots=3)
     add_worker(stored, "w2", ["echo"], slots=2)
     stored.drain_worker("w2", True, T0)
+    add_worker(stored, "w3", ["echo"], slots=1)  # after the drained one: counted past it
     done, failed, waiting = submit(stored), submit(stored), submit(stored, handler="resize")
     running = submit(stored)
     assert dispatched(stored) == {address: [done, failed, running]}
@@ -363,8 +364,8 @@ def test_stats_counts_by_status_handler_worker_and_time(stored: Scheduler) -> No
         "echo": {"pending": 0, "running": 1},
         "resize": {"pending": 1, "running": 0},
     }
-    assert stats["workers"] == {"online": 2, "draining": 1, "slots": {"used": 1, "total": 5},
-                                "by_kind": {"zmq": 2}}  # fmt: skip
+    assert stats["workers"] == {"online": 3, "draining": 1, "slots": {"used": 1, "total": 6},
+                                "by_kind": {"zmq": 3}}  # fmt: skip
     throughput = stats["throughput"]
     assert throughput["bucket"] == BUCKET and len(throughput["completed"]) == BUCKETS
     assert sum(throughput["completed"]) == 1 and throughput["failed"][-1] == 1
