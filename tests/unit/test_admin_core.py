@@ -374,6 +374,9 @@ def test_stats_counts_by_status_handler_worker_and_time(stored: Scheduler) -> No
     # Fifteen minutes on, the buckets have passed.
     later = stored.stats(T0 + BUCKET * BUCKETS + 20, T0)["throughput"]
     assert sum(later["completed"]) + sum(later["failed"]) == 0
+    # Up to then, the bucket of the first finish is the window's oldest, and still shown
+    last = (int((T0 + 1) // BUCKET) + BUCKETS - 1) * BUCKET
+    assert stored.stats(last, T0)["throughput"]["completed"][0] == 1
 
 
 def test_a_retry_never_runs_a_task_whose_dependency_ended_badly_and_was_purged(
