@@ -50,9 +50,7 @@ def _submit_each(core: Scheduler, request: ops.Submit, now: float) -> list[dict[
     """Each task submitted on its own: the entry of one refused is ``{error}``."""
     entries = core.submit_each(request.tasks, now, refuse_unservable=request.refuse_unservable)
     return [
-        {"error": ops.ErrorInfo(e.status, e.title, e.description).to_body()}
-        if isinstance(e, SchedulerError)
-        else e
+        {"error": ops.ErrorInfo.of(e).to_body()} if isinstance(e, SchedulerError) else e
         for e in entries
     ]
 

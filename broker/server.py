@@ -765,7 +765,7 @@ class BrokerServer:
         """Answer a request with the error it met: a ``SchedulerError`` as it says, anything
         else as the broker's bug (500, logged)."""
         if isinstance(exc, SchedulerError):
-            error = ops.ErrorInfo(exc.status, exc.title, exc.description)
+            error = ops.ErrorInfo.of(exc)
         else:
             log.error("request %r failed", op, exc_info=exc)
             error = ops.ErrorInfo(500, "Internal error", "the broker hit a bug")

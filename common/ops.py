@@ -619,6 +619,11 @@ class ErrorInfo:
             description if isinstance(description, str) else "",
         )
 
+    @classmethod
+    def of(cls, exc: SchedulerError) -> ErrorInfo:
+        """The error to answer with for an exception raised (``exception``'s inverse)."""
+        return cls(exc.status, exc.title, exc.description)
+
     def exception(self) -> SchedulerError:
         """The error to raise for it: the ``SchedulerError`` of its status."""
         return SchedulerError.of(self.status, self.title, self.description)
