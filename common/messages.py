@@ -26,6 +26,7 @@ from common.limits import (
     MAX_CAPABILITIES,
     MAX_ERROR_LENGTH,
     MAX_HOST_LENGTH,
+    MAX_NAME_LENGTH,
     MAX_PID,
     MAX_SESSION,
     MAX_SLOTS,
@@ -357,6 +358,22 @@ class Dispatch:
             raise InvalidInput("tasks must be a list")
         out: list[Assignment | Unreadable] = []
         for i, entry in enumerate(tasks):
+            if type(entry) is dict:  # the usual case, in one pass (as RunOutcome.decode)
+                task_id, attempt = entry.get("task_id"), entry.get("attempt")
+                handler, args = entry.get("handler"), entry.get("args")
+                if (
+                    entry.get("timeout") is None
+                    and type(args) is bytes
+                    and type(handler) is str
+                    and 0 < len(handler) <= MAX_NAME_LENGTH
+                    and handler.isascii()
+                    and type(task_id) is str
+                    and type(attempt) is int
+                    and 0 < attempt <= MAX_ATTEMPT
+                    and ID_PATTERN.fullmatch(task_id) is not None
+                ):
+                    out.append(Assignment(task_id, attempt, handler, args, None))
+                    continue
             where = f"tasks[{i}]"
             entry = fields.mapping(entry, where)
             run = RunKey.decode(entry.get("task_id"), entry.get("attempt"), where)

@@ -152,6 +152,9 @@ class Agent:
         self._reconnect_at = 0.0
         self._backoff = backoff_initial
         self._unacked: dict[RunKey, Outcome] = {}
+        #: DISPATCHes whose acknowledgements are not read yet: a run they start is started
+        #: (and its outcome sent) first, since nothing of it waits for them.
+        self._dispatch_acks: list[dict[str, Any]] = []
         #: Hands the loop between two threads when runs may run on its thread (else None).
         self._relay: Relay | None = None
         #: A run started this turn, for the loop's thread to run once the turn is over.
@@ -236,6 +239,7 @@ class Agent:
                         if not self._run_inline(relay, job):
                             break  # taken over: stand by
                         self._flush_outcomes()
+                        self._settle_acks()
                 else:
                     relay.finish()
                     return
@@ -276,6 +280,8 @@ class Agent:
         if readable:
             self._receive()
         self._flush_outcomes()
+        if self._inline_job is None:  # else once its outcome is sent (``_hold_loop``)
+            self._settle_acks()
         now = time.monotonic()
         if self._stop_requested:
             return
@@ -365,6 +371,7 @@ class Agent:
 
     def _send_ready(self) -> None:
         assert self._runner is not None
+        self._settle_acks()  # what is acknowledged already is claimed no more
         self._registered = False
         self._ready_sent_at = time.monotonic()
         # Finished runs whose outcome is not yet acknowledged are claimed too: a lease the
@@ -393,8 +400,8 @@ class Agent:
         does is asked (``message_waits``) rather than found by a receive that raises
         ``zmq.Again``, which costs twice as much."""
         for i in range(RECEIVE_BATCH):
-            if self._socket is None:
-                return
+            if self._socket is None or self._inline_job is not None:
+                return  # (a run to start on this thread: the rest waits for its outcome)
             if i and not message_waits(self._socket):
                 return
             try:
@@ -462,11 +469,8 @@ class Agent:
 
     def _on_dispatch(self, body: dict[str, Any]) -> None:
         assert self._runner is not None
-        try:
-            for run in messages.Dispatch.acks_of(body):
-                self._unacked.pop(run, None)
-        except InvalidInput as exc:  # the runs still start; the outcomes wait for an ACK
-            logger.warning("dropped the malformed acknowledgements of a DISPATCH: %s", exc)
+        if body.get("results") is not None:
+            self._dispatch_acks.append(body)
         for entry in messages.Dispatch.decode(body):
             task_id, attempt = entry.run
             if self._drain_deadline is not None:
@@ -475,8 +479,10 @@ class Agent:
                 self._deliver(Outcome(task_id, attempt, TaskStatus.CANCELLED))
                 continue
             if entry.run in self._unacked:
-                logger.debug("task %s attempt %d already finished", task_id, attempt)
-                continue
+                self._settle_acks()  # as if read first: they may acknowledge this run
+                if entry.run in self._unacked:
+                    logger.debug("task %s attempt %d already finished", task_id, attempt)
+                    continue
             if isinstance(entry, messages.Unreadable):
                 # Report it, or the lease would sit until the broker expires it.
                 self._deliver(Outcome(task_id, attempt, TaskStatus.FAILED, error=entry.problem))
@@ -488,6 +494,16 @@ class Agent:
                 )
             else:
                 self._runner.start(task_id, attempt, entry.handler, entry.args, entry.timeout)
+
+    def _settle_acks(self) -> None:
+        """Forget the outcomes the DISPATCHes read so far acknowledge."""
+        bodies, self._dispatch_acks = self._dispatch_acks, []
+        for body in bodies:
+            try:
+                for run in messages.Dispatch.acks_of(body):
+                    self._unacked.pop(run, None)
+            except InvalidInput as exc:  # the runs started; the outcomes wait for an ACK
+                logger.warning("dropped the malformed acknowledgements of a DISPATCH: %s", exc)
 
     def _on_cancel(self, body: dict[str, Any]) -> None:
         assert self._runner is not None
@@ -502,11 +518,11 @@ class Agent:
 
     def _flush_outcomes(self) -> None:
         fresh: list[Outcome] = []
-        while True:
-            try:
-                outcome = self._outcomes.get_nowait()
-            except queue.Empty:
-                break
+        outcomes = self._outcomes
+        # Only this thread takes from the queue: what ``empty`` says is there stays there
+        # (and the ``queue.Empty`` a ``get_nowait`` raises at the end costs more than this).
+        while not outcomes.empty():
+            outcome = outcomes.get_nowait()
             self._unacked[outcome.key] = outcome
             fresh.append(outcome)
         # Before WELCOME they wait: the WELCOME handler sends every unacked outcome.

@@ -104,6 +104,8 @@ def to_bytes(value: Any) -> bytes:
     """
     if isinstance(value, bytes):
         return value
+    if type(value) is int:  # its JSON, without the encoder (a count, an id: common results)
+        return b"%d" % value
     if isinstance(value, bytearray | memoryview):
         return bytes(value)
     if isinstance(value, str):

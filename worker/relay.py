@@ -119,9 +119,13 @@ class Relay:
 
     def running_inline(self) -> bool:
         """Whether the calling thread holds the loop and runs a job: what it reports now, it
-        sends itself once the job returns (no other thread needs waking)."""
-        with self._cond:
-            return self._holder is threading.current_thread() and self._inline_since is not None
+        sends itself once the job returns (no other thread needs waking).
+
+        Read without the lock, on every run's outcome: the other thread takes the loop over
+        under the lock and then takes in what was reported, so an outcome queued before
+        this call is found by one or the other. A False read mid take-over only costs
+        a wake-up."""
+        return self._holder is threading.current_thread() and self._inline_since is not None
 
     def finish(self, error: BaseException | None = None) -> None:
         """The loop has ended, in the holder's thread (with ``error`` if one ended it)."""

@@ -200,13 +200,14 @@ class Runner:
         """The run, listed as in progress with its handler looked up; None (logged) if it is
         in progress already."""
         run = _Run(task_id, attempt, handler, args, timeout, TaskContext(task_id, attempt))
+        key = RunKey(task_id, attempt)
         with self._lock:
             if self._closed:
                 raise RuntimeError("runner is shut down")
-            if run.key in self._runs:
+            if key in self._runs:
                 logger.warning("task %s attempt %d is already running", task_id, attempt)
                 return None
-            self._runs[run.key] = run
+            self._runs[key] = run
         run.fn = handlers.get(handler)
         return run
 
@@ -297,7 +298,7 @@ class Runner:
                 self._on_done(outcome)
             except Exception:
                 logger.exception("on_done failed for task %s", run.task_id)
-        if self._processes is None:
+        if self._processes is None and self._pending:  # (``_queue`` admits what it adds)
             self._admit()
         return True
 

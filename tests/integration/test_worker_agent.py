@@ -308,6 +308,23 @@ def test_a_dispatch_may_carry_the_acks_of_earlier_outcomes(
     assert claimed == ["t2", "t3"]
 
 
+def test_a_dispatch_acknowledging_a_run_it_sends_again_runs_it_again(
+    broker: FakeBroker, start_worker: StartWorker
+) -> None:
+    # given a run whose outcome is not acknowledged
+    identity = register(broker, start_worker)
+    broker.send(identity, Command.DISPATCH, {"tasks": [task("t1", "echo", b"one")]})
+    broker.expect(Command.DONE)
+    # when the same run comes again: alone, then with its acknowledgement
+    broker.send(identity, Command.DISPATCH, {"tasks": [task("t1", "echo", b"two")]})
+    broker.send(identity, Command.DISPATCH,
+                {"tasks": [task("t1", "echo", b"three")], "results": [["t1", 1]]})  # fmt: skip
+    # then the first is not run (its outcome is still owed), and the second is: the
+    # acknowledgements a DISPATCH carries count before the runs it starts
+    _, done = broker.expect(Command.DONE)
+    assert [(r["task_id"], r["result"]) for r in done_results(done)] == [("t1", b"three")]
+
+
 def test_cancel_of_a_sleep_reports_cancelled(broker: FakeBroker, start_worker: StartWorker) -> None:
     # given a long sleep running on the worker
     identity = register(broker, start_worker)

@@ -59,6 +59,48 @@ def test_a_done_whose_status_is_a_list_or_a_map_is_refused_naming_it(status: Any
             messages.Done.decode(body)
 
 
+_ENTRY = {"task_id": "t1", "attempt": 3, "handler": "echo", "args": b"x", "timeout": None}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{}, {"args": b""}, {"handler": "h" * 256}, {"attempt": 2**31 - 1},
+     # each of these takes the field-by-field path, which must read the same entry
+     {"timeout": 2.5}, {"args": None}, {"args": bytearray(b"x")}, {"handler": "échó"},
+     {"extra": 1}],
+)  # fmt: skip
+def test_a_dispatch_entry_reads_the_same_on_either_path(change: dict[str, Any]) -> None:
+    entry = {**_ENTRY, **change}
+    [got] = messages.Dispatch.decode({"tasks": [entry]})
+    assert got == messages.Assignment(
+        entry["task_id"], entry["attempt"], entry["handler"], bytes(entry["args"] or b""),
+        entry["timeout"],
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [({"handler": ""}, "tasks[0].handler must not be empty"),
+     ({"handler": "h" * 257}, "tasks[0].handler is longer than 256 characters"),
+     ({"handler": "\ud800"}, "tasks[0].handler is not valid UTF-8"),
+     ({"args": "text"}, "tasks[0].args must be bytes"),
+     ({"timeout": 0}, "tasks[0].timeout must be")],
+)  # fmt: skip
+def test_a_dispatch_entry_the_fast_path_would_not_check_is_unreadable(
+    change: dict[str, Any], problem: str
+) -> None:
+    [got] = messages.Dispatch.decode({"tasks": [{**_ENTRY, **change}]})
+    assert isinstance(got, messages.Unreadable)
+    assert got.run == messages.RunKey("t1", 3)
+    assert problem in got.problem
+
+
+@pytest.mark.parametrize("change", [{"task_id": "bad id"}, {"attempt": 0}, {"attempt": True}])
+def test_a_dispatch_entry_whose_run_is_unreadable_raises(change: dict[str, Any]) -> None:
+    with pytest.raises(InvalidInput, match=r"^tasks\[0\]\."):
+        messages.Dispatch.decode({"tasks": [{**_ENTRY, **change}]})
+
+
 @pytest.mark.parametrize(
     ("wait", "held"),
     [(5, 5.0), (MAX_WAIT, MAX_WAIT), (1e10, MAX_WAIT), (2**63 - 1, MAX_WAIT),

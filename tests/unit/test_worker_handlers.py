@@ -139,6 +139,8 @@ def test_load_module_of_a_missing_module_fails() -> None:
         ({"a": [1, 2.5, None, True]}, b'{"a":[1,2.5,null,true]}'),
         ([], b"[]"),
         (0, b"0"),
+        (-7, b"-7"),
+        (True, b"true"),  # a bool is an int, but its JSON is not its digits
         (2**100, str(2**100).encode()),
         ("", b""),
     ],
