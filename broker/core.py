@@ -728,10 +728,27 @@ class Scheduler(Lifecycle):
         """Any message from a worker is a sign of life."""
         worker.last_seen = now
 
-    def report(self, worker: Worker, outcomes: list[RunOutcome], now: float) -> list[RunKey]:
-        """Outcomes from a ZeroMQ worker; returns the runs to acknowledge (all of them)."""
+    def report(
+        self, worker: Worker, outcomes: list[RunOutcome], now: float, early: bool = False
+    ) -> list[RunKey]:
+        """Outcomes from a ZeroMQ worker; returns the runs to acknowledge (all of them).
+
+        ``early``: a run that completed a task nothing depends on frees its slot now, and
+        its task is recorded completed by ``settle``, which the caller must call before any
+        other method but ``schedule`` and ``take_outbox`` (and ``report`` with ``early``):
+        the socket loop sends the runs that take the freed slots first. The task's outcome
+        makes no task ready, so no run is leased otherwise than it would be.
+        """
         for outcome in outcomes:
             task_id, attempt = outcome.run
+            if (
+                early
+                and outcome.status is TaskStatus.COMPLETED
+                and self._free_early(worker, task_id, attempt, outcome.result, now)
+            ):
+                continue
+            if self.completing:
+                self.settle()  # this outcome sees the earlier ones, as they came
             self._outcome(
                 worker, task_id, attempt, outcome.status, outcome.result, outcome.error, now,
                 outcome.traceback,

@@ -40,6 +40,7 @@ def check(core: Scheduler) -> None:
     """Raise ``InvariantError`` if any rule does not hold."""
     _index(core)
     _tasks(core)
+    _completing(core)
     _workers(core)
     _liveness(core)
     _matcher(core)
@@ -139,8 +140,28 @@ def _running(core: Scheduler, task: Task, open_leases: list[Lease]) -> None:
     worker = core.roster.get(task.worker_id or "")
     if worker is None or worker.status is not WorkerStatus.ONLINE:
         _fail(f"running task {task.id}'s worker {task.worker_id} is not online")
-    elif worker.running.get(task.id) != task.attempts:
+    elif worker.running.get(task.id) != task.attempts and not any(
+        entry[0] is task and entry[1] is worker and entry[2] == task.attempts
+        for entry in core.completing
+    ):  # (a completed run whose slot is freed, its task not recorded yet: ``settle``)
         _fail(f"running task {task.id} is not in {worker.id}'s running as #{task.attempts}")
+
+
+def _completing(core: Scheduler) -> None:
+    seen: set[str] = set()
+    for task, worker, attempt, _, _ in core.completing:
+        lease = task.current_lease()
+        if (
+            task.status is not TaskStatus.RUNNING
+            or core.index.tasks.get(task.id) is not task
+            or lease is None
+            or lease.worker_id != worker.id
+            or attempt != task.attempts
+        ):
+            _fail(f"completing {task.id} #{attempt} is not its running task's current lease")
+        if task.id in worker.running or task.id in core.dependents or task.id in seen:
+            _fail(f"completing {task.id} is still running on {worker.id}, depended on or twice")
+        seen.add(task.id)
 
 
 def _workers(core: Scheduler) -> None:
@@ -276,7 +297,7 @@ CHECKED_METHODS = (
     "wait_many",
     "register", "seen", "report", "drain", "goodbye", "http_register", "http_worker",
     "http_next", "http_complete", "tick", "prune", "schedule", "retry", "purge",
-    "drain_worker", "stats",
+    "drain_worker", "stats", "settle",
 )  # fmt: skip
 
 

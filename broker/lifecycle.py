@@ -150,6 +150,9 @@ class Lifecycle:
         self.dependents: dict[str, list[Task]] = {}
         #: Leases recovered from the store after a restart, waiting for their worker to claim them.
         self.orphans: set[str] = set()
+        #: Completed runs whose slot is free already, their tasks still running until
+        #: ``settle`` records them (``_free_early``): (task, worker, attempt, result, when).
+        self.completing: list[tuple[Task, Worker, int, bytes | None, float]] = []
         #: Shapes of tasks logged as waiting for no worker, since the roster's generation.
         self._warned: set[Shape] = set()
         self._warned_at = -1
@@ -345,6 +348,41 @@ class Lifecycle:
             self._fail_attempt(task, error or "failed", now)
         else:
             self._release(task, now)  # given up without being asked (its worker is stopping)
+
+    def _free_early(
+        self, worker: Worker, task_id: str, attempt: int, result: bytes | None, now: float
+    ) -> bool:
+        """A completed run's slot, freed at once, its task recorded completed by ``settle``:
+        whether the run was one that may wait so (the current lease of a task in memory
+        that nothing depends on, so that recording it later makes no task ready later)."""
+        task = self.index.tasks.get(task_id)
+        if task is None or worker.running.get(task_id) != attempt or task_id in self.dependents:
+            return False
+        lease = task.current_lease()
+        if lease is None or lease.worker_id != worker.id or attempt != task.attempts:
+            return False
+        del worker.running[task_id]
+        worker.give_back(task.resources)
+        self.matcher.touch(worker)
+        self.completing.append((task, worker, attempt, result, now))
+        return True
+
+    def settle(self) -> None:
+        """Record the completed runs whose slots ``_free_early`` freed."""
+        completing, self.completing = self.completing, []
+        for task, worker, attempt, result, now in completing:
+            lease = task.current_lease()
+            if (
+                task.status is not TaskStatus.RUNNING
+                or lease is None
+                or lease.worker_id != worker.id
+                or attempt != task.attempts
+            ):  # (nothing but ``schedule`` runs in between, which leaves running tasks be)
+                self._refuse(worker, task, attempt, TaskStatus.COMPLETED)
+                continue
+            self.metrics.run.observe(now - lease.started_at)
+            self._close_lease(task, LeaseOutcome.COMPLETED, now)
+            self._finish(task, TaskStatus.COMPLETED, now, result=result)
 
     def _refuse(self, worker: Worker, task: Task | None, attempt: int, status: TaskStatus) -> None:
         """An outcome for a lease that is no longer current: never recorded."""

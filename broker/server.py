@@ -360,6 +360,14 @@ class BrokerServer:
                 break
         now = self.clock()
         core = self.core
+        early = None
+        if core.completing:
+            # The slots that completed runs freed take their next runs before the runs'
+            # tasks are recorded completed: the workers start them meanwhile.
+            core.schedule(now)
+            early = core.take_outbox()
+            self._send_runs(socket, early)
+            core.settle()
         core.schedule(now)
         due = core.next_timer()
         if due is not None and due <= now:
@@ -380,6 +388,9 @@ class BrokerServer:
         self._commands = []
         outbox = core.take_outbox()
         self._send_runs(socket, outbox)
+        if early is not None:  # (answers to HTTP workers' polls, say)
+            outbox.replies[:0] = early.replies
+            outbox.notices[:0] = early.notices
         self._took_in = bool(self._intake)
         if self._took_in:
             # After the runs went out: a worker starts its next task while submits come in.
@@ -647,6 +658,8 @@ class BrokerServer:
             return
         command, body = message.command, message.body
         self.metrics.received[command.value] += 1
+        if command is not Command.DONE and self.core.completing:
+            self.core.settle()  # what came before this message is recorded before it is read
         if command is Command.REQUEST:
             self._request(address, body, now, peer)
         elif command is Command.READY:
@@ -697,7 +710,8 @@ class BrokerServer:
             # A worker keeps its outcomes until ACKed and needs nothing else from the ACK,
             # so ACKs wait for a commit that something else needs, or at most COMMIT_DELAY,
             # and go out together, ACK_DELAY after the first outcome.
-            self._acks.setdefault(address, []).extend(self.core.report(worker, done.results, now))
+            runs = self.core.report(worker, done.results, now, early=True)
+            self._acks.setdefault(address, []).extend(runs)
             if self._acks_since is None:
                 self._acks_since = now
         elif command is Command.DRAIN:

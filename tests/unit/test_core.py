@@ -10,10 +10,10 @@ from broker.core import MAX_LOST, WORKER_PRUNE_BATCH, Scheduler, Timing
 from broker.invariants import CheckedScheduler
 from broker.operations import perform
 from broker.store.memory import MemoryStore
-from common import ops
+from common import messages, ops
 from common.errors import Conflict, InvalidInput, NotFound, SchedulerError
 from common.limits import MAX_PAGE_BYTES
-from common.models import TaskStatus, WorkerStatus
+from common.models import LeaseOutcome, TaskStatus, WorkerStatus
 from common.ops import ListWorkers, Submit
 from tests import edge
 
@@ -365,6 +365,83 @@ def test_late_outcome_from_offline_worker_is_refused(core: Scheduler) -> None:
     assert core.stale_outcomes == 1
     finish(core, other, task_id, result=b"new", now=T0 + 12)
     assert core.tasks[task_id].result == b"new"
+
+
+# -- completions recorded after the next runs are leased (``report(early=True)``) ------------
+
+
+def early(core: Scheduler, address: bytes, *entries: tuple[str, str]) -> list[list[Any]]:
+    """Report (task id, status) outcomes as the socket loop does, leaving them to settle."""
+    worker = core.worker_at(address)
+    assert worker is not None
+    results = [
+        {"task_id": task_id, "attempt": core.tasks[task_id].attempts, "status": status,
+         "result": b"r-" + task_id.encode(), "error": "e" if status == "failed" else None}
+        for task_id, status in entries
+    ]  # fmt: skip
+    done = messages.Done.decode({"results": results}).results
+    return [[run.task_id, run.attempt] for run in core.report(worker, done, T0 + 1, early=True)]
+
+
+def test_a_completed_run_frees_its_slot_for_the_next_before_it_is_recorded(
+    core: Scheduler,
+) -> None:
+    first, second = submit(core), submit(core)
+    address = add_worker(core, "w1")
+    assert dispatched(core) == {address: [first]}
+    assert early(core, address, (first, "completed")) == [[first, 1]]
+    # the slot takes the next task while the first is still running, to be recorded
+    assert core.tasks[first].status is TaskStatus.RUNNING
+    assert dispatched(core, T0 + 1) == {address: [second]}
+    core.settle()
+    task = core.tasks[first]
+    assert (task.status, task.result, task.completed_at) == (
+        TaskStatus.COMPLETED, b"r-" + first.encode(), T0 + 1
+    )  # fmt: skip
+    assert task.leases[-1].outcome is LeaseOutcome.COMPLETED
+    assert core.tasks[second].status is TaskStatus.RUNNING
+    assert core.completing == []
+
+
+def test_a_completion_a_task_depends_on_is_recorded_at_once(core: Scheduler) -> None:
+    # given a dependency running, its dependent first in line, and another task after it
+    dep = submit(core)
+    child = submit(core, dependencies=[dep], priority=100)
+    other = submit(core)
+    address = add_worker(core, "w1")
+    assert dispatched(core) == {address: [dep]}
+    # when it completes: its dependent is ready at once, and takes the slot before the other
+    early(core, address, (dep, "completed"))
+    assert core.completing == []
+    assert core.tasks[dep].status is TaskStatus.COMPLETED
+    assert dispatched(core, T0 + 1) == {address: [child]}
+    assert core.tasks[other].status is TaskStatus.PENDING
+
+
+@pytest.mark.parametrize("status", ["failed", "cancelled"])
+def test_only_completions_wait_to_be_recorded(core: Scheduler, status: str) -> None:
+    # given two tasks running, the first reported completed (left to settle)
+    a, b = submit(core), submit(core)
+    address = add_worker(core, "w1", slots=2)
+    dispatched(core)
+    # when the same report ends the second otherwise
+    early(core, address, (a, "completed"), (b, status))
+    # then both are recorded, in their order: the one after the completion needed it first
+    assert core.completing == []
+    assert core.tasks[a].status is TaskStatus.COMPLETED
+    assert core.tasks[b].status is not TaskStatus.RUNNING
+
+
+def test_a_completion_reported_twice_before_it_is_recorded_is_no_stale_outcome(
+    core: Scheduler,
+) -> None:
+    task_id = submit(core)
+    address = add_worker(core, "w1")
+    dispatched(core)
+    early(core, address, (task_id, "completed"), (task_id, "completed"))
+    assert core.completing == []
+    assert core.tasks[task_id].status is TaskStatus.COMPLETED
+    assert core.stale_outcomes == 0
 
 
 # -- cancel -------------------------------------------------------------------------------------
