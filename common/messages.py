@@ -176,15 +176,30 @@ class RunOutcome:
         return RunOutcome(self.run, TaskStatus.FAILED, error=error)
 
     def to_body(self) -> dict[str, Any]:
+        run = self.run
+        return RunOutcome.entry(
+            run.task_id, run.attempt, self.status, self.result, self.error, self.traceback
+        )
+
+    @staticmethod
+    def entry(
+        task_id: str,
+        attempt: int,
+        status: TaskStatus,
+        result: bytes | None,
+        error: str | None,
+        traceback: str | None = None,
+    ) -> dict[str, Any]:
+        """The ``DONE`` entry of such an outcome, made without one (a worker's every run)."""
         body = {
-            "task_id": self.run.task_id,
-            "attempt": self.run.attempt,
-            "status": self.status.value,
-            "result": self.result,
-            "error": self.error,
+            "task_id": task_id,
+            "attempt": attempt,
+            "status": status.value,
+            "result": result,
+            "error": error,
         }
-        if self.traceback is not None:
-            body["traceback"] = self.traceback
+        if traceback is not None:
+            body["traceback"] = traceback
         return body
 
     @classmethod
@@ -235,7 +250,12 @@ class Done:
     results: list[RunOutcome]
 
     def to_body(self) -> dict[str, Any]:
-        return {"results": [outcome.to_body() for outcome in self.results]}
+        return Done.body([outcome.to_body() for outcome in self.results])
+
+    @staticmethod
+    def body(entries: list[dict[str, Any]]) -> dict[str, Any]:
+        """The body of a ``DONE`` of these entries (``RunOutcome.entry``)."""
+        return {"results": entries}
 
     @classmethod
     def decode(cls, body: dict[str, Any]) -> Done:
@@ -427,6 +447,16 @@ class Ack:
             raise InvalidInput("results must be a list")
         runs = []
         for i, item in enumerate(results):
+            if type(item) is list and len(item) == 2:  # the usual case, in one pass
+                task_id, attempt = item
+                if (
+                    type(task_id) is str
+                    and type(attempt) is int
+                    and 0 < attempt <= MAX_ATTEMPT
+                    and ID_PATTERN.fullmatch(task_id) is not None
+                ):
+                    runs.append(RunKey(task_id, attempt))
+                    continue
             if not isinstance(item, list | tuple) or len(item) != 2:
                 raise InvalidInput(f"results[{i}] must be a [task_id, attempt] pair")
             runs.append(RunKey.decode(item[0], item[1], f"results[{i}]"))

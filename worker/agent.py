@@ -472,15 +472,16 @@ class Agent:
         if body.get("results") is not None:
             self._dispatch_acks.append(body)
         for entry in messages.Dispatch.decode(body):
-            task_id, attempt = entry.run
+            run = entry.run
+            task_id, attempt = run
             if self._drain_deadline is not None:
                 # Sent before the broker heard of the drain: given back at once, to run
                 # elsewhere (a run reported cancelled unasked is requeued).
                 self._deliver(Outcome(task_id, attempt, TaskStatus.CANCELLED))
                 continue
-            if entry.run in self._unacked:
+            if run in self._unacked:
                 self._settle_acks()  # as if read first: they may acknowledge this run
-                if entry.run in self._unacked:
+                if run in self._unacked:
                     logger.debug("task %s attempt %d already finished", task_id, attempt)
                     continue
             if isinstance(entry, messages.Unreadable):
@@ -534,20 +535,26 @@ class Agent:
         reads no frame much larger); a result over the broker's ``--max-payload`` is
         reported as a failed run instead."""
         limit = self._max_payload
-        results: list[messages.RunOutcome] = []
+        results: list[dict[str, Any]] = []
         size = 0
         for o in outcomes:
             error = o.error if o.error is None else o.error[:MAX_ERROR_LENGTH]
-            outcome = messages.RunOutcome(o.key, o.status, o.result, error, o.traceback)
-            if limit:
-                outcome = outcome.within(limit)
-            if results and size + len(outcome.result or b"") > DONE_BYTES:
-                self._send(Command.DONE, messages.Done(results).to_body())
+            result = o.result
+            if limit and result is not None and len(result) > limit:
+                outcome = messages.RunOutcome(o.key, o.status, result, error, o.traceback)
+                entry = outcome.within(limit).to_body()
+            else:
+                entry = messages.RunOutcome.entry(
+                    o.task_id, o.attempt, o.status, result, error, o.traceback
+                )
+            length = len(entry["result"] or b"")
+            if results and size + length > DONE_BYTES:
+                self._send(Command.DONE, messages.Done.body(results))
                 results, size = [], 0
-            results.append(outcome)
-            size += len(outcome.result or b"")
+            results.append(entry)
+            size += length
         if results:
-            self._send(Command.DONE, messages.Done(results).to_body())
+            self._send(Command.DONE, messages.Done.body(results))
 
     # -- shutdown ------------------------------------------------------------------------
 

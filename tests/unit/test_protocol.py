@@ -4,6 +4,7 @@ at its edge."""
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import msgpack
@@ -99,6 +100,19 @@ def test_a_dispatch_entry_the_fast_path_would_not_check_is_unreadable(
 def test_a_dispatch_entry_whose_run_is_unreadable_raises(change: dict[str, Any]) -> None:
     with pytest.raises(InvalidInput, match=r"^tasks\[0\]\."):
         messages.Dispatch.decode({"tasks": [{**_ENTRY, **change}]})
+
+
+def test_an_ack_reads_its_runs_and_names_the_first_bad_one() -> None:
+    ack = messages.Ack.decode({"results": [["t1", 1], ("t2", 2), ["t3", 2**31 - 1]]})
+    assert ack.runs == [("t1", 1), ("t2", 2), ("t3", 2**31 - 1)]
+    for bad, where in [
+        (["bad id", 1], "results[1].task_id"),
+        (["t", 0], "results[1].attempt"),
+        (["t", True], "results[1].attempt"),
+        (["t"], "results[1] must be"),
+    ]:
+        with pytest.raises(InvalidInput, match=rf"^{re.escape(where)}"):
+            messages.Ack.decode({"results": [["t1", 1], bad]})  # fmt: skip
 
 
 @pytest.mark.parametrize(
