@@ -10,6 +10,9 @@ falls in two kinds:
   commit: a worker starts a task while its lease is being written. A command
   promises nothing: if the broker dies before the commit, the restarted broker
   does not know the lease, refuses the worker's claim and runs the task again.
+  A completed run's slot takes its next run even before the completion is recorded
+  (``Scheduler.report`` with ``early``; ``settle`` follows in the same turn, and before
+  any message but a DONE is read).
 
 The loop commits itself, between sending the commands and the promises: messages
 that arrive during the fsync wait on the socket and make the next turn, so a
