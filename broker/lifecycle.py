@@ -324,18 +324,9 @@ class Lifecycle:
         # A run stopped (cancelled, expired) holds its slot and resources until reported,
         # while its task, final, may have left memory for the store.
         task = self.find(task_id)
-        if worker.running.get(task_id) == attempt:
-            del worker.running[task_id]
-            if task is not None:
-                worker.give_back(task.resources)
-            self.matcher.touch(worker)
-        lease = task.current_lease() if task is not None else None
-        if (
-            task is None
-            or lease is None
-            or lease.worker_id != worker.id
-            or attempt != task.attempts
-        ):
+        self._free_slot(worker, task_id, attempt, task)
+        lease = self._reported_lease(worker, task, attempt)
+        if task is None or lease is None:
             self._refuse(worker, task, attempt, status)
             return
         if status is TaskStatus.COMPLETED or status is TaskStatus.FAILED:
@@ -349,6 +340,23 @@ class Lifecycle:
         else:
             self._release(task, now)  # given up without being asked (its worker is stopping)
 
+    def _free_slot(self, worker: Worker, task_id: str, attempt: int, task: Task | None) -> None:
+        """The slot and resources of a reported run, given back if its worker holds it still."""
+        if worker.running.get(task_id) == attempt:
+            del worker.running[task_id]
+            if task is not None:
+                worker.give_back(task.resources)
+            self.matcher.touch(worker)
+
+    @staticmethod
+    def _reported_lease(worker: Worker, task: Task | None, attempt: int) -> Lease | None:
+        """The lease a worker's report of this run ends: its task's open one, if the run is
+        that lease's (on this worker, of the current attempt); else None (refused)."""
+        lease = task.current_lease() if task is not None else None
+        if lease is None or lease.worker_id != worker.id or attempt != lease.attempt:
+            return None
+        return lease
+
     def _free_early(
         self, worker: Worker, task_id: str, attempt: int, result: bytes | None, now: float
     ) -> bool:
@@ -356,33 +364,23 @@ class Lifecycle:
         whether the run was one that may wait so (the current lease of a task in memory
         that nothing depends on, so that recording it later makes no task ready later)."""
         task = self.index.tasks.get(task_id)
-        if task is None or worker.running.get(task_id) != attempt or task_id in self.dependents:
+        if (
+            task is None
+            or worker.running.get(task_id) != attempt
+            or task_id in self.dependents
+            or self._reported_lease(worker, task, attempt) is None
+        ):
             return False
-        lease = task.current_lease()
-        if lease is None or lease.worker_id != worker.id or attempt != task.attempts:
-            return False
-        del worker.running[task_id]
-        worker.give_back(task.resources)
-        self.matcher.touch(worker)
+        self._free_slot(worker, task_id, attempt, task)
         self.completing.append((task, worker, attempt, result, now))
         return True
 
     def settle(self) -> None:
-        """Record the completed runs whose slots ``_free_early`` freed."""
+        """Record the completed runs whose slots ``_free_early`` freed, as ``_outcome`` records
+        any (their slots free, nothing is given back twice)."""
         completing, self.completing = self.completing, []
         for task, worker, attempt, result, now in completing:
-            lease = task.current_lease()
-            if (
-                task.status is not TaskStatus.RUNNING
-                or lease is None
-                or lease.worker_id != worker.id
-                or attempt != task.attempts
-            ):  # (nothing but ``schedule`` runs in between, which leaves running tasks be)
-                self._refuse(worker, task, attempt, TaskStatus.COMPLETED)
-                continue
-            self.metrics.run.observe(now - lease.started_at)
-            self._close_lease(task, LeaseOutcome.COMPLETED, now)
-            self._finish(task, TaskStatus.COMPLETED, now, result=result)
+            self._outcome(worker, task.id, attempt, TaskStatus.COMPLETED, result, None, now)
 
     def _refuse(self, worker: Worker, task: Task | None, attempt: int, status: TaskStatus) -> None:
         """An outcome for a lease that is no longer current: never recorded."""

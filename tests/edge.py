@@ -33,10 +33,14 @@ def register(core: Scheduler, address: bytes, body: dict[str, Any], now: float) 
 
 
 def report(
-    core: Scheduler, worker: Worker, results: list[dict[str, Any]], now: float
+    core: Scheduler,
+    worker: Worker,
+    results: list[dict[str, Any]],
+    now: float,
+    early: bool = False,
 ) -> list[list[Any]]:
     """The runs acknowledged, as the ACK carries them."""
-    runs = core.report(worker, messages.Done.decode({"results": results}).results, now)
+    runs = core.report(worker, messages.Done.decode({"results": results}).results, now, early)
     return [[run.task_id, run.attempt] for run in runs]
 
 

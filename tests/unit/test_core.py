@@ -10,7 +10,7 @@ from broker.core import MAX_LOST, WORKER_PRUNE_BATCH, Scheduler, Timing
 from broker.invariants import CheckedScheduler
 from broker.operations import perform
 from broker.store.memory import MemoryStore
-from common import messages, ops
+from common import ops
 from common.errors import Conflict, InvalidInput, NotFound, SchedulerError
 from common.limits import MAX_PAGE_BYTES
 from common.models import LeaseOutcome, TaskStatus, WorkerStatus
@@ -379,8 +379,7 @@ def early(core: Scheduler, address: bytes, *entries: tuple[str, str]) -> list[li
          "result": b"r-" + task_id.encode(), "error": "e" if status == "failed" else None}
         for task_id, status in entries
     ]  # fmt: skip
-    done = messages.Done.decode({"results": results}).results
-    return [[run.task_id, run.attempt] for run in core.report(worker, done, T0 + 1, early=True)]
+    return edge.report(core, worker, results, T0 + 1, early=True)
 
 
 def test_a_completed_run_frees_its_slot_for_the_next_before_it_is_recorded(
@@ -430,6 +429,21 @@ def test_only_completions_wait_to_be_recorded(core: Scheduler, status: str) -> N
     assert core.completing == []
     assert core.tasks[a].status is TaskStatus.COMPLETED
     assert core.tasks[b].status is not TaskStatus.RUNNING
+
+
+def test_a_completion_of_a_cancelled_run_frees_its_slot_and_stays_refused(
+    core: Scheduler,
+) -> None:
+    task_id = submit(core)
+    address = add_worker(core, "w1")
+    dispatched(core)
+    core.cancel(task_id, T0)
+    # its worker holds the slot until it reports; it reports the run completed after all
+    early(core, address, (task_id, "completed"))
+    assert core.completing == []
+    assert core.tasks[task_id].status is TaskStatus.CANCELLED
+    assert core.workers["w1"].capacity() == 1
+    assert core.stale_outcomes == 0
 
 
 def test_a_completion_reported_twice_before_it_is_recorded_is_no_stale_outcome(
