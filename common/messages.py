@@ -46,17 +46,26 @@ class RunKey(NamedTuple):
     def decode(cls, task_id: Any, attempt: Any, where: str) -> RunKey:
         # Every DISPATCH, DONE and ACK entry comes through here: the usual case is checked
         # in one expression, and only a value that fails it is looked at field by field.
-        if (
-            type(task_id) is str
-            and type(attempt) is int
-            and 0 < attempt <= MAX_ATTEMPT
-            and ID_PATTERN.fullmatch(task_id) is not None
-        ):
-            return cls(task_id, attempt)
+        run = _usual_run(task_id, attempt)
+        if run is not None:
+            return run
         return cls(
             fields.identifier(task_id, f"{where}.task_id"),
             fields.integer(attempt, f"{where}.attempt", 1, MAX_ATTEMPT),
         )
+
+
+def _usual_run(task_id: Any, attempt: Any) -> RunKey | None:
+    """The run these fields name if they are valid as they come: the decoders' one-pass
+    check of the usual entry (None: each field is then checked alone, and named)."""
+    if (
+        type(task_id) is str
+        and type(attempt) is int
+        and 0 < attempt <= MAX_ATTEMPT
+        and ID_PATTERN.fullmatch(task_id) is not None
+    ):
+        return RunKey(task_id, attempt)
+    return None
 
 
 # -- worker -> broker ------------------------------------------------------------------
@@ -215,15 +224,12 @@ class RunOutcome:
             if (
                 status is not None
                 and traceback is None
-                and type(task_id) is str
-                and type(attempt) is int
-                and 0 < attempt <= MAX_ATTEMPT
                 and (result is None or type(result) is bytes)
                 and (error is None or (type(error) is str and len(error) <= MAX_ERROR_LENGTH))
-                and ID_PATTERN.fullmatch(task_id) is not None
                 and (error is None or fields.is_utf8(error))
+                and (run := _usual_run(task_id, attempt)) is not None
             ):
-                return cls(RunKey(task_id, attempt), status, result, error)
+                return cls(run, status, result, error)
         where = f"results[{index}]"
         entry = fields.mapping(entry, where)
         status_value = entry.get("status")
@@ -387,12 +393,9 @@ class Dispatch:
                     and type(handler) is str
                     and 0 < len(handler) <= MAX_NAME_LENGTH
                     and handler.isascii()
-                    and type(task_id) is str
-                    and type(attempt) is int
-                    and 0 < attempt <= MAX_ATTEMPT
-                    and ID_PATTERN.fullmatch(task_id) is not None
+                    and (run := _usual_run(task_id, attempt)) is not None
                 ):
-                    out.append(Assignment(task_id, attempt, handler, args, None))
+                    out.append(Assignment(run.task_id, run.attempt, handler, args, None))
                     continue
             where = f"tasks[{i}]"
             entry = fields.mapping(entry, where)
@@ -447,16 +450,10 @@ class Ack:
             raise InvalidInput("results must be a list")
         runs = []
         for i, item in enumerate(results):
-            if type(item) is list and len(item) == 2:  # the usual case, in one pass
-                task_id, attempt = item
-                if (
-                    type(task_id) is str
-                    and type(attempt) is int
-                    and 0 < attempt <= MAX_ATTEMPT
-                    and ID_PATTERN.fullmatch(task_id) is not None
-                ):
-                    runs.append(RunKey(task_id, attempt))
-                    continue
+            usual = _usual_run(*item) if type(item) is list and len(item) == 2 else None
+            if usual is not None:  # the usual case, in one pass
+                runs.append(usual)
+                continue
             if not isinstance(item, list | tuple) or len(item) != 2:
                 raise InvalidInput(f"results[{i}] must be a [task_id, attempt] pair")
             runs.append(RunKey.decode(item[0], item[1], f"results[{i}]"))
