@@ -58,14 +58,17 @@ class RunKey(NamedTuple):
 def _usual_run(task_id: Any, attempt: Any) -> RunKey | None:
     """The run these fields name if they are valid as they come: the decoders' one-pass
     check of the usual entry (None: each field is then checked alone, and named)."""
-    if (
+    return RunKey(task_id, attempt) if _usual_fields(task_id, attempt) else None
+
+
+def _usual_fields(task_id: Any, attempt: Any) -> bool:
+    """Whether a run's fields are valid as they come (``_usual_run``)."""
+    return (
         type(task_id) is str
         and type(attempt) is int
         and 0 < attempt <= MAX_ATTEMPT
         and ID_PATTERN.fullmatch(task_id) is not None
-    ):
-        return RunKey(task_id, attempt)
-    return None
+    )
 
 
 # -- worker -> broker ------------------------------------------------------------------
@@ -352,6 +355,14 @@ class Unreadable(NamedTuple):
     run: RunKey
     problem: str
 
+    @property
+    def task_id(self) -> str:
+        return self.run.task_id
+
+    @property
+    def attempt(self) -> int:
+        return self.run.attempt
+
 
 @dataclass(slots=True)
 class Dispatch:
@@ -385,7 +396,8 @@ class Dispatch:
         out: list[Assignment | Unreadable] = []
         for i, entry in enumerate(tasks):
             if type(entry) is dict:  # the usual case, in one pass (as RunOutcome.decode)
-                task_id, attempt = entry.get("task_id"), entry.get("attempt")
+                task_id: Any = entry.get("task_id")
+                attempt: Any = entry.get("attempt")
                 handler, args = entry.get("handler"), entry.get("args")
                 if (
                     entry.get("timeout") is None
@@ -393,9 +405,9 @@ class Dispatch:
                     and type(handler) is str
                     and 0 < len(handler) <= MAX_NAME_LENGTH
                     and handler.isascii()
-                    and (run := _usual_run(task_id, attempt)) is not None
+                    and _usual_fields(task_id, attempt)
                 ):
-                    out.append(Assignment(run.task_id, run.attempt, handler, args, None))
+                    out.append(Assignment(task_id, attempt, handler, args, None))
                     continue
             where = f"tasks[{i}]"
             entry = fields.mapping(entry, where)

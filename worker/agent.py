@@ -151,7 +151,8 @@ class Agent:
         self._last_heard = 0.0
         self._reconnect_at = 0.0
         self._backoff = backoff_initial
-        self._unacked: dict[RunKey, Outcome] = {}
+        #: Outcomes sent and not acknowledged yet, by (task_id, attempt).
+        self._unacked: dict[tuple[str, int], Outcome] = {}
         #: DISPATCHes whose acknowledgements are not read yet: a run they start is started
         #: (and its outcome sent) first, since nothing of it waits for them.
         self._dispatch_acks: list[dict[str, Any]] = []
@@ -472,8 +473,7 @@ class Agent:
         if body.get("results") is not None:
             self._dispatch_acks.append(body)
         for entry in messages.Dispatch.decode(body):
-            run = entry.run
-            task_id, attempt = run
+            task_id, attempt = run = entry.task_id, entry.attempt
             if self._drain_deadline is not None:
                 # Sent before the broker heard of the drain: given back at once, to run
                 # elsewhere (a run reported cancelled unasked is requeued).
@@ -499,7 +499,13 @@ class Agent:
     def _settle_acks(self) -> None:
         """Forget the outcomes the DISPATCHes read so far acknowledge."""
         bodies, self._dispatch_acks = self._dispatch_acks, []
+        unacked = self._unacked
         for body in bodies:
+            if _acks_held(body["results"], unacked):
+                # The usual case: each names an outcome held, so each is a valid run.
+                for task_id, attempt in body["results"]:
+                    unacked.pop((task_id, attempt), None)
+                continue
             try:
                 for run in messages.Dispatch.acks_of(body):
                     self._unacked.pop(run, None)
@@ -524,7 +530,7 @@ class Agent:
         # (and the ``queue.Empty`` a ``get_nowait`` raises at the end costs more than this).
         while not outcomes.empty():
             outcome = outcomes.get_nowait()
-            self._unacked[outcome.key] = outcome
+            self._unacked[outcome.task_id, outcome.attempt] = outcome
             fresh.append(outcome)
         # Before WELCOME they wait: the WELCOME handler sends every unacked outcome.
         if fresh and self._registered:
@@ -579,3 +585,21 @@ class Agent:
                     if fd >= 0:
                         os.close(fd)
                 self._wake_read = self._wake_write = -1
+
+
+def _acks_held(results: Any, unacked: dict[tuple[str, int], Outcome]) -> bool:
+    """Whether ``results`` (a DISPATCH's) is a list of ``[task_id, attempt]`` pairs each of
+    which names an outcome in ``unacked``: it needs no other check then (an entry that
+    fails this is checked by ``Dispatch.acks_of``, and named if it is malformed)."""
+    if type(results) is not list:
+        return False
+    for item in results:
+        if not (
+            type(item) is list
+            and len(item) == 2
+            and type(item[0]) is str
+            and type(item[1]) is int  # (not True, which would find attempt 1)
+            and (item[0], item[1]) in unacked
+        ):
+            return False
+    return True

@@ -38,9 +38,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, NamedTuple
 
 from common import logs
 from common.messages import RunKey
@@ -62,9 +63,9 @@ WATCHDOG_STEP = 3600.0
 RESPAWN_THROTTLE = 1.0
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How one run ended."""
+class Outcome(NamedTuple):
+    """How one run ended (a tuple: one is made for every run, at half a frozen dataclass's
+    cost)."""
 
     task_id: str
     attempt: int
@@ -84,7 +85,7 @@ class Outcome:
 OnDone = Callable[[Outcome], None]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Run:
     task_id: str
     attempt: int
@@ -100,10 +101,6 @@ class _Run:
     abort: Callable[[], object] | None = None
     #: The handler, as registered when the run started (thread pool; a child looks it up).
     fn: handlers.Handler | None = None
-
-    @property
-    def key(self) -> RunKey:
-        return RunKey(self.task_id, self.attempt)
 
 
 class Runner:
@@ -131,6 +128,8 @@ class Runner:
         self._runs: dict[tuple[str, int], _Run] = {}
         self._pending: deque[_Run] = deque()  # thread pool: admitted in order as slots free
         self._active = 0  # thread pool: runs holding a slot
+        #: Whether each handler seen is ``async def`` (``_is_async``).
+        self._async: dict[handlers.Handler, bool] = {}
         self._closed = False
         self._watchdog = _Watchdog()
         self._threads = _Threads(max_idle=slots)
@@ -173,26 +172,43 @@ class Runner:
         reports it at once, and calling the job reports its outcome unless they did.
         Otherwise the run starts as ``start`` starts it, and None is returned.
         """
-        run = self._register(task_id, attempt, handler, args, timeout)
-        if run is None:
+        fn = handlers.get(handler)
+        if fn is None or not self.inline or self._is_async(fn):
+            self.start(task_id, attempt, handler, args, timeout)
             return None
-        fn = run.fn
-        if fn is not None and self.inline and not inspect.iscoroutinefunction(fn):
-            with self._lock:
-                free = not self._pending and self._active < self.slots
-                if free and not self._closed and not run.claimed:
-                    run.admitted = True
-                    self._active += 1
-            if run.admitted:
-
-                def job() -> None:
-                    if not run.claimed:  # else cancelled before it began
-                        self._arm(run)
-                        self._run_thread(run, fn)
-
-                return job
+        run = _Run(task_id, attempt, handler, args, timeout, TaskContext(task_id, attempt), fn=fn)
+        key = (task_id, attempt)
+        with self._lock:  # ``_register`` and the slot at once: one turn of the lock a run
+            if self._closed:
+                raise RuntimeError("runner is shut down")
+            if key in self._runs:
+                logger.warning("task %s attempt %d is already running", task_id, attempt)
+                return None
+            self._runs[key] = run
+            if not self._pending and self._active < self.slots:
+                run.admitted = True
+                self._active += 1
+        if run.admitted:
+            return partial(self._run_admitted, run, fn)
         self._queue(run)
         return None
+
+    def _run_admitted(self, run: _Run, fn: handlers.Handler) -> None:
+        """A job of ``start_inline``: the run, unless a cancel or its timeout came first."""
+        if not run.claimed:
+            self._arm(run)
+            self._run_thread(run, fn)
+
+    def _is_async(self, fn: handlers.Handler) -> bool:
+        """Whether ``fn`` is an ``async def`` handler (asked once a handler: ``inspect``
+        takes longer than many a handler's run)."""
+        try:
+            known = self._async.get(fn)
+            if known is None:
+                known = self._async[fn] = inspect.iscoroutinefunction(fn)
+        except TypeError:  # a callable object that cannot be a key: asked every time
+            return inspect.iscoroutinefunction(fn)
+        return known
 
     def _register(
         self, task_id: str, attempt: int, handler: str, args: bytes, timeout: float | None
@@ -200,7 +216,7 @@ class Runner:
         """The run, listed as in progress with its handler looked up; None (logged) if it is
         in progress already."""
         run = _Run(task_id, attempt, handler, args, timeout, TaskContext(task_id, attempt))
-        key = RunKey(task_id, attempt)
+        key = (task_id, attempt)
         with self._lock:
             if self._closed:
                 raise RuntimeError("runner is shut down")
@@ -279,7 +295,7 @@ class Runner:
             if run.claimed:
                 return False
             run.claimed = True
-            self._runs.pop(run.key, None)
+            self._runs.pop((run.task_id, run.attempt), None)
             if run.admitted:
                 run.admitted = False
                 self._active -= 1
@@ -340,7 +356,7 @@ class Runner:
         self._arm(run)
         fn = run.fn
         assert fn is not None  # start() reported the run failed otherwise
-        if inspect.iscoroutinefunction(fn):
+        if self._is_async(fn):
             with self._lock:
                 if self._closed:  # shut down since it was admitted: it is claimed already
                     return

@@ -308,6 +308,29 @@ def test_a_dispatch_may_carry_the_acks_of_earlier_outcomes(
     assert claimed == ["t2", "t3"]
 
 
+def test_a_dispatch_acknowledges_nothing_with_an_ack_that_is_not_a_run(
+    broker: FakeBroker, start_worker: StartWorker
+) -> None:
+    # given two outcomes not acknowledged
+    identity = register(broker, start_worker)
+    for name in ("t1", "t2"):
+        broker.send(identity, Command.DISPATCH, {"tasks": [task(name, "echo", b"x")]})
+        broker.expect(Command.DONE)
+    # when DISPATCHes acknowledge them with an attempt that is a boolean, not an integer,
+    # and beside a malformed entry
+    broker.send(identity, Command.DISPATCH,
+                {"tasks": [task("t3", "echo", b"3")], "results": [["t1", True]]})  # fmt: skip
+    broker.expect(Command.DONE)
+    acks = [["t2", 1], ["t 1", 1]]
+    broker.send(identity, Command.DISPATCH, {"tasks": [task("t4", "echo", b"4")], "results": acks})
+    broker.expect(Command.DONE)
+    # then neither counts: the next registration still claims both (a malformed list of
+    # acknowledgements is dropped whole, as before one of its runs was looked up)
+    broker.send(identity, Command.RESYNC)
+    _, ready = broker.expect(Command.READY)
+    assert sorted(r["task_id"] for r in ready.body["running"]) == ["t1", "t2", "t3", "t4"]
+
+
 def test_a_dispatch_acknowledging_a_run_it_sends_again_runs_it_again(
     broker: FakeBroker, start_worker: StartWorker
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+import tracemalloc
 from typing import Any
 
 import msgpack
@@ -22,6 +23,27 @@ def test_every_command_round_trips_with_binary_values() -> None:
     for command in Command:
         message = protocol.unpack(protocol.pack(command, body))
         assert (message.command, message.body) == (command, body)
+
+
+def test_a_body_msgpack_cannot_encode_raises_and_the_next_message_packs_whole() -> None:
+    with pytest.raises(TypeError):
+        protocol.pack(Command.DONE, {"results": [{"result": object()}], "tail": b"x" * 100})
+    assert protocol.unpack(protocol.pack(Command.PING, {"n": 1})).body == {"n": 1}
+
+
+def test_packing_a_large_message_leaves_no_buffer_of_its_size_behind() -> None:
+    big = {"result": b"\x01" * (16 << 20)}
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        frames = protocol.pack(Command.DONE, big)
+        assert protocol.unpack(frames).body == big
+        del frames
+        assert protocol.unpack(protocol.pack(Command.DONE, {"n": 2})).body == {"n": 2}
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 1 << 20, f"{held:,} bytes held after packing a 16 MiB body"
 
 
 def test_replies_carry_the_request_number() -> None:

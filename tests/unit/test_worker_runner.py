@@ -740,6 +740,70 @@ def test_a_run_handed_to_the_caller_and_cancelled_first_never_runs(
     assert runner.running() == []
 
 
+def test_a_run_handed_to_the_caller_is_not_started_twice_nor_after_shutdown(
+    make_runner: Callable[..., Runner], outcomes: Outcomes
+) -> None:
+    runner = make_runner(slots=1)
+    job = runner.start_inline("once", 1, "echo", b"1")
+    assert job is not None
+    # The same run again, whichever way it comes, is not started: it is running already.
+    assert runner.start_inline("once", 1, "echo", b"2") is None
+    assert not runner.start("once", 1, "echo", b"3")
+    assert runner.running() == [("once", 1)]
+    job()
+    assert [o.result for o in outcomes.of("once")] == [b"1"]
+    runner.shutdown()
+    with pytest.raises(RuntimeError):
+        runner.start_inline("after", 1, "echo", b"")
+
+
+def test_a_handler_replaced_by_an_async_one_is_no_longer_handed_over(
+    make_runner: Callable[..., Runner], outcomes: Outcomes, registered: Register
+) -> None:
+    # Given a plain handler that a one-slot runner has handed to its caller once.
+    def swap(args: bytes) -> bytes:
+        return b"plain"
+
+    registered("test-runner.swap", swap)
+    runner = make_runner(slots=1)
+    job = runner.start_inline("first", 1, "test-runner.swap", b"")
+    assert job is not None
+    job()
+
+    # When an async handler of the same name, in both senses, takes its place.
+    async def swapped(args: bytes) -> bytes:
+        return b"async"
+
+    swapped.__name__ = swapped.__qualname__ = swap.__qualname__
+    registered("test-runner.swap", swapped)
+
+    # Then its runs go to the event loop: what was learnt of the first is not reused.
+    assert runner.start_inline("second", 1, "test-runner.swap", b"") is None
+    assert outcomes.wait("second").result == b"async"
+
+
+class _Unhashable:
+    """A callable object with ``__eq__`` and so no hash."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Unhashable)
+
+    def __call__(self, args: bytes) -> bytes:
+        return b"called " + args
+
+
+def test_a_callable_object_that_cannot_be_hashed_is_handed_over_too(
+    make_runner: Callable[..., Runner], outcomes: Outcomes, registered: Register
+) -> None:
+    registered("test-runner.unhashable", _Unhashable())
+    runner = make_runner(slots=1)
+    for i in range(2):
+        job = runner.start_inline(f"obj{i}", 1, "test-runner.unhashable", b"x")
+        assert job is not None
+        job()
+        assert outcomes.wait(f"obj{i}").result == b"called x"
+
+
 def test_only_a_plain_handler_of_a_one_slot_thread_runner_is_handed_over(
     make_runner: Callable[..., Runner], outcomes: Outcomes
 ) -> None:
