@@ -20,7 +20,9 @@ that each sees the same moments of a noisy machine: tasks/s for each (medians of
 and the CPU a task of each kind of process (client, broker or relay, the two workers, with
 ``--sync off``). The ratio says how much of the message path's speed the scheduler keeps;
 the CPU split says where the rest goes: on a machine of two cores the processes share, the
-whole system's CPU a task sets the pace as much as any one process's does.
+whole system's CPU a task sets the pace as much as any one process's does. The share of the
+time the broker's loop spent committing (its ``commit_seconds``) is the part of its time in
+which no report is read: both workers wait for it once their runs are done.
 """
 
 from __future__ import annotations
@@ -168,6 +170,12 @@ class FloorClient(RelayClient):
                     raise RuntimeError(f"wrong result from the floor: {outcome!r}")
 
 
+def commits(client: Client) -> tuple[float, int]:
+    """The broker's commits since it started: seconds its loop spent in them, and how many."""
+    histogram = client.metrics()["histograms"]["commit_seconds"]
+    return histogram["sum"], histogram["counts"][-1]
+
+
 def ours(client: Client, first: int, count: int) -> None:
     """Workload A against the scheduler: a pipelined submit and a ``result`` per task."""
     pipeline = client.pipeline()
@@ -194,16 +202,28 @@ class Side:
     cpu: dict[str, float] = field(default_factory=lambda: {"client": 0.0, "server": 0.0,
                                                            "workers": 0.0})  # fmt: skip
     tasks: int = 0
+    #: The server's commits so far, as (seconds spent committing, commits); None: it has none.
+    commits: Callable[[], tuple[float, int]] | None = None
+    #: Over the rounds: their seconds, and the server's seconds committing and commits.
+    seconds: float = 0.0
+    committing: float = 0.0
+    committed: int = 0
 
     def measure(self, count: int, workload: Callable[[], None]) -> None:
+        before = self.commits() if self.commits is not None else (0.0, 0)
         began_cpu = self._cpu()
         began = time.perf_counter()
         workload()
         seconds = time.perf_counter() - began
         for kind, used in self._cpu().items():
             self.cpu[kind] += used - began_cpu[kind]
+        if self.commits is not None:
+            after = self.commits()
+            self.committing += after[0] - before[0]
+            self.committed += after[1] - before[1]
         self.rates.append(count / seconds)
         self.tasks += count
+        self.seconds += seconds
 
     def _cpu(self) -> dict[str, float]:
         return {
@@ -239,6 +259,8 @@ def run(quick: bool = False, floor: object = None) -> Report:
                     for sync, broker in brokers.items()
                 }
                 floor_client.wait_workers(WORKERS)
+                for sync, client in clients.items():
+                    sides[sync].commits = functools.partial(commits, client)
                 for client in clients.values():
                     ours(client, 0, warmup)
                 floor_client.workload(0, warmup)
@@ -257,6 +279,12 @@ def run(quick: bool = False, floor: object = None) -> Report:
                "tasks/s", base=floor_rate)  # fmt: skip
     report.add("ours: tasks/s, broker --sync full (an fsync a commit)",
                statistics.median(sides["full"].rates), "tasks/s", base=floor_rate)  # fmt: skip
+    for sync, side in sides.items():
+        each = side.committing / side.committed * 1e6 if side.committed else 0.0
+        report.add(f"ours: the broker's loop committing, --sync {sync}",
+                   side.committing / side.seconds * 100, "% of the time",
+                   note=f"{side.committed / side.seconds:,.0f} commits a second, {each:,.0f} us "
+                        "each: both workers' next reports wait meanwhile")  # fmt: skip
     ours_side = sides["off"]
     for kind, label in (("server", "broker (floor: relay)"), ("workers", "2 workers"),
                         ("client", "client")):  # fmt: skip
