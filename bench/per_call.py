@@ -21,8 +21,8 @@ and the CPU a task of each kind of process (client, broker or relay, the two wor
 ``--sync off``). The ratio says how much of the message path's speed the scheduler keeps;
 the CPU split says where the rest goes: on a machine of two cores the processes share, the
 whole system's CPU a task sets the pace as much as any one process's does. The share of the
-time the broker's loop spent committing (its ``commit_seconds``, without the reports it reads
-between parts of a long write) is the part of its time in which no report is read.
+time the broker's loop spent committing (its ``commit_seconds``) is the part of its time in
+which no report is read: both workers wait for it once their runs are done.
 """
 
 from __future__ import annotations
@@ -284,7 +284,7 @@ def run(quick: bool = False, floor: object = None) -> Report:
         report.add(f"ours: the broker's loop committing, --sync {sync}",
                    side.committing / side.seconds * 100, "% of the time",
                    note=f"{side.committed / side.seconds:,.0f} commits a second, {each:,.0f} us "
-                        "each, reading no report")  # fmt: skip
+                        "each: both workers' next reports wait meanwhile")  # fmt: skip
     ours_side = sides["off"]
     for kind, label in (("server", "broker (floor: relay)"), ("workers", "2 workers"),
                         ("client", "client")):  # fmt: skip

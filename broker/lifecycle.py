@@ -204,14 +204,6 @@ class Lifecycle:
         outbox, self.outbox = self.outbox, Outbox()
         return outbox
 
-    def take_runs(self) -> Outbox:
-        """The outbox's runs to start and to stop (commands, sent at once); its replies and
-        notices stay for ``take_outbox``, to go after a commit."""
-        outbox = self.outbox
-        runs = Outbox(outbox.dispatch, outbox.cancel)
-        outbox.dispatch, outbox.cancel = {}, {}
-        return runs
-
     def _known(self, task_id: str) -> Task:
         task = self.find(task_id)
         if task is None:

@@ -81,8 +81,6 @@ INTAKE_SECONDS = 0.005
 #: in and commits them: a reply that another client waits for meanwhile shares a commit of at
 #: most these rows (about 5 ms), not of every task taken in since the last commit.
 INTAKE_COMMIT_TASKS = 512
-#: Most reports read between two parts of a commit's write (``_between_writes``).
-MAX_REPORTS_BETWEEN_WRITES = 64
 #: Longest sleep of the loop in seconds: the resolution of liveness checks and pings.
 MAX_POLL_SECONDS = 0.1
 #: Longest time in seconds a change that nothing waits for stays uncommitted.
@@ -228,18 +226,6 @@ class BrokerServer:
         self._taken_since_commit = 0
         #: WELCOME and RESYNC of this turn: sent at its end, before the commit.
         self._commands: list[Frames] = []
-        #: The socket of the turn in progress, which a commit reads reports from meanwhile
-        #: (``_between_writes``).
-        self._turn_socket: zmq.Socket[bytes] | None = None
-        #: A message other than a report, read while a commit wrote: the next turn handles
-        #: it first, and nothing was read after it, so no peer's messages change order.
-        self._held_message: tuple[Frames, Peer | None] | None = None
-        #: Outcomes reported while a commit wrote, and when the first came: they are not in
-        #: that commit, and join ``_acks`` once it is done.
-        self._acks_later: dict[bytes, list[messages.RunKey]] = {}
-        self._acks_later_since: float | None = None
-        #: Seconds the commit in progress spent reading reports (not counted as committing).
-        self._between_seconds = 0.0
         #: When the oldest change that is not committed yet was made (None: there is none).
         self._dirty_since: float | None = None
         self._next_prune = 0.0
@@ -319,70 +305,18 @@ class BrokerServer:
             self.store.close()
             log.info("broker stopped")
 
-    def _commit(self, interleave: bool = False) -> None:
-        """Make every change of the core durable, in one transaction of the store.
-
-        ``interleave``: between parts of a long write, read the workers' reports waiting on
-        the turn's socket and send the runs that take the slots they free
-        (``_between_writes``); what that changes is for the next commit."""
+    def _commit(self) -> None:
+        """Make every change of the core durable, in one transaction of the store."""
         core = self.core
         workers, forgotten = core.take_workers()
-        between = self._between_writes if interleave and self._turn_socket is not None else None
-        self._between_seconds = 0.0
         began = time.perf_counter()
-        self.store.save(
-            core.take_dirty(), core.take_pruned(), workers=workers, forgotten=forgotten,
-            between=between,
-        )  # fmt: skip
-        self.metrics.commit.observe(time.perf_counter() - began - self._between_seconds)
+        self.store.save(core.take_dirty(), core.take_pruned(), workers=workers, forgotten=forgotten)
+        self.metrics.commit.observe(time.perf_counter() - began)
         self._taken_since_commit = 0
-        if between is not None and core.has_changes():
-            # Reports read during the write: theirs is the next commit, due as any change's.
-            self._dirty_since = self.clock()
         core.evict()  # finished tasks committed: the store serves them from now on
 
-    def _between_writes(self) -> None:
-        """Read the reports (DONE) waiting while a commit writes, inside its transaction: free
-        their slots, and send the runs that take them. The first message that is not a
-        report is kept for the next turn, and nothing more is read. The outcomes go to
-        ``_acks_later``; the store is only read (``Store.save``)."""
-        socket = self._turn_socket
-        if socket is None or self._held_message is not None:
-            return
-        began = time.perf_counter()
-        acks, since = self._acks, self._acks_since
-        self._acks, self._acks_since = self._acks_later, self._acks_later_since
-        try:
-            now = self.clock()
-            read = 0
-            for _ in range(MAX_REPORTS_BETWEEN_WRITES):
-                if not message_waits(socket):
-                    break
-                try:
-                    frames, peer = self._read(socket)
-                except zmq.Again:
-                    break
-                if len(frames) != 4 or frames[2] != Command.DONE.value:
-                    self._held_message = (frames, peer)
-                    break
-                read += 1
-                try:
-                    self._handle(frames, now, peer)
-                except Exception:  # never let one message take the broker down
-                    log.exception("error handling a message; dropped")
-            if read:
-                core = self.core
-                core.schedule(now)
-                self._send_runs(socket, core.take_runs())
-                if core.completing:
-                    core.settle()
-        finally:
-            self._acks_later, self._acks_later_since = self._acks, self._acks_since
-            self._acks, self._acks_since = acks, since
-            self._between_seconds += time.perf_counter() - began
-
     def _poll_timeout_ms(self) -> int:
-        if self._due or self._intake or self._took_in or self._held_message is not None:
+        if self._due or self._intake or self._took_in:
             return 0
         # The earliest of the times the loop must wake at, if any: one clock read.
         wake = self.core.next_timer()
@@ -406,18 +340,16 @@ class BrokerServer:
         the first: a receive that finds nothing raises ``zmq.Again``, which cost 4 us a
         turn and the question 2.4 (most turns take in one or two messages)."""
         ends = time.monotonic() + TURN_SECONDS
-        self._turn_socket = socket
-        first, self._held_message = self._held_message, None
         for i in range(MAX_MESSAGES_PER_TURN):
-            if first is not None:  # read while the last commit wrote: it comes first
-                (frames, peer), first = first, None
-            else:
-                if not (ready if i == 0 else message_waits(socket)):
-                    break
-                try:
-                    frames, peer = self._read(socket)
-                except zmq.Again:
-                    break
+            if not (ready if i == 0 else message_waits(socket)):
+                break
+            try:
+                if self._curve:
+                    frames, peer = self._receive_with_peer(socket)
+                else:
+                    frames, peer = receive_frames(socket), None
+            except zmq.Again:
+                break
             now = self.clock()
             try:
                 self._handle(frames, now, peer)
@@ -491,7 +423,7 @@ class BrokerServer:
             ):
                 self._dirty_since = None
                 # Raises if the store fails: the loop stops and nothing here is sent.
-                self._commit(interleave=True)
+                self._commit()
             else:
                 # Nothing this turn made is owed to a client yet: the new ACKs wait for the
                 # commit, and only what earlier turns committed goes out.
@@ -519,9 +451,6 @@ class BrokerServer:
             due = self._acks_since + ACK_DELAY
             self._ack_due = due if self._ack_due is None else min(self._ack_due, due)
             self._acks_since = None
-        if self._acks_later_since is not None:  # reported while the commit wrote: the next
-            self._acks, self._acks_since = self._acks_later, self._acks_later_since
-            self._acks_later, self._acks_later_since = {}, None
         self._send_acks(socket, now)
         # Outcomes before replies: a client that reads a reply showing a task final has
         # read the task's OUTCOME already (docs/protocol.md).
@@ -699,13 +628,6 @@ class BrokerServer:
         self._commands.append([address, *frames])
 
     # -- decoding -------------------------------------------------------------------
-
-    def _read(self, socket: zmq.Socket[bytes]) -> tuple[Frames, Peer | None]:
-        """The next message on ``socket`` and, with CURVE on, its sender's key (raises
-        ``zmq.Again`` when none waits)."""
-        if self._curve:
-            return self._receive_with_peer(socket)
-        return receive_frames(socket), None
 
     def _receive_with_peer(self, socket: zmq.Socket[bytes]) -> tuple[Frames, Peer]:
         """One message and the key it came with (raises ``zmq.Again`` when none waits).

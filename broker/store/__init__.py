@@ -141,7 +141,6 @@ class Store(Protocol):
         *,
         workers: Iterable[Worker] = (),
         forgotten: Sequence[str] = (),
-        between: Callable[[], None] | None = None,
     ) -> None:
         """Make these changes durable, all or none, before returning: every stored field
         of each changed task as it is now, the deleted tasks gone, every stored field of
@@ -154,12 +153,6 @@ class Store(Protocol):
         tasks do not touch until they are saved again. If it raises, nothing of this call
         is kept and the tasks' ``stored`` flags are as they were; the broker stops then.
         Deleting a task the store no longer holds does nothing.
-
-        ``between``, if given, may be called between parts of a long write, inside its
-        transaction, for the caller to do other work meanwhile (the broker reads its workers'
-        reports). What it does must not write to the store (a read sees the rows written so
-        far), and belongs to the next call: the rows were taken from the tasks before the
-        first part was written. A backend may never call it.
         """
 
     def close(self) -> None:

@@ -193,9 +193,7 @@ class MemoryStore:
         *,
         workers: Iterable[Worker] = (),
         forgotten: Sequence[str] = (),
-        between: Callable[[], None] | None = None,
     ) -> None:
-        # (Its writes are copies in memory: nothing long to do other work between.)
         tasks = list(changed)
         new = []
         for task in tasks:

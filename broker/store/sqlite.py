@@ -16,7 +16,7 @@ import math
 import os
 import sqlite3
 import sys
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
 from typing import Any, cast
@@ -416,10 +416,6 @@ def _worker(row: Any) -> Worker:
 
 
 _DELETE = "DELETE FROM tasks WHERE seq = ?"
-#: Rows a statement of a write takes between two calls of ``save``'s ``between``: 50-200 us
-#: of SQLite's work on a 2-core machine, which is how long a report waits for the broker's
-#: loop while it commits.
-WRITE_CHUNK = 16
 # A task's dependencies are its spec: their rows are written with its INSERT and deleted
 # with it, by primary key (the task's list names them), and only for a task that has some:
 # a task without dependencies writes and deletes exactly what it did before they existed.
@@ -693,10 +689,8 @@ class SqliteStore:
         *,
         workers: Iterable[Worker] = (),
         forgotten: Sequence[str] = (),
-        between: Callable[[], None] | None = None,
     ) -> None:
-        """Commit these changes in one transaction (one fsync); ``between`` is called after
-        each ``WRITE_CHUNK`` rows of a statement that has more (``Store.save``)."""
+        """Commit these changes in one transaction (one fsync)."""
         batch = _prepare(changed, deleted)
         written = self._registrations
         whole: dict[str, int] = {}
@@ -709,12 +703,12 @@ class SqliteStore:
                 batch.workers.append(_worker_row(worker))
                 whole[worker.id] = worker.registration
         batch.forgotten = [(worker_id,) for worker_id in forgotten]
-        self._write(batch, between)
+        self._write(batch)
         written.update(whole)
         for worker_id in forgotten:
             written.pop(worker_id, None)
 
-    def _write(self, batch: _Batch, between: Callable[[], None] | None = None) -> None:
+    def _write(self, batch: _Batch) -> None:
         """Commit these rows in one transaction (one fsync)."""
         if not batch:
             return
@@ -734,14 +728,8 @@ class SqliteStore:
                 (_WORKER_SEEN, batch.seen),
                 (_WORKER_DELETE, batch.forgotten),
             ):
-                if between is None or len(rows) <= WRITE_CHUNK:
-                    if rows:
-                        db.executemany(statement, rows)
-                    continue
-                for start in range(0, len(rows), WRITE_CHUNK):
-                    if start:
-                        between()
-                    db.executemany(statement, rows[start : start + WRITE_CHUNK])
+                if rows:
+                    db.executemany(statement, rows)
         except BaseException:
             db.execute("ROLLBACK")
             raise

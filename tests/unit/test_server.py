@@ -27,7 +27,7 @@ from broker.server import URGENT_OUTCOMES, BrokerServer
 from broker.state import Task, Worker
 from broker.store import StoreSummary
 from broker.store.memory import MemoryStore
-from broker.store.sqlite import WRITE_CHUNK, SqliteStore
+from broker.store.sqlite import SqliteStore
 from common import ops, protocol
 from common.models import FINAL_STATUSES, TaskStatus
 from common.protocol import Command
@@ -109,10 +109,9 @@ class CheckedStore:
         *,
         workers: Iterable[Worker] = (),
         forgotten: Sequence[str] = (),
-        between: Callable[[], None] | None = None,
     ) -> None:
         self.before_write()
-        self.inner.save(changed, deleted, workers=workers, forgotten=forgotten, between=between)
+        self.inner.save(changed, deleted, workers=workers, forgotten=forgotten)
         self.commits += 1
         self.after_write()
 
@@ -684,69 +683,6 @@ def test_a_turn_of_one_submit_commits_it_before_its_reply(turn: Turn) -> None:
 
 def dispatched(sent: list[tuple[bytes, protocol.Message]]) -> list[str]:
     return [e["task_id"] for _, m in sent if m.command is Command.DISPATCH for e in m.body["tasks"]]
-
-
-def test_a_report_read_while_a_commit_writes_takes_the_slot_and_waits_for_the_next_commit(
-    turn: Turn,
-) -> None:
-    # Given a one-slot worker, and more tasks than one part of a commit's write takes
-    register(turn)
-    turn.request(b"client", "submit", tasks=[{"handler": "echo"}] * (2 * WRITE_CHUNK))
-    reported: list[str] = []
-
-    def report_the_first() -> None:  # its DONE arrives as the first commit begins
-        if not reported:
-            reported.extend(dispatched(turn.sent()))
-            turn.queue(WORKER, Command.DONE, done(reported[0]))
-
-    turn.store.before_write = report_the_first
-    turn.run(T0)
-    first_commit = next(i for i, (kind, _) in enumerate(turn.events) if kind == "commit")
-    before = [e for kind, e in turn.events[:first_commit] if kind == "sent"]
-    [first] = reported
-    # Then the SQLite store, which writes in parts, let the report be read meanwhile: the
-    # slot it freed took the next task before the commit ended (the memory store writes
-    # at once, and the report is read by the next turn)
-    expected = 2 if turn.store.kind == "sqlite" else 1
-    assert len(dispatched([(a, m) for a, m, _ in before])) == expected
-    # and what it reported is not in that commit, nor acknowledged with it, but its own
-    # commit is due as any change's is (the loop does not sleep its 100 ms first)
-    assert turn.events[first_commit][1][first] == "running"
-    if turn.store.kind == "sqlite":
-        assert turn.server._poll_timeout_ms() <= PROMISED_COMMIT_DELAY * 1000 + 1  # (rounded up)
-    turn.store.before_write = lambda: None
-    sent = turn.run(T0 + 1) + turn.run(T0 + 1 + PROMISED_COMMIT_DELAY)
-    assert (WORKER, protocol.Message(Command.ACK, {"results": [[first, 1]]})) in sent
-    assert turn.store.committed()[first] == "completed"
-    assert_every_answer_was_durable(turn.events)
-
-
-def test_a_message_read_while_a_commit_writes_that_is_no_report_keeps_its_place(
-    turn: Turn,
-) -> None:
-    # Given a one-slot worker running the first of many tasks
-    register(turn)
-    turn.request(b"client", "submit", tasks=[{"handler": "echo"}] * (2 * WRITE_CHUNK))
-    [first] = dispatched(turn.run(T0))
-    # When, as the next commit begins, a client asks for the task, and then its DONE comes
-    asked: list[int] = []
-
-    def ask_then_report() -> None:
-        if not asked:
-            asked.append(turn.request(b"reader", "get", id=first))
-            turn.queue(WORKER, Command.DONE, done(first))
-
-    turn.request(b"client", "submit", tasks=[{"handler": "echo"}] * (2 * WRITE_CHUNK))
-    turn.store.before_write = ask_then_report
-    sent = turn.run(T0 + 1)
-    turn.store.before_write = lambda: None
-    # Then nothing behind the request is read before it: no report during that commit
-    assert dispatched(sent) == []
-    # and the next turn reads the request first (the task still running), then the DONE
-    sent += turn.run(T0 + 2)
-    assert turn.replies()[asked[0]]["status"] == "running"
-    assert len(dispatched(sent)) == 1
-    assert_every_answer_was_durable(turn.events)
 
 
 def test_outcomes_are_acknowledged_together_10_ms_after_the_first_once_committed(

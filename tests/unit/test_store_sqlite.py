@@ -26,7 +26,6 @@ from broker.store.sqlite import (
     _LOAD,
     _READ_CHUNK,
     SCHEMA_VERSION,
-    WRITE_CHUNK,
     SqliteStore,
     _Batch,
     _leases_json,
@@ -111,42 +110,6 @@ def _finished_tasks(count: int) -> list[Task]:
                     [Lease(1, "w", 2.0, 3.0 + seq, LeaseOutcome.COMPLETED)])  # fmt: skip
         tasks.append(task)
     return tasks
-
-
-def test_a_long_write_lets_its_caller_work_between_parts_inside_its_transaction(
-    tmp_path: Path,
-) -> None:
-    # Given more changed tasks than one part of a write takes, once new and once again
-    path = str(tmp_path / "s.db")
-    store = SqliteStore(path)
-    tasks = _finished_tasks(2 * WRITE_CHUNK + 3)
-    seen: list[int] = []
-
-    def between() -> None:
-        # Another connection sees none of it yet: the parts are one transaction.
-        with sqlite3.connect(path) as other:
-            seen.append(other.execute("SELECT count(*) FROM tasks").fetchone()[0])
-
-    # When they are saved, new, with ``between``
-    store.save(tasks, between=between)
-    # Then it was called between parts only, and all of it was committed together
-    assert seen == [0, 0]
-    assert store.find_many([t.id for t in tasks]).keys() == {t.id for t in tasks}
-    assert all(t.stored for t in tasks)
-    # and a ``between`` that raises leaves nothing of its write, and the store usable
-    for task in tasks:
-        task.result = b"changed"
-
-    def fails() -> None:
-        raise RuntimeError("the caller failed")
-
-    with pytest.raises(RuntimeError):
-        store.save(tasks, between=fails)
-    assert {t.result for t in store.find_many([t.id for t in tasks]).values()} != {b"changed"}
-    store.save(tasks[:1])
-    found = store.find(tasks[0].id)
-    assert found is not None and found.result == b"changed"
-    store.close()
 
 
 def test_a_page_of_finished_tasks_reads_them_in_chunks_and_by_index(tmp_path: Path) -> None:
