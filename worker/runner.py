@@ -149,7 +149,7 @@ class Runner:
         counts from when the handler starts, not from this call: a run that waits for a
         slot (or for a child to be replaced) keeps its whole budget.
         """
-        run = self._register(task_id, attempt, handler, args, timeout)
+        run = self._register(task_id, attempt, handler, args, timeout, handlers.get(handler))
         if run is None:
             return False
         self._queue(run)
@@ -176,18 +176,9 @@ class Runner:
         if fn is None or not self.inline or self._is_async(fn):
             self.start(task_id, attempt, handler, args, timeout)
             return None
-        run = _Run(task_id, attempt, handler, args, timeout, TaskContext(task_id, attempt), fn=fn)
-        key = (task_id, attempt)
-        with self._lock:  # ``_register`` and the slot at once: one turn of the lock a run
-            if self._closed:
-                raise RuntimeError("runner is shut down")
-            if key in self._runs:
-                logger.warning("task %s attempt %d is already running", task_id, attempt)
-                return None
-            self._runs[key] = run
-            if not self._pending and self._active < self.slots:
-                run.admitted = True
-                self._active += 1
+        run = self._register(task_id, attempt, handler, args, timeout, fn, admit=True)
+        if run is None:
+            return None
         if run.admitted:
             return partial(self._run_admitted, run, fn)
         self._queue(run)
@@ -211,11 +202,19 @@ class Runner:
         return known
 
     def _register(
-        self, task_id: str, attempt: int, handler: str, args: bytes, timeout: float | None
+        self,
+        task_id: str,
+        attempt: int,
+        handler: str,
+        args: bytes,
+        timeout: float | None,
+        fn: handlers.Handler | None,
+        admit: bool = False,
     ) -> _Run | None:
-        """The run, listed as in progress with its handler looked up; None (logged) if it is
-        in progress already."""
-        run = _Run(task_id, attempt, handler, args, timeout, TaskContext(task_id, attempt))
+        """The run of handler ``fn``, listed as in progress; None (logged) if it is in
+        progress already. ``admit``: it also takes a thread-pool slot, under the same turn of
+        the lock, if one is free and no run waits for one (``admitted`` says whether)."""
+        run = _Run(task_id, attempt, handler, args, timeout, TaskContext(task_id, attempt), fn=fn)
         key = (task_id, attempt)
         with self._lock:
             if self._closed:
@@ -224,7 +223,9 @@ class Runner:
                 logger.warning("task %s attempt %d is already running", task_id, attempt)
                 return None
             self._runs[key] = run
-        run.fn = handlers.get(handler)
+            if admit and not self._pending and self._active < self.slots:
+                run.admitted = True
+                self._active += 1
         return run
 
     def _queue(self, run: _Run) -> None:
