@@ -250,6 +250,31 @@ def test_every_state_field_saved_again_comes_back(store: Store) -> None:
         assert fields_of(whole(store)[task.id]) == fields_of(task), status
 
 
+@pytest.mark.parametrize("count", [1, 3, 4, 7, 16, 21, 64, 85, 150])
+def test_a_commit_of_many_tasks_writes_each_row_whole(store: Store, count: int) -> None:
+    # SQLite writes a commit's new tasks, and their states, many rows to a statement and
+    # the rest one by one: every row keeps its own values, whatever the count.
+    tasks = [_task(seq, TaskStatus.PENDING) for seq in range(10, 10 + count)]
+    store.save(tasks)
+    assert {t.id: fields_of(t) for t in whole(store).values()} == {
+        t.id: fields_of(t) for t in tasks
+    }
+    statuses = list(STATES)
+    for i, task in enumerate(tasks):
+        status = statuses[i % len(statuses)]
+        for name, value in STATES[status].items():
+            if name != "idempotency_key":  # part of the spec, which never changes
+                setattr(task, name, value)
+        task.status = status
+        task.attempts, task.error = i + 1, f"error of {task.id}"
+        task.result = None if i % 3 == 0 else b"result %d" % i
+        task.completed_at = None if status.value in ("pending", "running") else 50.0 + i / 7
+    store.save(tasks)
+    assert {t.id: fields_of(t) for t in whole(store).values()} == {
+        t.id: fields_of(t) for t in tasks
+    }
+
+
 def test_what_is_saved_is_a_copy_until_the_next_save(store: Store) -> None:
     task = _task(1, TaskStatus.RUNNING, **STATES[TaskStatus.RUNNING])
     store.save([task])
