@@ -154,8 +154,8 @@ _INSERT_FRESH = (
 #: commit's rows go in as few of them as these sizes add up to, and the last few (fewer
 #: than the smallest) one by one. One statement of many rows is one call into SQLite, one
 #: binding of its values and one step, where ``executemany`` binds, steps and resets for
-#: each row: a commit of 50 completions took 30% less time in the broker. One statement
-#: is made for each size, and kept in the connection's cache. The largest binds fewer
+#: each row: 50 completion updates took a sixth less time (252 -> 211 us, alone). One
+#: statement is made for each size, and kept in the connection's cache. The largest binds fewer
 #: than 999 values, the most an SQLite older than 3.32 allows; one older than 3.33 has no
 #: ``UPDATE ... FROM``, and writes every row one by one.
 _MANY_SIZES = (64, 16, 4) if sqlite3.sqlite_version_info >= (3, 33) else ()

@@ -30,6 +30,7 @@ from broker.core import Scheduler
 from broker.invariants import CheckedScheduler
 from broker.state import Lease, Task, Worker
 from broker.store import Store, open_store
+from broker.store import sqlite as sqlite_store
 from common.models import FINAL_STATUSES, LeaseOutcome, TaskStatus, WorkerKind, WorkerStatus
 from tests import edge
 
@@ -254,6 +255,23 @@ def test_every_state_field_saved_again_comes_back(store: Store) -> None:
 def test_a_commit_of_many_tasks_writes_each_row_whole(store: Store, count: int) -> None:
     # SQLite writes a commit's new tasks, and their states, many rows to a statement and
     # the rest one by one: every row keeps its own values, whatever the count.
+    _commit_many_and_read_back(store, count)
+
+
+def test_an_sqlite_without_update_from_writes_every_row_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "_MANY_SIZES", ())
+    store = sqlite_store.SqliteStore(str(tmp_path / "old.db"))
+    try:
+        _commit_many_and_read_back(store, 21)
+    finally:
+        store.close()
+
+
+def _commit_many_and_read_back(store: Store, count: int) -> None:
+    """Commit ``count`` new tasks, then a state of its own for each: every field of every
+    row reads back as it was."""
     tasks = [_task(seq, TaskStatus.PENDING) for seq in range(10, 10 + count)]
     store.save(tasks)
     assert {t.id: fields_of(t) for t in whole(store).values()} == {
