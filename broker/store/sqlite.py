@@ -144,10 +144,9 @@ def _literal(value: object) -> str:
 
 
 _SPEC_MARKS = ", ".join("?" * len(_SPEC.split(", ")))
-_INSERT_FRESH = (
-    f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) "
-    f"VALUES ({_SPEC_MARKS}, {', '.join(_literal(v) for v in _FRESH_ROW)})"
-)
+#: The values of one such row: its spec bound, its state as literals.
+_FRESH_VALUES_ROW = f"({_SPEC_MARKS}, {', '.join(_literal(v) for v in _FRESH_ROW)})"
+_INSERT_FRESH = f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) VALUES {_FRESH_VALUES_ROW}"
 
 
 #: Sizes of the statements that write many rows of one kind at once, largest first: a
@@ -155,17 +154,17 @@ _INSERT_FRESH = (
 #: than the smallest) one by one. One statement of many rows is one call into SQLite, one
 #: binding of its values and one step, where ``executemany`` binds, steps and resets for
 #: each row: 50 completion updates took a sixth less time (252 -> 211 us, alone). One
-#: statement is made for each size, and kept in the connection's cache. The largest binds fewer
-#: than 999 values, the most an SQLite older than 3.32 allows; one older than 3.33 has no
-#: ``UPDATE ... FROM``, and writes every row one by one.
+#: statement is made for each size, and kept in the connection's cache. The largest binds
+#: fewer than 999 values, the most an SQLite older than 3.32 allows; one older than 3.33
+#: has no ``UPDATE ... FROM``, and writes every row one by one.
 _MANY_SIZES = (64, 16, 4) if sqlite3.sqlite_version_info >= (3, 33) else ()
 
 
 @cache
 def _insert_fresh_many(count: int) -> str:
     """``_INSERT_FRESH`` of ``count`` rows."""
-    row = f"({_SPEC_MARKS}, {', '.join(_literal(v) for v in _FRESH_ROW)})"
-    return f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) VALUES {', '.join([row] * count)}"
+    rows = ", ".join([_FRESH_VALUES_ROW] * count)
+    return f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) VALUES {rows}"
 
 
 @cache
